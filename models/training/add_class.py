@@ -1,0 +1,111 @@
+"""Add one class to a shipped one-vs-all classifier without retraining the others.
+
+    python3 models/training/add_class.py --name red_iron \\
+        --folder ../shared/datasets/x_sdd/red_iron --out-stem neu7_classify
+
+Only the new class's head is trained: the backbone and the existing heads are loaded from
+models/training/neu_classify.pt and frozen, so the existing classes' scores are unchanged
+(bit for bit in f32; the int8 model is calibrated on the same images, so its activation grids
+and the existing scores are unchanged too). Positives: a seeded 80/20 split of --folder
+(images converted to gray and resized to the model input). Negatives: the base model's
+training images. Writes models/<out-stem>.onnx/.f32.onnx/.toml/.heldout.txt/.reference.json.
+"""
+
+import argparse
+import os
+import random
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import common
+from neu_classify import ROOT, augment, ship
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--name", required=True, help="new class name (also its folder name)")
+    ap.add_argument("--folder", required=True, help="folder of images of the new class")
+    ap.add_argument("--base", default=os.path.join(ROOT, "models", "training", "neu_classify.pt"))
+    ap.add_argument("--base-data", default=os.path.join(ROOT, "..", "shared", "datasets", "neu_cls"))
+    ap.add_argument("--out", default=os.path.join(ROOT, "models"))
+    ap.add_argument("--out-stem", required=True)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--val-fraction", type=float, default=0.2)
+    ap.add_argument("--epochs", type=int, default=40)
+    args = ap.parse_args()
+
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(os.cpu_count() or 1)
+    ckpt = torch.load(args.base, map_location="cpu")
+    base_classes = ckpt["classes"]
+    if args.name in base_classes:
+        raise SystemExit(f"class {args.name!r} is already in {args.base}")
+    model = common.OneVsAll(len(base_classes))
+    model.load_state_dict(ckpt["state_dict"])
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+
+    # Same split as the base model for its classes; a seeded split of the new folder.
+    base_train, base_held = [], []
+    for c in base_classes:
+        t, v = common.seeded_split(args.base_data, c, args.seed, args.val_fraction)
+        base_train += t
+        base_held += v
+    new_root = os.path.dirname(os.path.abspath(args.folder))
+    folder_name = os.path.basename(os.path.normpath(args.folder))
+    if folder_name != args.name:
+        raise SystemExit(f"--folder must be named after the class ({args.name}), got {folder_name}")
+    new_train, new_held = common.seeded_split(new_root, args.name, args.seed, args.val_fraction)
+    print(f"new class {args.name}: {len(new_train)} train, {len(new_held)} held out; negatives: {len(base_train)} base training images")
+
+    roots = {c: args.base_data for c in base_classes}
+    roots[args.name] = new_root
+    paths = base_train + new_train
+    x = torch.from_numpy(np.stack([common.normalise(common.load_gray(os.path.join(roots[p.split("/")[0]], p))) for p in paths]))[:, None]
+    y = torch.tensor([1.0 if p.split("/")[0] == args.name else 0.0 for p in paths])
+
+    head = nn.Linear(model.backbone.out_dim, 1)
+    opt = torch.optim.AdamW(head.parameters(), lr=1e-2, weight_decay=1e-4)
+    pos_weight = torch.tensor([(y == 0).sum().item() / max(1.0, (y == 1).sum().item())])
+    gen = torch.Generator().manual_seed(args.seed)
+    for epoch in range(args.epochs):
+        perm = torch.randperm(len(paths), generator=gen)
+        total = 0.0
+        for i in range(0, len(paths), 64):
+            idx = perm[i : i + 64]
+            with torch.no_grad():
+                feats = model.backbone(augment(x[idx], gen))
+            loss = F.binary_cross_entropy_with_logits(head(feats)[:, 0], y[idx], pos_weight=pos_weight)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(idx)
+        print(f"epoch {epoch + 1}/{args.epochs} head loss {total / len(paths):.4f}", flush=True)
+
+    # New model: the same backbone, the old heads' rows unchanged, the new head appended.
+    classes = base_classes + [args.name]
+    extended = common.OneVsAll(len(classes), backbone=model.backbone)
+    with torch.no_grad():
+        extended.heads.weight.copy_(torch.cat([model.heads.weight, head.weight]))
+        extended.heads.bias.copy_(torch.cat([model.heads.bias, head.bias]))
+    extended.eval()
+
+    held = base_held + new_held
+    with open(os.path.join(args.out, f"{args.out_stem}.heldout.txt"), "w") as fh:
+        fh.write("\n".join(held) + "\n")
+    design = (
+        f"the {len(base_classes)} heads and the backbone of {os.path.basename(args.base)} unchanged, plus one new "
+        f"sigmoid head for {args.name} trained alone on the frozen backbone's descriptor (add_class.py). "
+        "Each head is an independent binary one-vs-all classifier."
+    )
+    ship(extended, classes, args.out_stem, args.out, args.base_data, base_train + new_train, held,
+         design_note=design, extra_training={"epochs_new_head": args.epochs, "seed": args.seed, "base": "neu_classify"},
+         data_roots=roots, calib_from=base_train)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,499 @@
+//! The `ferroscope` command: infer, evaluate, run the station, benchmark.
+//!
+//! Exit codes: 0 success, 1 the job ran but found a problem (for example an image failed),
+//! 2 bad usage or a start-up error (config, manifest, model).
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant as StdInstant;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use serde_json::json;
+
+use ferroscope::alloc_count::{self, scoped, CountingAlloc, Scope, Snapshot};
+use ferroscope::core::decision::{Action, ClassRule, DecisionRules, Outcome};
+use ferroscope::core::frame::GrayFrame;
+use ferroscope::eval::ClassMetrics;
+use ferroscope::model::manifest::{Manifest, Precision};
+use ferroscope::sim::replay::{decode_gray, list_images};
+use ferroscope::station::{self, config::StationConfig, config::DEFAULT_CONFIG_PATH};
+use ferroscope::tools::classify::Classifier;
+
+#[global_allocator]
+static ALLOC: CountingAlloc = CountingAlloc;
+
+#[derive(Parser)]
+#[command(name = "ferroscope", version, about = "Steel-surface inspection station: int8 ONNX models with tract, accept/reject decisions, reject timing.", long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum PrecisionArg {
+    Int8,
+    F32,
+}
+
+impl From<PrecisionArg> for Precision {
+    fn from(p: PrecisionArg) -> Precision {
+        match p {
+            PrecisionArg::Int8 => Precision::Int8,
+            PrecisionArg::F32 => Precision::F32,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Classify images: the winning class, every head's score and the decision.
+    Infer {
+        /// Model manifest (models/*.toml).
+        #[arg(long)]
+        model: PathBuf,
+        /// Which model file of the manifest to run.
+        #[arg(long, value_enum, default_value = "int8")]
+        precision: PrecisionArg,
+        /// Print one JSON object per image.
+        #[arg(long)]
+        json: bool,
+        /// Images (png, jpg, bmp; any size, converted to gray).
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+    },
+    /// Evaluate a model on a labelled folder and print metrics.
+    Eval {
+        #[command(subcommand)]
+        tool: EvalTool,
+    },
+    /// Run the station loop (replay camera, tool, decisions, reject timing) and summarise.
+    Run {
+        /// Station config; default: the shipped host simulation (boards/host-sim.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Print one JSON line per item and end with the summary as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Time each stage (decode, preprocess, inference, decision) on one thread, count
+    /// allocations per frame (ours and tract's), peak RSS; int8 and f32 side by side.
+    Bench {
+        /// Model manifest.
+        #[arg(long)]
+        model: PathBuf,
+        /// Folder of images (and its sub-folders); default: the committed sample set.
+        #[arg(long)]
+        images: Option<PathBuf>,
+        /// Timed passes over the images.
+        #[arg(long, default_value_t = 20)]
+        passes: usize,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum EvalTool {
+    /// Classification over DIR/<class>/*.{png,jpg,bmp}; folder names are the manifest's classes.
+    Classify {
+        /// Model manifest.
+        #[arg(long)]
+        model: PathBuf,
+        /// Dataset root(s) holding one folder per class; repeat to combine roots.
+        #[arg(long, required = true)]
+        data: Vec<PathBuf>,
+        /// Evaluate only the images listed in this file (`class/name` per line, relative to a --data root).
+        #[arg(long)]
+        list: Option<PathBuf>,
+        /// Which model file of the manifest to run.
+        #[arg(long, value_enum, default_value = "int8")]
+        precision: PrecisionArg,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let r = match cli.command {
+        Command::Infer { model, precision, json, images } => infer(&model, precision.into(), json, &images),
+        Command::Eval { tool: EvalTool::Classify { model, data, list, precision, json } } => {
+            eval_classify(&model, &data, list.as_deref(), precision.into(), json)
+        }
+        Command::Run { config, json } => run(config.as_deref(), json),
+        Command::Bench { model, images, passes, json } => bench(&model, images.as_deref(), passes, json),
+    };
+    match r {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Rules straight from the manifest: every class rejects at its threshold.
+fn manifest_rules(m: &Manifest) -> Result<DecisionRules> {
+    let rules: Vec<ClassRule> = m.classes.iter().map(|c| ClassRule { reject: true, min_score: c.threshold }).collect();
+    DecisionRules::new(&rules, Action::Reject, Action::Reject).map_err(|e| anyhow::anyhow!("{}: {e:?}", m.path.display()))
+}
+
+fn outcome_name(o: Outcome) -> &'static str {
+    match o {
+        Outcome::Accept => "accept",
+        Outcome::Reject => "reject",
+        Outcome::Uncertain => "uncertain",
+        Outcome::FailSafe => "failsafe",
+    }
+}
+
+fn action_name(a: Action) -> &'static str {
+    match a {
+        Action::Accept => "ACCEPT",
+        Action::Reject => "REJECT",
+    }
+}
+
+fn read_gray(path: &Path) -> Result<(usize, usize, Vec<u8>)> {
+    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read image", path.display()))?;
+    decode_gray(&bytes).map_err(|e| anyhow::anyhow!("{}: not a decodable image: {e}", path.display()))
+}
+
+fn infer(model: &Path, precision: Precision, json: bool, images: &[PathBuf]) -> Result<ExitCode> {
+    let mut clf = Classifier::load(model, precision)?;
+    let rules = manifest_rules(clf.manifest())?;
+    let names: Vec<String> = clf.manifest().classes.iter().map(|c| c.name.clone()).collect();
+    let mut failed = false;
+    for path in images {
+        let (w, h, px) = match read_gray(path) {
+            Ok(v) => v,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                failed = true;
+                continue;
+            }
+        };
+        let frame = GrayFrame::new(&px, w, h, w).map_err(|e| anyhow::anyhow!("{}: {e:?}", path.display()))?;
+        let scores = clf.classify(&frame).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?.to_vec();
+        let d = rules.decide(&scores);
+        let class = d.class.map(|c| names[c as usize].as_str()).unwrap_or("-");
+        if json {
+            let s: serde_json::Map<_, _> = names.iter().zip(&scores).map(|(n, s)| (n.clone(), json!(s))).collect();
+            println!("{}", json!({"image": path.display().to_string(), "class": class, "score": d.score, "outcome": outcome_name(d.outcome), "decision": action_name(d.action), "scores": s}));
+        } else {
+            println!("{}: {} {:.3} → {} ({})", path.display(), class, d.score, action_name(d.action), outcome_name(d.outcome));
+            for (n, s) in names.iter().zip(&scores) {
+                println!("    {n:<18} {s:.4}");
+            }
+        }
+    }
+    Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+fn gather_labelled(data: &[PathBuf], list: Option<&Path>, classes: &[String]) -> Result<Vec<(PathBuf, usize)>> {
+    let mut items = Vec::new();
+    if let Some(list) = list {
+        let text = std::fs::read_to_string(list).with_context(|| format!("{}: cannot read list", list.display()))?;
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let class = line.split('/').next().unwrap_or("");
+            let Some(ci) = classes.iter().position(|c| c == class) else {
+                bail!("{}:{}: class folder \"{class}\" is not a class of the model ({})", list.display(), n + 1, classes.join(", "));
+            };
+            let Some(path) = data.iter().map(|d| d.join(line)).find(|p| p.is_file()) else {
+                bail!("{}:{}: {line} is in none of the --data folders", list.display(), n + 1);
+            };
+            items.push((path, ci));
+        }
+    } else {
+        for root in data {
+            for entry in std::fs::read_dir(root).with_context(|| format!("{}: cannot list", root.display()))? {
+                let p = entry?.path();
+                if !p.is_dir() {
+                    continue;
+                }
+                let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("").to_string();
+                let Some(ci) = classes.iter().position(|c| *c == name) else {
+                    bail!("{}: folder \"{name}\" is not a class of the model ({})", p.display(), classes.join(", "));
+                };
+                for f in list_images(&p)? {
+                    items.push((f, ci));
+                }
+            }
+        }
+        items.sort();
+    }
+    if items.is_empty() {
+        bail!("no images found under {:?}", data);
+    }
+    Ok(items)
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let i = ((p / 100.0) * v.len() as f64).ceil().max(1.0) as usize - 1;
+    v[i.min(v.len() - 1)]
+}
+
+fn eval_classify(model: &Path, data: &[PathBuf], list: Option<&Path>, precision: Precision, json: bool) -> Result<ExitCode> {
+    let mut clf = Classifier::load(model, precision)?;
+    let classes: Vec<String> = clf.manifest().classes.iter().map(|c| c.name.clone()).collect();
+    let items = gather_labelled(data, list, &classes)?;
+    let k = classes.len();
+    let mut confusion = vec![vec![0u64; k]; k];
+    let mut ms = Vec::with_capacity(items.len());
+    let bar = if std::io::stderr().is_terminal() && !json {
+        let b = indicatif::ProgressBar::new(items.len() as u64);
+        b.set_style(indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {per_sec} eta {eta}").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()));
+        Some(b)
+    } else {
+        None
+    };
+    let mut errors = Vec::new();
+    let started = StdInstant::now();
+    for (path, truth) in &items {
+        let t0 = StdInstant::now();
+        let (w, h, px) = match read_gray(path) {
+            Ok(v) => v,
+            Err(e) => {
+                errors.push(format!("{e:#}"));
+                continue;
+            }
+        };
+        let frame = GrayFrame::new(&px, w, h, w).map_err(|e| anyhow::anyhow!("{}: {e:?}", path.display()))?;
+        let scores = clf.classify(&frame).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let mut best = 0;
+        for (i, s) in scores.iter().enumerate() {
+            if *s > scores[best] {
+                best = i;
+            }
+        }
+        confusion[*truth][best] += 1;
+        ms.push(t0.elapsed().as_secs_f64() * 1000.0);
+        if let Some(b) = &bar {
+            b.inc(1);
+        }
+    }
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    let wall = started.elapsed().as_secs_f64();
+    let n = ms.len();
+    let m = ClassMetrics::from_confusion(confusion);
+    let ms_median = median(&mut ms);
+    let m_info = clf.manifest();
+    if json {
+        let per_class: Vec<_> = (0..k)
+            .map(|c| json!({"class": classes[c], "precision": m.precision[c], "recall": m.recall[c], "f1": m.f1[c], "support": m.support[c]}))
+            .collect();
+        println!(
+            "{}",
+            json!({
+                "model": m_info.model.name, "version": m_info.model.version, "precision_kind": precision.name(),
+                "images": n, "accuracy": m.accuracy, "precision": m.macro_precision(), "recall": m.macro_recall(), "f1": m.macro_f1(),
+                "classes": classes, "per_class": per_class, "confusion": m.confusion,
+                "ms_per_image_median": ms_median, "images_per_s": n as f64 / wall, "errors": errors,
+            })
+        );
+    } else {
+        println!("model {} {} ({}) on {} images", m_info.model.name, m_info.model.version, precision.name(), n);
+        println!("accuracy {:.2} %   macro precision {:.2} %   recall {:.2} %   F1 {:.2} %", m.accuracy * 100.0, m.macro_precision() * 100.0, m.macro_recall() * 100.0, m.macro_f1() * 100.0);
+        println!("{:.1} images/s, {:.2} ms per image (median, decode + preprocess + inference, one thread)", n as f64 / wall, ms_median);
+        println!();
+        println!("{:<18} {:>9} {:>9} {:>9} {:>7}", "class", "precision", "recall", "F1", "images");
+        for c in 0..k {
+            println!("{:<18} {:>8.2}% {:>8.2}% {:>8.2}% {:>7}", classes[c], m.precision[c] * 100.0, m.recall[c] * 100.0, m.f1[c] * 100.0, m.support[c]);
+        }
+        println!();
+        println!("confusion (rows: truth, columns: predicted, in class order)");
+        for (c, row) in m.confusion.iter().enumerate() {
+            let cells: Vec<String> = row.iter().map(|v| format!("{v:>4}")).collect();
+            println!("{:<18} {}", classes[c], cells.join(""));
+        }
+        for e in &errors {
+            eprintln!("error: {e}");
+        }
+    }
+    Ok(if errors.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+fn run(config: Option<&Path>, json: bool) -> Result<ExitCode> {
+    let path = config.map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
+    let cfg = StationConfig::load(&path)?;
+    if !json {
+        println!("station {} — config {}", cfg.station.name, path.display());
+    }
+    let summary = station::run(&cfg, |item| {
+        let d = item.decision;
+        if json {
+            println!(
+                "{}",
+                json!({"item": item.sequence, "source": item.source, "label": item.label, "class": item.class_name, "score": d.score,
+                       "outcome": outcome_name(d.outcome), "decision": action_name(d.action), "latency_ms": item.latency_us as f64 / 1000.0, "fault": item.fault})
+            );
+        } else {
+            println!(
+                "#{:<4} {:<14} {:<7} {:<10} {:<16} {:.3}  {:>6.2} ms{}",
+                item.sequence,
+                item.source,
+                action_name(d.action),
+                outcome_name(d.outcome),
+                item.class_name.unwrap_or("-"),
+                d.score,
+                item.latency_us as f64 / 1000.0,
+                item.fault.map(|f| format!("  FAULT: {f}")).unwrap_or_default()
+            );
+        }
+    })?;
+    let j = summary.to_json();
+    if json {
+        println!("{j}");
+    } else {
+        let c = &summary.counters;
+        println!();
+        println!("model {}", summary.model);
+        println!("items {}   accepted {}   rejected {}   uncertain {}   fail-safe {}   faults {}   yield {:.1} %", c.inspected, c.accepted, c.rejected, c.uncertain, c.failsafe, c.faults, c.yield_percent());
+        let per: Vec<String> = summary.classes.iter().enumerate().filter(|(i, _)| c.rejected_per_class[*i] > 0).map(|(i, n)| format!("{n} {}", c.rejected_per_class[i])).collect();
+        println!("rejected per class: {}", if per.is_empty() { "-".into() } else { per.join(", ") });
+        println!("latency capture→decision p50 {} ms, p99 {} ms", j["latency_ms_p50"], j["latency_ms_p99"]);
+        println!("reject pulses {} (timing error p50 {} µs, p99 {} µs)", summary.pulses(), j["timing_error_us_p50"], j["timing_error_us_p99"]);
+        if summary.labelled > 0 {
+            println!("labelled items {}: {} decided as their folder's class", summary.labelled, summary.correct);
+        }
+        println!("allocations after the first item: ours {}, tract {:.0} per item", summary.allocations_ours_after_warmup, summary.allocations_tract_per_item);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+struct StageStats {
+    decode: Vec<f64>,
+    preprocess: Vec<f64>,
+    inference: Vec<f64>,
+    decision: Vec<f64>,
+    total: Vec<f64>,
+    allocs_ours: u64,
+    allocs_tract: u64,
+    allocs_decode: u64,
+    frames: u64,
+}
+
+fn bench_one(manifest: &Manifest, precision: Precision, files: &[(PathBuf, Vec<u8>)], passes: usize) -> Result<StageStats> {
+    let mut clf = Classifier::from_manifest(manifest.clone(), precision)?;
+    let rules = manifest_rules(manifest)?;
+    let mut st = StageStats { decode: vec![], preprocess: vec![], inference: vec![], decision: vec![], total: vec![], allocs_ours: 0, allocs_tract: 0, allocs_decode: 0, frames: 0 };
+    let n = files.len() * passes;
+    for v in [&mut st.decode, &mut st.preprocess, &mut st.inference, &mut st.decision, &mut st.total] {
+        v.reserve(n);
+    }
+    // Warm-up pass (sizes buffers and tract's scratch).
+    for (_, bytes) in files {
+        let (w, h, px) = decode_gray(bytes).map_err(anyhow::Error::msg)?;
+        let frame = GrayFrame::new(&px, w, h, w).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        clf.classify(&frame).map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    let mut sink = 0usize;
+    for _ in 0..passes {
+        for (path, bytes) in files {
+            let t0 = StdInstant::now();
+            let (w, h, px) = scoped(Scope::Decode, || decode_gray(bytes)).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            let t1 = StdInstant::now();
+            let a0 = Snapshot::take();
+            let frame = GrayFrame::new(&px, w, h, w).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            clf.preprocess(&frame).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let t2 = StdInstant::now();
+            let scores = clf.infer().map_err(|e| anyhow::anyhow!("{e}"))?;
+            let t3 = StdInstant::now();
+            let d = rules.decide(scores);
+            sink += d.class.unwrap_or(0) as usize;
+            let t4 = StdInstant::now();
+            let a1 = Snapshot::take();
+            st.allocs_ours += a1.since(&a0, Scope::Ours);
+            st.allocs_tract += a1.since(&a0, Scope::Tract);
+            st.frames += 1;
+            drop(px);
+            let a2 = Snapshot::take();
+            st.allocs_decode += a2.count[Scope::Decode as usize];
+            let ms = |a: StdInstant, b: StdInstant| (b - a).as_secs_f64() * 1000.0;
+            st.decode.push(ms(t0, t1));
+            st.preprocess.push(ms(t1, t2));
+            st.inference.push(ms(t2, t3));
+            st.decision.push(ms(t3, t4));
+            st.total.push(ms(t0, t4));
+        }
+    }
+    std::hint::black_box(sink);
+    Ok(st)
+}
+
+fn bench(model: &Path, images: Option<&Path>, passes: usize, json: bool) -> Result<ExitCode> {
+    let manifest = Manifest::load(model)?;
+    let dir = images.map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/neu_samples")));
+    let files: Vec<(PathBuf, Vec<u8>)> = list_images(&dir)?
+        .into_iter()
+        .map(|p| std::fs::read(&p).map(|b| (p.clone(), b)).with_context(|| format!("{}: cannot read", p.display())))
+        .collect::<Result<_>>()?;
+    if files.is_empty() {
+        bail!("{}: no images", dir.display());
+    }
+    let mut precisions = vec![Precision::Int8];
+    if manifest.model.f32_file.is_some() {
+        precisions.push(Precision::F32);
+    }
+    let mut results = serde_json::Map::new();
+    for p in precisions {
+        let mut st = bench_one(&manifest, p, &files, passes.max(1))?;
+        let frames = st.frames.max(1) as f64;
+        let decode_allocs = st.allocs_decode;
+        let stage = |v: &mut Vec<f64>| json!({"median_ms": median(v), "p99_ms": percentile(v, 99.0)});
+        let total_median = median(&mut st.total);
+        let obj = json!({
+            "file": manifest.model_path(p)?.display().to_string(),
+            "frames": st.frames,
+            "decode": stage(&mut st.decode),
+            "preprocess": stage(&mut st.preprocess),
+            "inference": stage(&mut st.inference),
+            "decision": stage(&mut st.decision),
+            "end_to_end": {"median_ms": total_median, "p99_ms": percentile(&mut st.total, 99.0)},
+            "images_per_s_one_thread": 1000.0 / total_median,
+            "allocations_per_frame_ours": st.allocs_ours as f64 / frames,
+            "allocations_per_frame_tract": st.allocs_tract as f64 / frames,
+            "allocations_decode_total": decode_allocs,
+        });
+        results.insert(p.name().to_string(), obj);
+    }
+    let rss = alloc_count::peak_rss_kib();
+    let out = json!({"model": manifest.model.name, "images": files.len(), "passes": passes, "threads": 1, "peak_rss_kib": rss, "results": results});
+    if json {
+        println!("{out}");
+    } else {
+        println!("model {} — {} images × {} passes, one thread", manifest.model.name, files.len(), passes);
+        for (p, r) in &results {
+            println!("\n[{p}] {}", r["file"].as_str().unwrap_or(""));
+            for s in ["decode", "preprocess", "inference", "decision", "end_to_end"] {
+                println!("  {:<11} median {:>8.3} ms   p99 {:>8.3} ms", s, r[s]["median_ms"].as_f64().unwrap_or(0.0), r[s]["p99_ms"].as_f64().unwrap_or(0.0));
+            }
+            println!("  images/s (one thread): {:.0}", r["images_per_s_one_thread"].as_f64().unwrap_or(0.0));
+            println!("  allocations per frame: ours {}, tract {}", r["allocations_per_frame_ours"], r["allocations_per_frame_tract"]);
+        }
+        println!("\npeak RSS {} KiB", rss.map(|v| v.to_string()).unwrap_or_else(|| "?".into()));
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,120 @@
+//! tract inference: load → declutter → optimise → plan once, then run the same state for
+//! every frame with the input written in place.
+//!
+//! Promise: after [`Engine::load`], [`Engine::run`] parses nothing and allocates nothing in our
+//! code; the input tensor is one buffer reused across frames (tract's own allocations inside
+//! `run` are tract's, and are counted separately by the bench).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use tract_onnx::prelude::*;
+
+
+/// One loaded, optimised ONNX model with a fixed input shape and a reusable state.
+pub struct Engine {
+    state: TypedSimpleState,
+    input: Arc<Tensor>,
+    output_len: usize,
+    input_shape: Vec<usize>,
+}
+
+/// Errors while running a frame through the model; the station turns them into a fail-safe.
+#[derive(Debug)]
+pub enum RunError {
+    /// tract refused or failed the run.
+    Inference(String),
+    /// The model produced an output of an unexpected shape or type.
+    BadOutput(&'static str),
+}
+
+impl core::fmt::Display for RunError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            RunError::Inference(e) => write!(f, "inference failed: {e}"),
+            RunError::BadOutput(what) => write!(f, "model output {what}"),
+        }
+    }
+}
+
+impl std::error::Error for RunError {}
+
+impl Engine {
+    /// Load `path`, fix its single input to `input_shape` (f32) and optimise for this CPU.
+    pub fn load(path: &Path, input_shape: &[usize], expected_outputs: usize) -> Result<Engine> {
+        let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read model", path.display()))?;
+        let model = tract_onnx::onnx()
+            .model_for_read(&mut &bytes[..])
+            .with_context(|| format!("{}: not a loadable ONNX model", path.display()))?;
+        let model = model
+            .with_input_fact(0, f32::fact(input_shape).into())
+            .with_context(|| format!("{}: input shape {:?} does not fit the model", path.display(), input_shape))?;
+        let typed = model
+            .into_optimized()
+            .with_context(|| format!("{}: tract could not optimise the model for input {:?}", path.display(), input_shape))?;
+        let outputs = typed.output_outlets()?.len();
+        if outputs != 1 {
+            bail!("{}: model has {outputs} outputs, expected 1", path.display());
+        }
+        let out_fact = typed.output_fact(0)?.clone();
+        let out_shape = out_fact
+            .shape
+            .as_concrete()
+            .with_context(|| format!("{}: output shape is not fixed", path.display()))?
+            .to_vec();
+        let output_len: usize = out_shape.iter().product();
+        if output_len != expected_outputs {
+            bail!(
+                "{}: output shape {:?} has {} values, the manifest lists {} classes",
+                path.display(),
+                out_shape,
+                output_len,
+                expected_outputs
+            );
+        }
+        let plan = typed.into_runnable()?;
+        let state = TypedSimpleState::new(&plan)?;
+        let input = Arc::new(Tensor::zero::<f32>(input_shape)?);
+        let mut engine = Engine { state, input, output_len, input_shape: input_shape.to_vec() };
+        // Warm-up: the first run sizes tract's scratch buffers.
+        let mut scratch = vec![0.0f32; output_len];
+        engine.run(&mut scratch).map_err(anyhow::Error::msg).with_context(|| format!("{}: warm-up run failed", path.display()))?;
+        Ok(engine)
+    }
+
+    /// Fixed input shape (NCHW).
+    pub fn input_shape(&self) -> &[usize] {
+        &self.input_shape
+    }
+
+    /// Number of output values.
+    pub fn output_len(&self) -> usize {
+        self.output_len
+    }
+
+    /// The input buffer, to be filled in place before [`Engine::run`]. Empty only if tract
+    /// kept a reference to the previous input, which it does not between runs.
+    pub fn input_mut(&mut self) -> &mut [f32] {
+        let Some(tensor) = Arc::get_mut(&mut self.input) else {
+            return &mut [];
+        };
+        match tensor.to_plain_array_view_mut::<f32>() {
+            Ok(view) => view.into_slice().unwrap_or(&mut []),
+            Err(_) => &mut [],
+        }
+    }
+
+    /// Run the model on the current input and copy the outputs into `out`.
+    pub fn run(&mut self, out: &mut [f32]) -> Result<(), RunError> {
+        let input = TValue::from_const(self.input.clone());
+        let outputs = self.state.run(tvec!(input)).map_err(|e| RunError::Inference(format!("{e:#}")))?;
+        let view = outputs[0].to_plain_array_view::<f32>().map_err(|_| RunError::BadOutput("is not f32"))?;
+        let view = view.as_slice().ok_or(RunError::BadOutput("is not contiguous"))?;
+        if view.len() != self.output_len || out.len() < view.len() {
+            return Err(RunError::BadOutput("has the wrong number of values"));
+        }
+        out[..view.len()].copy_from_slice(view);
+        Ok(())
+    }
+}

@@ -1,0 +1,6 @@
+//! Models: the manifest that travels with every `.onnx` file, the preprocessing it
+//! describes, and tract inference.
+
+pub mod engine;
+pub mod manifest;
+pub mod preprocess;

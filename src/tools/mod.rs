@@ -1,0 +1,3 @@
+//! Inspection tools: a model plus the maths around it.
+
+pub mod classify;
