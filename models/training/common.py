@@ -95,9 +95,35 @@ class OneVsAll(nn.Module):
         super().__init__()
         self.backbone = backbone or Backbone()
         self.heads = nn.Linear(self.backbone.out_dim, n_classes)
+        # Heads added later with a hidden layer (add_class.py --head mlp), appended in order.
+        self.extra = nn.ModuleList()
+        # Classes added later as separate binary models (add_class.py --head separate).
+        self.separate = nn.ModuleList()
 
     def forward(self, x):
-        return self.heads(self.backbone(x))  # logits; sigmoid is added for export
+        f = self.backbone(x)
+        logits = self.heads(f)
+        if len(self.extra) == 0 and len(self.separate) == 0:
+            return logits  # logits; sigmoid is added for export
+        return torch.cat([logits] + [h(f) for h in self.extra] + [m(x) for m in self.separate], 1)
+
+
+class BinaryModel(nn.Module):
+    """A separate one-vs-all model for one added class: its own small backbone and head."""
+
+    def __init__(self, width=(16, 32, 48, 64, 96)):
+        super().__init__()
+        self.backbone = Backbone(width)
+        self.head = nn.Linear(self.backbone.out_dim, 1)
+
+    def forward(self, x):
+        return self.head(self.backbone(x))
+
+
+def mlp_head(in_dim, hidden=64):
+    """A binary head with one hidden layer, for a class the linear descriptor does not
+    separate well enough; it still reads only the frozen backbone's descriptor."""
+    return nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, 1))
 
 
 class ExportWrapper(nn.Module):
@@ -116,7 +142,16 @@ def fuse_for_export(model):
     from torch.nn.utils.fusion import fuse_conv_bn_eval
 
     m = copy.deepcopy(model).eval()
-    seq = m.backbone.features
+    for sep in getattr(m, "separate", []):
+        fuse_backbone(sep.backbone)
+    fuse_backbone(m.backbone)
+    return m
+
+
+def fuse_backbone(backbone):
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    seq = backbone.features
     new = []
     i = 0
     mods = list(seq)
@@ -127,8 +162,7 @@ def fuse_for_export(model):
         else:
             new.append(mods[i])
             i += 1
-    m.backbone.features = nn.Sequential(*new)
-    return m
+    backbone.features = nn.Sequential(*new)
 
 
 def export_onnx(model, path):

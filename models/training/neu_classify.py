@@ -131,15 +131,6 @@ def ship(model, classes, stem, out, data_root, train, held, design_note, extra_t
     calib = [common.load_gray(os.path.join(data_roots[p.split("/")[0]], p)) for p in calib_paths]
     common.quantise_int8(f32, q8, calib)
 
-    ref_paths = held[:: max(1, len(held) // 24)][:24]
-    ref_imgs = [common.load_gray(os.path.join(data_roots[p.split("/")[0]], p)) for p in ref_paths]
-    ref = {
-        "note": "onnxruntime CPU scores, one thread, for the listed held-out images (paths relative to the class's dataset root)",
-        "images": ref_paths,
-        "f32": common.ort_scores(f32, ref_imgs).tolist(),
-        "int8": common.ort_scores(q8, ref_imgs).tolist(),
-    }
-    common.write_json(os.path.join(out, f"{stem}.reference.json"), ref)
 
     design = design_note or (
         "shared backbone with one independent sigmoid head per class (rows of one f32 linear layer). "

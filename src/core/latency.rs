@@ -74,8 +74,9 @@ impl LatencyHistogram {
         if self.total == 0 {
             return None;
         }
-        let p = p.clamp(0.0, 100.0) as f64;
-        let rank = ((p / 100.0) * self.total as f64).ceil().max(1.0) as u64;
+        // rank = ceil(p / 100 × total), in integers (no float rounding functions in `core`).
+        let p_milli = (p.clamp(0.0, 100.0) * 1000.0) as u64;
+        let rank = ((p_milli * self.total).div_ceil(100_000)).max(1);
         let mut seen = 0u64;
         for (b, c) in self.counts.iter().enumerate() {
             seen += *c as u64;

@@ -47,6 +47,12 @@ impl Engine {
         let model = tract_onnx::onnx()
             .model_for_read(&mut &bytes[..])
             .with_context(|| format!("{}: not a loadable ONNX model", path.display()))?;
+        let declared = model.input_fact(0).with_context(|| format!("{}: model has no input", path.display()))?;
+        if let Ok(Some(shape)) = declared.shape.as_concrete_finite() {
+            if shape.as_slice() != input_shape {
+                bail!("{}: the model's input is {:?}, field `input.shape` of the manifest says {:?}", path.display(), shape.as_slice(), input_shape);
+            }
+        }
         let model = model
             .with_input_fact(0, f32::fact(input_shape).into())
             .with_context(|| format!("{}: input shape {:?} does not fit the model", path.display(), input_shape))?;

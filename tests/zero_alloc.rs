@@ -1,0 +1,56 @@
+//! The frame path allocates nothing in our code after warm-up: preprocessing, decision,
+//! reject scheduling and counters, with tract's own allocations counted separately.
+
+use std::path::PathBuf;
+
+use ferroscope::alloc_count::{CountingAlloc, Scope, Snapshot};
+use ferroscope::core::counters::Counters;
+use ferroscope::core::decision::{Action, ClassRule, DecisionRules};
+use ferroscope::core::frame::GrayFrame;
+use ferroscope::core::reject::{EjectorConfig, RejectScheduler};
+use ferroscope::core::time::Instant;
+use ferroscope::model::manifest::Precision;
+use ferroscope::sim::replay::decode_gray;
+use ferroscope::tools::classify::Classifier;
+
+#[global_allocator]
+static ALLOC: CountingAlloc = CountingAlloc;
+
+#[test]
+fn frame_path_allocates_nothing_in_our_code_after_warm_up() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let mut clf = Classifier::load(&root.join("models/neu_classify.toml"), Precision::Int8).unwrap();
+    let rules = DecisionRules::new(&[ClassRule { reject: true, min_score: 0.5 }; 6], Action::Reject, Action::Reject).unwrap();
+    let mut sched = RejectScheduler::new(EjectorConfig { ejector_distance_mm: 100.0, pulse_width_us: 1000, min_gap_us: 0 }, 1000.0);
+    let mut counters = Counters::default();
+    // Frames decoded up front: the camera's buffers, not the frame path.
+    let dir = root.join("tests/data/neu_samples/inclusion");
+    let frames: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| decode_gray(&std::fs::read(e.unwrap().path()).unwrap()).unwrap()).collect();
+    // A frame of another size exercises the resampler too (taps sized at warm-up).
+    let big: Vec<u8> = (0..320 * 240).map(|i| (i % 251) as u8).collect();
+
+    let mut step = |px: &[u8], w: usize, h: usize, t: u64| {
+        let f = GrayFrame::new(px, w, h, w).unwrap();
+        let d = rules.decide(clf.classify(&f).unwrap());
+        counters.record(&d);
+        let _ = sched.schedule(Instant::from_us(t), Instant::from_us(t));
+        while sched.poll(Instant::from_us(t + 200_000)).is_some() {}
+    };
+    step(&big, 320, 240, 0);
+    for (w, h, px) in &frames {
+        step(px, *w, *h, 0);
+    }
+    let before = Snapshot::take();
+    let mut t = 1_000_000;
+    for _ in 0..5 {
+        for (w, h, px) in &frames {
+            step(px, *w, *h, t);
+            t += 10_000;
+        }
+        step(&big, 320, 240, t);
+    }
+    let after = Snapshot::take();
+    assert_eq!(after.since(&before, Scope::Ours), 0, "our code allocated on the frame path");
+    assert!(after.since(&before, Scope::Tract) > 0, "tract's allocations are counted in their own scope");
+    assert_eq!(counters.inspected, 7 + 35);
+}
