@@ -35,9 +35,20 @@ impl ClassMetrics {
             precision[c] = if predicted > 0 { tp / predicted as f64 } else { 0.0 };
             recall[c] = if support[c] > 0 { tp / support[c] as f64 } else { 0.0 };
             let s = precision[c] + recall[c];
-            f1[c] = if s > 0.0 { 2.0 * precision[c] * recall[c] / s } else { 0.0 };
+            f1[c] = if s > 0.0 {
+                2.0 * precision[c] * recall[c] / s
+            } else {
+                0.0
+            };
         }
-        ClassMetrics { accuracy: if total > 0 { correct as f64 / total as f64 } else { 0.0 }, confusion, precision, recall, f1, support }
+        ClassMetrics {
+            accuracy: if total > 0 { correct as f64 / total as f64 } else { 0.0 },
+            confusion,
+            precision,
+            recall,
+            f1,
+            support,
+        }
     }
 
     fn macro_of(&self, v: &[f64]) -> f64 {

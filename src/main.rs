@@ -120,12 +120,29 @@ enum EvalTool {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.command {
-        Command::Infer { model, precision, json, images } => infer(&model, precision.into(), json, &images),
-        Command::Eval { tool: EvalTool::Classify { model, data, list, precision, json } } => {
-            eval_classify(&model, &data, list.as_deref(), precision.into(), json)
-        }
+        Command::Infer {
+            model,
+            precision,
+            json,
+            images,
+        } => infer(&model, precision.into(), json, &images),
+        Command::Eval {
+            tool:
+                EvalTool::Classify {
+                    model,
+                    data,
+                    list,
+                    precision,
+                    json,
+                },
+        } => eval_classify(&model, &data, list.as_deref(), precision.into(), json),
         Command::Run { config, json } => run(config.as_deref(), json),
-        Command::Bench { model, images, passes, json } => bench(&model, images.as_deref(), passes, json),
+        Command::Bench {
+            model,
+            images,
+            passes,
+            json,
+        } => bench(&model, images.as_deref(), passes, json),
     };
     match r {
         Ok(code) => code,
@@ -138,8 +155,16 @@ fn main() -> ExitCode {
 
 /// Rules straight from the manifest: every class rejects at its threshold.
 fn manifest_rules(m: &Manifest) -> Result<DecisionRules> {
-    let rules: Vec<ClassRule> = m.classes.iter().map(|c| ClassRule { reject: true, min_score: c.threshold }).collect();
-    DecisionRules::new(&rules, Action::Reject, Action::Reject).map_err(|e| anyhow::anyhow!("{}: {e:?}", m.path.display()))
+    let rules: Vec<ClassRule> = m
+        .classes
+        .iter()
+        .map(|c| ClassRule {
+            reject: true,
+            min_score: c.threshold,
+        })
+        .collect();
+    DecisionRules::new(&rules, Action::Reject, Action::Reject)
+        .map_err(|e| anyhow::anyhow!("{}: {e:?}", m.path.display()))
 }
 
 fn outcome_name(o: Outcome) -> &'static str {
@@ -178,14 +203,27 @@ fn infer(model: &Path, precision: Precision, json: bool, images: &[PathBuf]) -> 
             }
         };
         let frame = GrayFrame::new(&px, w, h, w).map_err(|e| anyhow::anyhow!("{}: {e:?}", path.display()))?;
-        let scores = clf.classify(&frame).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?.to_vec();
+        let scores = clf
+            .classify(&frame)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+            .to_vec();
         let d = rules.decide(&scores);
         let class = d.class.map(|c| names[c as usize].as_str()).unwrap_or("-");
         if json {
             let s: serde_json::Map<_, _> = names.iter().zip(&scores).map(|(n, s)| (n.clone(), json!(s))).collect();
-            println!("{}", json!({"image": path.display().to_string(), "class": class, "score": d.score, "outcome": outcome_name(d.outcome), "decision": action_name(d.action), "scores": s}));
+            println!(
+                "{}",
+                json!({"image": path.display().to_string(), "class": class, "score": d.score, "outcome": outcome_name(d.outcome), "decision": action_name(d.action), "scores": s})
+            );
         } else {
-            println!("{}: {} {:.3} → {} ({})", path.display(), class, d.score, action_name(d.action), outcome_name(d.outcome));
+            println!(
+                "{}: {} {:.3} → {} ({})",
+                path.display(),
+                class,
+                d.score,
+                action_name(d.action),
+                outcome_name(d.outcome)
+            );
             for (n, s) in names.iter().zip(&scores) {
                 println!("    {n:<18} {s:.4}");
             }
@@ -205,7 +243,12 @@ fn gather_labelled(data: &[PathBuf], list: Option<&Path>, classes: &[String]) ->
             }
             let class = line.split('/').next().unwrap_or("");
             let Some(ci) = classes.iter().position(|c| c == class) else {
-                bail!("{}:{}: class folder \"{class}\" is not a class of the model ({})", list.display(), n + 1, classes.join(", "));
+                bail!(
+                    "{}:{}: class folder \"{class}\" is not a class of the model ({})",
+                    list.display(),
+                    n + 1,
+                    classes.join(", ")
+                );
             };
             let Some(path) = data.iter().map(|d| d.join(line)).find(|p| p.is_file()) else {
                 bail!("{}:{}: {line} is in none of the --data folders", list.display(), n + 1);
@@ -221,7 +264,11 @@ fn gather_labelled(data: &[PathBuf], list: Option<&Path>, classes: &[String]) ->
                 }
                 let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("").to_string();
                 let Some(ci) = classes.iter().position(|c| *c == name) else {
-                    bail!("{}: folder \"{name}\" is not a class of the model ({})", p.display(), classes.join(", "));
+                    bail!(
+                        "{}: folder \"{name}\" is not a class of the model ({})",
+                        p.display(),
+                        classes.join(", ")
+                    );
                 };
                 for f in list_images(&p)? {
                     items.push((f, ci));
@@ -253,7 +300,13 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
     v[i.min(v.len() - 1)]
 }
 
-fn eval_classify(model: &Path, data: &[PathBuf], list: Option<&Path>, precision: Precision, json: bool) -> Result<ExitCode> {
+fn eval_classify(
+    model: &Path,
+    data: &[PathBuf],
+    list: Option<&Path>,
+    precision: Precision,
+    json: bool,
+) -> Result<ExitCode> {
     let mut clf = Classifier::load(model, precision)?;
     let classes: Vec<String> = clf.manifest().classes.iter().map(|c| c.name.clone()).collect();
     let items = gather_labelled(data, list, &classes)?;
@@ -262,7 +315,10 @@ fn eval_classify(model: &Path, data: &[PathBuf], list: Option<&Path>, precision:
     let mut ms = Vec::with_capacity(items.len());
     let bar = if std::io::stderr().is_terminal() && !json {
         let b = indicatif::ProgressBar::new(items.len() as u64);
-        b.set_style(indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {per_sec} eta {eta}").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()));
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {per_sec} eta {eta}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
         Some(b)
     } else {
         None
@@ -279,7 +335,9 @@ fn eval_classify(model: &Path, data: &[PathBuf], list: Option<&Path>, precision:
             }
         };
         let frame = GrayFrame::new(&px, w, h, w).map_err(|e| anyhow::anyhow!("{}: {e:?}", path.display()))?;
-        let scores = clf.classify(&frame).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let scores = clf
+            .classify(&frame)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         let mut best = 0;
         for (i, s) in scores.iter().enumerate() {
             if *s > scores[best] {
@@ -314,13 +372,39 @@ fn eval_classify(model: &Path, data: &[PathBuf], list: Option<&Path>, precision:
             })
         );
     } else {
-        println!("model {} {} ({}) on {} images", m_info.model.name, m_info.model.version, precision.name(), n);
-        println!("accuracy {:.2} %   macro precision {:.2} %   recall {:.2} %   F1 {:.2} %", m.accuracy * 100.0, m.macro_precision() * 100.0, m.macro_recall() * 100.0, m.macro_f1() * 100.0);
-        println!("{:.1} images/s, {:.2} ms per image (median, decode + preprocess + inference, one thread)", n as f64 / wall, ms_median);
+        println!(
+            "model {} {} ({}) on {} images",
+            m_info.model.name,
+            m_info.model.version,
+            precision.name(),
+            n
+        );
+        println!(
+            "accuracy {:.2} %   macro precision {:.2} %   recall {:.2} %   F1 {:.2} %",
+            m.accuracy * 100.0,
+            m.macro_precision() * 100.0,
+            m.macro_recall() * 100.0,
+            m.macro_f1() * 100.0
+        );
+        println!(
+            "{:.1} images/s, {:.2} ms per image (median, decode + preprocess + inference, one thread)",
+            n as f64 / wall,
+            ms_median
+        );
         println!();
-        println!("{:<18} {:>9} {:>9} {:>9} {:>7}", "class", "precision", "recall", "F1", "images");
+        println!(
+            "{:<18} {:>9} {:>9} {:>9} {:>7}",
+            "class", "precision", "recall", "F1", "images"
+        );
         for c in 0..k {
-            println!("{:<18} {:>8.2}% {:>8.2}% {:>8.2}% {:>7}", classes[c], m.precision[c] * 100.0, m.recall[c] * 100.0, m.f1[c] * 100.0, m.support[c]);
+            println!(
+                "{:<18} {:>8.2}% {:>8.2}% {:>8.2}% {:>7}",
+                classes[c],
+                m.precision[c] * 100.0,
+                m.recall[c] * 100.0,
+                m.f1[c] * 100.0,
+                m.support[c]
+            );
         }
         println!();
         println!("confusion (rows: truth, columns: predicted, in class order)");
@@ -332,11 +416,17 @@ fn eval_classify(model: &Path, data: &[PathBuf], list: Option<&Path>, precision:
             eprintln!("error: {e}");
         }
     }
-    Ok(if errors.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if errors.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn run(config: Option<&Path>, json: bool) -> Result<ExitCode> {
-    let path = config.map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
+    let path = config
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
     let cfg = StationConfig::load(&path)?;
     if !json {
         println!("station {} — config {}", cfg.station.name, path.display());
@@ -370,15 +460,47 @@ fn run(config: Option<&Path>, json: bool) -> Result<ExitCode> {
         let c = &summary.counters;
         println!();
         println!("model {}", summary.model);
-        println!("items {}   accepted {}   rejected {}   uncertain {}   fail-safe {}   faults {}   yield {:.1} %", c.inspected, c.accepted, c.rejected, c.uncertain, c.failsafe, c.faults, c.yield_percent());
-        let per: Vec<String> = summary.classes.iter().enumerate().filter(|(i, _)| c.rejected_per_class[*i] > 0).map(|(i, n)| format!("{n} {}", c.rejected_per_class[i])).collect();
-        println!("rejected per class: {}", if per.is_empty() { "-".into() } else { per.join(", ") });
-        println!("latency capture→decision p50 {} ms, p99 {} ms", j["latency_ms_p50"], j["latency_ms_p99"]);
-        println!("reject pulses {} (timing error p50 {} µs, p99 {} µs)", summary.pulses(), j["timing_error_us_p50"], j["timing_error_us_p99"]);
+        println!(
+            "items {}   accepted {}   rejected {}   uncertain {}   fail-safe {}   faults {}   yield {:.1} %",
+            c.inspected,
+            c.accepted,
+            c.rejected,
+            c.uncertain,
+            c.failsafe,
+            c.faults,
+            c.yield_percent()
+        );
+        let per: Vec<String> = summary
+            .classes
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| c.rejected_per_class[*i] > 0)
+            .map(|(i, n)| format!("{n} {}", c.rejected_per_class[i]))
+            .collect();
+        println!(
+            "rejected per class: {}",
+            if per.is_empty() { "-".into() } else { per.join(", ") }
+        );
+        println!(
+            "latency capture→decision p50 {} ms, p99 {} ms",
+            j["latency_ms_p50"], j["latency_ms_p99"]
+        );
+        println!(
+            "reject pulses {} (timing error p50 {} µs, p99 {} µs)",
+            summary.pulses(),
+            j["timing_error_us_p50"],
+            j["timing_error_us_p99"]
+        );
         if summary.labelled > 0 {
-            println!("labelled items {}: {} decided as their folder's class", summary.labelled, summary.correct);
+            println!(
+                "labelled items {}: {} decided as their folder's class",
+                summary.labelled, summary.correct
+            );
         }
-        println!("allocations after the first item: ours {}, tract {:.0} per item", summary.allocations_ours_after_warmup, summary.allocations_tract_per_item);
+        println!(
+            "allocations after the first item: ours {}, tract {:.0} per item",
+            summary.allocations_ours_after_warmup, summary.allocations_tract_per_item
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -395,12 +517,33 @@ struct StageStats {
     frames: u64,
 }
 
-fn bench_one(manifest: &Manifest, precision: Precision, files: &[(PathBuf, Vec<u8>)], passes: usize) -> Result<StageStats> {
+fn bench_one(
+    manifest: &Manifest,
+    precision: Precision,
+    files: &[(PathBuf, Vec<u8>)],
+    passes: usize,
+) -> Result<StageStats> {
     let mut clf = Classifier::from_manifest(manifest.clone(), precision)?;
     let rules = manifest_rules(manifest)?;
-    let mut st = StageStats { decode: vec![], preprocess: vec![], inference: vec![], decision: vec![], total: vec![], allocs_ours: 0, allocs_tract: 0, allocs_decode: 0, frames: 0 };
+    let mut st = StageStats {
+        decode: vec![],
+        preprocess: vec![],
+        inference: vec![],
+        decision: vec![],
+        total: vec![],
+        allocs_ours: 0,
+        allocs_tract: 0,
+        allocs_decode: 0,
+        frames: 0,
+    };
     let n = files.len() * passes;
-    for v in [&mut st.decode, &mut st.preprocess, &mut st.inference, &mut st.decision, &mut st.total] {
+    for v in [
+        &mut st.decode,
+        &mut st.preprocess,
+        &mut st.inference,
+        &mut st.decision,
+        &mut st.total,
+    ] {
         v.reserve(n);
     }
     // Warm-up pass (sizes buffers and tract's scratch).
@@ -413,7 +556,8 @@ fn bench_one(manifest: &Manifest, precision: Precision, files: &[(PathBuf, Vec<u
     for _ in 0..passes {
         for (path, bytes) in files {
             let t0 = StdInstant::now();
-            let (w, h, px) = scoped(Scope::Decode, || decode_gray(bytes)).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            let (w, h, px) =
+                scoped(Scope::Decode, || decode_gray(bytes)).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
             let t1 = StdInstant::now();
             let a0 = Snapshot::take();
             let frame = GrayFrame::new(&px, w, h, w).map_err(|e| anyhow::anyhow!("{e:?}"))?;
@@ -445,10 +589,16 @@ fn bench_one(manifest: &Manifest, precision: Precision, files: &[(PathBuf, Vec<u
 
 fn bench(model: &Path, images: Option<&Path>, passes: usize, json: bool) -> Result<ExitCode> {
     let manifest = Manifest::load(model)?;
-    let dir = images.map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/neu_samples")));
+    let dir = images
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/neu_samples")));
     let files: Vec<(PathBuf, Vec<u8>)> = list_images(&dir)?
         .into_iter()
-        .map(|p| std::fs::read(&p).map(|b| (p.clone(), b)).with_context(|| format!("{}: cannot read", p.display())))
+        .map(|p| {
+            std::fs::read(&p)
+                .map(|b| (p.clone(), b))
+                .with_context(|| format!("{}: cannot read", p.display()))
+        })
         .collect::<Result<_>>()?;
     if files.is_empty() {
         bail!("{}: no images", dir.display());
@@ -484,16 +634,35 @@ fn bench(model: &Path, images: Option<&Path>, passes: usize, json: bool) -> Resu
     if json {
         println!("{out}");
     } else {
-        println!("model {} — {} images × {} passes, one thread", manifest.model.name, files.len(), passes);
+        println!(
+            "model {} — {} images × {} passes, one thread",
+            manifest.model.name,
+            files.len(),
+            passes
+        );
         for (p, r) in &results {
             println!("\n[{p}] {}", r["file"].as_str().unwrap_or(""));
             for s in ["decode", "preprocess", "inference", "decision", "end_to_end"] {
-                println!("  {:<11} median {:>8.3} ms   p99 {:>8.3} ms", s, r[s]["median_ms"].as_f64().unwrap_or(0.0), r[s]["p99_ms"].as_f64().unwrap_or(0.0));
+                println!(
+                    "  {:<11} median {:>8.3} ms   p99 {:>8.3} ms",
+                    s,
+                    r[s]["median_ms"].as_f64().unwrap_or(0.0),
+                    r[s]["p99_ms"].as_f64().unwrap_or(0.0)
+                );
             }
-            println!("  images/s (one thread): {:.0}", r["images_per_s_one_thread"].as_f64().unwrap_or(0.0));
-            println!("  allocations per frame: ours {}, tract {}", r["allocations_per_frame_ours"], r["allocations_per_frame_tract"]);
+            println!(
+                "  images/s (one thread): {:.0}",
+                r["images_per_s_one_thread"].as_f64().unwrap_or(0.0)
+            );
+            println!(
+                "  allocations per frame: ours {}, tract {}",
+                r["allocations_per_frame_ours"], r["allocations_per_frame_tract"]
+            );
         }
-        println!("\npeak RSS {} KiB", rss.map(|v| v.to_string()).unwrap_or_else(|| "?".into()));
+        println!(
+            "\npeak RSS {} KiB",
+            rss.map(|v| v.to_string()).unwrap_or_else(|| "?".into())
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

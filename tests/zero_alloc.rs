@@ -20,12 +20,30 @@ static ALLOC: CountingAlloc = CountingAlloc;
 fn frame_path_allocates_nothing_in_our_code_after_warm_up() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let mut clf = Classifier::load(&root.join("models/neu_classify.toml"), Precision::Int8).unwrap();
-    let rules = DecisionRules::new(&[ClassRule { reject: true, min_score: 0.5 }; 6], Action::Reject, Action::Reject).unwrap();
-    let mut sched = RejectScheduler::new(EjectorConfig { ejector_distance_mm: 100.0, pulse_width_us: 1000, min_gap_us: 0 }, 1000.0);
+    let rules = DecisionRules::new(
+        &[ClassRule {
+            reject: true,
+            min_score: 0.5,
+        }; 6],
+        Action::Reject,
+        Action::Reject,
+    )
+    .unwrap();
+    let mut sched = RejectScheduler::new(
+        EjectorConfig {
+            ejector_distance_mm: 100.0,
+            pulse_width_us: 1000,
+            min_gap_us: 0,
+        },
+        1000.0,
+    );
     let mut counters = Counters::default();
     // Frames decoded up front: the camera's buffers, not the frame path.
     let dir = root.join("tests/data/neu_samples/inclusion");
-    let frames: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| decode_gray(&std::fs::read(e.unwrap().path()).unwrap()).unwrap()).collect();
+    let frames: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| decode_gray(&std::fs::read(e.unwrap().path()).unwrap()).unwrap())
+        .collect();
     // A frame of another size exercises the resampler too (taps sized at warm-up).
     let big: Vec<u8> = (0..320 * 240).map(|i| (i % 251) as u8).collect();
 
@@ -50,7 +68,14 @@ fn frame_path_allocates_nothing_in_our_code_after_warm_up() {
         step(&big, 320, 240, t);
     }
     let after = Snapshot::take();
-    assert_eq!(after.since(&before, Scope::Ours), 0, "our code allocated on the frame path");
-    assert!(after.since(&before, Scope::Tract) > 0, "tract's allocations are counted in their own scope");
+    assert_eq!(
+        after.since(&before, Scope::Ours),
+        0,
+        "our code allocated on the frame path"
+    );
+    assert!(
+        after.since(&before, Scope::Tract) > 0,
+        "tract's allocations are counted in their own scope"
+    );
     assert_eq!(counters.inspected, 7 + 35);
 }

@@ -4,9 +4,9 @@
 
 Writes models/neu_classify.onnx (int8), models/neu_classify.f32.onnx, the manifest
 models/neu_classify.toml (without [metrics]; stamp_metrics.py adds what the Rust evaluator
-measures), the held-out list models/neu_classify.heldout.txt, onnxruntime reference scores
-models/neu_classify.reference.json, and the checkpoint models/training/neu_classify.pt that
-add_class.py extends.
+measures), the held-out list models/neu_classify.heldout.txt, and the checkpoint
+models/training/neu_classify.pt that add_class.py extends. reference.py records onnxruntime's
+scores for the tests. train_all.sh runs the whole chain.
 """
 
 import argparse
@@ -119,8 +119,9 @@ def main():
          design_note=None, extra_training={"epochs": args.epochs, "seed": args.seed})
 
 
-def ship(model, classes, stem, out, data_root, train, held, design_note, extra_training, data_roots=None, calib_from=None):
-    """Export f32 + int8, record onnxruntime reference scores, write the manifest."""
+def ship(model, classes, stem, out, data_root, train, held, design_note, extra_training, data_roots=None, calib_from=None,
+         pinned_from=None, keep_f32_prefix=None):
+    """Export f32 + int8 and write the manifest."""
     data_roots = data_roots or {c: data_root for c in classes}
     f32 = os.path.join(out, f"{stem}.f32.onnx")
     q8 = os.path.join(out, f"{stem}.onnx")
@@ -129,7 +130,8 @@ def ship(model, classes, stem, out, data_root, train, held, design_note, extra_t
     calib_from = calib_from or train
     calib_paths = rng.sample(calib_from, min(240, len(calib_from)))
     calib = [common.load_gray(os.path.join(data_roots[p.split("/")[0]], p)) for p in calib_paths]
-    common.quantise_int8(f32, q8, calib)
+    pinned = common.pinned_grids(pinned_from) if pinned_from else None
+    common.quantise_int8(f32, q8, calib, pinned, keep_f32_prefix)
 
 
     design = design_note or (
@@ -165,7 +167,9 @@ def ship(model, classes, stem, out, data_root, train, held, design_note, extra_t
         'activation = "sigmoid"',
         "",
         "[quantisation]",
-        'format = "onnx QDQ: int8 weights (per-tensor), uint8 activations (per-tensor) around each Conv+Relu; pooling and heads f32. tract runs the convolutions between the quantise/dequantise pairs"',
+        'format = "onnx QDQ: int8 weights (per output channel, 7-bit range), uint8 activations (per-tensor) around each Conv+Relu; pooling and heads f32. tract runs the convolutions between the quantise/dequantise pairs'
+        + ("; the added model stays f32 (quantised it cost 1 to 3 points), the shared backbone keeps the base model's grids" if keep_f32_prefix else "")
+        + '"',
         f'calibration = "MinMax over {len(calib)} training images"',
         'tool = "onnxruntime.quantization.quantize_static"',
         "",

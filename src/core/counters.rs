@@ -71,10 +71,30 @@ mod tests {
     #[test]
     fn totals_add_up() {
         let mut c = Counters::default();
-        let ok = Decision { outcome: Outcome::Accept, action: Action::Accept, class: Some(1), score: 0.9 };
-        let bad = Decision { outcome: Outcome::Reject, action: Action::Reject, class: Some(2), score: 0.9 };
-        let unsure = Decision { outcome: Outcome::Uncertain, action: Action::Reject, class: Some(0), score: 0.3 };
-        let fs = Decision { outcome: Outcome::FailSafe, action: Action::Reject, class: None, score: 0.0 };
+        let ok = Decision {
+            outcome: Outcome::Accept,
+            action: Action::Accept,
+            class: Some(1),
+            score: 0.9,
+        };
+        let bad = Decision {
+            outcome: Outcome::Reject,
+            action: Action::Reject,
+            class: Some(2),
+            score: 0.9,
+        };
+        let unsure = Decision {
+            outcome: Outcome::Uncertain,
+            action: Action::Reject,
+            class: Some(0),
+            score: 0.3,
+        };
+        let fs = Decision {
+            outcome: Outcome::FailSafe,
+            action: Action::Reject,
+            class: None,
+            score: 0.0,
+        };
         for d in [ok, bad, bad, unsure, fs] {
             c.record(&d);
         }

@@ -89,7 +89,11 @@ impl DecisionRules {
             // Cannot fail: length checked above.
             let _ = v.push(*r);
         }
-        Ok(DecisionRules { rules: v, uncertain_action, failsafe_action })
+        Ok(DecisionRules {
+            rules: v,
+            uncertain_action,
+            failsafe_action,
+        })
     }
 
     /// Number of classes.
@@ -104,7 +108,12 @@ impl DecisionRules {
 
     /// The fail-safe decision.
     pub fn fail_safe(&self) -> Decision {
-        Decision { outcome: Outcome::FailSafe, action: self.failsafe_action, class: None, score: 0.0 }
+        Decision {
+            outcome: Outcome::FailSafe,
+            action: self.failsafe_action,
+            class: None,
+            score: 0.0,
+        }
     }
 
     /// Decide from one score per class. A wrong count or a non-finite score is fail-safe.
@@ -121,12 +130,27 @@ impl DecisionRules {
         let score = scores[best];
         let rule = self.rules[best];
         if score < rule.min_score {
-            return Decision { outcome: Outcome::Uncertain, action: self.uncertain_action, class: Some(best as u8), score };
+            return Decision {
+                outcome: Outcome::Uncertain,
+                action: self.uncertain_action,
+                class: Some(best as u8),
+                score,
+            };
         }
         if rule.reject {
-            Decision { outcome: Outcome::Reject, action: Action::Reject, class: Some(best as u8), score }
+            Decision {
+                outcome: Outcome::Reject,
+                action: Action::Reject,
+                class: Some(best as u8),
+                score,
+            }
         } else {
-            Decision { outcome: Outcome::Accept, action: Action::Accept, class: Some(best as u8), score }
+            Decision {
+                outcome: Outcome::Accept,
+                action: Action::Accept,
+                class: Some(best as u8),
+                score,
+            }
         }
     }
 }
@@ -137,9 +161,18 @@ mod tests {
 
     fn rules() -> DecisionRules {
         let r = [
-            ClassRule { reject: true, min_score: 0.5 },
-            ClassRule { reject: false, min_score: 0.6 },
-            ClassRule { reject: true, min_score: 0.9 },
+            ClassRule {
+                reject: true,
+                min_score: 0.5,
+            },
+            ClassRule {
+                reject: false,
+                min_score: 0.6,
+            },
+            ClassRule {
+                reject: true,
+                min_score: 0.9,
+            },
         ];
         DecisionRules::new(&r, Action::Reject, Action::Reject).unwrap()
     }
@@ -147,15 +180,24 @@ mod tests {
     #[test]
     fn highest_confident_head_decides() {
         let d = rules().decide(&[0.7, 0.2, 0.1]);
-        assert_eq!((d.outcome, d.action, d.class), (Outcome::Reject, Action::Reject, Some(0)));
+        assert_eq!(
+            (d.outcome, d.action, d.class),
+            (Outcome::Reject, Action::Reject, Some(0))
+        );
         let d = rules().decide(&[0.1, 0.65, 0.3]);
-        assert_eq!((d.outcome, d.action, d.class), (Outcome::Accept, Action::Accept, Some(1)));
+        assert_eq!(
+            (d.outcome, d.action, d.class),
+            (Outcome::Accept, Action::Accept, Some(1))
+        );
     }
 
     #[test]
     fn below_class_threshold_is_uncertain_with_configured_action() {
         let d = rules().decide(&[0.1, 0.2, 0.85]);
-        assert_eq!((d.outcome, d.action, d.class), (Outcome::Uncertain, Action::Reject, Some(2)));
+        assert_eq!(
+            (d.outcome, d.action, d.class),
+            (Outcome::Uncertain, Action::Reject, Some(2))
+        );
         let mut lenient = rules();
         lenient.uncertain_action = Action::Accept;
         assert_eq!(lenient.decide(&[0.1, 0.2, 0.85]).action, Action::Accept);
@@ -170,8 +212,17 @@ mod tests {
 
     #[test]
     fn invalid_rules_are_refused() {
-        assert_eq!(DecisionRules::new(&[], Action::Reject, Action::Reject), Err(RulesError::ClassCount(0)));
-        let bad = [ClassRule { reject: true, min_score: 1.5 }];
-        assert_eq!(DecisionRules::new(&bad, Action::Reject, Action::Reject), Err(RulesError::Threshold(0)));
+        assert_eq!(
+            DecisionRules::new(&[], Action::Reject, Action::Reject),
+            Err(RulesError::ClassCount(0))
+        );
+        let bad = [ClassRule {
+            reject: true,
+            min_score: 1.5,
+        }];
+        assert_eq!(
+            DecisionRules::new(&bad, Action::Reject, Action::Reject),
+            Err(RulesError::Threshold(0))
+        );
     }
 }

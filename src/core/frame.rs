@@ -43,9 +43,17 @@ impl<'a> GrayFrame<'a> {
         }
         let needed = stride.saturating_mul(height - 1).saturating_add(width);
         if data.len() < needed {
-            return Err(FrameError::Truncated { needed, got: data.len() });
+            return Err(FrameError::Truncated {
+                needed,
+                got: data.len(),
+            });
         }
-        Ok(GrayFrame { data, width, height, stride })
+        Ok(GrayFrame {
+            data,
+            width,
+            height,
+            stride,
+        })
     }
 
     /// Width in pixels.
@@ -75,8 +83,14 @@ mod tests {
         let buf = [0u8; 12];
         assert!(GrayFrame::new(&buf, 4, 3, 4).is_ok());
         assert_eq!(GrayFrame::new(&buf, 0, 3, 4).unwrap_err(), FrameError::Empty);
-        assert_eq!(GrayFrame::new(&buf, 4, 3, 3).unwrap_err(), FrameError::Stride { stride: 3, width: 4 });
-        assert_eq!(GrayFrame::new(&buf, 4, 4, 4).unwrap_err(), FrameError::Truncated { needed: 16, got: 12 });
+        assert_eq!(
+            GrayFrame::new(&buf, 4, 3, 3).unwrap_err(),
+            FrameError::Stride { stride: 3, width: 4 }
+        );
+        assert_eq!(
+            GrayFrame::new(&buf, 4, 4, 4).unwrap_err(),
+            FrameError::Truncated { needed: 16, got: 12 }
+        );
         // The last row need not be padded to the stride.
         assert!(GrayFrame::new(&buf[..10], 2, 3, 4).is_ok());
     }

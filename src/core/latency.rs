@@ -19,7 +19,11 @@ pub struct LatencyHistogram {
 
 impl Default for LatencyHistogram {
     fn default() -> Self {
-        LatencyHistogram { counts: [0; BUCKETS], total: 0, max_us: 0 }
+        LatencyHistogram {
+            counts: [0; BUCKETS],
+            total: 0,
+            max_us: 0,
+        }
     }
 }
 
@@ -95,7 +99,21 @@ mod tests {
     #[test]
     fn buckets_are_monotonic_and_cover_their_values() {
         let mut prev = 0;
-        for us in [0u64, 1, 63, 64, 65, 100, 1000, 1023, 1024, 5000, 123_456, 10_000_000, 1 << 31] {
+        for us in [
+            0u64,
+            1,
+            63,
+            64,
+            65,
+            100,
+            1000,
+            1023,
+            1024,
+            5000,
+            123_456,
+            10_000_000,
+            1 << 31,
+        ] {
             let b = bucket_of(us);
             assert!(b >= prev, "bucket order at {us}");
             assert!(bucket_high(b) >= us, "{us} above its bucket's high {}", bucket_high(b));

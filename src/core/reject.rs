@@ -82,12 +82,20 @@ pub struct RejectScheduler {
     belt_speed_mm_per_s: f32,
     pending: heapless::Deque<Pulse, MAX_PENDING_PULSES>,
     line_on: bool,
+    /// End of the last pulse that has already finished (the minimum gap counts from it).
+    last_off: Option<Instant>,
 }
 
 impl RejectScheduler {
     /// A scheduler for one ejector on a belt moving at `belt_speed_mm_per_s`.
     pub fn new(cfg: EjectorConfig, belt_speed_mm_per_s: f32) -> Self {
-        RejectScheduler { cfg, belt_speed_mm_per_s, pending: heapless::Deque::new(), line_on: false }
+        RejectScheduler {
+            cfg,
+            belt_speed_mm_per_s,
+            pending: heapless::Deque::new(),
+            line_on: false,
+            last_off: None,
+        }
     }
 
     /// Change the belt speed for items scheduled from now on.
@@ -113,23 +121,45 @@ impl RejectScheduler {
         let planned_on = Instant::from_us(arrival.us.saturating_sub(half));
         let off = planned_on.add_us(self.cfg.pulse_width_us as u64);
         if off <= now {
-            return Err(ScheduleError::TooLate { late_by_us: now.us_since(off) });
+            return Err(ScheduleError::TooLate {
+                late_by_us: now.us_since(off),
+            });
         }
-        let clipped = planned_on < now;
-        let on = if clipped { now } else { planned_on };
+        // Earliest start: now, and the minimum off-time after the last finished pulse.
+        let mut earliest = now;
+        if self.pending.is_empty() {
+            if let Some(last) = self.last_off {
+                earliest = earliest.max(last.add_us(self.cfg.min_gap_us as u64));
+            }
+        }
+        let clipped = planned_on < earliest;
+        let on = if clipped { earliest } else { planned_on };
+        if on >= off {
+            return Err(ScheduleError::TooLate {
+                late_by_us: on.us_since(off),
+            });
+        }
         if let Some(last) = self.pending.back_mut() {
             if on.us <= last.off.us.saturating_add(self.cfg.min_gap_us as u64) {
                 if off > last.off {
                     last.off = off;
                 }
                 last.items = last.items.saturating_add(1);
-                return Ok(Scheduled { arrival, clipped, merged: true });
+                return Ok(Scheduled {
+                    arrival,
+                    clipped,
+                    merged: true,
+                });
             }
         }
         self.pending
             .push_back(Pulse { on, off, items: 1 })
             .map_err(|_| ScheduleError::Full)?;
-        Ok(Scheduled { arrival, clipped, merged: false })
+        Ok(Scheduled {
+            arrival,
+            clipped,
+            merged: false,
+        })
     }
 
     /// The next time [`RejectScheduler::poll`] has something to do.
@@ -148,6 +178,7 @@ impl RejectScheduler {
         if self.line_on && p.off <= now {
             self.line_on = false;
             self.pending.pop_front();
+            self.last_off = Some(p.off);
             return Some((Edge::Off, p));
         }
         None
@@ -159,14 +190,20 @@ mod tests {
     use super::*;
 
     fn sched() -> RejectScheduler {
-        let cfg = EjectorConfig { ejector_distance_mm: 500.0, pulse_width_us: 20_000, min_gap_us: 10_000 };
+        let cfg = EjectorConfig {
+            ejector_distance_mm: 500.0,
+            pulse_width_us: 20_000,
+            min_gap_us: 10_000,
+        };
         RejectScheduler::new(cfg, 1000.0)
     }
 
     #[test]
     fn pulse_is_centred_on_arrival() {
         let mut s = sched();
-        let r = s.schedule(Instant::from_us(1_000_000), Instant::from_us(1_050_000)).unwrap();
+        let r = s
+            .schedule(Instant::from_us(1_000_000), Instant::from_us(1_050_000))
+            .unwrap();
         assert_eq!(r.arrival, Instant::from_us(1_500_000));
         assert_eq!(s.next_event(), Some(Instant::from_us(1_490_000)));
         assert_eq!(s.poll(Instant::from_us(1_489_999)), None);
@@ -196,16 +233,26 @@ mod tests {
         let r = s.schedule(Instant::from_us(0), Instant::from_us(495_000)).unwrap();
         assert!(r.clipped);
         s.set_belt_speed(0.0);
-        assert_eq!(s.schedule(Instant::from_us(0), Instant::from_us(0)), Err(ScheduleError::BeltStopped));
+        assert_eq!(
+            s.schedule(Instant::from_us(0), Instant::from_us(0)),
+            Err(ScheduleError::BeltStopped)
+        );
     }
 
     #[test]
     fn overflow_is_an_error() {
-        let cfg = EjectorConfig { ejector_distance_mm: 500.0, pulse_width_us: 1000, min_gap_us: 0 };
+        let cfg = EjectorConfig {
+            ejector_distance_mm: 500.0,
+            pulse_width_us: 1000,
+            min_gap_us: 0,
+        };
         let mut s = RejectScheduler::new(cfg, 1000.0);
         for i in 0..MAX_PENDING_PULSES as u64 {
             s.schedule(Instant::from_us(i * 10_000), Instant::from_us(0)).unwrap();
         }
-        assert_eq!(s.schedule(Instant::from_us(10_000_000), Instant::from_us(0)), Err(ScheduleError::Full));
+        assert_eq!(
+            s.schedule(Instant::from_us(10_000_000), Instant::from_us(0)),
+            Err(ScheduleError::Full)
+        );
     }
 }

@@ -16,7 +16,9 @@ impl Instant {
 
     /// This instant plus `us` microseconds (saturating).
     pub const fn add_us(self, us: u64) -> Self {
-        Instant { us: self.us.saturating_add(us) }
+        Instant {
+            us: self.us.saturating_add(us),
+        }
     }
 
     /// Microseconds from `earlier` to `self`, zero if `earlier` is later.

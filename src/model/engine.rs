@@ -11,7 +11,6 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use tract_onnx::prelude::*;
 
-
 /// One loaded, optimised ONNX model with a fixed input shape and a reusable state.
 pub struct Engine {
     state: TypedSimpleState,
@@ -47,18 +46,35 @@ impl Engine {
         let model = tract_onnx::onnx()
             .model_for_read(&mut &bytes[..])
             .with_context(|| format!("{}: not a loadable ONNX model", path.display()))?;
-        let declared = model.input_fact(0).with_context(|| format!("{}: model has no input", path.display()))?;
+        let declared = model
+            .input_fact(0)
+            .with_context(|| format!("{}: model has no input", path.display()))?;
         if let Ok(Some(shape)) = declared.shape.as_concrete_finite() {
             if shape.as_slice() != input_shape {
-                bail!("{}: the model's input is {:?}, field `input.shape` of the manifest says {:?}", path.display(), shape.as_slice(), input_shape);
+                bail!(
+                    "{}: the model's input is {:?}, field `input.shape` of the manifest says {:?}",
+                    path.display(),
+                    shape.as_slice(),
+                    input_shape
+                );
             }
         }
         let model = model
             .with_input_fact(0, f32::fact(input_shape).into())
-            .with_context(|| format!("{}: input shape {:?} does not fit the model", path.display(), input_shape))?;
-        let typed = model
-            .into_optimized()
-            .with_context(|| format!("{}: tract could not optimise the model for input {:?}", path.display(), input_shape))?;
+            .with_context(|| {
+                format!(
+                    "{}: input shape {:?} does not fit the model",
+                    path.display(),
+                    input_shape
+                )
+            })?;
+        let typed = model.into_optimized().with_context(|| {
+            format!(
+                "{}: tract could not optimise the model for input {:?}",
+                path.display(),
+                input_shape
+            )
+        })?;
         let outputs = typed.output_outlets()?.len();
         if outputs != 1 {
             bail!("{}: model has {outputs} outputs, expected 1", path.display());
@@ -82,10 +98,18 @@ impl Engine {
         let plan = typed.into_runnable()?;
         let state = TypedSimpleState::new(&plan)?;
         let input = Arc::new(Tensor::zero::<f32>(input_shape)?);
-        let mut engine = Engine { state, input, output_len, input_shape: input_shape.to_vec() };
+        let mut engine = Engine {
+            state,
+            input,
+            output_len,
+            input_shape: input_shape.to_vec(),
+        };
         // Warm-up: the first run sizes tract's scratch buffers.
         let mut scratch = vec![0.0f32; output_len];
-        engine.run(&mut scratch).map_err(anyhow::Error::msg).with_context(|| format!("{}: warm-up run failed", path.display()))?;
+        engine
+            .run(&mut scratch)
+            .map_err(anyhow::Error::msg)
+            .with_context(|| format!("{}: warm-up run failed", path.display()))?;
         Ok(engine)
     }
 
@@ -114,8 +138,13 @@ impl Engine {
     /// Run the model on the current input and copy the outputs into `out`.
     pub fn run(&mut self, out: &mut [f32]) -> Result<(), RunError> {
         let input = TValue::from_const(self.input.clone());
-        let outputs = self.state.run(tvec!(input)).map_err(|e| RunError::Inference(format!("{e:#}")))?;
-        let view = outputs[0].to_plain_array_view::<f32>().map_err(|_| RunError::BadOutput("is not f32"))?;
+        let outputs = self
+            .state
+            .run(tvec!(input))
+            .map_err(|e| RunError::Inference(format!("{e:#}")))?;
+        let view = outputs[0]
+            .to_plain_array_view::<f32>()
+            .map_err(|_| RunError::BadOutput("is not f32"))?;
         let view = view.as_slice().ok_or(RunError::BadOutput("is not contiguous"))?;
         if view.len() != self.output_len || out.len() < view.len() {
             return Err(RunError::BadOutput("has the wrong number of values"));

@@ -121,7 +121,10 @@ impl Manifest {
         let raw: Raw = toml::from_str(text).map_err(|e| anyhow::anyhow!("{p}: {e}"))?;
         let m = &raw.model;
         if m.tool != "classify" {
-            bail!("{p}: field `model.tool` is \"{}\"; this build runs \"classify\" models", m.tool);
+            bail!(
+                "{p}: field `model.tool` is \"{}\"; this build runs \"classify\" models",
+                m.tool
+            );
         }
         if !is_sha256(&m.sha256) {
             bail!("{p}: field `model.sha256` must be 64 hex digits");
@@ -145,29 +148,46 @@ impl Manifest {
             bail!("{p}: field `input.resize` is \"{}\"; allowed: \"bilinear\"", i.resize);
         }
         if i.shape.len() != 4 || i.shape[0] != 1 || i.shape[1] != 1 || i.shape[2] == 0 || i.shape[3] == 0 {
-            bail!("{p}: field `input.shape` is {:?}; expected [1, 1, height, width] for one gray image", i.shape);
+            bail!(
+                "{p}: field `input.shape` is {:?}; expected [1, 1, height, width] for one gray image",
+                i.shape
+            );
         }
         if !(i.std > 0.0) || !i.mean.is_finite() || !i.std.is_finite() {
             bail!("{p}: fields `input.mean`/`input.std` must be finite with std > 0");
         }
         if raw.classes.is_empty() || raw.classes.len() > MAX_CLASSES {
-            bail!("{p}: field `classes` has {} entries; allowed 1..={MAX_CLASSES}", raw.classes.len());
+            bail!(
+                "{p}: field `classes` has {} entries; allowed 1..={MAX_CLASSES}",
+                raw.classes.len()
+            );
         }
         for (k, c) in raw.classes.iter().enumerate() {
             if !(0.0..=1.0).contains(&c.threshold) {
-                bail!("{p}: field `classes[{k}].threshold` ({}) is {}; allowed 0..=1", c.name, c.threshold);
+                bail!(
+                    "{p}: field `classes[{k}].threshold` ({}) is {}; allowed 0..=1",
+                    c.name,
+                    c.threshold
+                );
             }
             if c.name.is_empty() || raw.classes[..k].iter().any(|o| o.name == c.name) {
                 bail!("{p}: field `classes[{k}].name` \"{}\" is empty or repeated", c.name);
             }
         }
-        Ok(Manifest { path: path.to_path_buf(), model: raw.model, input: raw.input, classes: raw.classes, metrics: raw.metrics })
+        Ok(Manifest {
+            path: path.to_path_buf(),
+            model: raw.model,
+            input: raw.input,
+            classes: raw.classes,
+            metrics: raw.metrics,
+        })
     }
 
     /// Read, parse and check a manifest, then check that the model file(s) exist and match
     /// their sha256.
     pub fn load(path: &Path) -> Result<Manifest> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read manifest", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("{}: cannot read manifest", path.display()))?;
         let m = Manifest::parse(&text, path)?;
         m.check_file(Precision::Int8)?;
         if m.model.f32_file.is_some() {
@@ -183,7 +203,10 @@ impl Manifest {
             Precision::Int8 => Ok(dir.join(&self.model.file)),
             Precision::F32 => match &self.model.f32_file {
                 Some(f) => Ok(dir.join(f)),
-                None => bail!("{}: field `model.f32_file` is missing; no f32 model to run", self.path.display()),
+                None => bail!(
+                    "{}: field `model.f32_file` is missing; no f32 model to run",
+                    self.path.display()
+                ),
             },
         }
     }
@@ -198,13 +221,21 @@ impl Manifest {
             bail!(
                 "{}: field `{}`: model file {} does not exist",
                 self.path.display(),
-                if precision == Precision::Int8 { "model.file" } else { "model.f32_file" },
+                if precision == Precision::Int8 {
+                    "model.file"
+                } else {
+                    "model.f32_file"
+                },
                 file.display()
             );
         }
         let got = sha256_file(&file)?;
         if !got.eq_ignore_ascii_case(want) {
-            bail!("{}: field `{field}`: {} has sha256 {got}, the manifest says {want}", self.path.display(), file.display());
+            bail!(
+                "{}: field `{field}`: {} has sha256 {got}, the manifest says {want}",
+                self.path.display(),
+                file.display()
+            );
         }
         Ok(())
     }

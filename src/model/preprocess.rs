@@ -22,7 +22,12 @@ fn taps(src: usize, dst: usize) -> Taps {
     let filterscale = scale.max(1.0);
     let support = filterscale; // bilinear support is 1 source pixel at scale 1
     let stride = (support.ceil() as usize) * 2 + 1;
-    let mut t = Taps { start: Vec::with_capacity(dst), len: Vec::with_capacity(dst), weights: vec![0.0; dst * stride], stride };
+    let mut t = Taps {
+        start: Vec::with_capacity(dst),
+        len: Vec::with_capacity(dst),
+        weights: vec![0.0; dst * stride],
+        stride,
+    };
     for x in 0..dst {
         let center = (x as f64 + 0.5) * scale;
         let xmin = ((center - support + 0.5).floor().max(0.0)) as usize;

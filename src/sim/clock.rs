@@ -11,7 +11,9 @@ pub struct MonotonicClock {
 
 impl Default for MonotonicClock {
     fn default() -> Self {
-        MonotonicClock { origin: std::time::Instant::now() }
+        MonotonicClock {
+            origin: std::time::Instant::now(),
+        }
     }
 }
 

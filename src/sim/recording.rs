@@ -32,7 +32,11 @@ pub struct RecordingOutput {
 impl RecordingOutput {
     /// A recorder reading `clock`, holding up to `capacity` events (preallocated).
     pub fn new(clock: MonotonicClock, capacity: usize) -> Self {
-        RecordingOutput { clock, events: Vec::with_capacity(capacity), capacity }
+        RecordingOutput {
+            clock,
+            events: Vec::with_capacity(capacity),
+            capacity,
+        }
     }
 
     /// The timeline so far.
@@ -47,7 +51,12 @@ impl RejectOutput for RecordingOutput {
             return Err(OutputError::Full);
         }
         let actual = self.clock.now();
-        self.events.push(Event { line, active, planned: at, actual });
+        self.events.push(Event {
+            line,
+            active,
+            planned: at,
+            actual,
+        });
         Ok(())
     }
 }

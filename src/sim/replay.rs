@@ -39,7 +39,10 @@ pub struct ReplayCamera {
 }
 
 fn is_image(p: &Path) -> bool {
-    p.extension().and_then(|e| e.to_str()).map(|e| EXTS.contains(&e.to_ascii_lowercase().as_str())).unwrap_or(false)
+    p.extension()
+        .and_then(|e| e.to_str())
+        .map(|e| EXTS.contains(&e.to_ascii_lowercase().as_str()))
+        .unwrap_or(false)
 }
 
 /// Image files of `dir` and of its immediate sub-folders, sorted by path.
@@ -82,9 +85,14 @@ impl ReplayCamera {
         let files = if path.is_dir() {
             list_images(path)?
         } else {
-            let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read replay list", path.display()))?;
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("{}: cannot read replay list", path.display()))?;
             let base = path.parent().unwrap_or(Path::new("."));
-            text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(|l| base.join(l)).collect()
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(|l| base.join(l))
+                .collect()
         };
         if files.is_empty() {
             bail!("{}: no images (png, jpg, bmp) to replay", path.display());
@@ -95,7 +103,11 @@ impl ReplayCamera {
                 Ok(bytes) => decode_gray(&bytes),
                 Err(e) => Err(e.to_string()),
             };
-            let label = f.parent().and_then(|p| p.file_name()).and_then(|n| n.to_str()).map(str::to_owned);
+            let label = f
+                .parent()
+                .and_then(|p| p.file_name())
+                .and_then(|n| n.to_str())
+                .map(str::to_owned);
             frames.push(ReplayFrame { path: f, label, pixels });
         }
         Ok(ReplayCamera {
@@ -117,7 +129,12 @@ impl ReplayCamera {
 
     /// Largest frame, in bytes (to size the station's buffer once).
     pub fn max_frame_bytes(&self) -> usize {
-        self.frames.iter().filter_map(|f| f.pixels.as_ref().ok()).map(|(w, h, _)| w * h).max().unwrap_or(0)
+        self.frames
+            .iter()
+            .filter_map(|f| f.pixels.as_ref().ok())
+            .map(|(w, h, _)| w * h)
+            .max()
+            .unwrap_or(0)
     }
 
     /// The file behind sequence number `seq`.
@@ -144,7 +161,10 @@ impl Camera for ReplayCamera {
         self.clock.sleep_until(due);
         let captured = self.clock.now();
         // Free-run pacing: the next frame is due one period after this one was due.
-        self.next_at = Some(due.add_us(self.period_us).max(Instant::from_us(captured.us.saturating_sub(self.period_us))));
+        self.next_at = Some(
+            due.add_us(self.period_us)
+                .max(Instant::from_us(captured.us.saturating_sub(self.period_us))),
+        );
         let sequence = self.sequence;
         self.sequence = self.sequence.wrapping_add(1);
         let frame = &self.frames[self.next_index];
@@ -153,10 +173,20 @@ impl Camera for ReplayCamera {
             Err(_) => Err(CaptureError::Corrupt { sequence }),
             Ok((w, h, px)) => {
                 if px.len() > buf.len() {
-                    return Err(CaptureError::WrongSize { sequence, width: *w, height: *h });
+                    return Err(CaptureError::WrongSize {
+                        sequence,
+                        width: *w,
+                        height: *h,
+                    });
                 }
                 buf[..px.len()].copy_from_slice(px);
-                Ok(FrameInfo { width: *w, height: *h, stride: *w, sequence, captured })
+                Ok(FrameInfo {
+                    width: *w,
+                    height: *h,
+                    stride: *w,
+                    sequence,
+                    captured,
+                })
             }
         }
     }

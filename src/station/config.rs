@@ -128,7 +128,10 @@ fn action(v: &str, p: &Path, field: &str) -> Result<Action> {
     match v {
         "reject" => Ok(Action::Reject),
         "accept" => Ok(Action::Accept),
-        other => bail!("{}: field `{field}` is \"{other}\"; allowed: \"reject\", \"accept\"", p.display()),
+        other => bail!(
+            "{}: field `{field}` is \"{other}\"; allowed: \"reject\", \"accept\"",
+            p.display()
+        ),
     }
 }
 
@@ -139,13 +142,19 @@ impl StationConfig {
         c.path = path.to_path_buf();
         let p = path.display();
         if c.camera.source != "replay" {
-            bail!("{p}: field `camera.source` is \"{}\"; allowed: \"replay\"", c.camera.source);
+            bail!(
+                "{p}: field `camera.source` is \"{}\"; allowed: \"replay\"",
+                c.camera.source
+            );
         }
         if c.tool.kind != "classify" {
             bail!("{p}: field `tool.kind` is \"{}\"; allowed: \"classify\"", c.tool.kind);
         }
         if c.outputs.backend != "recording" {
-            bail!("{p}: field `outputs.backend` is \"{}\"; allowed: \"recording\"", c.outputs.backend);
+            bail!(
+                "{p}: field `outputs.backend` is \"{}\"; allowed: \"recording\"",
+                c.outputs.backend
+            );
         }
         let k = &c.conveyor;
         if !(k.belt_speed_mm_per_s > 0.0 && k.belt_speed_mm_per_s.is_finite()) {
@@ -185,7 +194,10 @@ impl StationConfig {
         match self.tool.precision.as_deref().unwrap_or("int8") {
             "int8" => Ok(Precision::Int8),
             "f32" => Ok(Precision::F32),
-            other => bail!("{}: field `tool.precision` is \"{other}\"; allowed: \"int8\", \"f32\"", self.path.display()),
+            other => bail!(
+                "{}: field `tool.precision` is \"{other}\"; allowed: \"int8\", \"f32\"",
+                self.path.display()
+            ),
         }
     }
 
@@ -195,9 +207,18 @@ impl StationConfig {
         let p = self.path.display();
         let d = &self.decision;
         let names = manifest.class_names();
-        for n in d.reject_classes.iter().chain(&d.accept_classes).chain(d.min_score.keys()) {
+        for n in d
+            .reject_classes
+            .iter()
+            .chain(&d.accept_classes)
+            .chain(d.min_score.keys())
+        {
             if !names.contains(&n.as_str()) {
-                bail!("{p}: `decision` names class \"{n}\", which {} does not have (classes: {})", manifest.path.display(), names.join(", "));
+                bail!(
+                    "{p}: `decision` names class \"{n}\", which {} does not have (classes: {})",
+                    manifest.path.display(),
+                    names.join(", ")
+                );
             }
         }
         let mut rules = Vec::new();
@@ -212,12 +233,19 @@ impl StationConfig {
             }
             let min_score = d.min_score.get(&c.name).copied().unwrap_or(c.threshold);
             if !(0.0..=1.0).contains(&min_score) {
-                bail!("{p}: field `decision.min_score.{}` is {min_score}; allowed 0..=1", c.name);
+                bail!(
+                    "{p}: field `decision.min_score.{}` is {min_score}; allowed 0..=1",
+                    c.name
+                );
             }
             rules.push(ClassRule { reject: rej, min_score });
         }
-        DecisionRules::new(&rules, action(&d.uncertain, &self.path, "decision.uncertain")?, action(&d.failsafe, &self.path, "decision.failsafe")?)
-            .map_err(|e| anyhow!("{p}: decision rules: {e:?}"))
+        DecisionRules::new(
+            &rules,
+            action(&d.uncertain, &self.path, "decision.uncertain")?,
+            action(&d.failsafe, &self.path, "decision.failsafe")?,
+        )
+        .map_err(|e| anyhow!("{p}: decision rules: {e:?}"))
     }
 
     /// The ejector.

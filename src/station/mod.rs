@@ -98,7 +98,10 @@ pub struct Summary {
 impl Summary {
     /// Reject pulses in the timeline.
     pub fn pulses(&self) -> usize {
-        self.timeline.iter().filter(|e| matches!(e.line, OutputLine::Reject(_)) && e.active).count()
+        self.timeline
+            .iter()
+            .filter(|e| matches!(e.line, OutputLine::Reject(_)) && e.active)
+            .count()
     }
 
     /// Edge timing error (actual − planned) of the reject line: (p50, p99) in µs.
@@ -113,10 +116,18 @@ impl Summary {
     /// The summary as one JSON object.
     pub fn to_json(&self) -> serde_json::Value {
         let c = &self.counters;
-        let per_class: serde_json::Map<String, serde_json::Value> =
-            self.classes.iter().enumerate().map(|(i, n)| (n.clone(), json!(c.rejected_per_class[i]))).collect();
-        let detected: serde_json::Map<String, serde_json::Value> =
-            self.classes.iter().enumerate().map(|(i, n)| (n.clone(), json!(c.per_class[i]))).collect();
+        let per_class: serde_json::Map<String, serde_json::Value> = self
+            .classes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.clone(), json!(c.rejected_per_class[i])))
+            .collect();
+        let detected: serde_json::Map<String, serde_json::Value> = self
+            .classes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.clone(), json!(c.per_class[i])))
+            .collect();
         let f = &self.faults;
         let (te50, te99) = self.timing_error_us();
         json!({
@@ -159,7 +170,12 @@ struct Shared {
 
 type SharedState = Arc<(Mutex<Shared>, Condvar)>;
 
-fn actuator(shared: SharedState, mut out: RecordingOutput, clock: MonotonicClock, heartbeat_us: u64) -> RecordingOutput {
+fn actuator(
+    shared: SharedState,
+    mut out: RecordingOutput,
+    clock: MonotonicClock,
+    heartbeat_us: u64,
+) -> RecordingOutput {
     let (lock, cvar) = &*shared;
     let mut hb_level = false;
     let mut next_hb = clock.now();
@@ -205,8 +221,12 @@ pub fn run(cfg: &StationConfig, mut on_item: impl FnMut(&ItemReport<'_>)) -> Res
     let clock = MonotonicClock::default();
     let precision = cfg.precision()?;
     let manifest_path = cfg.resolve(&cfg.tool.manifest);
-    let mut classifier = Classifier::load(&manifest_path, precision)
-        .with_context(|| format!("{}: field `tool.manifest`: the station refuses to start", cfg.path.display()))?;
+    let mut classifier = Classifier::load(&manifest_path, precision).with_context(|| {
+        format!(
+            "{}: field `tool.manifest`: the station refuses to start",
+            cfg.path.display()
+        )
+    })?;
     let rules = cfg.rules(classifier.manifest())?;
     let classes: Vec<String> = classifier.manifest().classes.iter().map(|c| c.name.clone()).collect();
     let replay_path = cfg.resolve(&cfg.camera.path);
@@ -217,12 +237,22 @@ pub fn run(cfg: &StationConfig, mut on_item: impl FnMut(&ItemReport<'_>)) -> Res
         classifier.prepare(*w, *h);
     }
     let sched = RejectScheduler::new(cfg.ejector(), cfg.conveyor.belt_speed_mm_per_s);
-    let shared: SharedState = Arc::new((Mutex::new(Shared { sched, healthy: true, stop: false, output_errors: 0 }), Condvar::new()));
+    let shared: SharedState = Arc::new((
+        Mutex::new(Shared {
+            sched,
+            healthy: true,
+            stop: false,
+            output_errors: 0,
+        }),
+        Condvar::new(),
+    ));
     let out = RecordingOutput::new(clock, MAX_TIMELINE_EVENTS);
     let heartbeat_us = cfg.outputs.heartbeat_period_ms.max(1) as u64 * 1000;
     let act = {
         let shared = shared.clone();
-        std::thread::Builder::new().name("actuator".into()).spawn(move || actuator(shared, out, clock, heartbeat_us))?
+        std::thread::Builder::new()
+            .name("actuator".into())
+            .spawn(move || actuator(shared, out, clock, heartbeat_us))?
     };
 
     let deadline_us = cfg.decision.decision_deadline_ms as u64 * 1000;
@@ -245,12 +275,22 @@ pub fn run(cfg: &StationConfig, mut on_item: impl FnMut(&ItemReport<'_>)) -> Res
             Err(CaptureError::Corrupt { sequence }) => {
                 faults.corrupt_frame += 1;
                 counters.fault();
-                (rules.fail_safe(), Some("corrupt frame"), sequence, clock.now().max(captured_guess))
+                (
+                    rules.fail_safe(),
+                    Some("corrupt frame"),
+                    sequence,
+                    clock.now().max(captured_guess),
+                )
             }
             Err(CaptureError::WrongSize { sequence, .. }) => {
                 faults.wrong_size_frame += 1;
                 counters.fault();
-                (rules.fail_safe(), Some("wrong frame size"), sequence, clock.now().max(captured_guess))
+                (
+                    rules.fail_safe(),
+                    Some("wrong frame size"),
+                    sequence,
+                    clock.now().max(captured_guess),
+                )
             }
             Ok(info) => {
                 let decided = match GrayFrame::new(&frame_buf, info.width, info.height, info.stride) {
@@ -310,7 +350,15 @@ pub fn run(cfg: &StationConfig, mut on_item: impl FnMut(&ItemReport<'_>)) -> Res
             }
         }
         let source = frame.path.file_name().and_then(|n| n.to_str()).unwrap_or("?");
-        on_item(&ItemReport { sequence: seq, source, label, decision, class_name, latency_us: late, fault });
+        on_item(&ItemReport {
+            sequence: seq,
+            source,
+            label,
+            decision,
+            class_name,
+            latency_us: late,
+            fault,
+        });
         if warm.is_none() {
             warm = Some((Snapshot::take(), counters.inspected));
         }

@@ -57,7 +57,13 @@ impl Classifier {
             .with_context(|| format!("{}: loading the {} model", manifest.path.display(), precision.name()))?;
         let (h, w) = manifest.input_hw();
         let pre = Preprocessor::new(h, w, manifest.input.mean, manifest.input.std);
-        Ok(Classifier { manifest, precision, engine, pre, scores: [0.0; MAX_CLASSES] })
+        Ok(Classifier {
+            manifest,
+            precision,
+            engine,
+            pre,
+            scores: [0.0; MAX_CLASSES],
+        })
     }
 
     /// The manifest.
