@@ -27,6 +27,7 @@ static BYTES: [AtomicU64; SCOPES] = [AtomicU64::new(0), AtomicU64::new(0), Atomi
 
 thread_local! {
     static CURRENT: Cell<u8> = const { Cell::new(0) };
+    static LOCAL: [Cell<u64>; SCOPES] = const { [Cell::new(0), Cell::new(0), Cell::new(0)] };
 }
 
 /// Wraps the system allocator and counts allocations per [`Scope`].
@@ -36,6 +37,7 @@ fn tally(size: usize) {
     let s = CURRENT.try_with(|c| c.get()).unwrap_or(0) as usize % SCOPES;
     COUNTS[s].fetch_add(1, Ordering::Relaxed);
     BYTES[s].fetch_add(size as u64, Ordering::Relaxed);
+    let _ = LOCAL.try_with(|l| l[s].set(l[s].get() + 1));
 }
 
 // SAFETY: every call is forwarded unchanged to `System`; counting has no effect on memory.
@@ -65,7 +67,8 @@ pub fn scoped<R>(scope: Scope, f: impl FnOnce() -> R) -> R {
     r
 }
 
-/// Allocation counts so far, per scope, in [`Scope`] order (all threads).
+/// Allocation counts so far, per scope, in [`Scope`] order: all threads ([`Snapshot::take`])
+/// or the calling thread ([`Snapshot::take_thread`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Snapshot {
     /// Allocation calls per scope.
@@ -82,6 +85,17 @@ impl Snapshot {
             s.count[i] = COUNTS[i].load(Ordering::Relaxed);
             s.bytes[i] = BYTES[i].load(Ordering::Relaxed);
         }
+        s
+    }
+
+    /// Allocation calls made by the calling thread only, per scope (bytes are not tracked).
+    pub fn take_thread() -> Snapshot {
+        let mut s = Snapshot::default();
+        let _ = LOCAL.try_with(|l| {
+            for (c, v) in s.count.iter_mut().zip(l) {
+                *c = v.get();
+            }
+        });
         s
     }
 

@@ -3,7 +3,7 @@
 //! Exit codes: 0 success, 1 the job ran but found a problem (for example an image failed),
 //! 2 bad usage or a start-up error (config, manifest, model).
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant as StdInstant;
@@ -18,7 +18,7 @@ use ferroscope::core::frame::GrayFrame;
 use ferroscope::eval::ClassMetrics;
 use ferroscope::model::manifest::{Manifest, Precision};
 use ferroscope::sim::replay::{decode_gray, list_images};
-use ferroscope::station::{self, config::StationConfig, config::DEFAULT_CONFIG_PATH};
+use ferroscope::station::{self, config::StationConfig, config::DEFAULT_CONFIG_PATH, ItemReport};
 use ferroscope::tools::classify::Classifier;
 
 #[global_allocator]
@@ -396,10 +396,10 @@ fn eval_classify(
             "{:<18} {:>9} {:>9} {:>9} {:>7}",
             "class", "precision", "recall", "F1", "images"
         );
-        for c in 0..k {
+        for (c, name) in classes.iter().enumerate() {
             println!(
                 "{:<18} {:>8.2}% {:>8.2}% {:>8.2}% {:>7}",
-                classes[c],
+                name,
                 m.precision[c] * 100.0,
                 m.recall[c] * 100.0,
                 m.f1[c] * 100.0,
@@ -431,27 +431,15 @@ fn run(config: Option<&Path>, json: bool) -> Result<ExitCode> {
     if !json {
         println!("station {} — config {}", cfg.station.name, path.display());
     }
+    let stdout = std::io::stdout();
     let summary = station::run(&cfg, |item| {
-        let d = item.decision;
-        if json {
-            println!(
-                "{}",
-                json!({"item": item.sequence, "source": item.source, "label": item.label, "class": item.class_name, "score": d.score,
-                       "outcome": outcome_name(d.outcome), "decision": action_name(d.action), "latency_ms": item.latency_us as f64 / 1000.0, "fault": item.fault})
-            );
+        // Written field by field into the locked stdout: logging must not allocate per item.
+        let mut out = stdout.lock();
+        let _ = if json {
+            write_item_json(&mut out, item)
         } else {
-            println!(
-                "#{:<4} {:<14} {:<7} {:<10} {:<16} {:.3}  {:>6.2} ms{}",
-                item.sequence,
-                item.source,
-                action_name(d.action),
-                outcome_name(d.outcome),
-                item.class_name.unwrap_or("-"),
-                d.score,
-                item.latency_us as f64 / 1000.0,
-                item.fault.map(|f| format!("  FAULT: {f}")).unwrap_or_default()
-            );
-        }
+            write_item_text(&mut out, item)
+        };
     })?;
     let j = summary.to_json();
     if json {
@@ -503,6 +491,65 @@ fn run(config: Option<&Path>, json: bool) -> Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn write_json_str(out: &mut impl Write, s: &str) -> std::io::Result<()> {
+    out.write_all(b"\"")?;
+    for c in s.chars() {
+        match c {
+            '"' => out.write_all(b"\\\"")?,
+            '\\' => out.write_all(b"\\\\")?,
+            c if (c as u32) < 0x20 => write!(out, "\\u{:04x}", c as u32)?,
+            c => write!(out, "{c}")?,
+        }
+    }
+    out.write_all(b"\"")
+}
+
+fn write_opt_str(out: &mut impl Write, s: Option<&str>) -> std::io::Result<()> {
+    match s {
+        Some(s) => write_json_str(out, s),
+        None => out.write_all(b"null"),
+    }
+}
+
+fn write_item_json(out: &mut impl Write, item: &ItemReport<'_>) -> std::io::Result<()> {
+    let d = item.decision;
+    write!(out, "{{\"item\":{},\"source\":", item.sequence)?;
+    write_json_str(out, item.source)?;
+    out.write_all(b",\"label\":")?;
+    write_opt_str(out, item.label)?;
+    out.write_all(b",\"class\":")?;
+    write_opt_str(out, item.class_name)?;
+    write!(
+        out,
+        ",\"score\":{},\"outcome\":\"{}\",\"decision\":\"{}\",\"latency_ms\":{},\"fault\":",
+        d.score,
+        outcome_name(d.outcome),
+        action_name(d.action),
+        item.latency_us as f64 / 1000.0
+    )?;
+    write_opt_str(out, item.fault)?;
+    out.write_all(b"}\n")
+}
+
+fn write_item_text(out: &mut impl Write, item: &ItemReport<'_>) -> std::io::Result<()> {
+    let d = item.decision;
+    write!(
+        out,
+        "#{:<4} {:<14} {:<7} {:<10} {:<16} {:.3}  {:>6.2} ms",
+        item.sequence,
+        item.source,
+        action_name(d.action),
+        outcome_name(d.outcome),
+        item.class_name.unwrap_or("-"),
+        d.score,
+        item.latency_us as f64 / 1000.0
+    )?;
+    if let Some(f) = item.fault {
+        write!(out, "  FAULT: {f}")?;
+    }
+    out.write_all(b"\n")
 }
 
 struct StageStats {

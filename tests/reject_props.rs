@@ -21,7 +21,7 @@ proptest! {
         let mut arrivals = Vec::new();
         let mut pulses: Vec<(u64, u64)> = Vec::new();
         let mut on_at = None;
-        let mut drain = |s: &mut RejectScheduler, now: u64, pulses: &mut Vec<(u64, u64)>, on_at: &mut Option<u64>| {
+        let drain = |s: &mut RejectScheduler, now: u64, pulses: &mut Vec<(u64, u64)>, on_at: &mut Option<u64>| {
             while let Some((edge, p)) = s.poll(Instant::from_us(now)) {
                 match edge {
                     Edge::On => { assert!(on_at.is_none()); *on_at = Some(p.on.us); }

@@ -58,7 +58,7 @@ fn frame_path_allocates_nothing_in_our_code_after_warm_up() {
     for (w, h, px) in &frames {
         step(px, *w, *h, 0);
     }
-    let before = Snapshot::take();
+    let before = Snapshot::take_thread();
     let mut t = 1_000_000;
     for _ in 0..5 {
         for (w, h, px) in &frames {
@@ -67,7 +67,7 @@ fn frame_path_allocates_nothing_in_our_code_after_warm_up() {
         }
         step(&big, 320, 240, t);
     }
-    let after = Snapshot::take();
+    let after = Snapshot::take_thread();
     assert_eq!(
         after.since(&before, Scope::Ours),
         0,

@@ -23,7 +23,7 @@ impl Scale {
 /// Microseconds a point on a belt moving at `belt_speed_mm_per_s` takes to travel
 /// `distance_mm`; `None` for a stopped or reversed belt or a non-finite input.
 pub fn travel_time_us(distance_mm: f32, belt_speed_mm_per_s: f32) -> Option<u64> {
-    if !(belt_speed_mm_per_s > 0.0) || !distance_mm.is_finite() || distance_mm < 0.0 {
+    if belt_speed_mm_per_s.is_nan() || belt_speed_mm_per_s <= 0.0 || !distance_mm.is_finite() || distance_mm < 0.0 {
         return None;
     }
     let us = (distance_mm as f64) * 1_000_000.0 / (belt_speed_mm_per_s as f64);

@@ -153,7 +153,7 @@ impl Manifest {
                 i.shape
             );
         }
-        if !(i.std > 0.0) || !i.mean.is_finite() || !i.std.is_finite() {
+        if i.std.is_nan() || i.std <= 0.0 || !i.mean.is_finite() || !i.std.is_finite() {
             bail!("{p}: fields `input.mean`/`input.std` must be finite with std > 0");
         }
         if raw.classes.is_empty() || raw.classes.len() > MAX_CLASSES {

@@ -87,7 +87,7 @@ pub struct Summary {
     pub correct: u64,
     /// Recorded output timeline.
     pub timeline: Vec<Event>,
-    /// Our allocations per item after the first item (the frame path's promise is zero).
+    /// Our allocations on the frame loop's thread after the first item (the promise is zero).
     pub allocations_ours_after_warmup: u64,
     /// tract's allocations per item after the first item.
     pub allocations_tract_per_item: f64,
@@ -360,10 +360,12 @@ pub fn run(cfg: &StationConfig, mut on_item: impl FnMut(&ItemReport<'_>)) -> Res
             fault,
         });
         if warm.is_none() {
-            warm = Some((Snapshot::take(), counters.inspected));
+            warm = Some((Snapshot::take_thread(), counters.inspected));
         }
     }
-    let end = Snapshot::take();
+    // The frame loop's own thread: other threads (the actuator, a test harness) are not the
+    // frame path.
+    let end = Snapshot::take_thread();
     {
         let (lock, cvar) = &*shared;
         if let Ok(mut g) = lock.lock() {

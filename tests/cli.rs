@@ -1,0 +1,97 @@
+//! The `ferroscope` binary as a user runs it.
+
+use std::process::Command;
+
+fn ferroscope(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_ferroscope"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn eval_classify_json_has_the_promised_keys_and_a_real_accuracy() {
+    let out = ferroscope(&[
+        "eval",
+        "classify",
+        "--model",
+        "models/neu_classify.toml",
+        "--data",
+        "tests/data/neu_samples",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for key in [
+        "accuracy",
+        "precision",
+        "recall",
+        "f1",
+        "confusion",
+        "classes",
+        "images",
+        "ms_per_image_median",
+    ] {
+        assert!(j.get(key).is_some(), "missing {key}");
+    }
+    assert_eq!(j["images"], 36);
+    assert!(j["accuracy"].as_f64().unwrap() >= 34.0 / 36.0);
+    let total: u64 = j["confusion"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r.as_array().unwrap())
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(total, 36);
+}
+
+#[test]
+fn eval_refuses_a_folder_that_is_not_a_class() {
+    let out = ferroscope(&[
+        "eval",
+        "classify",
+        "--model",
+        "models/neu_classify.toml",
+        "--data",
+        "tests/data/xsdd_samples",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("red_iron") && err.contains("not a class"), "{err}");
+}
+
+#[test]
+fn infer_prints_class_scores_and_decision() {
+    let out = ferroscope(&[
+        "infer",
+        "--model",
+        "models/neu_classify.toml",
+        "tests/data/neu_samples/scratches/Sc_104.png",
+    ]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("scratches") && text.contains("REJECT"), "{text}");
+    assert_eq!(text.lines().count(), 7, "one line for the decision, one per head");
+}
+
+#[test]
+fn a_missing_manifest_is_a_start_up_error_naming_the_file() {
+    let out = ferroscope(&["infer", "--model", "models/nope.toml", "x.png"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("models/nope.toml"));
+}
+
+#[test]
+fn run_json_ends_with_the_summary() {
+    let out = ferroscope(&["run", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 37, "36 item lines and the summary");
+    let s: serde_json::Value = serde_json::from_str(lines[36]).unwrap();
+    assert_eq!(s["items"], 36);
+    assert_eq!(s["allocations_ours_after_warmup"], 0);
+    assert_eq!(s["accepted"].as_u64().unwrap() + s["rejected"].as_u64().unwrap(), 36);
+}
