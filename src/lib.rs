@@ -15,6 +15,8 @@ pub mod hal;
 #[cfg(feature = "std")]
 pub mod alloc_count;
 #[cfg(feature = "std")]
+pub mod drivers;
+#[cfg(feature = "std")]
 pub mod eval;
 #[cfg(feature = "std")]
 pub mod model;

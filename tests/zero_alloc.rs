@@ -1,13 +1,14 @@
 //! The frame path allocates nothing in our code after warm-up: preprocessing, decision,
-//! reject scheduling and counters, with tract's own allocations counted separately.
+//! reject tracking and counters, with tract's own allocations counted separately.
 
 use std::path::PathBuf;
 
 use ferroscope::alloc_count::{CountingAlloc, Scope, Snapshot};
+use ferroscope::core::belt::Belt;
 use ferroscope::core::counters::Counters;
 use ferroscope::core::decision::{Action, ClassRule, DecisionRules};
 use ferroscope::core::frame::GrayFrame;
-use ferroscope::core::reject::{EjectorConfig, RejectScheduler};
+use ferroscope::core::reject::{EjectorConfig, FailSafePolicy, MergePolicy, OutcomeSet, Tracker};
 use ferroscope::core::time::Instant;
 use ferroscope::model::manifest::Precision;
 use ferroscope::sim::replay::decode_gray;
@@ -29,14 +30,21 @@ fn frame_path_allocates_nothing_in_our_code_after_warm_up() {
         Action::Reject,
     )
     .unwrap();
-    let mut sched = RejectScheduler::new(
-        EjectorConfig {
-            ejector_distance_mm: 100.0,
-            pulse_width_us: 1000,
-            min_gap_us: 0,
-        },
-        1000.0,
-    );
+    let ejector = EjectorConfig {
+        ejector_distance_mm: 100.0,
+        pulse_width_us: 1000,
+        min_gap_us: 0,
+        merge: MergePolicy::Extend,
+        takes: OutcomeSet::ALL,
+    };
+    let mut tracker = Tracker::new(
+        &[ejector],
+        FailSafePolicy::Reject,
+        Belt::from_speed(1000.0, Instant::from_us(0)),
+    )
+    .unwrap();
+    let mut id = 0u32;
+    let mut edges = 0u64;
     let mut counters = Counters::default();
     // Frames decoded up front: the camera's buffers, not the frame path.
     let dir = root.join("tests/data/neu_samples/inclusion");
@@ -51,8 +59,11 @@ fn frame_path_allocates_nothing_in_our_code_after_warm_up() {
         let f = GrayFrame::new(px, w, h, w).unwrap();
         let d = rules.decide(clf.classify(&f).unwrap());
         counters.record(&d);
-        let _ = sched.schedule(Instant::from_us(t), Instant::from_us(t));
-        while sched.poll(Instant::from_us(t + 200_000)).is_some() {}
+        id += 1;
+        tracker.begin(id, Instant::from_us(t));
+        tracker.decide(id, &d, Instant::from_us(t)).unwrap();
+        tracker.poll(Instant::from_us(t + 99_000), |_| edges += 1);
+        tracker.poll(Instant::from_us(t + 200_000), |_| edges += 1);
     };
     step(&big, 320, 240, 0);
     for (w, h, px) in &frames {
@@ -68,6 +79,7 @@ fn frame_path_allocates_nothing_in_our_code_after_warm_up() {
         step(&big, 320, 240, t);
     }
     let after = Snapshot::take_thread();
+    drop(step);
     assert_eq!(
         after.since(&before, Scope::Ours),
         0,
@@ -78,4 +90,6 @@ fn frame_path_allocates_nothing_in_our_code_after_warm_up() {
         "tract's allocations are counted in their own scope"
     );
     assert_eq!(counters.inspected, 7 + 35);
+    assert_eq!(tracker.in_flight(), 0);
+    assert_eq!(edges, 2 * counters.rejected, "one pulse per reject");
 }

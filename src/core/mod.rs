@@ -5,6 +5,7 @@
 //! capacities from `heapless`, so the same code runs on a Linux board, in a simulation with a
 //! simulated clock, and on a bare-metal microcontroller (`thumbv7em-none-eabihf`).
 
+pub mod belt;
 pub mod calibration;
 pub mod counters;
 pub mod decision;

@@ -1,17 +1,69 @@
-//! Reject timing: an item captured at `t` reaches the ejector `ejector_distance_mm`
-//! downstream at `t + distance / belt speed`; the ejector pulse is centred on that arrival.
+//! Reject tracking: the PLC-style shift register, on the board.
 //!
-//! Pulses wait in a fixed-capacity queue ([`MAX_PENDING_PULSES`]); adjacent rejects closer
-//! than the minimum gap merge into one longer pulse, so pulses on one output never overlap.
-//! The caller polls with the current time and drives the output line on each edge.
+//! Every inspected item enters the [`Tracker`] at capture with its belt position (from the
+//! [`Belt`] model: time × speed, or encoder counts). Its decision arrives later, from the
+//! frame loop, and routes it to one of up to [`MAX_EJECTORS`] ejectors downstream, each taking
+//! a set of outcomes (e.g. one ejector per defect-class group). The tracker is polled with the
+//! current time and emits output edges when a routed item's arrival at its ejector is due:
+//! the pulse is centred on the predicted arrival and re-predicted at every poll, so speed
+//! changes and encoder updates are followed up to the last moment.
+//!
+//! Guarantees, each tested:
+//! - an item that is still undecided when its window at the nearest ejector opens gets the
+//!   configured fail-safe ([`FailSafePolicy`]): rejected by the fail-safe ejector, passed, or
+//!   the line-stop output asserted; a decision arriving after that is reported as late;
+//! - pulses on one output never overlap; two rejects closer than the minimum gap merge into one
+//!   longer pulse ([`MergePolicy::Extend`]) or the later pulse starts after the gap
+//!   ([`MergePolicy::Clip`], never so late that it misses its item);
+//! - at most [`MAX_ITEMS_IN_FLIGHT`] items are tracked; one more is never dropped silently: it
+//!   merges into the newest tracked item, which then covers both with the fail-safe outcome.
+//!
+//! Time is passed in; nothing here needs an operating system or a heap.
 
-use super::calibration::travel_time_us;
+use super::belt::{mm_to_nm, Belt};
+use super::decision::{Action, Decision, Outcome};
 use super::time::Instant;
+use super::MAX_CLASSES;
 
-/// Pulses waiting for their item to reach the ejector. Why 64: at 20 m/s with the ejector
-/// 1 m downstream an item travels 50 ms; 64 pending pulses cover items spaced ≥ 0.8 ms apart,
-/// faster than any camera here can inspect. Overflow is reported, never dropped silently.
-pub const MAX_PENDING_PULSES: usize = 64;
+/// Items between the camera and the farthest ejector. Why 256: at 20 m/s with the farthest
+/// ejector 2 m downstream an item travels 100 ms, so 256 cover one item every 0.4 ms —
+/// faster than any camera here inspects. Overflow is handled (see the module docs).
+pub const MAX_ITEMS_IN_FLIGHT: usize = 256;
+
+/// Ejectors one station drives (air jets, diverters, each on its own output line).
+pub const MAX_EJECTORS: usize = 4;
+
+/// What an ejector does with a reject closer than `min_gap_us` after the previous one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum MergePolicy {
+    /// Keep the output on through both items: one longer pulse (diverters, flaps).
+    Extend,
+    /// Keep separate pulses: the later one starts after the gap, shorter; if that would miss
+    /// its item's arrival, it merges instead (air jets whose valve needs its off-time).
+    Clip,
+}
+
+/// Which rejected items an ejector takes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct OutcomeSet {
+    /// Bit `i` set: rejects of class `i` (in the model's class order).
+    pub classes: u16,
+    /// Items rejected because no head was confident.
+    pub uncertain: bool,
+    /// Items rejected by the fail-safe.
+    pub failsafe: bool,
+}
+
+impl OutcomeSet {
+    /// Every reject class, uncertain and fail-safe.
+    pub const ALL: OutcomeSet = OutcomeSet {
+        classes: u16::MAX,
+        uncertain: true,
+        failsafe: true,
+    };
+}
 
 /// One ejector.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -21,167 +73,682 @@ pub struct EjectorConfig {
     pub ejector_distance_mm: f32,
     /// How long the actuator is energised per item.
     pub pulse_width_us: u32,
-    /// Shortest off-time between two pulses; closer rejects merge into one pulse.
+    /// Shortest off-time between two pulses.
     pub min_gap_us: u32,
+    /// What closer rejects do.
+    pub merge: MergePolicy,
+    /// Which rejects go to this ejector.
+    pub takes: OutcomeSet,
 }
 
-/// A scheduled actuator pulse.
+/// What happens to an item without a valid decision in time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
-pub struct Pulse {
-    /// Line goes active.
-    pub on: Instant,
-    /// Line goes inactive.
-    pub off: Instant,
-    /// Items this pulse rejects (more than one after merging).
-    pub items: u16,
+pub enum FailSafePolicy {
+    /// Reject it with the ejector that takes fail-safe items (the default).
+    Reject,
+    /// Let it pass.
+    Accept,
+    /// Assert the line-stop output (latched until reset) and let the line halt.
+    LineStop,
 }
 
-/// A change the caller must apply to the output line.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// An output the tracker drives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
-pub enum Edge {
-    /// Energise the actuator.
-    On,
-    /// De-energise it.
-    Off,
+pub enum Output {
+    /// Ejector n's actuator line.
+    Ejector(u8),
+    /// The line-stop output.
+    LineStop,
 }
 
-/// Why a reject could not be scheduled.
+/// Something the caller must act on or may log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
-pub enum ScheduleError {
-    /// [`MAX_PENDING_PULSES`] pulses already wait.
-    Full,
-    /// The item already passed the ejector: the decision came too late by this much.
-    TooLate {
-        /// How late, in µs, after the end of the item's pulse window.
-        late_by_us: u64,
+pub enum TrackEvent {
+    /// Drive `output` to `active`; `at` is when it should have happened (≤ now).
+    Edge {
+        /// The output.
+        output: Output,
+        /// New level.
+        active: bool,
+        /// Planned time.
+        at: Instant,
     },
-    /// The belt speed is zero, negative or not a number.
-    BeltStopped,
+    /// Item `id` is being rejected by `ejector`: its own window starts at `on` and ends at
+    /// `off` (inside the output's pulse, which may be longer after a merge).
+    Fired {
+        /// Item.
+        id: u32,
+        /// Ejector.
+        ejector: u8,
+        /// Start of the item's window.
+        on: Instant,
+        /// End of the item's window.
+        off: Instant,
+        /// The output was already on for an earlier item.
+        merged: bool,
+        /// The window starts late, after the previous pulse's minimum gap.
+        clipped: bool,
+        /// Rejected by the fail-safe.
+        failsafe: bool,
+    },
+    /// Item `id` reached its deadline undecided; the fail-safe applied.
+    Overdue {
+        /// Item.
+        id: u32,
+    },
 }
 
-/// Result of scheduling one reject.
+/// Why [`Tracker::decide`] could not apply a decision.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
-pub struct Scheduled {
-    /// When the item's centre reaches the ejector.
-    pub arrival: Instant,
-    /// True when the pulse had to start late (now was past its planned start), so it is
-    /// shorter than configured.
-    pub clipped: bool,
-    /// True when it merged into the previous pulse.
-    pub merged: bool,
+pub enum DecideError {
+    /// No such item in flight (never begun, or already gone past its ejector).
+    UnknownItem,
+    /// The item reached its deadline first; the fail-safe already applied to it.
+    Late,
+    /// The item already had a decision.
+    AlreadyDecided,
 }
 
-/// Pulse queue for one ejector.
-#[derive(Clone, Debug)]
-pub struct RejectScheduler {
-    cfg: EjectorConfig,
-    belt_speed_mm_per_s: f32,
-    pending: heapless::Deque<Pulse, MAX_PENDING_PULSES>,
-    line_on: bool,
-    /// End of the last pulse that has already finished (the minimum gap counts from it).
+/// Why [`Tracker::new`] refused a configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum TrackerError {
+    /// No ejectors, or more than [`MAX_EJECTORS`].
+    EjectorCount(usize),
+    /// Ejector n has a negative or non-finite distance, or a zero pulse width.
+    Ejector(usize),
+    /// The fail-safe rejects, but no ejector takes fail-safe items.
+    NoFailSafeEjector,
+}
+
+/// Running totals of the tracker.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct TrackerStats {
+    /// Items begun.
+    pub items: u64,
+    /// Items whose decision accepted them.
+    pub accepted: u64,
+    /// Items fired at, per ejector.
+    pub fired: [u64; MAX_EJECTORS],
+    /// Of those, rejected by the fail-safe (deadline, fail-safe decision or overflow).
+    pub failsafe_rejects: u64,
+    /// Items passed by the fail-safe (policy `Accept`).
+    pub failsafe_accepts: u64,
+    /// Items that reached their deadline undecided.
+    pub overdue: u64,
+    /// Decisions that came after the deadline.
+    pub late_decisions: u64,
+    /// Times the line-stop output was asserted.
+    pub line_stops: u64,
+    /// Items merged into the newest tracked item because the tracker was full.
+    pub overflows: u64,
+    /// Items that joined a pulse already on.
+    pub merged: u64,
+    /// Items whose window started late after a minimum gap.
+    pub clipped: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    Undecided,
+    Routed { ejector: u8, failsafe: bool },
+    Done,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Item {
+    id: u32,
+    pos_nm: i64,
+    /// Extra length covered after an overflow merge.
+    span_nm: i64,
+    /// Overflow: whatever the decision, the fail-safe applies.
+    forced_failsafe: bool,
+    state: State,
+    /// Clip policy: the window may not start before this.
+    not_before: Option<Instant>,
+    /// Reached its deadline undecided.
+    overdue: bool,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Line {
+    on: bool,
+    /// The output goes off when the belt reaches this position …
+    off_pos_nm: i64,
+    /// … or at this time at the latest (a belt that stopped mid-pulse).
+    off_cap: Instant,
     last_off: Option<Instant>,
+    /// Held on past its end for this item, which merges into the pulse when it fires.
+    hold_for: Option<u32>,
 }
 
-impl RejectScheduler {
-    /// A scheduler for one ejector on a belt moving at `belt_speed_mm_per_s`.
-    pub fn new(cfg: EjectorConfig, belt_speed_mm_per_s: f32) -> Self {
-        RejectScheduler {
-            cfg,
-            belt_speed_mm_per_s,
-            pending: heapless::Deque::new(),
-            line_on: false,
-            last_off: None,
+/// Longest a pulse may stay on, in pulse widths, when the belt stops mid-pulse.
+const MAX_ON_WIDTHS: u64 = 4;
+
+/// The shift register.
+#[derive(Clone, Debug)]
+pub struct Tracker {
+    ejectors: heapless::Vec<EjectorConfig, MAX_EJECTORS>,
+    lines: [Line; MAX_EJECTORS],
+    failsafe: FailSafePolicy,
+    failsafe_ejector: u8,
+    belt: Belt,
+    items: heapless::Deque<Item, MAX_ITEMS_IN_FLIGHT>,
+    line_stop: bool,
+    /// The line-stop output must go active at this time (emitted by the next poll).
+    line_stop_due: Option<Instant>,
+    /// Items that went overdue lately, so their late decision is reported as late even
+    /// after they left the register.
+    recent_overdue: heapless::Deque<u32, RECENT_OVERDUE>,
+    stats: TrackerStats,
+}
+
+/// Overdue item ids remembered after they leave (a decision may still be on its way).
+const RECENT_OVERDUE: usize = 32;
+
+/// Predicted arrival of `target_nm`, in µs relative to `now` (negative: already passed).
+fn arrival_rel_us(belt: &Belt, target_nm: i64, now: Instant) -> Option<i64> {
+    let remaining = target_nm - belt.position_nm(now);
+    let v = belt.speed_mm_per_s(now);
+    if remaining <= 0 {
+        if v > 0.0 {
+            return Some((remaining as f64 / v).floor() as i64);
         }
+        return Some(0);
     }
-
-    /// Change the belt speed for items scheduled from now on.
-    pub fn set_belt_speed(&mut self, belt_speed_mm_per_s: f32) {
-        self.belt_speed_mm_per_s = belt_speed_mm_per_s;
+    if v.is_nan() || v <= 0.0 {
+        return None;
     }
-
-    /// Time from capture to arrival at the ejector at the current speed.
-    pub fn travel_us(&self) -> Option<u64> {
-        travel_time_us(self.cfg.ejector_distance_mm, self.belt_speed_mm_per_s)
+    let us = remaining as f64 / v;
+    if us < (i64::MAX / 4) as f64 {
+        Some(us.ceil() as i64)
+    } else {
+        None
     }
+}
 
-    /// Pulses waiting or active.
-    pub fn pending(&self) -> usize {
-        self.pending.len()
+fn offset(now: Instant, rel_us: i64) -> Instant {
+    if rel_us >= 0 {
+        now.add_us(rel_us as u64)
+    } else {
+        Instant::from_us(now.us.saturating_sub(rel_us.unsigned_abs()))
     }
+}
 
-    /// Schedule the reject of an item captured at `captured`, decided at `now`.
-    pub fn schedule(&mut self, captured: Instant, now: Instant) -> Result<Scheduled, ScheduleError> {
-        let travel = self.travel_us().ok_or(ScheduleError::BeltStopped)?;
-        let arrival = captured.add_us(travel);
-        let half = (self.cfg.pulse_width_us / 2) as u64;
-        let planned_on = Instant::from_us(arrival.us.saturating_sub(half));
-        let off = planned_on.add_us(self.cfg.pulse_width_us as u64);
-        if off <= now {
-            return Err(ScheduleError::TooLate {
-                late_by_us: now.us_since(off),
-            });
+impl Tracker {
+    /// A tracker for `ejectors` on `belt`.
+    pub fn new(ejectors: &[EjectorConfig], failsafe: FailSafePolicy, belt: Belt) -> Result<Self, TrackerError> {
+        if ejectors.is_empty() || ejectors.len() > MAX_EJECTORS {
+            return Err(TrackerError::EjectorCount(ejectors.len()));
         }
-        // Earliest start: now, and the minimum off-time after the last finished pulse.
-        let mut earliest = now;
-        if self.pending.is_empty() {
-            if let Some(last) = self.last_off {
-                earliest = earliest.max(last.add_us(self.cfg.min_gap_us as u64));
+        let mut v = heapless::Vec::new();
+        for (i, e) in ejectors.iter().enumerate() {
+            if !(e.ejector_distance_mm >= 0.0 && e.ejector_distance_mm.is_finite()) || e.pulse_width_us == 0 {
+                return Err(TrackerError::Ejector(i));
             }
+            // Cannot fail: the count was checked.
+            let _ = v.push(*e);
         }
-        let clipped = planned_on < earliest;
-        let on = if clipped { earliest } else { planned_on };
-        if on >= off {
-            return Err(ScheduleError::TooLate {
-                late_by_us: on.us_since(off),
-            });
+        let fs = ejectors.iter().position(|e| e.takes.failsafe);
+        if failsafe == FailSafePolicy::Reject && fs.is_none() {
+            return Err(TrackerError::NoFailSafeEjector);
         }
-        if let Some(last) = self.pending.back_mut() {
-            if on.us <= last.off.us.saturating_add(self.cfg.min_gap_us as u64) {
-                if off > last.off {
-                    last.off = off;
-                }
-                last.items = last.items.saturating_add(1);
-                return Ok(Scheduled {
-                    arrival,
-                    clipped,
-                    merged: true,
-                });
-            }
-        }
-        self.pending
-            .push_back(Pulse { on, off, items: 1 })
-            .map_err(|_| ScheduleError::Full)?;
-        Ok(Scheduled {
-            arrival,
-            clipped,
-            merged: false,
+        Ok(Tracker {
+            ejectors: v,
+            lines: [Line::default(); MAX_EJECTORS],
+            failsafe,
+            failsafe_ejector: fs.unwrap_or(0) as u8,
+            belt,
+            items: heapless::Deque::new(),
+            line_stop: false,
+            line_stop_due: None,
+            recent_overdue: heapless::Deque::new(),
+            stats: TrackerStats::default(),
         })
     }
 
-    /// The next time [`RejectScheduler::poll`] has something to do.
-    pub fn next_event(&self) -> Option<Instant> {
-        let p = self.pending.front()?;
-        Some(if self.line_on { p.off } else { p.on })
+    /// The belt model (read).
+    pub fn belt(&self) -> &Belt {
+        &self.belt
     }
 
-    /// Advance to `now`; returns the edge to apply, if one is due. Call until `None`.
-    pub fn poll(&mut self, now: Instant) -> Option<(Edge, Pulse)> {
-        let p = *self.pending.front()?;
-        if !self.line_on && p.on <= now {
-            self.line_on = true;
-            return Some((Edge::On, p));
+    /// The belt model, to report speed changes or encoder edges.
+    pub fn belt_mut(&mut self) -> &mut Belt {
+        &mut self.belt
+    }
+
+    /// Totals so far.
+    pub fn stats(&self) -> &TrackerStats {
+        &self.stats
+    }
+
+    /// Items in flight.
+    pub fn in_flight(&self) -> usize {
+        self.items.len()
+    }
+
+    /// The ejectors.
+    pub fn ejectors(&self) -> &[EjectorConfig] {
+        &self.ejectors
+    }
+
+    /// True while the line-stop output is asserted.
+    pub fn line_stop_active(&self) -> bool {
+        self.line_stop
+    }
+
+    /// True when no item is in flight and no output is on: nothing left to do.
+    pub fn is_idle(&self) -> bool {
+        self.items.is_empty() && self.lines.iter().all(|l| !l.on) && self.line_stop_due.is_none()
+    }
+
+    /// Release the line-stop output (an operator acknowledged it).
+    pub fn reset_line_stop(&mut self, now: Instant, mut emit: impl FnMut(TrackEvent)) {
+        if self.line_stop {
+            self.line_stop = false;
+            self.line_stop_due = None;
+            emit(TrackEvent::Edge {
+                output: Output::LineStop,
+                active: false,
+                at: now,
+            });
         }
-        if self.line_on && p.off <= now {
-            self.line_on = false;
-            self.pending.pop_front();
-            self.last_off = Some(p.off);
-            return Some((Edge::Off, p));
+    }
+
+    fn prune(&mut self) {
+        while matches!(self.items.front(), Some(i) if i.state == State::Done) {
+            self.items.pop_front();
         }
-        None
+    }
+
+    /// An item passed the camera (or the trigger sensor) at `at`. Returns `false` when the
+    /// tracker was full and the item was merged into the newest one (fail-safe for both).
+    pub fn begin(&mut self, id: u32, at: Instant) -> bool {
+        self.prune();
+        self.stats.items += 1;
+        let pos_nm = self.belt.position_nm(at);
+        let item = Item {
+            id,
+            pos_nm,
+            span_nm: 0,
+            forced_failsafe: false,
+            state: State::Undecided,
+            not_before: None,
+            overdue: false,
+        };
+        if self.items.push_back(item).is_ok() {
+            return true;
+        }
+        self.stats.overflows += 1;
+        if let Some(last) = self.items.back_mut() {
+            last.span_nm = last.span_nm.max(pos_nm - last.pos_nm);
+            last.forced_failsafe = true;
+            if let State::Routed { failsafe: false, .. } = last.state {
+                last.state = State::Undecided;
+            }
+        }
+        false
+    }
+
+    fn route(&self, d: &Decision) -> Option<(u8, bool)> {
+        if d.action == Action::Accept {
+            return None;
+        }
+        let pick = |f: &dyn Fn(&OutcomeSet) -> bool| self.ejectors.iter().position(|e| f(&e.takes)).map(|i| i as u8);
+        match d.outcome {
+            Outcome::FailSafe => Some((self.failsafe_ejector, true)),
+            Outcome::Uncertain => Some((pick(&|t| t.uncertain).unwrap_or(self.failsafe_ejector), false)),
+            Outcome::Reject | Outcome::Accept => {
+                let bit = d.class.map(|c| 1u16 << (c as usize % MAX_CLASSES)).unwrap_or(0);
+                Some((pick(&|t| t.classes & bit != 0).unwrap_or(self.failsafe_ejector), false))
+            }
+        }
+    }
+
+    /// Microseconds from `now` until `item` must be decided (negative: overdue); `None` when
+    /// the belt is stopped.
+    fn deadline_rel_us(&self, item: &Item, now: Instant) -> Option<i64> {
+        let mut best: Option<i64> = None;
+        for e in &self.ejectors {
+            let rel = arrival_rel_us(&self.belt, item.pos_nm + mm_to_nm(e.ejector_distance_mm), now)?;
+            let d = rel - (e.pulse_width_us / 2) as i64;
+            best = Some(best.map_or(d, |b| b.min(d)));
+        }
+        best
+    }
+
+    fn apply_failsafe(&mut self, idx: usize, now: Instant) {
+        let policy = self.failsafe;
+        let fs = self.failsafe_ejector;
+        let Some(item) = self.items.iter_mut().nth(idx) else {
+            return;
+        };
+        match policy {
+            FailSafePolicy::Reject => {
+                item.state = State::Routed {
+                    ejector: fs,
+                    failsafe: true,
+                }
+            }
+            FailSafePolicy::Accept => {
+                item.state = State::Done;
+                self.stats.failsafe_accepts += 1;
+            }
+            FailSafePolicy::LineStop => {
+                item.state = State::Done;
+                if !self.line_stop {
+                    self.line_stop = true;
+                    self.line_stop_due = Some(now);
+                    self.stats.line_stops += 1;
+                }
+            }
+        }
+    }
+
+    /// Apply item `id`'s decision, made at `now`. A fail-safe decision (or any decision for an
+    /// item merged after an overflow) gets the fail-safe policy. A decision after the item's
+    /// deadline is refused ([`DecideError::Late`]) and the fail-safe applies instead. Outputs
+    /// change only in [`Tracker::poll`]: call it after.
+    pub fn decide(&mut self, id: u32, d: &Decision, now: Instant) -> Result<(), DecideError> {
+        let Some(idx) = self.items.iter().rposition(|i| i.id == id) else {
+            if self.recent_overdue.iter().any(|&r| r == id) {
+                self.stats.late_decisions += 1;
+                return Err(DecideError::Late);
+            }
+            return Err(DecideError::UnknownItem);
+        };
+        let item = *self.items.iter().nth(idx).ok_or(DecideError::UnknownItem)?;
+        if item.overdue {
+            self.stats.late_decisions += 1;
+            return Err(DecideError::Late);
+        }
+        if item.state != State::Undecided {
+            return Err(DecideError::AlreadyDecided);
+        }
+        if self.deadline_rel_us(&item, now).is_some_and(|r| r < 0) {
+            self.stats.late_decisions += 1;
+            self.mark_overdue(idx, now, &mut |_| {});
+            return Err(DecideError::Late);
+        }
+        if item.forced_failsafe || d.outcome == Outcome::FailSafe {
+            if d.action == Action::Accept && !item.forced_failsafe {
+                // The configured fail-safe action is to pass the item.
+                if let Some(it) = self.items.iter_mut().nth(idx) {
+                    it.state = State::Done;
+                }
+                self.stats.failsafe_accepts += 1;
+                return Ok(());
+            }
+            self.apply_failsafe(idx, now);
+            return Ok(());
+        }
+        let route = self.route(d);
+        if let Some(it) = self.items.iter_mut().nth(idx) {
+            match route {
+                None => {
+                    it.state = State::Done;
+                    self.stats.accepted += 1;
+                }
+                Some((ejector, failsafe)) => it.state = State::Routed { ejector, failsafe },
+            }
+        }
+        Ok(())
+    }
+
+    fn mark_overdue(&mut self, idx: usize, now: Instant, emit: &mut impl FnMut(TrackEvent)) -> bool {
+        let Some(item) = self.items.iter_mut().nth(idx) else {
+            return false;
+        };
+        item.overdue = true;
+        let id = item.id;
+        if self.recent_overdue.is_full() {
+            self.recent_overdue.pop_front();
+        }
+        let _ = self.recent_overdue.push_back(id);
+        self.stats.overdue += 1;
+        emit(TrackEvent::Overdue { id });
+        self.apply_failsafe(idx, now);
+        true
+    }
+
+    /// Advance to `now`: apply deadlines, start and end pulses. Emits every edge due.
+    pub fn poll(&mut self, now: Instant, mut emit: impl FnMut(TrackEvent)) {
+        // 1. Deadlines of undecided items.
+        for idx in 0..self.items.len() {
+            let Some(item) = self.items.iter().nth(idx).copied() else {
+                break;
+            };
+            if item.state == State::Undecided && self.deadline_rel_us(&item, now).is_some_and(|r| r <= 0) {
+                self.mark_overdue(idx, now, &mut emit);
+            }
+        }
+        if let Some(at) = self.line_stop_due.take() {
+            emit(TrackEvent::Edge {
+                output: Output::LineStop,
+                active: true,
+                at,
+            });
+        }
+        // 2. Per ejector: end a pulse that is due (unless the next item merges), then start
+        //    windows that are due.
+        for e in 0..self.ejectors.len() {
+            self.poll_ejector(e, now, &mut emit);
+        }
+        self.prune();
+    }
+
+    /// Index and predicted arrival (relative µs) of the next routed, unfired item of ejector `e`.
+    fn next_for(&self, e: usize, now: Instant) -> Option<(usize, Option<i64>)> {
+        let d = mm_to_nm(self.ejectors[e].ejector_distance_mm);
+        self.items
+            .iter()
+            .enumerate()
+            .filter(|(_, i)| matches!(i.state, State::Routed { ejector, .. } if ejector as usize == e))
+            .min_by_key(|(_, i)| i.pos_nm)
+            .map(|(idx, i)| (idx, arrival_rel_us(&self.belt, i.pos_nm + d, now)))
+    }
+
+    /// When the line of ejector `e` (which is on) is due off: relative µs (≤ 0: due now).
+    fn off_rel_us(&self, line: &Line, now: Instant) -> i64 {
+        let cap = line.off_cap.us as i64 - now.us as i64;
+        match arrival_rel_us(&self.belt, line.off_pos_nm, now) {
+            Some(r) => r.min(cap),
+            None => cap,
+        }
+    }
+
+    fn poll_ejector(&mut self, e: usize, now: Instant, emit: &mut impl FnMut(TrackEvent)) {
+        let cfg = self.ejectors[e];
+        let half = (cfg.pulse_width_us / 2) as i64;
+        let gap = cfg.min_gap_us as i64;
+        let d_nm = mm_to_nm(cfg.ejector_distance_mm);
+        loop {
+            let line = self.lines[e];
+            let next = self.next_for(e, now);
+            if line.on {
+                let off_rel = self.off_rel_us(&line, now);
+                if off_rel <= 0 {
+                    let off_at = offset(now, off_rel);
+                    // Does the next item want the output within the gap after this pulse? Once
+                    // the line is held for an item it stays held until that item fires, so
+                    // a changing speed estimate cannot end the pulse just before it.
+                    let held = line.hold_for.is_some_and(|id| {
+                        next.is_some_and(|(idx, _)| self.items.iter().nth(idx).is_some_and(|i| i.id == id))
+                    }) && now < line.off_cap;
+                    let keep = held
+                        || match next {
+                            Some((idx, Some(arr))) if arr - half < off_rel + gap => match cfg.merge {
+                                MergePolicy::Extend => {
+                                    self.lines[e].hold_for = self.items.iter().nth(idx).map(|i| i.id);
+                                    true
+                                }
+                                MergePolicy::Clip => {
+                                    if off_rel + gap < arr {
+                                        if let Some(it) = self.items.iter_mut().nth(idx) {
+                                            it.not_before = Some(off_at.add_us(gap as u64));
+                                        }
+                                        false
+                                    } else {
+                                        self.lines[e].hold_for = self.items.iter().nth(idx).map(|i| i.id);
+                                        true
+                                    }
+                                }
+                            },
+                            _ => false,
+                        };
+                    if !keep {
+                        self.lines[e].hold_for = None;
+                        self.lines[e].on = false;
+                        // The gap counts from when the output really went off.
+                        self.lines[e].last_off = Some(now);
+                        emit(TrackEvent::Edge {
+                            output: Output::Ejector(e as u8),
+                            active: false,
+                            at: off_at,
+                        });
+                        continue;
+                    }
+                }
+            }
+            let Some((idx, Some(arr))) = next else { return };
+            let Some(item) = self.items.iter().nth(idx).copied() else {
+                return;
+            };
+            if arr - half > 0 {
+                return; // not due yet
+            }
+            let arrival = offset(now, arr);
+            let mut on = offset(now, arr - half);
+            let mut clipped = false;
+            if let Some(nb) = item.not_before {
+                if nb > now {
+                    return; // waits for the gap
+                }
+                if nb > on {
+                    on = nb;
+                    clipped = true;
+                }
+            }
+            let line = self.lines[e];
+            if !line.on {
+                if let Some(last) = line.last_off {
+                    let earliest = last.add_us(gap as u64);
+                    if on < earliest {
+                        if earliest > now && earliest < arrival {
+                            if let Some(it) = self.items.iter_mut().nth(idx) {
+                                it.not_before = Some(earliest);
+                            }
+                            return;
+                        }
+                        // Never before the previous pulse ended.
+                        on = on.max(last).max(earliest.min(now));
+                        clipped = true;
+                    }
+                }
+            }
+            // The window is symmetric in belt position around the item: it ends as far past
+            // the ejector as it started before it, whatever the belt does meanwhile.
+            let v = self.belt.speed_mm_per_s(now);
+            let full_lead = if v > 0.0 { (v * half as f64).round() as i64 } else { 0 };
+            let target = item.pos_nm + d_nm;
+            // Normally the item is `full_lead` away now. If the output comes on late (the
+            // belt sped up just before), the window closes as far past the ejector as the item
+            // is before it now — still centred — but never shorter than half the pulse; a
+            // window that starts late for the gap keeps its planned end instead.
+            let remaining = target - self.belt.position_nm(now);
+            let lead_nm = if clipped {
+                full_lead
+            } else {
+                remaining.min(full_lead).max(full_lead / 2)
+            };
+            let off_pos = target + item.span_nm + lead_nm;
+            let span_us = if item.span_nm > 0 && v > 0.0 {
+                (item.span_nm as f64 / v).ceil() as u64
+            } else {
+                0
+            };
+            let off = arrival.add_us(half as u64 + span_us).max(on.add_us(1));
+            let cap = on.add_us(MAX_ON_WIDTHS * cfg.pulse_width_us as u64 + span_us);
+            let merged = line.on;
+            if merged {
+                self.lines[e].off_pos_nm = line.off_pos_nm.max(off_pos);
+                self.lines[e].off_cap = line.off_cap.max(cap);
+                self.lines[e].hold_for = None;
+                self.stats.merged += 1;
+            } else {
+                self.lines[e] = Line {
+                    on: true,
+                    off_pos_nm: off_pos,
+                    off_cap: cap,
+                    last_off: line.last_off,
+                    hold_for: None,
+                };
+                emit(TrackEvent::Edge {
+                    output: Output::Ejector(e as u8),
+                    active: true,
+                    at: on,
+                });
+            }
+            if clipped {
+                self.stats.clipped += 1;
+            }
+            let failsafe = matches!(item.state, State::Routed { failsafe: true, .. });
+            if failsafe {
+                self.stats.failsafe_rejects += 1;
+            }
+            self.stats.fired[e] += 1;
+            emit(TrackEvent::Fired {
+                id: item.id,
+                ejector: e as u8,
+                on,
+                off,
+                merged,
+                clipped,
+                failsafe,
+            });
+            if let Some(it) = self.items.iter_mut().nth(idx) {
+                it.state = State::Done;
+            }
+        }
+    }
+
+    /// The next time [`Tracker::poll`] has something to do, as predicted at `now` (at the
+    /// current speed: with an encoder, poll again at the latest by then and re-predict).
+    pub fn next_event(&self, now: Instant) -> Option<Instant> {
+        let mut best: Option<Instant> = self.line_stop_due;
+        let mut consider = |t: Instant| best = Some(best.map_or(t, |b| b.min(t)));
+        for line in self.lines.iter().take(self.ejectors.len()) {
+            if line.on {
+                consider(offset(now, self.off_rel_us(line, now).max(0)));
+            }
+        }
+        for item in &self.items {
+            match item.state {
+                State::Undecided => {
+                    if let Some(r) = self.deadline_rel_us(item, now) {
+                        consider(offset(now, r.max(0)));
+                    }
+                }
+                State::Routed { ejector, .. } => {
+                    let cfg = &self.ejectors[ejector as usize];
+                    let target = item.pos_nm + mm_to_nm(cfg.ejector_distance_mm);
+                    if let Some(arr) = arrival_rel_us(&self.belt, target, now) {
+                        let mut t = offset(now, (arr - (cfg.pulse_width_us / 2) as i64).max(0));
+                        if let Some(nb) = item.not_before {
+                            t = t.max(nb);
+                        }
+                        consider(t);
+                    }
+                }
+                State::Done => {}
+            }
+        }
+        best
     }
 }
 
@@ -189,70 +756,244 @@ impl RejectScheduler {
 mod tests {
     use super::*;
 
-    fn sched() -> RejectScheduler {
-        let cfg = EjectorConfig {
-            ejector_distance_mm: 500.0,
+    const ALL: OutcomeSet = OutcomeSet::ALL;
+
+    fn ejector(distance: f32, merge: MergePolicy, takes: OutcomeSet) -> EjectorConfig {
+        EjectorConfig {
+            ejector_distance_mm: distance,
             pulse_width_us: 20_000,
             min_gap_us: 10_000,
+            merge,
+            takes,
+        }
+    }
+
+    fn reject(class: u8) -> Decision {
+        Decision {
+            outcome: Outcome::Reject,
+            action: Action::Reject,
+            class: Some(class),
+            score: 0.9,
+        }
+    }
+
+    fn accept() -> Decision {
+        Decision {
+            outcome: Outcome::Accept,
+            action: Action::Accept,
+            class: Some(0),
+            score: 0.9,
+        }
+    }
+
+    /// Run the tracker from `from` to `to` µs, polling at every predicted event; collects edges.
+    fn run(t: &mut Tracker, from: u64, to: u64, edges: &mut Vec<(Output, bool, u64)>, fired: &mut Vec<TrackEvent>) {
+        let mut now = Instant::from_us(from);
+        loop {
+            t.poll(now, |ev| match ev {
+                TrackEvent::Edge { output, active, at } => edges.push((output, active, at.us)),
+                f => fired.push(f),
+            });
+            match t.next_event(now) {
+                Some(n) if n.us <= to => now = n.max(now.add_us(1)),
+                _ => break,
+            }
+        }
+    }
+
+    fn tracker(ejectors: &[EjectorConfig], fs: FailSafePolicy) -> Tracker {
+        Tracker::new(ejectors, fs, Belt::from_speed(1000.0, Instant::from_us(0))).unwrap()
+    }
+
+    #[test]
+    fn pulse_is_centred_on_arrival_at_the_right_ejector() {
+        let a = OutcomeSet {
+            classes: 0b01,
+            ..Default::default()
         };
-        RejectScheduler::new(cfg, 1000.0)
-    }
-
-    #[test]
-    fn pulse_is_centred_on_arrival() {
-        let mut s = sched();
-        let r = s
-            .schedule(Instant::from_us(1_000_000), Instant::from_us(1_050_000))
-            .unwrap();
-        assert_eq!(r.arrival, Instant::from_us(1_500_000));
-        assert_eq!(s.next_event(), Some(Instant::from_us(1_490_000)));
-        assert_eq!(s.poll(Instant::from_us(1_489_999)), None);
-        assert_eq!(s.poll(Instant::from_us(1_490_000)).map(|e| e.0), Some(Edge::On));
-        assert_eq!(s.next_event(), Some(Instant::from_us(1_510_000)));
-        assert_eq!(s.poll(Instant::from_us(1_510_000)).map(|e| e.0), Some(Edge::Off));
-        assert_eq!(s.poll(Instant::from_us(9_000_000)), None);
-    }
-
-    #[test]
-    fn close_rejects_merge_and_far_ones_do_not() {
-        let mut s = sched();
-        let now = Instant::from_us(0);
-        assert!(!s.schedule(Instant::from_us(0), now).unwrap().merged);
-        // 25 ms later: planned on at 490+25 = 515 ms, previous off at 510 ms, gap 5 ms < 10 ms.
-        assert!(s.schedule(Instant::from_us(25_000), now).unwrap().merged);
-        // 100 ms later: separate pulse.
-        assert!(!s.schedule(Instant::from_us(125_000), now).unwrap().merged);
-        assert_eq!(s.pending(), 2);
-    }
-
-    #[test]
-    fn late_decisions_are_reported_not_dropped() {
-        let mut s = sched();
-        let e = s.schedule(Instant::from_us(0), Instant::from_us(600_000)).unwrap_err();
-        assert_eq!(e, ScheduleError::TooLate { late_by_us: 90_000 });
-        let r = s.schedule(Instant::from_us(0), Instant::from_us(495_000)).unwrap();
-        assert!(r.clipped);
-        s.set_belt_speed(0.0);
+        let b = OutcomeSet { classes: 0b10, ..ALL };
+        let mut t = tracker(
+            &[
+                ejector(300.0, MergePolicy::Extend, a),
+                ejector(500.0, MergePolicy::Extend, b),
+            ],
+            FailSafePolicy::Reject,
+        );
+        assert!(t.begin(1, Instant::from_us(100_000)));
+        assert!(t.begin(2, Instant::from_us(200_000)));
+        assert!(t.begin(3, Instant::from_us(300_000)));
+        let now = Instant::from_us(350_000);
+        t.decide(1, &reject(0), now).unwrap();
+        t.decide(2, &reject(1), now).unwrap();
+        t.decide(3, &accept(), now).unwrap();
+        let (mut edges, mut fired) = (Vec::new(), Vec::new());
+        run(&mut t, 350_000, 2_000_000, &mut edges, &mut fired);
+        // Item 1 reaches ejector 0 (300 mm at 1 m/s) at 400 ms; item 2 ejector 1 at 700 ms.
         assert_eq!(
-            s.schedule(Instant::from_us(0), Instant::from_us(0)),
-            Err(ScheduleError::BeltStopped)
+            edges,
+            vec![
+                (Output::Ejector(0), true, 390_000),
+                (Output::Ejector(0), false, 410_000),
+                (Output::Ejector(1), true, 690_000),
+                (Output::Ejector(1), false, 710_000),
+            ]
+        );
+        assert_eq!(fired.len(), 2);
+        assert_eq!(t.stats().accepted, 1);
+        assert_eq!(t.in_flight(), 0);
+    }
+
+    #[test]
+    fn close_rejects_extend_or_clip_and_far_ones_stay_apart() {
+        for merge in [MergePolicy::Extend, MergePolicy::Clip] {
+            let mut t = tracker(&[ejector(500.0, merge, ALL)], FailSafePolicy::Reject);
+            // 25 ms apart: windows [490,510] and [515,535]; gap 5 ms < 10 ms.
+            for (id, at) in [(1, 0), (2, 25_000), (3, 125_000)] {
+                t.begin(id, Instant::from_us(at));
+                t.decide(id, &reject(0), Instant::from_us(at + 1000)).unwrap();
+            }
+            let (mut edges, mut fired) = (Vec::new(), Vec::new());
+            run(&mut t, 130_000, 2_000_000, &mut edges, &mut fired);
+            let ons: Vec<_> = edges.iter().filter(|e| e.1).map(|e| e.2).collect();
+            let offs: Vec<_> = edges.iter().filter(|e| !e.1).map(|e| e.2).collect();
+            match merge {
+                MergePolicy::Extend => {
+                    assert_eq!(ons, vec![490_000, 615_000]);
+                    assert_eq!(offs, vec![535_000, 635_000]);
+                    assert_eq!(t.stats().merged, 1);
+                }
+                MergePolicy::Clip => {
+                    // Second window starts after the gap (520 ms), still before its arrival.
+                    assert_eq!(ons, vec![490_000, 520_000, 615_000]);
+                    assert_eq!(offs, vec![510_000, 535_000, 635_000]);
+                    assert_eq!(t.stats().clipped, 1);
+                }
+            }
+            assert_eq!(t.stats().fired[0], 3);
+        }
+    }
+
+    #[test]
+    fn undecided_items_get_the_fail_safe_at_their_deadline() {
+        let mut t = tracker(&[ejector(500.0, MergePolicy::Extend, ALL)], FailSafePolicy::Reject);
+        t.begin(7, Instant::from_us(0));
+        let (mut edges, mut fired) = (Vec::new(), Vec::new());
+        run(&mut t, 0, 1_000_000, &mut edges, &mut fired);
+        assert_eq!(fired[0], TrackEvent::Overdue { id: 7 });
+        assert!(matches!(
+            fired[1],
+            TrackEvent::Fired {
+                id: 7,
+                failsafe: true,
+                ..
+            }
+        ));
+        assert_eq!(edges[0], (Output::Ejector(0), true, 490_000));
+        assert_eq!(t.stats().failsafe_rejects, 1);
+        // The decision comes too late: reported, not applied.
+        assert_eq!(
+            t.decide(7, &accept(), Instant::from_us(600_000)),
+            Err(DecideError::Late)
+        );
+        assert_eq!(
+            t.decide(99, &accept(), Instant::from_us(600_000)),
+            Err(DecideError::UnknownItem)
+        );
+        t.begin(8, Instant::from_us(1_000_000));
+        run(&mut t, 1_000_000, 1_495_000, &mut edges, &mut fired);
+        assert_eq!(
+            t.decide(8, &accept(), Instant::from_us(1_495_000)),
+            Err(DecideError::Late)
         );
     }
 
     #[test]
-    fn overflow_is_an_error() {
-        let cfg = EjectorConfig {
-            ejector_distance_mm: 500.0,
-            pulse_width_us: 1000,
-            min_gap_us: 0,
-        };
-        let mut s = RejectScheduler::new(cfg, 1000.0);
-        for i in 0..MAX_PENDING_PULSES as u64 {
-            s.schedule(Instant::from_us(i * 10_000), Instant::from_us(0)).unwrap();
+    fn line_stop_policy_latches_the_line_stop_output() {
+        let mut t = tracker(&[ejector(500.0, MergePolicy::Extend, ALL)], FailSafePolicy::LineStop);
+        t.begin(1, Instant::from_us(0));
+        t.begin(2, Instant::from_us(100_000));
+        let (mut edges, mut fired) = (Vec::new(), Vec::new());
+        run(&mut t, 0, 2_000_000, &mut edges, &mut fired);
+        assert_eq!(edges, vec![(Output::LineStop, true, 490_000)]);
+        assert!(t.line_stop_active());
+        assert_eq!(t.stats().line_stops, 1);
+        assert_eq!(t.stats().overdue, 2);
+        t.reset_line_stop(Instant::from_us(3_000_000), |e| {
+            assert_eq!(
+                e,
+                TrackEvent::Edge {
+                    output: Output::LineStop,
+                    active: false,
+                    at: Instant::from_us(3_000_000)
+                }
+            )
+        });
+        assert!(!t.line_stop_active());
+    }
+
+    #[test]
+    fn overflow_merges_into_the_newest_item_with_the_fail_safe() {
+        let mut t = tracker(&[ejector(5000.0, MergePolicy::Extend, ALL)], FailSafePolicy::Reject);
+        for i in 0..MAX_ITEMS_IN_FLIGHT as u32 {
+            assert!(t.begin(i, Instant::from_us(i as u64 * 1000)));
         }
+        let n = MAX_ITEMS_IN_FLIGHT as u32;
+        assert!(!t.begin(n, Instant::from_us(n as u64 * 1000)));
+        assert_eq!(t.stats().overflows, 1);
+        // The newest tracked item now covers both and is rejected whatever its decision.
+        for i in 0..n {
+            t.decide(i, &accept(), Instant::from_us(300_000)).unwrap();
+        }
+        let (mut edges, mut fired) = (Vec::new(), Vec::new());
+        run(&mut t, 300_000, 20_000_000, &mut edges, &mut fired);
+        let on = edges.iter().find(|e| e.1).unwrap().2;
+        let off = edges.iter().find(|e| !e.1).unwrap().2;
+        // Item n-1 arrives at 5 s + 255 ms, item n (merged) 1 ms later: both inside the pulse.
+        let last = 5_000_000 + (n as u64 - 1) * 1000;
+        assert!(on <= last && off >= last + 1000, "{on} {off}");
+        assert_eq!(t.stats().failsafe_rejects, 1);
+    }
+
+    #[test]
+    fn a_stopped_belt_holds_items_and_a_restart_fires_them() {
+        let mut t = tracker(&[ejector(500.0, MergePolicy::Extend, ALL)], FailSafePolicy::Reject);
+        t.begin(1, Instant::from_us(0));
+        t.decide(1, &reject(0), Instant::from_us(10_000)).unwrap();
+        t.belt_mut().set_speed(Instant::from_us(200_000), 0.0); // stopped 300 mm before
+        let (mut edges, mut fired) = (Vec::new(), Vec::new());
+        run(&mut t, 200_000, 10_000_000, &mut edges, &mut fired);
+        assert!(edges.is_empty());
+        assert_eq!(t.next_event(Instant::from_us(10_000_000)), None);
+        t.belt_mut().set_speed(Instant::from_us(10_000_000), 500.0); // 300 mm at 0.5 m/s = 600 ms
+        run(&mut t, 10_000_000, 20_000_000, &mut edges, &mut fired);
+        assert_eq!(edges[0], (Output::Ejector(0), true, 10_590_000));
+    }
+
+    #[test]
+    fn configurations_without_a_fail_safe_ejector_are_refused() {
+        let a = OutcomeSet {
+            classes: 1,
+            ..Default::default()
+        };
+        let b = Belt::from_speed(1.0, Instant::from_us(0));
         assert_eq!(
-            s.schedule(Instant::from_us(10_000_000), Instant::from_us(0)),
-            Err(ScheduleError::Full)
+            Tracker::new(
+                &[ejector(1.0, MergePolicy::Extend, a)],
+                FailSafePolicy::Reject,
+                b.clone()
+            )
+            .unwrap_err(),
+            TrackerError::NoFailSafeEjector
+        );
+        assert!(Tracker::new(
+            &[ejector(1.0, MergePolicy::Extend, a)],
+            FailSafePolicy::LineStop,
+            b.clone()
+        )
+        .is_ok());
+        assert_eq!(
+            Tracker::new(&[], FailSafePolicy::Accept, b).unwrap_err(),
+            TrackerError::EjectorCount(0)
         );
     }
 }

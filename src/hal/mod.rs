@@ -65,8 +65,10 @@ pub trait Camera {
 pub enum OutputLine {
     /// Reject actuator number n (air jet, diverter).
     Reject(u8),
-    /// Heartbeat / ready: toggles while the station is healthy.
+    /// Heartbeat / ready: toggles while the station is healthy, held inactive on a fault.
     Heartbeat,
+    /// Line stop: asserted (and latched) when the fail-safe policy stops the line.
+    LineStop,
 }
 
 /// Why an output could not be driven.

@@ -1,18 +1,29 @@
-//! The process's monotonic clock as a [`Clock`].
+//! The process's monotonic clock as a [`Clock`]: `CLOCK_MONOTONIC`, the clock the kernel
+//! stamps GPIO edge events and V4L2 buffers with, so their timestamps convert exactly.
 
 use crate::core::time::Instant;
 use crate::hal::Clock;
 
-/// `std::time::Instant` measured from when the clock was made.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC exists on every Linux.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    if rc != 0 {
+        return 0;
+    }
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// `CLOCK_MONOTONIC` measured from when the clock was made.
 #[derive(Clone, Copy, Debug)]
 pub struct MonotonicClock {
-    origin: std::time::Instant,
+    origin_ns: u64,
 }
 
 impl Default for MonotonicClock {
     fn default() -> Self {
         MonotonicClock {
-            origin: std::time::Instant::now(),
+            origin_ns: monotonic_ns(),
         }
     }
 }
@@ -26,14 +37,30 @@ impl MonotonicClock {
         }
     }
 
-    /// The `std` instant matching `at`.
-    pub fn to_std(&self, at: Instant) -> std::time::Instant {
-        self.origin + std::time::Duration::from_micros(at.us)
+    /// A kernel `CLOCK_MONOTONIC` timestamp (GPIO edge events, V4L2 buffers) on this clock;
+    /// times before the clock was made map to its origin.
+    pub fn from_kernel_ns(&self, ns: u64) -> Instant {
+        Instant::from_us(ns.saturating_sub(self.origin_ns) / 1000)
     }
 }
 
 impl Clock for MonotonicClock {
     fn now(&self) -> Instant {
-        Instant::from_us(self.origin.elapsed().as_micros() as u64)
+        Instant::from_us(monotonic_ns().saturating_sub(self.origin_ns) / 1000)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_timestamps_map_onto_the_clock() {
+        let c = MonotonicClock::default();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let now = c.now();
+        let k = c.from_kernel_ns(monotonic_ns());
+        assert!(now.us >= 2000 && k >= now && k.us - now.us < 100_000);
+        assert_eq!(c.from_kernel_ns(0), Instant::from_us(0));
     }
 }

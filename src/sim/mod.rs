@@ -4,5 +4,6 @@
 //! is a corrupt frame, and every line change is stamped when it happens.
 
 pub mod clock;
+pub mod conveyor;
 pub mod recording;
 pub mod replay;

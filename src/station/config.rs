@@ -8,7 +8,7 @@ use anyhow::{anyhow, bail, Result};
 use serde::Deserialize;
 
 use crate::core::decision::{Action, ClassRule, DecisionRules};
-use crate::core::reject::EjectorConfig;
+use crate::core::reject::{EjectorConfig, FailSafePolicy, MergePolicy, OutcomeSet, MAX_EJECTORS};
 use crate::model::manifest::{Manifest, Precision};
 
 /// The configuration `ferroscope run` uses with no `--config`: the host simulation.
@@ -68,7 +68,8 @@ pub struct DecisionSection {
     pub min_score: std::collections::BTreeMap<String, f32>,
     /// `reject` or `accept` when no head is confident.
     pub uncertain: String,
-    /// `reject` or `accept` when no valid decision exists.
+    /// When no valid decision exists in time: `reject` (the ejector with `failsafe = true`),
+    /// `accept`, or `line_stop` (assert the line-stop output).
     #[serde(default = "reject")]
     pub failsafe: String,
     /// A decision later than this after capture is void; the fail-safe applies.
@@ -79,28 +80,125 @@ fn reject() -> String {
     "reject".into()
 }
 
-/// `[conveyor]`.
+/// `[conveyor]`: how the belt's position is known.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConveyorSection {
-    /// Belt speed.
-    pub belt_speed_mm_per_s: f32,
-    /// Camera optical axis to ejector.
+    /// Belt speed (speed mode). Leave out when an encoder reports the belt's travel.
+    #[serde(default)]
+    pub belt_speed_mm_per_s: Option<f32>,
+    /// Encoder counts per millimetre of belt travel (encoder mode; needs `inputs.encoder`).
+    #[serde(default)]
+    pub encoder_counts_per_mm: Option<f32>,
+}
+
+/// One GPIO line: offset on the section's chip, and polarity.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct GpioLineSection {
+    /// Line offset on the chip.
+    pub line: u32,
+    /// Active when low (e.g. a sinking driver or a normally-closed sensor).
+    #[serde(default)]
+    pub active_low: bool,
+}
+
+/// `[[ejectors]]`: one per actuator.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EjectorSection {
+    /// Name shown on screen and in logs.
+    pub name: String,
+    /// Camera optical axis (or trigger sensor) to this ejector, along the belt.
     pub ejector_distance_mm: f32,
-    /// Actuator on-time per item.
+    /// Actuator on-time per item, centred on the item's arrival.
     pub pulse_width_ms: f32,
-    /// Shortest off-time between pulses; closer rejects merge.
+    /// Shortest off-time between two pulses.
     pub min_gap_ms: f32,
+    /// `extend` (closer rejects share one longer pulse) or `clip` (the later pulse starts
+    /// after the gap).
+    #[serde(default = "extend")]
+    pub merge: String,
+    /// Reject classes this ejector takes; `["*"]` (the default) takes every reject class not
+    /// taken by an earlier ejector.
+    #[serde(default = "star")]
+    pub classes: Vec<String>,
+    /// Takes items rejected as uncertain.
+    #[serde(default)]
+    pub uncertain: bool,
+    /// Takes items rejected by the fail-safe.
+    #[serde(default)]
+    pub failsafe: bool,
+    /// The actuator's GPIO line on `outputs.gpio_chip` (backend `gpio`).
+    #[serde(default)]
+    pub gpio: Option<GpioLineSection>,
+}
+
+fn extend() -> String {
+    "extend".into()
+}
+
+fn star() -> Vec<String> {
+    vec!["*".into()]
 }
 
 /// `[outputs]`.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutputsSection {
-    /// `recording` (timeline in memory; the only backend in this build).
+    /// `recording` (timeline in memory, no hardware) or `gpio` (character-device GPIO lines,
+    /// also recorded).
     pub backend: String,
+    /// The GPIO chip of the output lines, e.g. `/dev/gpiochip0` (backend `gpio`).
+    #[serde(default)]
+    pub gpio_chip: Option<PathBuf>,
     /// Heartbeat half-period while healthy.
     pub heartbeat_period_ms: u32,
+    /// After a fault the heartbeat holds inactive this long.
+    #[serde(default = "fault_hold")]
+    pub fault_hold_ms: u32,
+    /// The heartbeat/ready line (backend `gpio`; optional).
+    #[serde(default)]
+    pub heartbeat: Option<GpioLineSection>,
+    /// The line-stop line (backend `gpio`; needed when `decision.failsafe = "line_stop"`).
+    #[serde(default)]
+    pub line_stop: Option<GpioLineSection>,
+}
+
+fn fault_hold() -> u32 {
+    2000
+}
+
+/// An input edge line.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct InputLineSection {
+    /// Line offset on `inputs.gpio_chip`.
+    pub line: u32,
+    /// Active when low.
+    #[serde(default)]
+    pub active_low: bool,
+    /// Count both edges (doubles the encoder resolution; `encoder_counts_per_mm` counts edges).
+    #[serde(default)]
+    pub both_edges: bool,
+    /// Kernel debounce period (0 = none).
+    #[serde(default)]
+    pub debounce_ms: f32,
+}
+
+/// `[inputs]` (optional): encoder and part-present trigger.
+#[derive(Clone, Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct InputsSection {
+    /// The GPIO chip of the input lines.
+    #[serde(default)]
+    pub gpio_chip: Option<PathBuf>,
+    /// Encoder channel A: each counted edge is `1 / encoder_counts_per_mm` of belt travel.
+    #[serde(default)]
+    pub encoder: Option<InputLineSection>,
+    /// Part-present sensor: each active edge starts an item (instead of each frame).
+    #[serde(default)]
+    pub trigger: Option<InputLineSection>,
 }
 
 /// The whole file.
@@ -117,8 +215,13 @@ pub struct StationConfig {
     pub decision: DecisionSection,
     /// `[conveyor]`.
     pub conveyor: ConveyorSection,
+    /// `[[ejectors]]`.
+    pub ejectors: Vec<EjectorSection>,
     /// `[outputs]`.
     pub outputs: OutputsSection,
+    /// `[inputs]`.
+    #[serde(default)]
+    pub inputs: InputsSection,
     /// Where it was read from; relative paths resolve against its folder.
     #[serde(skip)]
     pub path: PathBuf,
@@ -150,27 +253,88 @@ impl StationConfig {
         if c.tool.kind != "classify" {
             bail!("{p}: field `tool.kind` is \"{}\"; allowed: \"classify\"", c.tool.kind);
         }
-        if c.outputs.backend != "recording" {
+        if !matches!(c.outputs.backend.as_str(), "recording" | "gpio") {
             bail!(
-                "{p}: field `outputs.backend` is \"{}\"; allowed: \"recording\"",
+                "{p}: field `outputs.backend` is \"{}\"; allowed: \"recording\", \"gpio\"",
                 c.outputs.backend
             );
         }
         let k = &c.conveyor;
-        if !(k.belt_speed_mm_per_s > 0.0 && k.belt_speed_mm_per_s.is_finite()) {
-            bail!("{p}: field `conveyor.belt_speed_mm_per_s` must be > 0");
+        match (k.belt_speed_mm_per_s, k.encoder_counts_per_mm) {
+            (Some(v), None) => {
+                if !(v > 0.0 && v.is_finite()) {
+                    bail!("{p}: field `conveyor.belt_speed_mm_per_s` must be > 0");
+                }
+            }
+            (None, Some(cpm)) => {
+                if !(cpm > 0.0 && cpm.is_finite()) {
+                    bail!("{p}: field `conveyor.encoder_counts_per_mm` must be > 0");
+                }
+                if c.inputs.encoder.is_none() {
+                    bail!("{p}: `conveyor.encoder_counts_per_mm` needs an `[inputs.encoder]` line");
+                }
+            }
+            _ => bail!(
+                "{p}: `[conveyor]` needs exactly one of `belt_speed_mm_per_s` (speed mode) and `encoder_counts_per_mm` (encoder mode)"
+            ),
         }
-        if !(k.ejector_distance_mm >= 0.0 && k.ejector_distance_mm.is_finite()) {
-            bail!("{p}: field `conveyor.ejector_distance_mm` must be >= 0");
+        if c.ejectors.is_empty() || c.ejectors.len() > MAX_EJECTORS {
+            bail!(
+                "{p}: {} `[[ejectors]]` configured; allowed 1..={MAX_EJECTORS}",
+                c.ejectors.len()
+            );
         }
-        if !(k.pulse_width_ms > 0.0 && k.pulse_width_ms <= 10_000.0) {
-            bail!("{p}: field `conveyor.pulse_width_ms` must be in (0, 10000]");
+        for (i, e) in c.ejectors.iter().enumerate() {
+            let f = |field: &str| format!("ejectors[{i}] (\"{}\").{field}", e.name);
+            if !(e.ejector_distance_mm >= 0.0 && e.ejector_distance_mm.is_finite()) {
+                bail!("{p}: field `{}` must be >= 0", f("ejector_distance_mm"));
+            }
+            if !(e.pulse_width_ms > 0.0 && e.pulse_width_ms <= 10_000.0) {
+                bail!("{p}: field `{}` must be in (0, 10000]", f("pulse_width_ms"));
+            }
+            if !(e.min_gap_ms >= 0.0 && e.min_gap_ms <= 10_000.0) {
+                bail!("{p}: field `{}` must be in [0, 10000]", f("min_gap_ms"));
+            }
+            if !matches!(e.merge.as_str(), "extend" | "clip") {
+                bail!(
+                    "{p}: field `{}` is \"{}\"; allowed: \"extend\", \"clip\"",
+                    f("merge"),
+                    e.merge
+                );
+            }
+            if c.outputs.backend == "gpio" && e.gpio.is_none() {
+                bail!("{p}: backend \"gpio\" needs field `{}`", f("gpio"));
+            }
         }
-        if !(k.min_gap_ms >= 0.0 && k.min_gap_ms <= 10_000.0) {
-            bail!("{p}: field `conveyor.min_gap_ms` must be in [0, 10000]");
+        if c.outputs.backend == "gpio" && c.outputs.gpio_chip.is_none() {
+            bail!("{p}: backend \"gpio\" needs field `outputs.gpio_chip`");
+        }
+        if (c.inputs.encoder.is_some() || c.inputs.trigger.is_some()) && c.inputs.gpio_chip.is_none() {
+            bail!("{p}: `[inputs]` lines need field `inputs.gpio_chip`");
+        }
+        if c.inputs.encoder.is_some() && c.conveyor.encoder_counts_per_mm.is_none() {
+            bail!("{p}: `[inputs.encoder]` needs field `conveyor.encoder_counts_per_mm`");
+        }
+        match c.decision.failsafe.as_str() {
+            "reject" => {
+                if !c.ejectors.iter().any(|e| e.failsafe) {
+                    bail!("{p}: `decision.failsafe = \"reject\"` needs an ejector with `failsafe = true`");
+                }
+            }
+            "line_stop" => {
+                if c.outputs.backend == "gpio" && c.outputs.line_stop.is_none() {
+                    bail!("{p}: `decision.failsafe = \"line_stop\"` with backend \"gpio\" needs field `outputs.line_stop`");
+                }
+            }
+            "accept" => {}
+            other => {
+                bail!("{p}: field `decision.failsafe` is \"{other}\"; allowed: \"reject\", \"accept\", \"line_stop\"")
+            }
+        }
+        if c.decision.uncertain == "reject" && !c.ejectors.iter().any(|e| e.uncertain) {
+            bail!("{p}: `decision.uncertain = \"reject\"` needs an ejector with `uncertain = true`");
         }
         action(&c.decision.uncertain, path, "decision.uncertain")?;
-        action(&c.decision.failsafe, path, "decision.failsafe")?;
         Ok(c)
     }
 
@@ -243,17 +407,77 @@ impl StationConfig {
         DecisionRules::new(
             &rules,
             action(&d.uncertain, &self.path, "decision.uncertain")?,
-            action(&d.failsafe, &self.path, "decision.failsafe")?,
+            // A line stop takes the item off the belt by hand: it counts as rejected.
+            if self.failsafe_policy() == FailSafePolicy::Accept {
+                Action::Accept
+            } else {
+                Action::Reject
+            },
         )
         .map_err(|e| anyhow!("{p}: decision rules: {e:?}"))
     }
 
-    /// The ejector.
-    pub fn ejector(&self) -> EjectorConfig {
-        EjectorConfig {
-            ejector_distance_mm: self.conveyor.ejector_distance_mm,
-            pulse_width_us: (self.conveyor.pulse_width_ms * 1000.0).round() as u32,
-            min_gap_us: (self.conveyor.min_gap_ms * 1000.0).round() as u32,
+    /// What the fail-safe does.
+    pub fn failsafe_policy(&self) -> FailSafePolicy {
+        match self.decision.failsafe.as_str() {
+            "accept" => FailSafePolicy::Accept,
+            "line_stop" => FailSafePolicy::LineStop,
+            _ => FailSafePolicy::Reject,
         }
+    }
+
+    /// The ejectors, with class names resolved against `manifest`: every reject class must be
+    /// taken by an ejector, and every named class must exist.
+    pub fn ejectors(&self, manifest: &Manifest) -> Result<Vec<EjectorConfig>> {
+        let p = self.path.display();
+        let names = manifest.class_names();
+        let mut taken: u16 = 0;
+        let mut out = Vec::with_capacity(self.ejectors.len());
+        for (i, e) in self.ejectors.iter().enumerate() {
+            let mut classes: u16 = 0;
+            for n in &e.classes {
+                if n == "*" {
+                    classes |= !taken & ((1u32 << names.len().min(16)) - 1) as u16;
+                    continue;
+                }
+                let Some(k) = names.iter().position(|c| c == n) else {
+                    bail!(
+                        "{p}: field `ejectors[{i}].classes` names class \"{n}\", which {} does not have (classes: {})",
+                        manifest.path.display(),
+                        names.join(", ")
+                    );
+                };
+                if !self.decision.reject_classes.contains(n) {
+                    bail!(
+                        "{p}: field `ejectors[{i}].classes` names \"{n}\", which is not in `decision.reject_classes`"
+                    );
+                }
+                classes |= 1 << k;
+            }
+            taken |= classes;
+            out.push(EjectorConfig {
+                ejector_distance_mm: e.ejector_distance_mm,
+                pulse_width_us: (e.pulse_width_ms * 1000.0).round() as u32,
+                min_gap_us: (e.min_gap_ms * 1000.0).round() as u32,
+                merge: if e.merge == "clip" {
+                    MergePolicy::Clip
+                } else {
+                    MergePolicy::Extend
+                },
+                takes: OutcomeSet {
+                    classes,
+                    uncertain: e.uncertain,
+                    failsafe: e.failsafe,
+                },
+            });
+        }
+        for n in &self.decision.reject_classes {
+            if let Some(k) = names.iter().position(|c| c == n) {
+                if taken & (1 << k) == 0 {
+                    bail!("{p}: reject class \"{n}\" is taken by no ejector (`ejectors[].classes`)");
+                }
+            }
+        }
+        Ok(out)
     }
 }

@@ -1,30 +1,45 @@
-//! The station: camera → tool → decision → reject timing → outputs, with counters.
+//! The station: camera → tool → decision → reject tracking → outputs, with counters.
 //!
-//! The frame loop runs on the calling thread; the actuator runs on its own thread and owns
-//! the output backend, sleeping until the next pulse edge or heartbeat. They share the pulse
-//! queue under a mutex. Every error on the frame path is a decision (the fail-safe action), a
-//! fault counter and a log line; only start-up errors stop the station.
+//! Three kinds of thread share one [`Tracker`] (the shift register) under a mutex:
+//! - the frame loop (the calling thread) begins an item at each capture and hands it its
+//!   decision;
+//! - the actuator thread owns the outputs, polls the tracker and sleeps until its next edge or
+//!   heartbeat — it, not the frame loop, applies deadlines, so a model that hangs still gets
+//!   its items the fail-safe outcome on time;
+//! - with an encoder or a part-present sensor, an input thread feeds kernel-timestamped edges.
+//!
+//! Every error on the frame path is a decision (the fail-safe), a fault counter and a log
+//! line; only start-up errors stop the station.
 
 pub mod config;
 
+use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{anyhow, Context, Result};
 use serde_json::json;
 
 use crate::alloc_count::{Scope, Snapshot};
+use crate::core::belt::{mm_to_nm, Belt};
 use crate::core::counters::Counters;
 use crate::core::decision::{Action, Decision, Outcome};
 use crate::core::frame::GrayFrame;
 use crate::core::latency::LatencyHistogram;
-use crate::core::reject::{Edge, RejectScheduler, ScheduleError};
-use crate::hal::{Camera, CaptureError, Clock, OutputLine, RejectOutput};
+use crate::core::reject::{DecideError, EjectorConfig, Output, TrackEvent, Tracker, TrackerStats};
+use crate::core::time::Instant;
+use crate::drivers::gpio::{EdgeInput, GpioOutput, LineSpec};
+use crate::hal::{Camera, CaptureError, Clock, OutputError, OutputLine, RejectOutput};
 use crate::sim::clock::MonotonicClock;
 use crate::sim::recording::{Event, RecordingOutput, MAX_TIMELINE_EVENTS};
 use crate::sim::replay::ReplayCamera;
 use crate::tools::classify::Classifier;
-use config::StationConfig;
+use config::{InputLineSection, StationConfig};
+
+/// Items whose fate a run keeps for its reject audit (missed and false rejects, timing
+/// against true arrival). Preallocated; items beyond it are decided and fired as usual but
+/// left out of the audit (`audit_truncated` in the summary).
+pub const MAX_AUDIT_ITEMS: usize = 1 << 16;
 
 /// Faults by kind.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -37,14 +52,16 @@ pub struct FaultCounts {
     pub camera: u64,
     /// Inference errors.
     pub model: u64,
-    /// Decisions later than `decision_deadline_ms`.
+    /// Decisions later than `decision_deadline_ms`, or after the item's reject deadline.
     pub decision_overrun: u64,
-    /// Rejects decided after the item passed the ejector.
-    pub reject_too_late: u64,
-    /// Pulse queue full.
-    pub reject_queue_full: u64,
+    /// Items merged into the previous one because `MAX_ITEMS_IN_FLIGHT` were tracked.
+    pub tracking_overflow: u64,
+    /// Frames in trigger mode with no trigger to belong to.
+    pub untriggered_frame: u64,
     /// Output writes that failed.
     pub output: u64,
+    /// Input (encoder, trigger) read errors.
+    pub input: u64,
 }
 
 /// One decided item, for the log.
@@ -66,6 +83,42 @@ pub struct ItemReport<'a> {
     pub fault: Option<&'static str>,
 }
 
+/// One item's fate, for the audit.
+#[derive(Clone, Copy, Debug)]
+struct AuditItem {
+    id: u32,
+    captured: Instant,
+    action: Action,
+}
+
+/// One reject the tracker fired.
+#[derive(Clone, Copy, Debug)]
+struct FiredItem {
+    id: u32,
+    ejector: u8,
+    merged: bool,
+    clipped: bool,
+}
+
+/// The reject audit: what the outputs actually did to each item, against its true arrival.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RejectAudit {
+    /// Items audited.
+    pub items: u64,
+    /// Items decided reject whose true arrival no actual pulse on their ejector covered.
+    pub missed_rejects: u64,
+    /// Items decided accept whose true arrival an actual pulse covered, on any ejector.
+    pub false_rejects: u64,
+    /// |actual pulse centre − true arrival| of items alone in their pulse, µs: p50.
+    pub timing_error_us_p50: Option<u64>,
+    /// Same, p99.
+    pub timing_error_us_p99: Option<u64>,
+    /// Same, maximum.
+    pub timing_error_us_max: Option<u64>,
+    /// The belt speed the errors convert to mm with.
+    pub belt_speed_mm_per_s: f32,
+}
+
 /// What a run did.
 #[derive(Clone, Debug)]
 pub struct Summary {
@@ -75,10 +128,14 @@ pub struct Summary {
     pub model: String,
     /// Class names.
     pub classes: Vec<String>,
+    /// Ejector names.
+    pub ejectors: Vec<String>,
     /// Counters.
     pub counters: Counters,
     /// Faults by kind.
     pub faults: FaultCounts,
+    /// The tracker's totals (fired per ejector, fail-safe rejects, line stops, merges).
+    pub tracker: TrackerStats,
     /// Capture → decision latency.
     pub latency: LatencyHistogram,
     /// Items whose replay folder named a class of the model.
@@ -87,6 +144,11 @@ pub struct Summary {
     pub correct: u64,
     /// Recorded output timeline.
     pub timeline: Vec<Event>,
+    /// Reject audit against true arrival (speed mode; `None` with an encoder, whose true
+    /// position only the encoder knows).
+    pub audit: Option<RejectAudit>,
+    /// Items left out of the audit (beyond [`MAX_AUDIT_ITEMS`]).
+    pub audit_truncated: u64,
     /// Our allocations on the frame loop's thread after the first item (the promise is zero).
     pub allocations_ours_after_warmup: u64,
     /// tract's allocations per item after the first item.
@@ -96,7 +158,7 @@ pub struct Summary {
 }
 
 impl Summary {
-    /// Reject pulses in the timeline.
+    /// Reject pulses in the timeline, all ejectors.
     pub fn pulses(&self) -> usize {
         self.timeline
             .iter()
@@ -104,8 +166,8 @@ impl Summary {
             .count()
     }
 
-    /// Edge timing error (actual − planned) of the reject line: (p50, p99) in µs.
-    pub fn timing_error_us(&self) -> (u64, u64) {
+    /// Edge scheduling error (actual − planned) of the reject lines: (p50, p99) in µs.
+    pub fn edge_error_us(&self) -> (u64, u64) {
         let mut h = LatencyHistogram::default();
         for e in self.timeline.iter().filter(|e| matches!(e.line, OutputLine::Reject(_))) {
             h.record(e.actual.us_since(e.planned));
@@ -128,8 +190,17 @@ impl Summary {
             .enumerate()
             .map(|(i, n)| (n.clone(), json!(c.per_class[i])))
             .collect();
+        let fired: serde_json::Map<String, serde_json::Value> = self
+            .ejectors
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.clone(), json!(self.tracker.fired[i])))
+            .collect();
         let f = &self.faults;
-        let (te50, te99) = self.timing_error_us();
+        let t = &self.tracker;
+        let (ee50, ee99) = self.edge_error_us();
+        let a = self.audit.clone().unwrap_or_default();
+        let mm = |us: Option<u64>| us.map(|u| u as f64 * a.belt_speed_mm_per_s as f64 / 1e6);
         json!({
             "station": self.station,
             "model": self.model,
@@ -143,15 +214,30 @@ impl Summary {
             "faults": c.faults,
             "fault_kinds": {
                 "corrupt_frame": f.corrupt_frame, "wrong_size_frame": f.wrong_size_frame, "camera": f.camera,
-                "model": f.model, "decision_overrun": f.decision_overrun, "reject_too_late": f.reject_too_late,
-                "reject_queue_full": f.reject_queue_full, "output": f.output,
+                "model": f.model, "decision_overrun": f.decision_overrun, "tracking_overflow": f.tracking_overflow,
+                "untriggered_frame": f.untriggered_frame, "output": f.output, "input": f.input,
             },
             "yield_percent": c.yield_percent(),
             "latency_ms_p50": self.latency.percentile_us(50.0).unwrap_or(0) as f64 / 1000.0,
             "latency_ms_p99": self.latency.percentile_us(99.0).unwrap_or(0) as f64 / 1000.0,
             "reject_pulses": self.pulses(),
-            "timing_error_us_p50": te50,
-            "timing_error_us_p99": te99,
+            "fired_per_ejector": fired,
+            "failsafe_rejects": t.failsafe_rejects,
+            "failsafe_accepts": t.failsafe_accepts,
+            "overdue_items": t.overdue,
+            "line_stops": t.line_stops,
+            "merged_rejects": t.merged,
+            "clipped_rejects": t.clipped,
+            "missed_rejects": self.audit.as_ref().map(|a| a.missed_rejects),
+            "false_rejects": self.audit.as_ref().map(|a| a.false_rejects),
+            "timing_error_us_p50": a.timing_error_us_p50,
+            "timing_error_us_p99": a.timing_error_us_p99,
+            "timing_error_us_max": a.timing_error_us_max,
+            "timing_error_mm_p99": mm(a.timing_error_us_p99),
+            "edge_error_us_p50": ee50,
+            "edge_error_us_p99": ee99,
+            "audited_items": a.items,
+            "audit_truncated": self.audit_truncated,
             "labelled": self.labelled,
             "correct_vs_labels": self.correct,
             "allocations_ours_after_warmup": self.allocations_ours_after_warmup,
@@ -161,59 +247,292 @@ impl Summary {
     }
 }
 
+/// The output backend chosen in the config.
+#[derive(Debug)]
+enum Outputs {
+    Recording(RecordingOutput),
+    Gpio(GpioOutput),
+}
+
+impl Outputs {
+    fn events(&self) -> &[Event] {
+        match self {
+            Outputs::Recording(r) => r.events(),
+            Outputs::Gpio(g) => g.events(),
+        }
+    }
+}
+
+impl RejectOutput for Outputs {
+    fn set(&mut self, line: OutputLine, active: bool, at: Instant) -> Result<(), OutputError> {
+        match self {
+            Outputs::Recording(r) => r.set(line, active, at),
+            Outputs::Gpio(g) => g.set(line, active, at),
+        }
+    }
+}
+
+fn open_outputs(cfg: &StationConfig, clock: MonotonicClock) -> Result<Outputs> {
+    if cfg.outputs.backend != "gpio" {
+        return Ok(Outputs::Recording(RecordingOutput::new(clock, MAX_TIMELINE_EVENTS)));
+    }
+    let chip = cfg
+        .outputs
+        .gpio_chip
+        .as_ref()
+        .ok_or_else(|| anyhow!("{}: field `outputs.gpio_chip` is missing", cfg.path.display()))?;
+    let spec = |l: &config::GpioLineSection| LineSpec {
+        chip: chip.clone(),
+        line: l.line,
+        active_low: l.active_low,
+    };
+    let mut lines = Vec::new();
+    for (i, e) in cfg.ejectors.iter().enumerate() {
+        if let Some(g) = &e.gpio {
+            lines.push((OutputLine::Reject(i as u8), spec(g)));
+        }
+    }
+    if let Some(g) = &cfg.outputs.heartbeat {
+        lines.push((OutputLine::Heartbeat, spec(g)));
+    }
+    if let Some(g) = &cfg.outputs.line_stop {
+        lines.push((OutputLine::LineStop, spec(g)));
+    }
+    Ok(Outputs::Gpio(
+        GpioOutput::open(&lines, clock, MAX_TIMELINE_EVENTS)
+            .with_context(|| format!("{}: `[outputs]`", cfg.path.display()))?,
+    ))
+}
+
 struct Shared {
-    sched: RejectScheduler,
-    healthy: bool,
+    tracker: Tracker,
+    /// Last fault, for the heartbeat.
+    fault_at: Option<Instant>,
     stop: bool,
     output_errors: u64,
+    input_errors: u64,
+    fired: Vec<FiredItem>,
+    /// Trigger mode: items begun by the sensor, waiting for their frame.
+    triggered: heapless::Deque<u32, 64>,
 }
 
 type SharedState = Arc<(Mutex<Shared>, Condvar)>;
 
-fn actuator(
-    shared: SharedState,
-    mut out: RecordingOutput,
-    clock: MonotonicClock,
+fn line_of(o: Output) -> OutputLine {
+    match o {
+        Output::Ejector(n) => OutputLine::Reject(n),
+        Output::LineStop => OutputLine::LineStop,
+    }
+}
+
+struct ActuatorTiming {
     heartbeat_us: u64,
-) -> RecordingOutput {
+    fault_hold_us: u64,
+    /// Longest sleep: with an encoder, predictions are redone at least this often.
+    max_sleep_us: u64,
+    /// After the frame loop stops, how long items may still take to reach their ejectors.
+    drain_us: u64,
+}
+
+fn actuator(shared: SharedState, mut out: Outputs, clock: MonotonicClock, t: ActuatorTiming) -> Outputs {
     let (lock, cvar) = &*shared;
     let mut hb_level = false;
     let mut next_hb = clock.now();
+    let mut stop_at: Option<Instant> = None;
     let Ok(mut g) = lock.lock() else { return out };
     loop {
         let now = clock.now();
-        while let Some((edge, p)) = g.sched.poll(now) {
-            let (active, at) = match edge {
-                Edge::On => (true, p.on),
-                Edge::Off => (false, p.off),
-            };
-            if out.set(OutputLine::Reject(0), active, at).is_err() {
-                g.output_errors += 1;
-            }
+        {
+            let Shared {
+                tracker,
+                output_errors,
+                fired,
+                ..
+            } = &mut *g;
+            tracker.poll(now, |ev| match ev {
+                TrackEvent::Edge { output, active, at } => {
+                    if out.set(line_of(output), active, at).is_err() {
+                        *output_errors += 1;
+                    }
+                }
+                TrackEvent::Fired {
+                    id,
+                    ejector,
+                    merged,
+                    clipped,
+                    ..
+                } => {
+                    if fired.len() < fired.capacity() {
+                        fired.push(FiredItem {
+                            id,
+                            ejector,
+                            merged,
+                            clipped,
+                        });
+                    }
+                }
+                TrackEvent::Overdue { .. } => {}
+            });
         }
         if now >= next_hb {
-            let level = if g.healthy { !hb_level } else { false };
+            let healthy = !g.tracker.line_stop_active()
+                && g.fault_at.is_none_or(|f| now.us_since(f) >= t.fault_hold_us)
+                && !g.stop;
+            let level = healthy && !hb_level;
             if level != hb_level {
                 hb_level = level;
                 if out.set(OutputLine::Heartbeat, level, next_hb).is_err() {
                     g.output_errors += 1;
                 }
             }
-            next_hb = next_hb.add_us(heartbeat_us);
+            next_hb = next_hb.add_us(t.heartbeat_us).max(now);
         }
-        if g.stop && g.sched.pending() == 0 {
-            if hb_level {
-                let _ = out.set(OutputLine::Heartbeat, false, clock.now());
+        if g.stop {
+            let s = *stop_at.get_or_insert(now);
+            if g.tracker.is_idle() || now.us_since(s) > t.drain_us {
+                if hb_level {
+                    let _ = out.set(OutputLine::Heartbeat, false, clock.now());
+                }
+                return out;
             }
-            return out;
         }
-        let next = g.sched.next_event().map_or(next_hb, |e| e.min(next_hb));
+        let next = g
+            .tracker
+            .next_event(now)
+            .map_or(next_hb, |e| e.min(next_hb))
+            .min(now.add_us(t.max_sleep_us));
         let wait = next.us_since(clock.now()).max(1);
         g = match cvar.wait_timeout(g, Duration::from_micros(wait)) {
             Ok((g, _)) => g,
             Err(_) => return out,
         };
     }
+}
+
+enum InputRole {
+    Encoder,
+    Trigger,
+}
+
+fn input_thread(shared: SharedState, input: EdgeInput, role: InputRole) {
+    let (lock, cvar) = &*shared;
+    let mut count: i64 = 0;
+    let mut next_id: u32 = 0x8000_0000;
+    loop {
+        let edge = input.next_edge(Duration::from_millis(100));
+        let Ok(mut g) = lock.lock() else { return };
+        if g.stop {
+            return;
+        }
+        match edge {
+            Ok(None) => continue,
+            Err(_) => {
+                g.input_errors += 1;
+                drop(g);
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+            Ok(Some(at)) => match role {
+                InputRole::Encoder => {
+                    count += 1;
+                    g.tracker.belt_mut().on_encoder(count, at);
+                }
+                InputRole::Trigger => {
+                    next_id = next_id.wrapping_add(1);
+                    g.tracker.begin(next_id, at);
+                    if g.triggered.is_full() {
+                        g.triggered.pop_front();
+                        g.input_errors += 1;
+                    }
+                    let _ = g.triggered.push_back(next_id);
+                }
+            },
+        }
+        drop(g);
+        cvar.notify_one();
+    }
+}
+
+fn open_input(cfg: &StationConfig, l: &InputLineSection, clock: MonotonicClock, what: &str) -> Result<EdgeInput> {
+    let chip = cfg
+        .inputs
+        .gpio_chip
+        .as_ref()
+        .ok_or_else(|| anyhow!("{}: field `inputs.gpio_chip` is missing", cfg.path.display()))?;
+    let debounce = (l.debounce_ms > 0.0).then(|| Duration::from_micros((l.debounce_ms * 1000.0) as u64));
+    EdgeInput::open(chip, l.line, l.active_low, l.both_edges, debounce, clock)
+        .with_context(|| format!("{}: `[inputs.{what}]`", cfg.path.display()))
+}
+
+/// Audit what the outputs did against each item's true arrival at constant belt speed.
+fn audit(
+    items: &[AuditItem],
+    fired: &[FiredItem],
+    timeline: &[Event],
+    ejectors: &[EjectorConfig],
+    speed_mm_per_s: f32,
+) -> RejectAudit {
+    // Actual pulses per ejector.
+    let mut pulses: Vec<Vec<(u64, u64)>> = vec![Vec::new(); ejectors.len()];
+    let mut on: Vec<Option<u64>> = vec![None; ejectors.len()];
+    for e in timeline {
+        if let OutputLine::Reject(n) = e.line {
+            let n = n as usize;
+            if n >= ejectors.len() {
+                continue;
+            }
+            match (e.active, on[n]) {
+                (true, None) => on[n] = Some(e.actual.us),
+                (false, Some(s)) => {
+                    pulses[n].push((s, e.actual.us));
+                    on[n] = None;
+                }
+                _ => {}
+            }
+        }
+    }
+    let arrival = |it: &AuditItem, e: usize| -> u64 {
+        let nm = mm_to_nm(ejectors[e].ejector_distance_mm);
+        it.captured.us + (nm as f64 / speed_mm_per_s as f64).round() as u64
+    };
+    let covering = |e: usize, t: u64| pulses[e].iter().find(|(a, b)| *a <= t && t <= *b).copied();
+    let by_id: HashMap<u32, FiredItem> = fired.iter().map(|f| (f.id, *f)).collect();
+    let mut a = RejectAudit {
+        items: items.len() as u64,
+        belt_speed_mm_per_s: speed_mm_per_s,
+        ..Default::default()
+    };
+    let mut h = LatencyHistogram::default();
+    for it in items {
+        match it.action {
+            Action::Reject => {
+                let Some(f) = by_id.get(&it.id) else {
+                    a.missed_rejects += 1;
+                    continue;
+                };
+                let e = f.ejector as usize;
+                let t = arrival(it, e);
+                match covering(e, t) {
+                    None => a.missed_rejects += 1,
+                    Some((on, off)) => {
+                        if !f.merged && !f.clipped {
+                            let centre = (on + off) / 2;
+                            h.record(centre.abs_diff(t));
+                        }
+                    }
+                }
+            }
+            Action::Accept => {
+                if (0..ejectors.len()).any(|e| covering(e, arrival(it, e)).is_some()) {
+                    a.false_rejects += 1;
+                }
+            }
+        }
+    }
+    a.timing_error_us_p50 = h.percentile_us(50.0);
+    a.timing_error_us_p99 = h.percentile_us(99.0);
+    a.timing_error_us_max = (h.count() > 0).then(|| h.max_us());
+    a
 }
 
 /// Run the station described by `cfg` until the replay ends; `on_item` sees every item.
@@ -228,6 +547,7 @@ pub fn run(cfg: &StationConfig, mut on_item: impl FnMut(&ItemReport<'_>)) -> Res
         )
     })?;
     let rules = cfg.rules(classifier.manifest())?;
+    let ejectors = cfg.ejectors(classifier.manifest())?;
     let classes: Vec<String> = classifier.manifest().classes.iter().map(|c| c.name.clone()).collect();
     let replay_path = cfg.resolve(&cfg.camera.path);
     let mut camera = ReplayCamera::open(&replay_path, cfg.camera.rate_fps, cfg.camera.loops, clock)
@@ -236,45 +556,96 @@ pub fn run(cfg: &StationConfig, mut on_item: impl FnMut(&ItemReport<'_>)) -> Res
     if let Some(Ok((w, h, _))) = camera.frames().first().map(|f| &f.pixels) {
         classifier.prepare(*w, *h);
     }
-    let sched = RejectScheduler::new(cfg.ejector(), cfg.conveyor.belt_speed_mm_per_s);
+    let (belt, speed) = match (cfg.conveyor.belt_speed_mm_per_s, cfg.conveyor.encoder_counts_per_mm) {
+        (Some(v), _) => (Belt::from_speed(v, clock.now()), Some(v)),
+        (None, Some(cpm)) => (
+            Belt::from_encoder(cpm).ok_or_else(|| anyhow!("{}: bad encoder_counts_per_mm", cfg.path.display()))?,
+            None,
+        ),
+        (None, None) => anyhow::bail!("{}: `[conveyor]` has no speed or encoder", cfg.path.display()),
+    };
+    let tracker = Tracker::new(&ejectors, cfg.failsafe_policy(), belt)
+        .map_err(|e| anyhow!("{}: `[[ejectors]]`: {e:?}", cfg.path.display()))?;
+    let expected_items = (camera.frames().len() as u64 * cfg.camera.loops.max(1) as u64) as usize;
+    let audit_cap = expected_items.clamp(1, MAX_AUDIT_ITEMS);
     let shared: SharedState = Arc::new((
         Mutex::new(Shared {
-            sched,
-            healthy: true,
+            tracker,
+            fault_at: None,
             stop: false,
             output_errors: 0,
+            input_errors: 0,
+            fired: Vec::with_capacity(audit_cap),
+            triggered: heapless::Deque::new(),
         }),
         Condvar::new(),
     ));
-    let out = RecordingOutput::new(clock, MAX_TIMELINE_EVENTS);
-    let heartbeat_us = cfg.outputs.heartbeat_period_ms.max(1) as u64 * 1000;
+    let out = open_outputs(cfg, clock)?;
+    let farthest = ejectors.iter().map(|e| e.ejector_distance_mm).fold(0.0f32, f32::max);
+    let timing = ActuatorTiming {
+        heartbeat_us: cfg.outputs.heartbeat_period_ms.max(1) as u64 * 1000,
+        fault_hold_us: cfg.outputs.fault_hold_ms as u64 * 1000,
+        max_sleep_us: if speed.is_some() { 1_000_000 } else { 1_000 },
+        drain_us: match speed {
+            Some(v) => (farthest as f64 / v as f64 * 1e6) as u64 + 1_000_000,
+            None => 10_000_000,
+        },
+    };
     let act = {
         let shared = shared.clone();
         std::thread::Builder::new()
             .name("actuator".into())
-            .spawn(move || actuator(shared, out, clock, heartbeat_us))?
+            .spawn(move || actuator(shared, out, clock, timing))?
     };
+    let mut inputs = Vec::new();
+    if let Some(l) = &cfg.inputs.encoder {
+        let input = open_input(cfg, l, clock, "encoder")?;
+        let shared = shared.clone();
+        inputs.push(
+            std::thread::Builder::new()
+                .name("encoder".into())
+                .spawn(move || input_thread(shared, input, InputRole::Encoder))?,
+        );
+    }
+    let trigger_mode = cfg.inputs.trigger.is_some();
+    if let Some(l) = &cfg.inputs.trigger {
+        let input = open_input(cfg, l, clock, "trigger")?;
+        let shared = shared.clone();
+        inputs.push(
+            std::thread::Builder::new()
+                .name("trigger".into())
+                .spawn(move || input_thread(shared, input, InputRole::Trigger))?,
+        );
+    }
 
     let deadline_us = cfg.decision.decision_deadline_ms as u64 * 1000;
     let mut counters = Counters::default();
     let mut faults = FaultCounts::default();
     let mut latency = LatencyHistogram::default();
     let (mut labelled, mut correct) = (0u64, 0u64);
+    let mut audit_items: Vec<AuditItem> = Vec::with_capacity(audit_cap);
+    let mut audit_truncated = 0u64;
     let mut warm: Option<(Snapshot, u64)> = None;
     let started = std::time::Instant::now();
+    let (lock, cvar) = &*shared;
+    let note_fault = |at: Instant| {
+        if let Ok(mut g) = lock.lock() {
+            g.fault_at = Some(at);
+        }
+    };
     loop {
         let captured_guess = clock.now();
         let result = camera.capture(&mut frame_buf);
-        let (decision, fault, seq, captured) = match result {
+        let (mut decision, mut fault, seq, captured) = match result {
             Err(CaptureError::EndOfStream) => break,
             Err(CaptureError::Timeout) | Err(CaptureError::Disconnected) => {
                 faults.camera += 1;
                 counters.fault();
+                note_fault(clock.now());
                 continue;
             }
             Err(CaptureError::Corrupt { sequence }) => {
                 faults.corrupt_frame += 1;
-                counters.fault();
                 (
                     rules.fail_safe(),
                     Some("corrupt frame"),
@@ -284,7 +655,6 @@ pub fn run(cfg: &StationConfig, mut on_item: impl FnMut(&ItemReport<'_>)) -> Res
             }
             Err(CaptureError::WrongSize { sequence, .. }) => {
                 faults.wrong_size_frame += 1;
-                counters.fault();
                 (
                     rules.fail_safe(),
                     Some("wrong frame size"),
@@ -296,14 +666,12 @@ pub fn run(cfg: &StationConfig, mut on_item: impl FnMut(&ItemReport<'_>)) -> Res
                 let decided = match GrayFrame::new(&frame_buf, info.width, info.height, info.stride) {
                     Err(_) => {
                         faults.wrong_size_frame += 1;
-                        counters.fault();
                         (rules.fail_safe(), Some("wrong frame size"))
                     }
                     Ok(frame) => match classifier.classify(&frame) {
                         Ok(scores) => (rules.decide(scores), None),
                         Err(_) => {
                             faults.model += 1;
-                            counters.fault();
                             (rules.fail_safe(), Some("model error"))
                         }
                     },
@@ -311,34 +679,75 @@ pub fn run(cfg: &StationConfig, mut on_item: impl FnMut(&ItemReport<'_>)) -> Res
                 (decided.0, decided.1, info.sequence, info.captured)
             }
         };
-        let now = clock.now();
-        let late = now.us_since(captured);
-        let (decision, fault) = if late > deadline_us && fault.is_none() {
-            faults.decision_overrun += 1;
-            counters.fault();
-            (rules.fail_safe(), Some("decision overrun"))
-        } else {
-            (decision, fault)
-        };
-        counters.record(&decision);
-        latency.record(late);
-        if decision.action == Action::Reject {
-            let (lock, cvar) = &*shared;
-            let r = match lock.lock() {
-                Ok(mut g) => g.sched.schedule(captured, now),
-                Err(_) => Err(ScheduleError::Full),
-            };
-            match r {
-                Ok(_) => cvar.notify_one(),
-                Err(ScheduleError::TooLate { .. }) => {
-                    faults.reject_too_late += 1;
+        // The item: begun now at its capture time (or, in trigger mode, by the sensor).
+        let item_id = if trigger_mode {
+            match lock.lock().ok().and_then(|mut g| g.triggered.pop_front()) {
+                Some(id) => Some(id),
+                None => {
+                    faults.untriggered_frame += 1;
                     counters.fault();
-                }
-                Err(_) => {
-                    faults.reject_queue_full += 1;
-                    counters.fault();
+                    note_fault(clock.now());
+                    continue;
                 }
             }
+        } else {
+            None
+        };
+        let now = clock.now();
+        let late = now.us_since(captured);
+        if late > deadline_us && fault.is_none() {
+            faults.decision_overrun += 1;
+            decision = rules.fail_safe();
+            fault = Some("decision overrun");
+        }
+        let r = match lock.lock() {
+            Ok(mut g) => {
+                let id = match item_id {
+                    Some(id) => id,
+                    None => {
+                        if !g.tracker.begin(seq, captured) {
+                            faults.tracking_overflow += 1;
+                            fault = fault.or(Some("tracking overflow"));
+                        }
+                        seq
+                    }
+                };
+                let r = g.tracker.decide(id, &decision, now);
+                if fault.is_some() {
+                    g.fault_at = Some(now);
+                }
+                r.map(|_| id)
+            }
+            Err(_) => Err(DecideError::UnknownItem),
+        };
+        cvar.notify_one();
+        let id = match r {
+            Ok(id) => id,
+            Err(DecideError::UnknownItem) if fault == Some("tracking overflow") => seq,
+            Err(_) => {
+                // The item reached its deadline first: the fail-safe already applied.
+                if fault.is_none() {
+                    faults.decision_overrun += 1;
+                    fault = Some("decision overrun");
+                }
+                decision = rules.fail_safe();
+                note_fault(now);
+                item_id.unwrap_or(seq)
+            }
+        };
+        if fault.is_some() {
+            counters.fault();
+        }
+        counters.record(&decision);
+        latency.record(late);
+        if audit_items.len() < audit_items.capacity() {
+            audit_items.push(AuditItem {
+                id,
+                captured,
+                action: decision.action,
+            });
+        } else {
+            audit_truncated += 1;
         }
         let frame = camera.frame_for_sequence(seq);
         let class_name = decision.class.and_then(|c| classes.get(c as usize)).map(String::as_str);
@@ -366,18 +775,23 @@ pub fn run(cfg: &StationConfig, mut on_item: impl FnMut(&ItemReport<'_>)) -> Res
     // The frame loop's own thread: other threads (the actuator, a test harness) are not the
     // frame path.
     let end = Snapshot::take_thread();
-    {
-        let (lock, cvar) = &*shared;
-        if let Ok(mut g) = lock.lock() {
-            g.stop = true;
+    if let Ok(mut g) = lock.lock() {
+        g.stop = true;
+    }
+    cvar.notify_one();
+    let out = act.join().map_err(|_| anyhow!("actuator thread panicked"))?;
+    for i in inputs {
+        let _ = i.join();
+    }
+    let (tracker, fired) = match lock.lock() {
+        Ok(mut g) => {
+            faults.output += g.output_errors;
+            faults.input += g.input_errors;
+            counters.faults += g.output_errors + g.input_errors;
+            (*g.tracker.stats(), std::mem::take(&mut g.fired))
         }
-        cvar.notify_one();
-    }
-    let out = act.join().map_err(|_| anyhow::anyhow!("actuator thread panicked"))?;
-    if let Ok(g) = shared.0.lock() {
-        faults.output += g.output_errors;
-        counters.faults += g.output_errors;
-    }
+        Err(_) => (TrackerStats::default(), Vec::new()),
+    };
     let (allocations_ours_after_warmup, allocations_tract_per_item) = match warm {
         Some((s, n)) if counters.inspected > n => {
             let items = (counters.inspected - n) as f64;
@@ -385,17 +799,23 @@ pub fn run(cfg: &StationConfig, mut on_item: impl FnMut(&ItemReport<'_>)) -> Res
         }
         _ => (0, 0.0),
     };
+    let timeline = out.events().to_vec();
+    let audit = speed.map(|v| audit(&audit_items, &fired, &timeline, &ejectors, v));
     let m = classifier.manifest();
     Ok(Summary {
         station: cfg.station.name.clone(),
         model: format!("{} {} ({})", m.model.name, m.model.version, precision.name()),
         classes,
+        ejectors: cfg.ejectors.iter().map(|e| e.name.clone()).collect(),
         counters,
         faults,
+        tracker,
         latency,
         labelled,
         correct,
-        timeline: out.events().to_vec(),
+        timeline,
+        audit,
+        audit_truncated,
         allocations_ours_after_warmup,
         allocations_tract_per_item,
         duration_s: started.elapsed().as_secs_f64(),
