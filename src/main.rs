@@ -98,6 +98,23 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Real reject scheduling on this machine: pulse placement against true arrival, with the
+    /// station's actuator thread, recording backend and monotonic clock — idle, then with
+    /// inference running on the frame thread, side by side.
+    BenchTiming {
+        /// Station config (belt speed, ejectors, model); default: boards/host-sim.toml.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Items per run (every one rejected).
+        #[arg(long, default_value_t = 1000)]
+        items: u32,
+        /// Items per second.
+        #[arg(long, default_value_t = 50.0)]
+        rate_fps: f32,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Time each stage (decode, preprocess, inference, decision) on one thread, count
     /// allocations per frame (ours and tract's), peak RSS; int8 and f32 side by side.
     Bench {
@@ -165,6 +182,12 @@ fn main() -> ExitCode {
             timeline,
             json,
         } => simulate(seed, items, encoder, timeline.as_deref(), json),
+        Command::BenchTiming {
+            config,
+            items,
+            rate_fps,
+            json,
+        } => bench_timing(config.as_deref(), items, rate_fps, json),
         Command::Bench {
             model,
             images,
@@ -179,6 +202,68 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+fn bench_timing(config: Option<&Path>, items: u32, rate_fps: f32, json: bool) -> Result<ExitCode> {
+    use ferroscope::station::{config::StationConfig, config::DEFAULT_CONFIG_PATH, timing_bench};
+    let path = config
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
+    let cfg = StationConfig::load(&path)?;
+    let idle = timing_bench(&cfg, items, rate_fps, false)?;
+    let loaded = timing_bench(&cfg, items, rate_fps, true)?;
+    let row = |r: &ferroscope::station::TimingReport| {
+        let a = &r.audit;
+        serde_json::json!({
+            "items": r.items,
+            "missed_rejects": a.missed_rejects,
+            "timing_error_us_p50": a.timing_error_us_p50,
+            "timing_error_us_p99": a.timing_error_us_p99,
+            "timing_error_us_max": a.timing_error_us_max,
+            "edge_error_us_p50": r.edge_error_us.0,
+            "edge_error_us_p99": r.edge_error_us.1,
+        })
+    };
+    let p99_loaded = loaded.audit.timing_error_us_p99.unwrap_or(0);
+    let p99_idle = idle.audit.timing_error_us_p99.unwrap_or(0).max(1);
+    let mm = |us: u64, m_per_s: f64| us as f64 * m_per_s / 1000.0;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "config": path.display().to_string(),
+                "rate_fps": rate_fps,
+                "idle": row(&idle),
+                "with_inference": row(&loaded),
+                "p99_ratio_loaded_over_idle": p99_loaded as f64 / p99_idle as f64,
+                "p99_mm_at_1_5_20_m_per_s": [mm(p99_loaded, 1.0), mm(p99_loaded, 5.0), mm(p99_loaded, 20.0)],
+            })
+        );
+    } else {
+        println!(
+            "reject scheduling, {items} items at {rate_fps} items/s, {}",
+            path.display()
+        );
+        println!("pulse centre vs true arrival (µs)     p50    p99    max   missed");
+        for (name, r) in [("idle", &idle), ("inference on the frame thread", &loaded)] {
+            let a = &r.audit;
+            println!(
+                "  {name:<34} {:>6} {:>6} {:>6} {:>6}",
+                a.timing_error_us_p50.unwrap_or(0),
+                a.timing_error_us_p99.unwrap_or(0),
+                a.timing_error_us_max.unwrap_or(0),
+                a.missed_rejects
+            );
+        }
+        println!(
+            "p99 under load / idle: {:.2}x; p99 under load in mm: {:.3} at 1 m/s, {:.3} at 5 m/s, {:.3} at 20 m/s",
+            p99_loaded as f64 / p99_idle as f64,
+            mm(p99_loaded, 1.0),
+            mm(p99_loaded, 5.0),
+            mm(p99_loaded, 20.0)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn simulate(seed: u64, items: u32, encoder: bool, timeline: Option<&Path>, json: bool) -> Result<ExitCode> {

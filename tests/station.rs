@@ -54,14 +54,22 @@ fn default_station_decides_every_sample_and_fires_one_pulse_per_reject() {
     );
     // Items are 40 ms apart and pulses 20 ms wide with a 10 ms gap: no merging, one pulse each.
     assert_eq!(s.pulses() as u64, c.rejected);
-    // Pulses on the reject line alternate on/off and never overlap.
-    let edges: Vec<_> = s.timeline.iter().filter(|e| e.line == OutputLine::Reject(0)).collect();
-    for (i, e) in edges.iter().enumerate() {
-        assert_eq!(e.active, i % 2 == 0, "edge {i} out of order");
-        if i > 0 {
-            assert!(e.planned >= edges[i - 1].planned);
+    assert_eq!(s.tracker.fired.iter().sum::<u64>(), c.rejected);
+    assert!(s.tracker.fired[0] > 0 && s.tracker.fired[1] > 0, "both ejectors fired");
+    // Pulses on each reject line alternate on/off and never overlap.
+    for k in 0..2 {
+        let edges: Vec<_> = s.timeline.iter().filter(|e| e.line == OutputLine::Reject(k)).collect();
+        for (i, e) in edges.iter().enumerate() {
+            assert_eq!(e.active, i % 2 == 0, "ejector {k} edge {i} out of order");
+            if i > 0 {
+                assert!(e.planned >= edges[i - 1].planned);
+            }
         }
     }
+    // Against each item's true arrival: nothing missed, nothing hit by mistake.
+    let a = s.audit.as_ref().unwrap();
+    assert_eq!((a.items, a.missed_rejects, a.false_rejects), (36, 0, 0), "{a:?}");
+    assert!(a.timing_error_us_p50.is_some());
     // Heartbeat toggled while healthy and ended low.
     let hb: Vec<_> = s.timeline.iter().filter(|e| e.line == OutputLine::Heartbeat).collect();
     assert!(hb.len() >= 2 && !hb.last().unwrap().active);
@@ -77,6 +85,11 @@ fn default_station_decides_every_sample_and_fires_one_pulse_per_reject() {
         "faults",
         "latency_ms_p50",
         "latency_ms_p99",
+        "missed_rejects",
+        "false_rejects",
+        "failsafe_rejects",
+        "timing_error_us_p50",
+        "timing_error_us_p99",
     ] {
         assert!(j.get(key).is_some(), "summary lacks {key}");
     }
@@ -110,6 +123,51 @@ fn a_broken_frame_is_a_counted_fail_safe_reject_and_the_station_keeps_running() 
 }
 
 #[test]
+fn decisions_later_than_the_ejector_window_get_the_fail_safe_reject_in_time() {
+    let _serial = serial();
+    let mut cfg = config(&root().join("tests/data/neu_samples/crazing"), 20.0);
+    // Ejectors 1 mm downstream at 500 mm/s: the window opens 8 ms before capture, so every
+    // decision (a millisecond or more of inference) comes too late.
+    for e in &mut cfg.ejectors {
+        e.ejector_distance_mm = 1.0;
+    }
+    let mut faults = Vec::new();
+    let s = station::run(&cfg, |item| faults.push(item.fault)).unwrap();
+    assert_eq!(s.counters.inspected, 6);
+    assert_eq!(s.faults.decision_overrun, 6);
+    assert_eq!(s.counters.failsafe, 6);
+    assert!(faults.iter().all(|f| *f == Some("decision overrun")));
+    // The tracker rejected them on its own, with the fail-safe ejector (the second).
+    assert_eq!(s.tracker.failsafe_rejects, 6);
+    assert_eq!(s.tracker.fired, [0, 6, 0, 0]);
+    assert_eq!(s.audit.as_ref().unwrap().missed_rejects, 0);
+    // The heartbeat dropped on the fault.
+    let hb: Vec<_> = s.timeline.iter().filter(|e| e.line == OutputLine::Heartbeat).collect();
+    assert!(hb.len() <= 2, "heartbeat kept toggling through faults: {}", hb.len());
+}
+
+#[test]
+fn the_line_stop_policy_asserts_line_stop_once_and_counts_it() {
+    let _serial = serial();
+    let text = std::fs::read_to_string(DEFAULT_CONFIG_PATH).unwrap();
+    let text = text.replace("failsafe = \"reject\"  ", "failsafe = \"line_stop\"");
+    let mut cfg = StationConfig::parse(&text, Path::new(DEFAULT_CONFIG_PATH)).unwrap();
+    assert_eq!(cfg.decision.failsafe, "line_stop");
+    cfg.camera.path = root().join("tests/data/neu_samples/patches");
+    cfg.camera.rate_fps = 25.0;
+    for e in &mut cfg.ejectors {
+        e.ejector_distance_mm = 1.0;
+    }
+    let s = station::run(&cfg, |_| {}).unwrap();
+    assert_eq!(s.tracker.line_stops, 1);
+    assert_eq!(s.pulses(), 0, "nothing fired: the line stops instead");
+    let stops: Vec<_> = s.timeline.iter().filter(|e| e.line == OutputLine::LineStop).collect();
+    assert_eq!(stops.len(), 1);
+    assert!(stops[0].active);
+    assert_eq!(s.to_json()["line_stops"], 1);
+}
+
+#[test]
 fn config_errors_name_the_file_and_field() {
     let _serial = serial();
     let text = std::fs::read_to_string(DEFAULT_CONFIG_PATH).unwrap();
@@ -134,4 +192,41 @@ fn config_errors_name_the_file_and_field() {
     let manifest = ferroscope::model::manifest::Manifest::load(&root().join("models/neu_classify.toml")).unwrap();
     let e = cfg.rules(&manifest).unwrap_err().to_string();
     assert!(e.contains("rolled-in_scale") && e.contains("exactly one"), "{e}");
+
+    // Ejector mistakes: a class no ejector takes, a class the model lacks, a bad merge.
+    let cfg = StationConfig::parse(&text.replace("classes = [\"*\"]", "classes = [\"inclusion\"]"), p).unwrap();
+    let e = cfg.ejectors(&manifest).unwrap_err().to_string();
+    assert!(e.contains("scratches") && e.contains("no ejector"), "{e}");
+    let cfg = StationConfig::parse(
+        &text.replace("\"crazing\", \"patches\", \"pitted_surface\"]", "\"rust\"]"),
+        p,
+    )
+    .unwrap();
+    let e = cfg.ejectors(&manifest).unwrap_err().to_string();
+    assert!(e.contains("ejectors[0].classes") && e.contains("rust"), "{e}");
+    let e = StationConfig::parse(&text.replace("merge = \"extend\"", "merge = \"blend\""), p)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("ejectors[0] (\"surface\").merge") && e.contains("allowed"),
+        "{e}"
+    );
+    // The fail-safe must have somewhere to go.
+    let e = StationConfig::parse(&text.replace("failsafe = true", "failsafe = false"), p)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("failsafe = true"), "{e}");
+    // GPIO backend without lines.
+    let e = StationConfig::parse(&text.replace("backend = \"recording\"", "backend = \"gpio\""), p)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("ejectors[0] (\"surface\").gpio"), "{e}");
+    // Speed or encoder, not both, not neither.
+    let e = StationConfig::parse(
+        &text.replace("belt_speed_mm_per_s = 500.0", "encoder_counts_per_mm = 10.0"),
+        p,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("inputs.encoder"), "{e}");
 }

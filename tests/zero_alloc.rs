@@ -79,7 +79,6 @@ fn frame_path_allocates_nothing_in_our_code_after_warm_up() {
         step(&big, 320, 240, t);
     }
     let after = Snapshot::take_thread();
-    drop(step);
     assert_eq!(
         after.since(&before, Scope::Ours),
         0,

@@ -13,6 +13,7 @@
 //!   count, and the speed used for prediction decays when edges stop coming — a stopped belt
 //!   holds items where they are, as a PLC shift register does.
 
+use super::num::{ceil_i64, round_i64};
 use super::time::Instant;
 
 /// Encoder edges kept for the speed estimate. Why 16: at 10 counts/mm and 1 m/s that is a
@@ -104,7 +105,7 @@ impl Belt {
         // Cannot fail: one slot was just made free.
         let _ = self.edges.push_back((at, count));
         self.t_ref = at;
-        self.pos_ref_nm = (count as f64 * nm_per_count).round() as i64;
+        self.pos_ref_nm = round_i64(count as f64 * nm_per_count);
         if let (Some(&(t0, c0)), true) = (self.edges.front(), self.edges.len() >= 2) {
             let dt = at.us.saturating_sub(t0.us);
             if dt > 0 {
@@ -138,11 +139,11 @@ impl Belt {
     pub fn position_nm(&self, now: Instant) -> i64 {
         let dt = now.us as i64 - self.t_ref.us as i64;
         match self.mode {
-            Mode::Speed => self.pos_ref_nm + (self.speed_mm_per_s * dt as f64).round() as i64,
+            Mode::Speed => self.pos_ref_nm + round_i64(self.speed_mm_per_s * dt as f64),
             Mode::Encoder { nm_per_count } => {
                 let ahead = (self.speed_mm_per_s.max(0.0) * dt.max(0) as f64).min(nm_per_count - 1.0);
                 let back = if dt < 0 { self.speed_mm_per_s * dt as f64 } else { 0.0 };
-                self.pos_ref_nm + (ahead.max(0.0) + back).round() as i64
+                self.pos_ref_nm + round_i64(ahead.max(0.0) + back)
             }
         }
     }
@@ -160,7 +161,7 @@ impl Belt {
         }
         let us = (target_nm - pos) as f64 / v;
         if us.is_finite() && us < (u64::MAX / 4) as f64 {
-            Some(us.ceil() as u64)
+            Some(ceil_i64(us) as u64)
         } else {
             None
         }
@@ -177,7 +178,7 @@ fn sanitize(v: f64) -> f64 {
 
 /// Millimetres to nanometres.
 pub fn mm_to_nm(mm: f32) -> i64 {
-    (mm as f64 * 1_000_000.0).round() as i64
+    round_i64(mm as f64 * 1_000_000.0)
 }
 
 /// Nanometres to millimetres.

@@ -11,6 +11,7 @@ pub mod counters;
 pub mod decision;
 pub mod frame;
 pub mod latency;
+pub mod num;
 pub mod reject;
 pub mod time;
 

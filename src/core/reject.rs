@@ -22,6 +22,7 @@
 
 use super::belt::{mm_to_nm, Belt};
 use super::decision::{Action, Decision, Outcome};
+use super::num::{ceil_i64, floor_i64, round_i64};
 use super::time::Instant;
 use super::MAX_CLASSES;
 
@@ -257,7 +258,7 @@ fn arrival_rel_us(belt: &Belt, target_nm: i64, now: Instant) -> Option<i64> {
     let v = belt.speed_mm_per_s(now);
     if remaining <= 0 {
         if v > 0.0 {
-            return Some((remaining as f64 / v).floor() as i64);
+            return Some(floor_i64(remaining as f64 / v));
         }
         return Some(0);
     }
@@ -266,7 +267,7 @@ fn arrival_rel_us(belt: &Belt, target_nm: i64, now: Instant) -> Option<i64> {
     }
     let us = remaining as f64 / v;
     if us < (i64::MAX / 4) as f64 {
-        Some(us.ceil() as i64)
+        Some(ceil_i64(us))
     } else {
         None
     }
@@ -654,7 +655,7 @@ impl Tracker {
             // The window is symmetric in belt position around the item: it ends as far past
             // the ejector as it started before it, whatever the belt does meanwhile.
             let v = self.belt.speed_mm_per_s(now);
-            let full_lead = if v > 0.0 { (v * half as f64).round() as i64 } else { 0 };
+            let full_lead = if v > 0.0 { round_i64(v * half as f64) } else { 0 };
             let target = item.pos_nm + d_nm;
             // Normally the item is `full_lead` away now. If the output comes on late (the
             // belt sped up just before), the window closes as far past the ejector as the item
@@ -668,7 +669,7 @@ impl Tracker {
             };
             let off_pos = target + item.span_nm + lead_nm;
             let span_us = if item.span_nm > 0 && v > 0.0 {
-                (item.span_nm as f64 / v).ceil() as u64
+                ceil_i64(item.span_nm as f64 / v) as u64
             } else {
                 0
             };

@@ -570,7 +570,6 @@ fn check(cfg: &SimConfig, items: &[SimItem], motion: &Motion, timeline: &[SimEdg
                             // item's arrival as it ends after it.
                             let mid = (motion.pos(a as f64) + motion.pos(b as f64)) / 2.0;
                             err_mm.push(((mid - motion.pos(t)) / 1e6).abs());
-                            if ((mid - motion.pos(t)) / 1e6).abs() > 0.5 {}
                             err_us.record(((a + b) as f64 / 2.0 - t).abs().round() as u64);
                         }
                     }

@@ -821,3 +821,126 @@ pub fn run(cfg: &StationConfig, mut on_item: impl FnMut(&ItemReport<'_>)) -> Res
         duration_s: started.elapsed().as_secs_f64(),
     })
 }
+
+/// Result of [`timing_bench`].
+#[derive(Clone, Debug)]
+pub struct TimingReport {
+    /// Items sent (all rejected, to maximise pulses).
+    pub items: u64,
+    /// Whether the frame thread ran inference for every item.
+    pub with_inference: bool,
+    /// Pulse placement against true arrival.
+    pub audit: RejectAudit,
+    /// Edge error (actual − planned), p50 and p99, µs.
+    pub edge_error_us: (u64, u64),
+}
+
+/// Real scheduling on this machine: the station's actuator thread and output backend, on the
+/// monotonic clock, with items arriving at `rate_fps` on a belt at the configured speed, each
+/// decided reject (alternating ejectors) — after a real inference on the frame thread when
+/// `with_inference`, so the two threads compete as they do in the station.
+pub fn timing_bench(cfg: &StationConfig, items: u32, rate_fps: f32, with_inference: bool) -> Result<TimingReport> {
+    let clock = MonotonicClock::default();
+    let precision = cfg.precision()?;
+    let mut classifier = Classifier::load(&cfg.resolve(&cfg.tool.manifest), precision)?;
+    let ejectors = cfg.ejectors(classifier.manifest())?;
+    let speed = cfg.conveyor.belt_speed_mm_per_s.ok_or_else(|| {
+        anyhow!(
+            "{}: the timing bench needs `conveyor.belt_speed_mm_per_s`",
+            cfg.path.display()
+        )
+    })?;
+    let camera = ReplayCamera::open(&cfg.resolve(&cfg.camera.path), 1000.0, 1, clock)?;
+    let frames: Vec<(usize, usize, &[u8])> = camera
+        .frames()
+        .iter()
+        .filter_map(|f| f.pixels.as_ref().ok().map(|(w, h, p)| (*w, *h, p.as_slice())))
+        .collect();
+    if frames.is_empty() {
+        anyhow::bail!("{}: no decodable frames", cfg.resolve(&cfg.camera.path).display());
+    }
+    // One class per ejector, so items alternate between them.
+    let class_for: Vec<u8> = ejectors
+        .iter()
+        .map(|e| e.takes.classes.trailing_zeros().min(15) as u8)
+        .collect();
+    let tracker = Tracker::new(&ejectors, cfg.failsafe_policy(), Belt::from_speed(speed, clock.now()))
+        .map_err(|e| anyhow!("{}: `[[ejectors]]`: {e:?}", cfg.path.display()))?;
+    let shared: SharedState = Arc::new((
+        Mutex::new(Shared {
+            tracker,
+            fault_at: None,
+            stop: false,
+            output_errors: 0,
+            input_errors: 0,
+            fired: Vec::with_capacity(items as usize),
+            triggered: heapless::Deque::new(),
+        }),
+        Condvar::new(),
+    ));
+    let farthest = ejectors.iter().map(|e| e.ejector_distance_mm).fold(0.0f32, f32::max);
+    let timing = ActuatorTiming {
+        heartbeat_us: cfg.outputs.heartbeat_period_ms.max(1) as u64 * 1000,
+        fault_hold_us: cfg.outputs.fault_hold_ms as u64 * 1000,
+        max_sleep_us: 1_000_000,
+        drain_us: (farthest as f64 / speed as f64 * 1e6) as u64 + 1_000_000,
+    };
+    let out = Outputs::Recording(RecordingOutput::new(clock, MAX_TIMELINE_EVENTS));
+    let act = {
+        let shared = shared.clone();
+        std::thread::Builder::new()
+            .name("actuator".into())
+            .spawn(move || actuator(shared, out, clock, timing))?
+    };
+    let period_us = (1e6 / rate_fps.max(0.1) as f64) as u64;
+    let mut audit_items = Vec::with_capacity(items as usize);
+    let start = clock.now().add_us(10_000);
+    let (lock, cvar) = &*shared;
+    for i in 0..items {
+        clock.sleep_until(start.add_us(i as u64 * period_us));
+        let captured = clock.now();
+        let class = class_for[i as usize % class_for.len()];
+        if with_inference {
+            let (w, h, px) = frames[i as usize % frames.len()];
+            let f = GrayFrame::new(px, w, h, w).map_err(|e| anyhow!("frame {i}: {e:?}"))?;
+            classifier.classify(&f)?;
+        }
+        let d = Decision {
+            outcome: Outcome::Reject,
+            action: Action::Reject,
+            class: Some(class),
+            score: 1.0,
+        };
+        let now = clock.now();
+        if let Ok(mut g) = lock.lock() {
+            g.tracker.begin(i, captured);
+            let _ = g.tracker.decide(i, &d, now);
+        }
+        cvar.notify_one();
+        audit_items.push(AuditItem {
+            id: i,
+            captured,
+            action: Action::Reject,
+        });
+    }
+    if let Ok(mut g) = lock.lock() {
+        g.stop = true;
+    }
+    cvar.notify_one();
+    let out = act.join().map_err(|_| anyhow!("actuator thread panicked"))?;
+    let fired = match lock.lock() {
+        Ok(mut g) => std::mem::take(&mut g.fired),
+        Err(_) => Vec::new(),
+    };
+    let timeline = out.events();
+    let mut h = LatencyHistogram::default();
+    for e in timeline.iter().filter(|e| matches!(e.line, OutputLine::Reject(_))) {
+        h.record(e.actual.us_since(e.planned));
+    }
+    Ok(TimingReport {
+        items: items as u64,
+        with_inference,
+        audit: audit(&audit_items, &fired, timeline, &ejectors, speed),
+        edge_error_us: (h.percentile_us(50.0).unwrap_or(0), h.percentile_us(99.0).unwrap_or(0)),
+    })
+}
