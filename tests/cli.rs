@@ -94,4 +94,26 @@ fn run_json_ends_with_the_summary() {
     assert_eq!(s["items"], 36);
     assert_eq!(s["allocations_ours_after_warmup"], 0);
     assert_eq!(s["accepted"].as_u64().unwrap() + s["rejected"].as_u64().unwrap(), 36);
+    assert_eq!(s["missed_rejects"], 0);
+    assert_eq!(s["false_rejects"], 0);
+    assert_eq!(s["failsafe_rejects"], 0);
+    assert!(s["timing_error_us_p99"].as_u64().is_some());
+    let fired = s["fired_per_ejector"].as_object().unwrap();
+    let total: u64 = fired.values().map(|v| v.as_u64().unwrap()).sum();
+    assert_eq!(total, s["rejected"].as_u64().unwrap());
+}
+
+#[test]
+fn simulate_checks_every_pulse_and_says_ok() {
+    for extra in [&[][..], &["--encoder"][..]] {
+        let mut args = vec!["simulate", "--items", "3000", "--seed", "9", "--json"];
+        args.extend_from_slice(extra);
+        let out = ferroscope(&args);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+        let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(j["ok"], true);
+        assert_eq!(j["items"], 3000);
+        assert_eq!(j["missed_rejects"], 0);
+        assert!(j["must_reject"].as_u64().unwrap() > 200);
+    }
 }

@@ -126,10 +126,12 @@ fn a_broken_frame_is_a_counted_fail_safe_reject_and_the_station_keeps_running() 
 fn decisions_later_than_the_ejector_window_get_the_fail_safe_reject_in_time() {
     let _serial = serial();
     let mut cfg = config(&root().join("tests/data/neu_samples/crazing"), 20.0);
-    // Ejectors 1 mm downstream at 500 mm/s: the window opens 8 ms before capture, so every
-    // decision (a millisecond or more of inference) comes too late.
+    // Ejectors 8 mm downstream at 500 mm/s with 40 ms pulses: the item arrives 16 ms after
+    // capture and its window opens 4 ms before capture, so every decision comes too late —
+    // and the tracker, which knows the item from its capture on, rejects it in time anyway.
     for e in &mut cfg.ejectors {
-        e.ejector_distance_mm = 1.0;
+        e.ejector_distance_mm = 8.0;
+        e.pulse_width_ms = 40.0;
     }
     let mut faults = Vec::new();
     let s = station::run(&cfg, |item| faults.push(item.fault)).unwrap();

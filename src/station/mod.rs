@@ -342,6 +342,7 @@ fn actuator(shared: SharedState, mut out: Outputs, clock: MonotonicClock, t: Act
     let Ok(mut g) = lock.lock() else { return out };
     loop {
         let now = clock.now();
+        let errors_before = g.output_errors;
         {
             let Shared {
                 tracker,
@@ -373,6 +374,9 @@ fn actuator(shared: SharedState, mut out: Outputs, clock: MonotonicClock, t: Act
                 }
                 TrackEvent::Overdue { .. } => {}
             });
+        }
+        if g.output_errors != errors_before {
+            g.fault_at = Some(now);
         }
         if now >= next_hb {
             let healthy = !g.tracker.line_stop_active()
@@ -414,7 +418,7 @@ enum InputRole {
     Trigger,
 }
 
-fn input_thread(shared: SharedState, input: EdgeInput, role: InputRole) {
+fn input_thread(shared: SharedState, input: EdgeInput, role: InputRole, clock: MonotonicClock) {
     let (lock, cvar) = &*shared;
     let mut count: i64 = 0;
     let mut next_id: u32 = 0x8000_0000;
@@ -428,6 +432,7 @@ fn input_thread(shared: SharedState, input: EdgeInput, role: InputRole) {
             Ok(None) => continue,
             Err(_) => {
                 g.input_errors += 1;
+                g.fault_at = Some(clock.now());
                 drop(g);
                 std::thread::sleep(Duration::from_millis(100));
                 continue;
@@ -604,7 +609,7 @@ pub fn run(cfg: &StationConfig, mut on_item: impl FnMut(&ItemReport<'_>)) -> Res
         inputs.push(
             std::thread::Builder::new()
                 .name("encoder".into())
-                .spawn(move || input_thread(shared, input, InputRole::Encoder))?,
+                .spawn(move || input_thread(shared, input, InputRole::Encoder, clock))?,
         );
     }
     let trigger_mode = cfg.inputs.trigger.is_some();
@@ -614,7 +619,7 @@ pub fn run(cfg: &StationConfig, mut on_item: impl FnMut(&ItemReport<'_>)) -> Res
         inputs.push(
             std::thread::Builder::new()
                 .name("trigger".into())
-                .spawn(move || input_thread(shared, input, InputRole::Trigger))?,
+                .spawn(move || input_thread(shared, input, InputRole::Trigger, clock))?,
         );
     }
 
@@ -636,7 +641,7 @@ pub fn run(cfg: &StationConfig, mut on_item: impl FnMut(&ItemReport<'_>)) -> Res
     loop {
         let captured_guess = clock.now();
         let result = camera.capture(&mut frame_buf);
-        let (mut decision, mut fault, seq, captured) = match result {
+        let (seq, captured) = match &result {
             Err(CaptureError::EndOfStream) => break,
             Err(CaptureError::Timeout) | Err(CaptureError::Disconnected) => {
                 faults.camera += 1;
@@ -644,45 +649,17 @@ pub fn run(cfg: &StationConfig, mut on_item: impl FnMut(&ItemReport<'_>)) -> Res
                 note_fault(clock.now());
                 continue;
             }
-            Err(CaptureError::Corrupt { sequence }) => {
-                faults.corrupt_frame += 1;
-                (
-                    rules.fail_safe(),
-                    Some("corrupt frame"),
-                    sequence,
-                    clock.now().max(captured_guess),
-                )
+            Err(CaptureError::Corrupt { sequence }) | Err(CaptureError::WrongSize { sequence, .. }) => {
+                (*sequence, clock.now().max(captured_guess))
             }
-            Err(CaptureError::WrongSize { sequence, .. }) => {
-                faults.wrong_size_frame += 1;
-                (
-                    rules.fail_safe(),
-                    Some("wrong frame size"),
-                    sequence,
-                    clock.now().max(captured_guess),
-                )
-            }
-            Ok(info) => {
-                let decided = match GrayFrame::new(&frame_buf, info.width, info.height, info.stride) {
-                    Err(_) => {
-                        faults.wrong_size_frame += 1;
-                        (rules.fail_safe(), Some("wrong frame size"))
-                    }
-                    Ok(frame) => match classifier.classify(&frame) {
-                        Ok(scores) => (rules.decide(scores), None),
-                        Err(_) => {
-                            faults.model += 1;
-                            (rules.fail_safe(), Some("model error"))
-                        }
-                    },
-                };
-                (decided.0, decided.1, info.sequence, info.captured)
-            }
+            Ok(info) => (info.sequence, info.captured),
         };
-        // The item: begun now at its capture time (or, in trigger mode, by the sensor).
-        let item_id = if trigger_mode {
+        // The item enters the register before inference: if the model is slow or hangs, the
+        // actuator thread still gives it the fail-safe at its deadline.
+        let mut fault: Option<&'static str> = None;
+        let id = if trigger_mode {
             match lock.lock().ok().and_then(|mut g| g.triggered.pop_front()) {
-                Some(id) => Some(id),
+                Some(id) => id,
                 None => {
                     faults.untriggered_frame += 1;
                     counters.fault();
@@ -691,7 +668,41 @@ pub fn run(cfg: &StationConfig, mut on_item: impl FnMut(&ItemReport<'_>)) -> Res
                 }
             }
         } else {
-            None
+            if let Ok(mut g) = lock.lock() {
+                if !g.tracker.begin(seq, captured) {
+                    faults.tracking_overflow += 1;
+                    fault = Some("tracking overflow");
+                }
+            }
+            cvar.notify_one();
+            seq
+        };
+        let mut decision = match result {
+            Err(CaptureError::Corrupt { .. }) => {
+                faults.corrupt_frame += 1;
+                fault = fault.or(Some("corrupt frame"));
+                rules.fail_safe()
+            }
+            Err(_) => {
+                faults.wrong_size_frame += 1;
+                fault = fault.or(Some("wrong frame size"));
+                rules.fail_safe()
+            }
+            Ok(info) => match GrayFrame::new(&frame_buf, info.width, info.height, info.stride) {
+                Err(_) => {
+                    faults.wrong_size_frame += 1;
+                    fault = fault.or(Some("wrong frame size"));
+                    rules.fail_safe()
+                }
+                Ok(frame) => match classifier.classify(&frame) {
+                    Ok(scores) => rules.decide(scores),
+                    Err(_) => {
+                        faults.model += 1;
+                        fault = fault.or(Some("model error"));
+                        rules.fail_safe()
+                    }
+                },
+            },
         };
         let now = clock.now();
         let late = now.us_since(captured);
@@ -702,28 +713,18 @@ pub fn run(cfg: &StationConfig, mut on_item: impl FnMut(&ItemReport<'_>)) -> Res
         }
         let r = match lock.lock() {
             Ok(mut g) => {
-                let id = match item_id {
-                    Some(id) => id,
-                    None => {
-                        if !g.tracker.begin(seq, captured) {
-                            faults.tracking_overflow += 1;
-                            fault = fault.or(Some("tracking overflow"));
-                        }
-                        seq
-                    }
-                };
                 let r = g.tracker.decide(id, &decision, now);
                 if fault.is_some() {
                     g.fault_at = Some(now);
                 }
-                r.map(|_| id)
+                r
             }
             Err(_) => Err(DecideError::UnknownItem),
         };
         cvar.notify_one();
-        let id = match r {
-            Ok(id) => id,
-            Err(DecideError::UnknownItem) if fault == Some("tracking overflow") => seq,
+        match r {
+            Ok(()) => {}
+            Err(DecideError::UnknownItem) if fault == Some("tracking overflow") => decision = rules.fail_safe(),
             Err(_) => {
                 // The item reached its deadline first: the fail-safe already applied.
                 if fault.is_none() {
@@ -732,9 +733,8 @@ pub fn run(cfg: &StationConfig, mut on_item: impl FnMut(&ItemReport<'_>)) -> Res
                 }
                 decision = rules.fail_safe();
                 note_fault(now);
-                item_id.unwrap_or(seq)
             }
-        };
+        }
         if fault.is_some() {
             counters.fault();
         }
