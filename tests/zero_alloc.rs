@@ -8,7 +8,7 @@ use ferroscope::core::belt::Belt;
 use ferroscope::core::counters::Counters;
 use ferroscope::core::decision::{Action, ClassRule, DecisionRules};
 use ferroscope::core::frame::GrayFrame;
-use ferroscope::core::reject::{EjectorConfig, FailSafePolicy, MergePolicy, OutcomeSet, Tracker};
+use ferroscope::core::reject::{EjectorConfig, FailSafePolicy, MergePolicy, OutcomeSet, TrackEvent, Tracker};
 use ferroscope::core::time::Instant;
 use ferroscope::model::manifest::Precision;
 use ferroscope::sim::replay::decode_gray;
@@ -62,8 +62,12 @@ fn frame_path_allocates_nothing_in_our_code_after_warm_up() {
         id += 1;
         tracker.begin(id, Instant::from_us(t));
         tracker.decide(id, &d, Instant::from_us(t)).unwrap();
-        tracker.poll(Instant::from_us(t + 99_000), |_| edges += 1);
-        tracker.poll(Instant::from_us(t + 200_000), |_| edges += 1);
+        tracker.poll(Instant::from_us(t + 99_000), |e| {
+            edges += matches!(e, TrackEvent::Edge { .. }) as u64
+        });
+        tracker.poll(Instant::from_us(t + 200_000), |e| {
+            edges += matches!(e, TrackEvent::Edge { .. }) as u64
+        });
     };
     step(&big, 320, 240, 0);
     for (w, h, px) in &frames {
