@@ -226,7 +226,7 @@ fn bench_timing(config: Option<&Path>, items: u32, rate_fps: f32, json: bool) ->
     };
     let p99_loaded = loaded.audit.timing_error_us_p99.unwrap_or(0);
     let p99_idle = idle.audit.timing_error_us_p99.unwrap_or(0).max(1);
-    let mm = |us: u64, m_per_s: f64| us as f64 * m_per_s / 1000.0;
+    let mm = |us: u64, m_per_s: f32| ferroscope::core::calibration::travel_distance_mm(us, m_per_s * 1000.0);
     if json {
         println!(
             "{}",

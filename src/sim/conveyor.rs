@@ -620,9 +620,7 @@ pub fn timeline_text(edges: &[SimEdge], limit: usize) -> String {
 
 /// SHA-256 of the whole timeline's text, in hex.
 pub fn timeline_digest(edges: &[SimEdge]) -> String {
-    use sha2::{Digest, Sha256};
-    let digest = Sha256::digest(timeline_text(edges, usize::MAX).as_bytes());
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+    crate::model::manifest::sha256_hex(timeline_text(edges, usize::MAX).as_bytes())
 }
 
 impl SimReport {

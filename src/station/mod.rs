@@ -21,7 +21,8 @@ use anyhow::{anyhow, Context, Result};
 use serde_json::json;
 
 use crate::alloc_count::{Scope, Snapshot};
-use crate::core::belt::{mm_to_nm, Belt};
+use crate::core::belt::Belt;
+use crate::core::calibration::{travel_distance_mm, travel_time_us};
 use crate::core::counters::Counters;
 use crate::core::decision::{Action, Decision, Outcome};
 use crate::core::frame::GrayFrame;
@@ -168,39 +169,24 @@ impl Summary {
 
     /// Edge scheduling error (actual − planned) of the reject lines: (p50, p99) in µs.
     pub fn edge_error_us(&self) -> (u64, u64) {
-        let mut h = LatencyHistogram::default();
-        for e in self.timeline.iter().filter(|e| matches!(e.line, OutputLine::Reject(_))) {
-            h.record(e.actual.us_since(e.planned));
-        }
-        (h.percentile_us(50.0).unwrap_or(0), h.percentile_us(99.0).unwrap_or(0))
+        edge_error_us(&self.timeline)
     }
 
     /// The summary as one JSON object.
     pub fn to_json(&self) -> serde_json::Value {
         let c = &self.counters;
-        let per_class: serde_json::Map<String, serde_json::Value> = self
-            .classes
-            .iter()
-            .enumerate()
-            .map(|(i, n)| (n.clone(), json!(c.rejected_per_class[i])))
-            .collect();
-        let detected: serde_json::Map<String, serde_json::Value> = self
-            .classes
-            .iter()
-            .enumerate()
-            .map(|(i, n)| (n.clone(), json!(c.per_class[i])))
-            .collect();
-        let fired: serde_json::Map<String, serde_json::Value> = self
-            .ejectors
-            .iter()
-            .enumerate()
-            .map(|(i, n)| (n.clone(), json!(self.tracker.fired[i])))
-            .collect();
+        // `{name: value}` for each name, values in the same order.
+        let named = |names: &[String], values: &[u64]| -> serde_json::Map<String, serde_json::Value> {
+            names.iter().zip(values).map(|(n, v)| (n.clone(), json!(v))).collect()
+        };
+        let per_class = named(&self.classes, &c.rejected_per_class);
+        let detected = named(&self.classes, &c.per_class);
+        let fired = named(&self.ejectors, &self.tracker.fired);
         let f = &self.faults;
         let t = &self.tracker;
         let (ee50, ee99) = self.edge_error_us();
         let a = self.audit.clone().unwrap_or_default();
-        let mm = |us: Option<u64>| us.map(|u| u as f64 * a.belt_speed_mm_per_s as f64 / 1e6);
+        let mm = |us: Option<u64>| us.map(|u| travel_distance_mm(u, a.belt_speed_mm_per_s));
         json!({
             "station": self.station,
             "model": self.model,
@@ -245,6 +231,15 @@ impl Summary {
             "duration_s": self.duration_s,
         })
     }
+}
+
+/// Edge scheduling error (actual − planned) of the reject lines in `timeline`: (p50, p99), µs.
+fn edge_error_us(timeline: &[Event]) -> (u64, u64) {
+    let mut h = LatencyHistogram::default();
+    for e in timeline.iter().filter(|e| matches!(e.line, OutputLine::Reject(_))) {
+        h.record(e.actual.us_since(e.planned));
+    }
+    (h.percentile_us(50.0).unwrap_or(0), h.percentile_us(99.0).unwrap_or(0))
 }
 
 /// The output backend chosen in the config.
@@ -317,6 +312,24 @@ struct Shared {
 }
 
 type SharedState = Arc<(Mutex<Shared>, Condvar)>;
+
+impl Shared {
+    /// Shared state around `tracker`, keeping up to `fired_capacity` fired items for the audit.
+    fn new_state(tracker: Tracker, fired_capacity: usize) -> SharedState {
+        Arc::new((
+            Mutex::new(Shared {
+                tracker,
+                fault_at: None,
+                stop: false,
+                output_errors: 0,
+                input_errors: 0,
+                fired: Vec::with_capacity(fired_capacity),
+                triggered: heapless::Deque::new(),
+            }),
+            Condvar::new(),
+        ))
+    }
+}
 
 fn line_of(o: Output) -> OutputLine {
     match o {
@@ -497,8 +510,8 @@ fn audit(
         }
     }
     let arrival = |it: &AuditItem, e: usize| -> u64 {
-        let nm = mm_to_nm(ejectors[e].ejector_distance_mm);
-        it.captured.us + (nm as f64 / speed_mm_per_s as f64).round() as u64
+        let travel = travel_time_us(ejectors[e].ejector_distance_mm, speed_mm_per_s);
+        it.captured.add_us(travel.unwrap_or(u64::MAX)).us
     };
     let covering = |e: usize, t: u64| pulses[e].iter().find(|(a, b)| *a <= t && t <= *b).copied();
     let by_id: HashMap<u32, FiredItem> = fired.iter().map(|f| (f.id, *f)).collect();
@@ -573,18 +586,7 @@ pub fn run(cfg: &StationConfig, mut on_item: impl FnMut(&ItemReport<'_>)) -> Res
         .map_err(|e| anyhow!("{}: `[[ejectors]]`: {e:?}", cfg.path.display()))?;
     let expected_items = (camera.frames().len() as u64 * cfg.camera.loops.max(1) as u64) as usize;
     let audit_cap = expected_items.clamp(1, MAX_AUDIT_ITEMS);
-    let shared: SharedState = Arc::new((
-        Mutex::new(Shared {
-            tracker,
-            fault_at: None,
-            stop: false,
-            output_errors: 0,
-            input_errors: 0,
-            fired: Vec::with_capacity(audit_cap),
-            triggered: heapless::Deque::new(),
-        }),
-        Condvar::new(),
-    ));
+    let shared = Shared::new_state(tracker, audit_cap);
     let out = open_outputs(cfg, clock)?;
     let farthest = ejectors.iter().map(|e| e.ejector_distance_mm).fold(0.0f32, f32::max);
     let timing = ActuatorTiming {
@@ -657,6 +659,8 @@ pub fn run(cfg: &StationConfig, mut on_item: impl FnMut(&ItemReport<'_>)) -> Res
         // The item enters the register before inference: if the model is slow or hangs, the
         // actuator thread still gives it the fail-safe at its deadline.
         let mut fault: Option<&'static str> = None;
+        // Merged into the previous item by the tracker: its own decision no longer counts.
+        let mut overflowed = false;
         let id = if trigger_mode {
             match lock.lock().ok().and_then(|mut g| g.triggered.pop_front()) {
                 Some(id) => id,
@@ -672,6 +676,7 @@ pub fn run(cfg: &StationConfig, mut on_item: impl FnMut(&ItemReport<'_>)) -> Res
                 if !g.tracker.begin(seq, captured) {
                     faults.tracking_overflow += 1;
                     fault = Some("tracking overflow");
+                    overflowed = true;
                 }
             }
             cvar.notify_one();
@@ -724,7 +729,7 @@ pub fn run(cfg: &StationConfig, mut on_item: impl FnMut(&ItemReport<'_>)) -> Res
         cvar.notify_one();
         match r {
             Ok(()) => {}
-            Err(DecideError::UnknownItem) if fault == Some("tracking overflow") => decision = rules.fail_safe(),
+            Err(DecideError::UnknownItem) if overflowed => decision = rules.fail_safe(),
             Err(_) => {
                 // The item reached its deadline first: the fail-safe already applied.
                 if fault.is_none() {
@@ -866,18 +871,7 @@ pub fn timing_bench(cfg: &StationConfig, items: u32, rate_fps: f32, with_inferen
         .collect();
     let tracker = Tracker::new(&ejectors, cfg.failsafe_policy(), Belt::from_speed(speed, clock.now()))
         .map_err(|e| anyhow!("{}: `[[ejectors]]`: {e:?}", cfg.path.display()))?;
-    let shared: SharedState = Arc::new((
-        Mutex::new(Shared {
-            tracker,
-            fault_at: None,
-            stop: false,
-            output_errors: 0,
-            input_errors: 0,
-            fired: Vec::with_capacity(items as usize),
-            triggered: heapless::Deque::new(),
-        }),
-        Condvar::new(),
-    ));
+    let shared = Shared::new_state(tracker, items as usize);
     let farthest = ejectors.iter().map(|e| e.ejector_distance_mm).fold(0.0f32, f32::max);
     let timing = ActuatorTiming {
         heartbeat_us: cfg.outputs.heartbeat_period_ms.max(1) as u64 * 1000,
@@ -933,14 +927,10 @@ pub fn timing_bench(cfg: &StationConfig, items: u32, rate_fps: f32, with_inferen
         Err(_) => Vec::new(),
     };
     let timeline = out.events();
-    let mut h = LatencyHistogram::default();
-    for e in timeline.iter().filter(|e| matches!(e.line, OutputLine::Reject(_))) {
-        h.record(e.actual.us_since(e.planned));
-    }
     Ok(TimingReport {
         items: items as u64,
         with_inference,
         audit: audit(&audit_items, &fired, timeline, &ejectors, speed),
-        edge_error_us: (h.percentile_us(50.0).unwrap_or(0), h.percentile_us(99.0).unwrap_or(0)),
+        edge_error_us: edge_error_us(timeline),
     })
 }
