@@ -1,7 +1,8 @@
 //! ferroscope: steel-surface inspection on ARM Linux boards.
 //!
 //! Layers, from the bottom: [`core`] (pure logic, no OS, no heap) → [`hal`] (the hardware
-//! traits: camera, reject output, clock) → `sim` (faithful doubles at the hardware edge:
+//! traits: camera, reject output, clock) → `drivers` (V4L2, GPIO) and `camera` (decoding,
+//! reconnection) → `sim` (faithful doubles at the hardware edge:
 //! replay camera, recording output) → `model` (manifests and tract inference) → `tools`
 //! (classify) → `station` (the running loop) → the `ferroscope` binary's CLI.
 //!
@@ -14,6 +15,8 @@ pub mod hal;
 
 #[cfg(feature = "std")]
 pub mod alloc_count;
+#[cfg(feature = "std")]
+pub mod camera;
 #[cfg(feature = "std")]
 pub mod drivers;
 #[cfg(feature = "std")]

@@ -12,6 +12,7 @@ pub mod decision;
 pub mod frame;
 pub mod latency;
 pub mod num;
+pub mod pixel;
 pub mod reject;
 pub mod time;
 

@@ -8,6 +8,9 @@ use anyhow::{anyhow, bail, Result};
 use serde::Deserialize;
 
 use crate::core::decision::{Action, ClassRule, DecisionRules};
+use crate::core::pixel::{OutputFormat, PixelFormat};
+use crate::drivers::v4l2::{TriggerMode, V4l2Config, MAX_V4L2_BUFFERS};
+use crate::sim::replay::FaultPlan;
 use crate::core::reject::{EjectorConfig, FailSafePolicy, MergePolicy, OutcomeSet, MAX_EJECTORS};
 use crate::model::manifest::{Manifest, Precision};
 
@@ -26,15 +29,92 @@ pub struct StationSection {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CameraSection {
-    /// `replay` (the only source in this build).
+    /// `replay` (a folder or list of images) or `v4l2` (a live camera).
     pub source: String,
-    /// Replay folder or list file.
+    /// Replay: folder or list file.
+    #[serde(default)]
     pub path: PathBuf,
-    /// Frames per second.
+    /// Replay: frames per second.
+    #[serde(default)]
     pub rate_fps: f32,
-    /// Passes over the set; 0 = forever.
+    /// Replay: passes over the set; 0 = forever.
     #[serde(default = "one")]
     pub loops: u32,
+    /// Replay: faults to inject (`[camera.faults]`).
+    #[serde(default)]
+    pub faults: Option<ReplayFaultsSection>,
+    /// V4L2: device node, e.g. `/dev/video0`.
+    #[serde(default)]
+    pub device: Option<PathBuf>,
+    /// V4L2: pixel format, `grey`, `yuyv`, `rgb24` or `mjpeg`.
+    #[serde(default)]
+    pub format: Option<String>,
+    /// V4L2: width in pixels.
+    #[serde(default)]
+    pub width: Option<u32>,
+    /// V4L2: height in pixels.
+    #[serde(default)]
+    pub height: Option<u32>,
+    /// V4L2: frames per second to ask the driver for (default: the driver's).
+    #[serde(default)]
+    pub fps: Option<f32>,
+    /// V4L2: MMAP buffers (2..=8).
+    #[serde(default = "four")]
+    pub buffers: u32,
+    /// A capture with no frame for this long is a camera timeout fault.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u32,
+    /// `free_run`, `software` (each `[inputs.trigger]` edge takes the first frame after it)
+    /// or `external` (the camera's own trigger input; one frame per `[inputs.trigger]` edge).
+    #[serde(default = "free_run")]
+    pub trigger: String,
+    /// V4L2, `trigger = "external"`: the driver control that enables the camera's trigger.
+    #[serde(default)]
+    pub external_trigger_control: Option<String>,
+    /// Value written to `external_trigger_control`.
+    #[serde(default = "one_i64")]
+    pub external_trigger_value: i64,
+    /// V4L2: driver controls by name, e.g. `exposure_time_absolute = 100`, `gain = 8`
+    /// (`ferroscope camera probe` lists them).
+    #[serde(default)]
+    pub controls: std::collections::BTreeMap<String, i64>,
+}
+
+/// `[camera.faults]`: faults a replay injects, to rehearse the station's fail-safe.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayFaultsSection {
+    /// Seed of the fault sequence.
+    #[serde(default)]
+    pub seed: u64,
+    /// Fraction of frames dropped (a gap in the sequence numbers).
+    #[serde(default)]
+    pub drop_fraction: f32,
+    /// Fraction of frames delivered corrupt (a JPEG cut short or without its start marker).
+    #[serde(default)]
+    pub corrupt_fraction: f32,
+    /// Seconds after the first frame when the camera disconnects.
+    #[serde(default)]
+    pub disconnect_after_s: Option<f32>,
+    /// Seconds it stays away.
+    #[serde(default)]
+    pub disconnect_for_s: f32,
+}
+
+fn four() -> u32 {
+    4
+}
+
+fn default_timeout_ms() -> u32 {
+    500
+}
+
+fn free_run() -> String {
+    "free_run".into()
+}
+
+fn one_i64() -> i64 {
+    1
 }
 
 fn one() -> u32 {
@@ -239,17 +319,134 @@ fn action(v: &str, p: &Path, field: &str) -> Result<Action> {
 }
 
 impl StationConfig {
+    fn check_camera(&self) -> Result<()> {
+        let p = self.path.display();
+        let c = &self.camera;
+        match c.source.as_str() {
+            "replay" => {
+                if c.path.as_os_str().is_empty() {
+                    bail!("{p}: `camera.source = \"replay\"` needs field `camera.path`");
+                }
+                if !(c.rate_fps > 0.0 && c.rate_fps <= 10_000.0) {
+                    bail!("{p}: field `camera.rate_fps` must be in (0, 10000]");
+                }
+                if let Some(f) = &c.faults {
+                    for (name, v) in [("drop_fraction", f.drop_fraction), ("corrupt_fraction", f.corrupt_fraction)] {
+                        if !(0.0..=1.0).contains(&v) {
+                            bail!("{p}: field `camera.faults.{name}` must be in [0, 1]");
+                        }
+                    }
+                    if f.disconnect_after_s.is_some_and(|s| !(s >= 0.0)) || !(f.disconnect_for_s >= 0.0) {
+                        bail!("{p}: fields `camera.faults.disconnect_after_s` and `disconnect_for_s` must be >= 0");
+                    }
+                }
+            }
+            "v4l2" => {
+                if c.device.is_none() {
+                    bail!("{p}: `camera.source = \"v4l2\"` needs field `camera.device` (e.g. \"/dev/video0\")");
+                }
+                let fmt = c.format.as_deref().unwrap_or("");
+                let Some(format) = PixelFormat::from_name(fmt) else {
+                    bail!("{p}: field `camera.format` is \"{fmt}\"; allowed: \"grey\", \"yuyv\", \"rgb24\", \"mjpeg\"");
+                };
+                match (c.width, c.height) {
+                    (Some(w), Some(h)) if w > 0 && h > 0 && w <= 16384 && h <= 16384 => {
+                        if format == PixelFormat::Yuyv && w % 2 != 0 {
+                            bail!("{p}: field `camera.width` must be even for yuyv");
+                        }
+                    }
+                    _ => bail!("{p}: `camera.source = \"v4l2\"` needs fields `camera.width` and `camera.height` (1..=16384)"),
+                }
+                if c.fps.is_some_and(|f| !(f > 0.0 && f <= 1000.0)) {
+                    bail!("{p}: field `camera.fps` must be in (0, 1000]");
+                }
+                if !(2..=MAX_V4L2_BUFFERS).contains(&c.buffers) {
+                    bail!("{p}: field `camera.buffers` must be in 2..={MAX_V4L2_BUFFERS}");
+                }
+                if c.faults.is_some() {
+                    bail!("{p}: `[camera.faults]` is for replays only");
+                }
+            }
+            other => bail!("{p}: field `camera.source` is \"{other}\"; allowed: \"replay\", \"v4l2\""),
+        }
+        if !(10..=60_000).contains(&c.timeout_ms) {
+            bail!("{p}: field `camera.timeout_ms` must be in 10..=60000");
+        }
+        let Some(mode) = TriggerMode::from_name(&c.trigger) else {
+            bail!(
+                "{p}: field `camera.trigger` is \"{}\"; allowed: \"free_run\", \"software\", \"external\"",
+                c.trigger
+            );
+        };
+        match (mode, self.inputs.trigger.is_some()) {
+            (TriggerMode::FreeRun, true) => {
+                bail!("{p}: `[inputs.trigger]` needs `camera.trigger = \"software\"` or \"external\"")
+            }
+            (TriggerMode::Software | TriggerMode::External, false) => {
+                bail!("{p}: `camera.trigger = \"{}\"` needs an `[inputs.trigger]` line", c.trigger)
+            }
+            _ => {}
+        }
+        if mode == TriggerMode::External && c.source == "v4l2" && c.external_trigger_control.is_none() {
+            bail!("{p}: `camera.trigger = \"external\"` needs field `camera.external_trigger_control`");
+        }
+        Ok(())
+    }
+
+    /// The camera's trigger mode (checked at parse time).
+    pub fn trigger_mode(&self) -> TriggerMode {
+        TriggerMode::from_name(&self.camera.trigger).unwrap_or(TriggerMode::FreeRun)
+    }
+
+    /// The replay's fault plan (none configured: no faults).
+    pub fn fault_plan(&self) -> FaultPlan {
+        self.camera
+            .faults
+            .as_ref()
+            .map(|f| FaultPlan {
+                seed: f.seed,
+                drop_fraction: f.drop_fraction,
+                corrupt_fraction: f.corrupt_fraction,
+                disconnect_after_s: f.disconnect_after_s,
+                disconnect_for_s: f.disconnect_for_s,
+            })
+            .unwrap_or_default()
+    }
+
+    /// The V4L2 camera settings (for `camera.source = "v4l2"`).
+    pub fn v4l2(&self) -> Result<V4l2Config> {
+        let c = &self.camera;
+        let p = self.path.display();
+        Ok(V4l2Config {
+            device: c
+                .device
+                .clone()
+                .ok_or_else(|| anyhow!("{p}: field `camera.device` is missing"))?,
+            format: c
+                .format
+                .as_deref()
+                .and_then(PixelFormat::from_name)
+                .ok_or_else(|| anyhow!("{p}: field `camera.format` is missing or unknown"))?,
+            width: c.width.unwrap_or(0),
+            height: c.height.unwrap_or(0),
+            fps: c.fps,
+            buffers: c.buffers,
+            timeout_ms: c.timeout_ms,
+            controls: c.controls.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            trigger: self.trigger_mode(),
+            external_trigger_control: c
+                .external_trigger_control
+                .clone()
+                .map(|n| (n, c.external_trigger_value)),
+            output: OutputFormat::Gray,
+        })
+    }
     /// Parse `text` as the file `path` (no files are touched).
     pub fn parse(text: &str, path: &Path) -> Result<StationConfig> {
         let mut c: StationConfig = toml::from_str(text).map_err(|e| anyhow!("{}: {e}", path.display()))?;
         c.path = path.to_path_buf();
         let p = path.display();
-        if c.camera.source != "replay" {
-            bail!(
-                "{p}: field `camera.source` is \"{}\"; allowed: \"replay\"",
-                c.camera.source
-            );
-        }
+        c.check_camera()?;
         if c.tool.kind != "classify" {
             bail!("{p}: field `tool.kind` is \"{}\"; allowed: \"classify\"", c.tool.kind);
         }

@@ -8,12 +8,20 @@
 //!   its items the fail-safe outcome on time;
 //! - with an encoder or a part-present sensor, an input thread feeds kernel-timestamped edges.
 //!
+//! The camera never stops the station. A frame that is corrupt or of the wrong size gives its
+//! item the fail-safe. Frames the driver dropped (a gap in its sequence numbers) and the
+//! frames a lost or silent camera did not deliver become items too, one per frame period
+//! (free-run) or one per trigger edge, each with the fail-safe outcome: the belt that passed a
+//! blind camera is treated as the configured fail-safe says. Meanwhile the camera is reopened
+//! with backoff ([`Supervised`]) until it returns.
+//!
 //! Every error on the frame path is a decision (the fail-safe), a fault counter and a log
 //! line; only start-up errors stop the station.
 
 pub mod config;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -30,10 +38,12 @@ use crate::core::latency::LatencyHistogram;
 use crate::core::reject::{DecideError, EjectorConfig, Output, TrackEvent, Tracker, TrackerStats};
 use crate::core::time::Instant;
 use crate::drivers::gpio::{EdgeInput, GpioOutput, LineSpec};
-use crate::hal::{Camera, CaptureError, Clock, OutputError, OutputLine, RejectOutput};
+use crate::hal::{CaptureError, Clock, FrameInfo, OutputError, OutputLine, RejectOutput};
 use crate::sim::clock::MonotonicClock;
 use crate::sim::recording::{Event, RecordingOutput, MAX_TIMELINE_EVENTS};
-use crate::sim::replay::ReplayCamera;
+use crate::camera::supervisor::{CameraStats, Supervised};
+use crate::drivers::v4l2::{TriggerMode, V4l2Camera};
+use crate::sim::replay::{InjectedFaults, ReplayCamera, ReplayData};
 use crate::tools::classify::Classifier;
 use config::{InputLineSection, StationConfig};
 
@@ -42,6 +52,14 @@ use config::{InputLineSection, StationConfig};
 /// left out of the audit (`audit_truncated` in the summary).
 pub const MAX_AUDIT_ITEMS: usize = 1 << 16;
 
+/// Trigger edges waiting for their frame. More means the camera is far behind the sensor;
+/// the oldest is then dropped (its item gets the fail-safe from the tracker) and counted.
+pub const MAX_PENDING_TRIGGERS: usize = 64;
+
+/// Most fail-safe items one capture adds for frames the camera did not deliver (a dropped
+/// frame gap, or the frame periods of one timeout or outage spell): bounds one iteration.
+pub const MAX_BLIND_ITEMS_PER_CAPTURE: u64 = 64;
+
 /// Faults by kind.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FaultCounts {
@@ -49,8 +67,10 @@ pub struct FaultCounts {
     pub corrupt_frame: u64,
     /// Frames of an unusable size.
     pub wrong_size_frame: u64,
-    /// Camera timeouts and disconnects.
+    /// Camera timeouts and disconnects (capture attempts that found no camera or no frame).
     pub camera: u64,
+    /// Frames the camera dropped (sequence gaps).
+    pub dropped_frame: u64,
     /// Inference errors.
     pub model: u64,
     /// Decisions later than `decision_deadline_ms`, or after the item's reject deadline.
@@ -154,6 +174,14 @@ pub struct Summary {
     pub allocations_ours_after_warmup: u64,
     /// tract's allocations per item after the first item.
     pub allocations_tract_per_item: f64,
+    /// What happened to the camera.
+    pub camera: CameraStats,
+    /// Whether the camera was away when the run ended.
+    pub camera_down_at_end: bool,
+    /// Items the camera did not see (dropped frames, timeouts, disconnects): all fail-safe.
+    pub blind_items: u64,
+    /// Faults a replay injected (replays only).
+    pub injected: Option<InjectedFaults>,
     /// Wall time of the run.
     pub duration_s: f64,
 }
@@ -187,6 +215,20 @@ impl Summary {
         let (ee50, ee99) = self.edge_error_us();
         let a = self.audit.clone().unwrap_or_default();
         let mm = |us: Option<u64>| us.map(|u| travel_distance_mm(u, a.belt_speed_mm_per_s));
+        let k = &self.camera;
+        let camera = json!({
+            "frames": k.frames, "dropped": k.dropped, "timeouts": k.timeouts,
+            "disconnects": k.disconnects, "reconnects": k.reconnects,
+            "reopen_failures": k.reopen_failures, "corrupt": k.corrupt, "wrong_size": k.wrong_size,
+            "longest_outage_ms": k.longest_outage_us as f64 / 1000.0,
+            "down_at_end": self.camera_down_at_end,
+            "blind_items": self.blind_items,
+        });
+        let injected = self.injected.map(|i| {
+            json!({
+                "dropped": i.dropped, "corrupted": i.corrupted, "disconnects": i.disconnects,
+            })
+        });
         json!({
             "station": self.station,
             "model": self.model,
@@ -200,6 +242,7 @@ impl Summary {
             "faults": c.faults,
             "fault_kinds": {
                 "corrupt_frame": f.corrupt_frame, "wrong_size_frame": f.wrong_size_frame, "camera": f.camera,
+                "dropped_frame": f.dropped_frame,
                 "model": f.model, "decision_overrun": f.decision_overrun, "tracking_overflow": f.tracking_overflow,
                 "untriggered_frame": f.untriggered_frame, "output": f.output, "input": f.input,
             },
@@ -228,6 +271,8 @@ impl Summary {
             "correct_vs_labels": self.correct,
             "allocations_ours_after_warmup": self.allocations_ours_after_warmup,
             "allocations_tract_per_item": self.allocations_tract_per_item,
+            "camera": camera,
+            "injected_faults": injected,
             "duration_s": self.duration_s,
         })
     }
@@ -307,8 +352,8 @@ struct Shared {
     output_errors: u64,
     input_errors: u64,
     fired: Vec<FiredItem>,
-    /// Trigger mode: items begun by the sensor, waiting for their frame.
-    triggered: heapless::Deque<u32, 64>,
+    /// Trigger mode: items begun by the sensor (id, edge time), waiting for their frame.
+    triggered: heapless::Deque<(u32, Instant), MAX_PENDING_TRIGGERS>,
 }
 
 type SharedState = Arc<(Mutex<Shared>, Condvar)>;
@@ -462,12 +507,12 @@ fn input_thread(shared: SharedState, input: EdgeInput, role: InputRole, clock: M
                         g.triggered.pop_front();
                         g.input_errors += 1;
                     }
-                    let _ = g.triggered.push_back(next_id);
+                    let _ = g.triggered.push_back((next_id, at));
                 }
             },
         }
         drop(g);
-        cvar.notify_one();
+        cvar.notify_all();
     }
 }
 
@@ -553,8 +598,125 @@ fn audit(
     a
 }
 
+/// The station's camera: a replay or a live V4L2 camera, each under supervision.
+enum StationCamera {
+    Replay(Supervised<ReplayCamera>),
+    V4l2 {
+        cam: Supervised<V4l2Camera>,
+        name: String,
+    },
+}
+
+impl StationCamera {
+    fn capture_after(&mut self, after: Option<Instant>, buf: &mut [u8]) -> Result<FrameInfo, CaptureError> {
+        match self {
+            StationCamera::Replay(c) => c.capture_after(after, buf),
+            StationCamera::V4l2 { cam, .. } => cam.capture_after(after, buf),
+        }
+    }
+
+    fn stats(&self) -> CameraStats {
+        match self {
+            StationCamera::Replay(c) => c.stats(),
+            StationCamera::V4l2 { cam, .. } => cam.stats(),
+        }
+    }
+
+    fn last_gap(&self) -> u32 {
+        match self {
+            StationCamera::Replay(c) => c.last_gap(),
+            StationCamera::V4l2 { cam, .. } => cam.last_gap(),
+        }
+    }
+
+    fn is_down(&self) -> bool {
+        match self {
+            StationCamera::Replay(c) => c.is_down(),
+            StationCamera::V4l2 { cam, .. } => cam.is_down(),
+        }
+    }
+
+    /// The file (replay) or device behind the last capture, and the replay folder's label.
+    fn last_source(&self) -> (&str, Option<&str>) {
+        match self {
+            StationCamera::Replay(c) => match c.inner().last_frame() {
+                Some(f) => (f.file_name(), f.label.as_deref()),
+                None => ("?", None),
+            },
+            StationCamera::V4l2 { name, .. } => (name.as_str(), None),
+        }
+    }
+
+    fn injected(&self) -> Option<InjectedFaults> {
+        match self {
+            StationCamera::Replay(c) => Some(c.inner().injected()),
+            StationCamera::V4l2 { .. } => None,
+        }
+    }
+}
+
+/// What the station needs to know about its camera before the first frame.
+struct CameraSetup {
+    camera: StationCamera,
+    /// Largest frame, bytes (gray).
+    frame_bytes: usize,
+    /// First frame's size, to prepare the model's resize.
+    first_size: Option<(usize, usize)>,
+    /// Nominal frame period.
+    period_us: u64,
+    /// Items a run is expected to see (sizes the audit).
+    expected_items: usize,
+}
+
+fn open_camera(cfg: &StationConfig, clock: MonotonicClock) -> Result<CameraSetup> {
+    let p = cfg.path.display();
+    if cfg.camera.source == "v4l2" {
+        let v = cfg.v4l2()?;
+        let name = v.device.display().to_string();
+        let period_us = (1e6 / v.fps.unwrap_or(30.0).max(0.1) as f64) as u64;
+        let cam = V4l2Camera::open(v, clock).with_context(|| format!("{p}: `[camera]`"))?;
+        let (w, h) = cam.size();
+        return Ok(CameraSetup {
+            camera: StationCamera::V4l2 {
+                cam: Supervised::new(cam, clock, period_us),
+                name,
+            },
+            frame_bytes: w * h,
+            first_size: Some((w, h)),
+            period_us,
+            expected_items: MAX_AUDIT_ITEMS,
+        });
+    }
+    let replay_path = cfg.resolve(&cfg.camera.path);
+    let cam = ReplayCamera::with_faults(
+        &replay_path,
+        cfg.camera.rate_fps,
+        cfg.camera.loops,
+        clock,
+        cfg.fault_plan(),
+    )
+    .with_context(|| format!("{p}: field `camera.path`"))?;
+    let period_us = cam.period_us();
+    let frame_bytes = cam.max_frame_bytes(crate::core::pixel::OutputFormat::Gray);
+    let first_size = cam.frames().iter().find_map(|f| f.size());
+    let passes = if cfg.camera.loops == 0 { 64 } else { cfg.camera.loops };
+    let expected_items = (cam.frames().len() as u64 * passes as u64) as usize;
+    Ok(CameraSetup {
+        camera: StationCamera::Replay(Supervised::new(cam, clock, period_us)),
+        frame_bytes,
+        first_size,
+        period_us,
+        expected_items,
+    })
+}
+
 /// Run the station described by `cfg` until the replay ends; `on_item` sees every item.
-pub fn run(cfg: &StationConfig, mut on_item: impl FnMut(&ItemReport<'_>)) -> Result<Summary> {
+pub fn run(cfg: &StationConfig, on_item: impl FnMut(&ItemReport<'_>)) -> Result<Summary> {
+    run_until(cfg, &AtomicBool::new(false), on_item)
+}
+
+/// Run the station until the replay ends or `stop` is set (a live camera runs until then).
+pub fn run_until(cfg: &StationConfig, stop: &AtomicBool, mut on_item: impl FnMut(&ItemReport<'_>)) -> Result<Summary> {
     let clock = MonotonicClock::default();
     let precision = cfg.precision()?;
     let manifest_path = cfg.resolve(&cfg.tool.manifest);
@@ -567,12 +729,16 @@ pub fn run(cfg: &StationConfig, mut on_item: impl FnMut(&ItemReport<'_>)) -> Res
     let rules = cfg.rules(classifier.manifest())?;
     let ejectors = cfg.ejectors(classifier.manifest())?;
     let classes: Vec<String> = classifier.manifest().classes.iter().map(|c| c.name.clone()).collect();
-    let replay_path = cfg.resolve(&cfg.camera.path);
-    let mut camera = ReplayCamera::open(&replay_path, cfg.camera.rate_fps, cfg.camera.loops, clock)
-        .with_context(|| format!("{}: field `camera.path`", cfg.path.display()))?;
-    let mut frame_buf = vec![0u8; camera.max_frame_bytes().max(1)];
-    if let Some(Ok((w, h, _))) = camera.frames().first().map(|f| &f.pixels) {
-        classifier.prepare(*w, *h);
+    let CameraSetup {
+        mut camera,
+        frame_bytes,
+        first_size,
+        period_us,
+        expected_items,
+    } = open_camera(cfg, clock)?;
+    let mut frame_buf = vec![0u8; frame_bytes.max(1)];
+    if let Some((w, h)) = first_size {
+        classifier.prepare(w, h);
     }
     let (belt, speed) = match (cfg.conveyor.belt_speed_mm_per_s, cfg.conveyor.encoder_counts_per_mm) {
         (Some(v), _) => (Belt::from_speed(v, clock.now()), Some(v)),
@@ -584,8 +750,8 @@ pub fn run(cfg: &StationConfig, mut on_item: impl FnMut(&ItemReport<'_>)) -> Res
     };
     let tracker = Tracker::new(&ejectors, cfg.failsafe_policy(), belt)
         .map_err(|e| anyhow!("{}: `[[ejectors]]`: {e:?}", cfg.path.display()))?;
-    let expected_items = (camera.frames().len() as u64 * cfg.camera.loops.max(1) as u64) as usize;
-    let audit_cap = expected_items.clamp(1, MAX_AUDIT_ITEMS);
+    // Blind items (dropped frames, outages) come on top of the frames.
+    let audit_cap = (expected_items + expected_items / 4 + 256).clamp(1, MAX_AUDIT_ITEMS);
     let shared = Shared::new_state(tracker, audit_cap);
     let out = open_outputs(cfg, clock)?;
     let farthest = ejectors.iter().map(|e| e.ejector_distance_mm).fold(0.0f32, f32::max);
@@ -614,7 +780,7 @@ pub fn run(cfg: &StationConfig, mut on_item: impl FnMut(&ItemReport<'_>)) -> Res
                 .spawn(move || input_thread(shared, input, InputRole::Encoder, clock))?,
         );
     }
-    let trigger_mode = cfg.inputs.trigger.is_some();
+    let mode = cfg.trigger_mode();
     if let Some(l) = &cfg.inputs.trigger {
         let input = open_input(cfg, l, clock, "trigger")?;
         let shared = shared.clone();
@@ -632,6 +798,7 @@ pub fn run(cfg: &StationConfig, mut on_item: impl FnMut(&ItemReport<'_>)) -> Res
     let (mut labelled, mut correct) = (0u64, 0u64);
     let mut audit_items: Vec<AuditItem> = Vec::with_capacity(audit_cap);
     let mut audit_truncated = 0u64;
+    let mut blind_items = 0u64;
     let mut warm: Option<(Snapshot, u64)> = None;
     let started = std::time::Instant::now();
     let (lock, cvar) = &*shared;
@@ -640,15 +807,113 @@ pub fn run(cfg: &StationConfig, mut on_item: impl FnMut(&ItemReport<'_>)) -> Res
             g.fault_at = Some(at);
         }
     };
+    // Free-run: items get the station's own ids (camera sequences restart on reconnect).
+    let mut next_id: u32 = 0;
+    let mut last_item_at: Option<Instant> = None;
+    let run_start = clock.now();
+
+    // An item the camera did not see: into the register (unless the trigger input already put
+    // it there) and decided with the fail-safe at once.
+    macro_rules! blind_item {
+        ($id:expr, $at:expr, $begin:expr, $why:expr) => {{
+            let (id, at): (u32, Instant) = ($id, $at);
+            let decision = rules.fail_safe();
+            let now = clock.now();
+            if let Ok(mut g) = lock.lock() {
+                if $begin && !g.tracker.begin(id, at) {
+                    faults.tracking_overflow += 1;
+                }
+                let _ = g.tracker.decide(id, &decision, now);
+                g.fault_at = Some(now);
+            }
+            cvar.notify_all();
+            blind_items += 1;
+            counters.record(&decision);
+            if audit_items.len() < audit_items.capacity() {
+                audit_items.push(AuditItem {
+                    id,
+                    captured: at,
+                    action: decision.action,
+                });
+            } else {
+                audit_truncated += 1;
+            }
+            on_item(&ItemReport {
+                sequence: 0,
+                source: $why,
+                label: None,
+                decision,
+                class_name: None,
+                latency_us: now.us_since(at),
+                fault: Some($why),
+            });
+        }};
+    }
+
     loop {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        // Software trigger: wait for an edge, then take the first frame exposed after it.
+        let mut trigger: Option<(u32, Instant)> = None;
+        if mode == TriggerMode::Software {
+            let Ok(g) = lock.lock() else { break };
+            let (mut g, _) = match cvar.wait_timeout_while(g, Duration::from_millis(100), |g| {
+                g.triggered.is_empty() && !g.stop
+            }) {
+                Ok(r) => r,
+                Err(_) => break,
+            };
+            trigger = g.triggered.pop_front();
+            drop(g);
+            if trigger.is_none() {
+                continue;
+            }
+        }
         let captured_guess = clock.now();
-        let result = camera.capture(&mut frame_buf);
+        let result = camera.capture_after(trigger.map(|t| t.1), &mut frame_buf);
         let (seq, captured) = match &result {
             Err(CaptureError::EndOfStream) => break,
-            Err(CaptureError::Timeout) | Err(CaptureError::Disconnected) => {
+            Err(e @ (CaptureError::Timeout | CaptureError::Disconnected)) => {
+                let why = if *e == CaptureError::Timeout {
+                    "camera timeout"
+                } else {
+                    "camera lost"
+                };
                 faults.camera += 1;
                 counters.fault();
-                note_fault(clock.now());
+                let now = clock.now();
+                note_fault(now);
+                match mode {
+                    TriggerMode::FreeRun => {
+                        // One fail-safe item per frame period the camera was blind.
+                        let mut t = last_item_at.unwrap_or(run_start);
+                        let mut n = 0;
+                        while t.add_us(period_us) <= now && n < MAX_BLIND_ITEMS_PER_CAPTURE {
+                            t = t.add_us(period_us);
+                            n += 1;
+                            let id = next_id;
+                            next_id = next_id.wrapping_add(1);
+                            blind_item!(id, t, true, why);
+                        }
+                        if n > 0 {
+                            last_item_at = Some(if n == MAX_BLIND_ITEMS_PER_CAPTURE { now } else { t });
+                        }
+                    }
+                    TriggerMode::Software => {
+                        if let Some((id, at)) = trigger {
+                            blind_item!(id, at, false, why);
+                        }
+                    }
+                    TriggerMode::External => {
+                        // Every trigger that came and went without a frame.
+                        loop {
+                            let t = lock.lock().ok().and_then(|mut g| g.triggered.pop_front());
+                            let Some((id, at)) = t else { break };
+                            blind_item!(id, at, false, why);
+                        }
+                    }
+                }
                 continue;
             }
             Err(CaptureError::Corrupt { sequence }) | Err(CaptureError::WrongSize { sequence, .. }) => {
@@ -656,31 +921,52 @@ pub fn run(cfg: &StationConfig, mut on_item: impl FnMut(&ItemReport<'_>)) -> Res
             }
             Ok(info) => (info.sequence, info.captured),
         };
+        let gap = camera.last_gap() as u64;
+        if gap > 0 {
+            faults.dropped_frame += gap;
+            counters.fault();
+            note_fault(clock.now());
+            if mode == TriggerMode::FreeRun {
+                // The dropped frames' items, spread between the last item and this frame.
+                let prev = last_item_at.unwrap_or(run_start).min(captured);
+                let span = captured.us_since(prev);
+                for k in 1..=gap.min(MAX_BLIND_ITEMS_PER_CAPTURE) {
+                    let id = next_id;
+                    next_id = next_id.wrapping_add(1);
+                    blind_item!(id, prev.add_us(span * k / (gap + 1)), true, "dropped frame");
+                }
+            }
+        }
         // The item enters the register before inference: if the model is slow or hangs, the
         // actuator thread still gives it the fail-safe at its deadline.
         let mut fault: Option<&'static str> = None;
         // Merged into the previous item by the tracker: its own decision no longer counts.
         let mut overflowed = false;
-        let id = if trigger_mode {
-            match lock.lock().ok().and_then(|mut g| g.triggered.pop_front()) {
-                Some(id) => id,
+        let id = match mode {
+            TriggerMode::Software => trigger.map_or(0, |t| t.0),
+            TriggerMode::External => match lock.lock().ok().and_then(|mut g| g.triggered.pop_front()) {
+                Some((id, _)) => id,
                 None => {
                     faults.untriggered_frame += 1;
                     counters.fault();
                     note_fault(clock.now());
                     continue;
                 }
-            }
-        } else {
-            if let Ok(mut g) = lock.lock() {
-                if !g.tracker.begin(seq, captured) {
-                    faults.tracking_overflow += 1;
-                    fault = Some("tracking overflow");
-                    overflowed = true;
+            },
+            TriggerMode::FreeRun => {
+                let id = next_id;
+                next_id = next_id.wrapping_add(1);
+                last_item_at = Some(captured);
+                if let Ok(mut g) = lock.lock() {
+                    if !g.tracker.begin(id, captured) {
+                        faults.tracking_overflow += 1;
+                        fault = Some("tracking overflow");
+                        overflowed = true;
+                    }
                 }
+                cvar.notify_all();
+                id
             }
-            cvar.notify_one();
-            seq
         };
         let mut decision = match result {
             Err(CaptureError::Corrupt { .. }) => {
@@ -726,7 +1012,7 @@ pub fn run(cfg: &StationConfig, mut on_item: impl FnMut(&ItemReport<'_>)) -> Res
             }
             Err(_) => Err(DecideError::UnknownItem),
         };
-        cvar.notify_one();
+        cvar.notify_all();
         match r {
             Ok(()) => {}
             Err(DecideError::UnknownItem) if overflowed => decision = rules.fail_safe(),
@@ -754,16 +1040,15 @@ pub fn run(cfg: &StationConfig, mut on_item: impl FnMut(&ItemReport<'_>)) -> Res
         } else {
             audit_truncated += 1;
         }
-        let frame = camera.frame_for_sequence(seq);
+        let (source, label) = camera.last_source();
         let class_name = decision.class.and_then(|c| classes.get(c as usize)).map(String::as_str);
-        let label = frame.label.as_deref().filter(|l| classes.iter().any(|c| c == l));
+        let label = label.filter(|l| classes.iter().any(|c| c == l));
         if let Some(l) = label {
             labelled += 1;
             if decision.outcome != Outcome::FailSafe && class_name == Some(l) {
                 correct += 1;
             }
         }
-        let source = frame.path.file_name().and_then(|n| n.to_str()).unwrap_or("?");
         on_item(&ItemReport {
             sequence: seq,
             source,
@@ -783,7 +1068,7 @@ pub fn run(cfg: &StationConfig, mut on_item: impl FnMut(&ItemReport<'_>)) -> Res
     if let Ok(mut g) = lock.lock() {
         g.stop = true;
     }
-    cvar.notify_one();
+    cvar.notify_all();
     let out = act.join().map_err(|_| anyhow!("actuator thread panicked"))?;
     for i in inputs {
         let _ = i.join();
@@ -823,6 +1108,10 @@ pub fn run(cfg: &StationConfig, mut on_item: impl FnMut(&ItemReport<'_>)) -> Res
         audit_truncated,
         allocations_ours_after_warmup,
         allocations_tract_per_item,
+        camera: camera.stats(),
+        camera_down_at_end: camera.is_down(),
+        blind_items,
+        injected: camera.injected(),
         duration_s: started.elapsed().as_secs_f64(),
     })
 }
@@ -856,10 +1145,14 @@ pub fn timing_bench(cfg: &StationConfig, items: u32, rate_fps: f32, with_inferen
         )
     })?;
     let camera = ReplayCamera::open(&cfg.resolve(&cfg.camera.path), 1000.0, 1, clock)?;
-    let frames: Vec<(usize, usize, &[u8])> = camera
+    let frames: Vec<(usize, usize, Vec<u8>)> = camera
         .frames()
         .iter()
-        .filter_map(|f| f.pixels.as_ref().ok().map(|(w, h, p)| (*w, *h, p.as_slice())))
+        .filter_map(|f| match &f.data {
+            ReplayData::Gray { width, height, pixels } => Some((*width, *height, pixels.clone())),
+            ReplayData::Jpeg { bytes, .. } => crate::sim::replay::decode_gray(bytes).ok(),
+            ReplayData::Broken(_) => None,
+        })
         .collect();
     if frames.is_empty() {
         anyhow::bail!("{}: no decodable frames", cfg.resolve(&cfg.camera.path).display());
@@ -895,8 +1188,8 @@ pub fn timing_bench(cfg: &StationConfig, items: u32, rate_fps: f32, with_inferen
         let captured = clock.now();
         let class = class_for[i as usize % class_for.len()];
         if with_inference {
-            let (w, h, px) = frames[i as usize % frames.len()];
-            let f = GrayFrame::new(px, w, h, w).map_err(|e| anyhow!("frame {i}: {e:?}"))?;
+            let (w, h, px) = &frames[i as usize % frames.len()];
+            let f = GrayFrame::new(px, *w, *h, *w).map_err(|e| anyhow!("frame {i}: {e:?}"))?;
             classifier.classify(&f)?;
         }
         let d = Decision {
@@ -910,7 +1203,7 @@ pub fn timing_bench(cfg: &StationConfig, items: u32, rate_fps: f32, with_inferen
             g.tracker.begin(i, captured);
             let _ = g.tracker.decide(i, &d, now);
         }
-        cvar.notify_one();
+        cvar.notify_all();
         audit_items.push(AuditItem {
             id: i,
             captured,
@@ -920,7 +1213,7 @@ pub fn timing_bench(cfg: &StationConfig, items: u32, rate_fps: f32, with_inferen
     if let Ok(mut g) = lock.lock() {
         g.stop = true;
     }
-    cvar.notify_one();
+    cvar.notify_all();
     let out = act.join().map_err(|_| anyhow!("actuator thread panicked"))?;
     let fired = match lock.lock() {
         Ok(mut g) => std::mem::take(&mut g.fired),
