@@ -24,6 +24,8 @@ use ferroscope::tools::classify::Classifier;
 #[global_allocator]
 static ALLOC: CountingAlloc = CountingAlloc;
 
+mod cli_camera;
+
 #[derive(Parser)]
 #[command(name = "ferroscope", version, about = "Steel-surface inspection station: int8 ONNX models with tract, accept/reject decisions, reject timing.", long_about = None)]
 struct Cli {
@@ -74,6 +76,27 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
         /// Print one JSON line per item and end with the summary as one JSON object.
+        #[arg(long)]
+        json: bool,
+        /// Stop after this many seconds (a live camera otherwise runs until killed).
+        #[arg(long)]
+        duration_s: Option<f64>,
+    },
+    /// V4L2 cameras: list them, probe one, or capture a frame.
+    Camera {
+        #[command(subcommand)]
+        cmd: cli_camera::CameraCmd,
+    },
+    /// Time each camera format's conversion into the station's gray buffer (GREY, YUYV, RGB24,
+    /// MJPEG at 640x480 and 1280x1024), one thread, against the simplest correct conversion.
+    BenchCamera {
+        /// Picture the test frames are made from; default: a committed NEU sample.
+        #[arg(long)]
+        image: Option<PathBuf>,
+        /// Timed passes per format and size.
+        #[arg(long, default_value_t = 50)]
+        passes: usize,
+        /// Print one JSON object.
         #[arg(long)]
         json: bool,
     },
@@ -174,7 +197,13 @@ fn main() -> ExitCode {
                     json,
                 },
         } => eval_classify(&model, &data, list.as_deref(), precision.into(), json),
-        Command::Run { config, json } => run(config.as_deref(), json),
+        Command::Run {
+            config,
+            json,
+            duration_s,
+        } => run(config.as_deref(), json, duration_s),
+        Command::Camera { cmd } => cli_camera::camera(cmd),
+        Command::BenchCamera { image, passes, json } => cli_camera::bench_camera(image.as_deref(), passes, json),
         Command::Simulate {
             seed,
             items,
@@ -589,7 +618,7 @@ fn eval_classify(
     })
 }
 
-fn run(config: Option<&Path>, json: bool) -> Result<ExitCode> {
+fn run(config: Option<&Path>, json: bool, duration_s: Option<f64>) -> Result<ExitCode> {
     let path = config
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
@@ -598,7 +627,15 @@ fn run(config: Option<&Path>, json: bool) -> Result<ExitCode> {
         println!("station {} — config {}", cfg.station.name, path.display());
     }
     let stdout = std::io::stdout();
-    let summary = station::run(&cfg, |item| {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if let Some(d) = duration_s {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_secs_f64(d.max(0.0)));
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        });
+    }
+    let summary = station::run_until(&cfg, &stop, |item| {
         // Written field by field into the locked stdout: logging must not allocate per item.
         let mut out = stdout.lock();
         let _ = if json {
@@ -664,6 +701,20 @@ fn run(config: Option<&Path>, json: bool) -> Result<ExitCode> {
                 a.belt_speed_mm_per_s
             );
         }
+        let k = &summary.camera;
+        println!(
+            "camera: frames {}, dropped {}, corrupt {}, wrong size {}, timeouts {}, disconnects {}, reconnects {} (longest outage {:.0} ms); items it did not see {} (all fail-safe){}",
+            k.frames,
+            k.dropped,
+            k.corrupt,
+            k.wrong_size,
+            k.timeouts,
+            k.disconnects,
+            k.reconnects,
+            k.longest_outage_us as f64 / 1000.0,
+            summary.blind_items,
+            if summary.camera_down_at_end { "; camera away at the end" } else { "" }
+        );
         if summary.labelled > 0 {
             println!(
                 "labelled items {}: {} decided as their folder's class",

@@ -81,7 +81,10 @@ pub fn check_jpeg(bytes: &[u8]) -> Result<&[u8], DecodeError> {
     }
     let p = jpeg_payload(bytes);
     if p.len() < 4 || p[p.len() - 2] != 0xFF || p[p.len() - 1] != 0xD9 {
-        return Err(DecodeError::Truncated { needed: 0, got: p.len() });
+        return Err(DecodeError::Truncated {
+            needed: 0,
+            got: p.len(),
+        });
     }
     Ok(p)
 }

@@ -27,7 +27,12 @@ pub enum PixelFormat {
 
 impl PixelFormat {
     /// Every supported layout.
-    pub const ALL: [PixelFormat; 4] = [PixelFormat::Grey, PixelFormat::Yuyv, PixelFormat::Rgb24, PixelFormat::Mjpeg];
+    pub const ALL: [PixelFormat; 4] = [
+        PixelFormat::Grey,
+        PixelFormat::Yuyv,
+        PixelFormat::Rgb24,
+        PixelFormat::Mjpeg,
+    ];
 
     /// The V4L2 fourcc.
     pub const fn fourcc(self) -> [u8; 4] {
@@ -173,10 +178,7 @@ pub fn convert_raw(
     }
     let needed = stride * (height - 1) + width * bpp;
     if src.len() < needed {
-        return Err(ConvertError::ShortInput {
-            needed,
-            got: src.len(),
-        });
+        return Err(ConvertError::ShortInput { needed, got: src.len() });
     }
     let out_row = width * out.bytes_per_pixel();
     if dst.len() < out_row * height {
@@ -290,7 +292,7 @@ mod tests {
     fn ycbcr_reference_colours() {
         // (Y, Cb, Cr) → (R, G, B)
         let bars: [([u8; 3], [u8; 3]); 6] = [
-            ([16, 128, 128], [0, 0, 0]),       // black
+            ([16, 128, 128], [0, 0, 0]),        // black
             ([235, 128, 128], [255, 255, 255]), // white
             ([81, 90, 240], [255, 0, 0]),       // red
             ([145, 54, 34], [0, 255, 0]),       // green
@@ -329,7 +331,11 @@ mod tests {
             16, 128, 235, 128, 81, 90, 145, 54,  0xEE, 0xEE,
             41, 240, 126, 110, 126, 128, 126, 128, 0xEE, 0xEE,
         ];
-        let g = RawGeometry { width: 4, height: 2, stride: 10 };
+        let g = RawGeometry {
+            width: 4,
+            height: 2,
+            stride: 10,
+        };
         let mut gray = [0u8; 8];
         convert_raw(PixelFormat::Yuyv, &src, g, OutputFormat::Gray, &mut gray).unwrap();
         assert_eq!(gray, [16, 235, 81, 145, 41, 126, 126, 126]);
@@ -352,7 +358,11 @@ mod tests {
         convert_raw(PixelFormat::Rgb24, &src, g, OutputFormat::Rgb, &mut rgb).unwrap();
         assert_eq!(rgb, src);
         let grey = [1, 2, 0, 3, 4, 0];
-        let gg = RawGeometry { width: 2, height: 2, stride: 3 };
+        let gg = RawGeometry {
+            width: 2,
+            height: 2,
+            stride: 3,
+        };
         convert_raw(PixelFormat::Grey, &grey, gg, OutputFormat::Gray, &mut gray).unwrap();
         assert_eq!(gray, [1, 2, 3, 4]);
         convert_raw(PixelFormat::Grey, &grey, gg, OutputFormat::Rgb, &mut rgb).unwrap();
@@ -376,9 +386,19 @@ mod tests {
             convert_raw(PixelFormat::Yuyv, &[0u8; 12], odd, OutputFormat::Gray, &mut dst),
             Err(ConvertError::Geometry)
         );
-        let short_stride = RawGeometry { width: 4, height: 2, stride: 7 };
+        let short_stride = RawGeometry {
+            width: 4,
+            height: 2,
+            stride: 7,
+        };
         assert_eq!(
-            convert_raw(PixelFormat::Yuyv, &[0u8; 16], short_stride, OutputFormat::Gray, &mut dst),
+            convert_raw(
+                PixelFormat::Yuyv,
+                &[0u8; 16],
+                short_stride,
+                OutputFormat::Gray,
+                &mut dst
+            ),
             Err(ConvertError::Geometry)
         );
         assert_eq!(

@@ -189,7 +189,10 @@ fn set_named_control(dev: &Device, controls: &[ControlInfo], name: &str, value: 
     let want = normalise(name);
     let c = controls.iter().find(|c| normalise(&c.name) == want).ok_or_else(|| {
         let names: Vec<&str> = controls.iter().map(|c| c.name.as_str()).collect();
-        anyhow!("{what}: the driver has no control `{name}`; it has: {}", names.join(", "))
+        anyhow!(
+            "{what}: the driver has no control `{name}`; it has: {}",
+            names.join(", ")
+        )
     })?;
     if value < c.minimum as i64 || value > c.maximum as i64 {
         bail!(
@@ -215,7 +218,10 @@ fn set_named_control(dev: &Device, controls: &[ControlInfo], name: &str, value: 
 }
 
 fn errno_is_gone(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::ENODEV) | Some(libc::EIO) | Some(libc::ENXIO) | Some(libc::EBADF))
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ENODEV) | Some(libc::EIO) | Some(libc::ENXIO) | Some(libc::EBADF)
+    )
 }
 
 impl V4l2Camera {
@@ -253,7 +259,9 @@ impl V4l2Camera {
         let path = self.cfg.device.clone();
         let what = path.display().to_string();
         let dev = Device::with_path(&path).with_context(|| format!("{what}: cannot open the camera"))?;
-        let caps = dev.query_caps().with_context(|| format!("{what}: VIDIOC_QUERYCAP failed"))?;
+        let caps = dev
+            .query_caps()
+            .with_context(|| format!("{what}: VIDIOC_QUERYCAP failed"))?;
         let flags = caps.capabilities.bits();
         if flags & V4L2_CAP_VIDEO_CAPTURE == 0 || flags & V4L2_CAP_STREAMING == 0 {
             bail!("{what} ({}): not a streaming video capture device", caps.card);
@@ -302,7 +310,8 @@ impl V4l2Camera {
         self.height = got.height as usize;
         self.stride = got.stride as usize;
         self.dev = Some(dev);
-        self.map_and_stream().with_context(|| format!("{what}: cannot start streaming"))?;
+        self.map_and_stream()
+            .with_context(|| format!("{what}: cannot start streaming"))?;
         Ok(())
     }
 
@@ -500,7 +509,9 @@ impl V4l2Camera {
                 sequence,
                 captured,
             }),
-            Err(DecodeError::Truncated { .. }) | Err(DecodeError::Corrupt(_)) => Err(CaptureError::Corrupt { sequence }),
+            Err(DecodeError::Truncated { .. }) | Err(DecodeError::Corrupt(_)) => {
+                Err(CaptureError::Corrupt { sequence })
+            }
             Err(DecodeError::WrongSize { width, height }) => Err(CaptureError::WrongSize {
                 sequence,
                 width,
@@ -596,7 +607,9 @@ pub fn probe(path: &Path) -> Result<String> {
     use std::fmt::Write;
     let what = path.display().to_string();
     let dev = Device::with_path(path).with_context(|| format!("{what}: cannot open"))?;
-    let caps = dev.query_caps().with_context(|| format!("{what}: VIDIOC_QUERYCAP failed"))?;
+    let caps = dev
+        .query_caps()
+        .with_context(|| format!("{what}: VIDIOC_QUERYCAP failed"))?;
     let mut s = String::new();
     let _ = writeln!(s, "{what}: {} (driver {}, bus {})", caps.card, caps.driver, caps.bus);
     if let Ok(f) = dev.format() {
@@ -609,7 +622,9 @@ pub fn probe(path: &Path) -> Result<String> {
             f.stride
         );
     }
-    let formats = dev.enum_formats().with_context(|| format!("{what}: VIDIOC_ENUM_FMT failed"))?;
+    let formats = dev
+        .enum_formats()
+        .with_context(|| format!("{what}: VIDIOC_ENUM_FMT failed"))?;
     for d in formats {
         let ours = PixelFormat::from_fourcc(&d.fourcc.repr).map_or(" (not supported by ferroscope)", |_| "");
         let _ = writeln!(

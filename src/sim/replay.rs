@@ -224,7 +224,10 @@ impl ReplayCamera {
         if !(rate_fps > 0.0 && rate_fps <= 10_000.0) {
             bail!("replay rate {rate_fps} fps: allowed 0 < rate <= 10000");
         }
-        for (name, f) in [("drop_fraction", plan.drop_fraction), ("corrupt_fraction", plan.corrupt_fraction)] {
+        for (name, f) in [
+            ("drop_fraction", plan.drop_fraction),
+            ("corrupt_fraction", plan.corrupt_fraction),
+        ] {
             if !(0.0..=1.0).contains(&f) {
                 bail!("replay fault `{name}` = {f}: allowed 0..=1");
             }
@@ -366,7 +369,7 @@ impl Camera for ReplayCamera {
                 self.injected.corrupted += 1;
                 let s = &mut self.scratch[..bytes.len()];
                 s.copy_from_slice(bytes);
-                if format == PixelFormat::Mjpeg && cut % 2 == 0 {
+                if format == PixelFormat::Mjpeg && cut.is_multiple_of(2) {
                     // The start marker destroyed.
                     s[1] = 0x00;
                     &self.scratch[..bytes.len()]

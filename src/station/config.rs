@@ -9,10 +9,10 @@ use serde::Deserialize;
 
 use crate::core::decision::{Action, ClassRule, DecisionRules};
 use crate::core::pixel::{OutputFormat, PixelFormat};
-use crate::drivers::v4l2::{TriggerMode, V4l2Config, MAX_V4L2_BUFFERS};
-use crate::sim::replay::FaultPlan;
 use crate::core::reject::{EjectorConfig, FailSafePolicy, MergePolicy, OutcomeSet, MAX_EJECTORS};
+use crate::drivers::v4l2::{TriggerMode, V4l2Config, MAX_V4L2_BUFFERS};
 use crate::model::manifest::{Manifest, Precision};
+use crate::sim::replay::FaultPlan;
 
 /// The configuration `ferroscope run` uses with no `--config`: the host simulation.
 pub const DEFAULT_CONFIG_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/boards/host-sim.toml");
@@ -331,12 +331,16 @@ impl StationConfig {
                     bail!("{p}: field `camera.rate_fps` must be in (0, 10000]");
                 }
                 if let Some(f) = &c.faults {
-                    for (name, v) in [("drop_fraction", f.drop_fraction), ("corrupt_fraction", f.corrupt_fraction)] {
+                    for (name, v) in [
+                        ("drop_fraction", f.drop_fraction),
+                        ("corrupt_fraction", f.corrupt_fraction),
+                    ] {
                         if !(0.0..=1.0).contains(&v) {
                             bail!("{p}: field `camera.faults.{name}` must be in [0, 1]");
                         }
                     }
-                    if f.disconnect_after_s.is_some_and(|s| !(s >= 0.0)) || !(f.disconnect_for_s >= 0.0) {
+                    let ok = |s: f32| s.is_finite() && s >= 0.0;
+                    if f.disconnect_after_s.is_some_and(|s| !ok(s)) || !ok(f.disconnect_for_s) {
                         bail!("{p}: fields `camera.faults.disconnect_after_s` and `disconnect_for_s` must be >= 0");
                     }
                 }
@@ -355,7 +359,9 @@ impl StationConfig {
                             bail!("{p}: field `camera.width` must be even for yuyv");
                         }
                     }
-                    _ => bail!("{p}: `camera.source = \"v4l2\"` needs fields `camera.width` and `camera.height` (1..=16384)"),
+                    _ => bail!(
+                        "{p}: `camera.source = \"v4l2\"` needs fields `camera.width` and `camera.height` (1..=16384)"
+                    ),
                 }
                 if c.fps.is_some_and(|f| !(f > 0.0 && f <= 1000.0)) {
                     bail!("{p}: field `camera.fps` must be in (0, 1000]");
@@ -383,7 +389,10 @@ impl StationConfig {
                 bail!("{p}: `[inputs.trigger]` needs `camera.trigger = \"software\"` or \"external\"")
             }
             (TriggerMode::Software | TriggerMode::External, false) => {
-                bail!("{p}: `camera.trigger = \"{}\"` needs an `[inputs.trigger]` line", c.trigger)
+                bail!(
+                    "{p}: `camera.trigger = \"{}\"` needs an `[inputs.trigger]` line",
+                    c.trigger
+                )
             }
             _ => {}
         }

@@ -29,6 +29,7 @@ use anyhow::{anyhow, Context, Result};
 use serde_json::json;
 
 use crate::alloc_count::{Scope, Snapshot};
+use crate::camera::supervisor::{CameraStats, Supervised};
 use crate::core::belt::Belt;
 use crate::core::calibration::{travel_distance_mm, travel_time_us};
 use crate::core::counters::Counters;
@@ -38,11 +39,10 @@ use crate::core::latency::LatencyHistogram;
 use crate::core::reject::{DecideError, EjectorConfig, Output, TrackEvent, Tracker, TrackerStats};
 use crate::core::time::Instant;
 use crate::drivers::gpio::{EdgeInput, GpioOutput, LineSpec};
+use crate::drivers::v4l2::{TriggerMode, V4l2Camera};
 use crate::hal::{CaptureError, Clock, FrameInfo, OutputError, OutputLine, RejectOutput};
 use crate::sim::clock::MonotonicClock;
 use crate::sim::recording::{Event, RecordingOutput, MAX_TIMELINE_EVENTS};
-use crate::camera::supervisor::{CameraStats, Supervised};
-use crate::drivers::v4l2::{TriggerMode, V4l2Camera};
 use crate::sim::replay::{InjectedFaults, ReplayCamera, ReplayData};
 use crate::tools::classify::Classifier;
 use config::{InputLineSection, StationConfig};
@@ -601,10 +601,7 @@ fn audit(
 /// The station's camera: a replay or a live V4L2 camera, each under supervision.
 enum StationCamera {
     Replay(Supervised<ReplayCamera>),
-    V4l2 {
-        cam: Supervised<V4l2Camera>,
-        name: String,
-    },
+    V4l2 { cam: Supervised<V4l2Camera>, name: String },
 }
 
 impl StationCamera {
@@ -858,12 +855,11 @@ pub fn run_until(cfg: &StationConfig, stop: &AtomicBool, mut on_item: impl FnMut
         let mut trigger: Option<(u32, Instant)> = None;
         if mode == TriggerMode::Software {
             let Ok(g) = lock.lock() else { break };
-            let (mut g, _) = match cvar.wait_timeout_while(g, Duration::from_millis(100), |g| {
-                g.triggered.is_empty() && !g.stop
-            }) {
-                Ok(r) => r,
-                Err(_) => break,
-            };
+            let (mut g, _) =
+                match cvar.wait_timeout_while(g, Duration::from_millis(100), |g| g.triggered.is_empty() && !g.stop) {
+                    Ok(r) => r,
+                    Err(_) => break,
+                };
             trigger = g.triggered.pop_front();
             drop(g);
             if trigger.is_none() {
