@@ -4,9 +4,13 @@
 
 use std::path::{Path, PathBuf};
 
+use ferroscope::alloc_count::CountingAlloc;
 use ferroscope::camera::decode::{decode_frame, DecodeError};
 use ferroscope::core::pixel::{rgb_to_gray, OutputFormat, PixelFormat};
 use ferroscope::station::{self, config::StationConfig, config::DEFAULT_CONFIG_PATH};
+
+#[global_allocator]
+static ALLOC: CountingAlloc = CountingAlloc;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -287,6 +291,9 @@ fn a_replay_with_drops_corrupt_frames_and_a_pulled_camera_never_stops_the_statio
     let a = s.audit.as_ref().unwrap();
     assert_eq!(a.missed_rejects, 0, "{a:?}");
     assert_eq!(s.tracker.failsafe_rejects, c.failsafe);
+    // Faults and all, the frame path allocated nothing of ours after the first item (the JPEG
+    // decoder's own scratch is counted apart).
+    assert_eq!(s.allocations_ours_after_warmup, 0);
     // And the station ran to the end of the replay.
     assert!(k.frames >= 40, "{k:?}");
 }

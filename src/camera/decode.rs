@@ -91,9 +91,12 @@ pub fn check_jpeg(bytes: &[u8]) -> Result<&[u8], DecodeError> {
 
 /// The width and height an MJPEG frame declares (reads its headers only).
 pub fn jpeg_size(bytes: &[u8]) -> Result<(usize, usize), DecodeError> {
-    let mut d = JpegDecoder::new(ZCursor::new(bytes));
-    scoped(Scope::Decode, || d.decode_headers()).map_err(|_| DecodeError::Corrupt("bad JPEG headers"))?;
-    d.dimensions().ok_or(DecodeError::Corrupt("bad JPEG headers"))
+    scoped(Scope::Decode, || {
+        let mut d = JpegDecoder::new(ZCursor::new(bytes));
+        d.decode_headers()
+            .map_err(|_| DecodeError::Corrupt("bad JPEG headers"))?;
+        d.dimensions().ok_or(DecodeError::Corrupt("bad JPEG headers"))
+    })
 }
 
 /// Decode one frame of `format` into `dst` as `out`.
@@ -142,18 +145,23 @@ fn decode_jpeg(
     let options = DecoderOptions::default()
         .jpeg_set_out_colorspace(colorspace)
         .set_strict_mode(true);
-    let mut d = JpegDecoder::new_with_options(ZCursor::new(payload), options);
-    scoped(Scope::Decode, || d.decode_headers()).map_err(|_| DecodeError::Corrupt("bad JPEG headers"))?;
-    let (width, height) = d.dimensions().ok_or(DecodeError::Corrupt("bad JPEG headers"))?;
-    if let Some((w, h)) = expect {
-        if (w, h) != (width, height) {
-            return Err(DecodeError::WrongSize { width, height });
+    // Everything zune-jpeg does, its allocations included, is counted as decoding.
+    scoped(Scope::Decode, || {
+        let mut d = JpegDecoder::new_with_options(ZCursor::new(payload), options);
+        d.decode_headers()
+            .map_err(|_| DecodeError::Corrupt("bad JPEG headers"))?;
+        let (width, height) = d.dimensions().ok_or(DecodeError::Corrupt("bad JPEG headers"))?;
+        if let Some((w, h)) = expect {
+            if (w, h) != (width, height) {
+                return Err(DecodeError::WrongSize { width, height });
+            }
         }
-    }
-    let needed = out.frame_bytes(width, height);
-    if dst.len() < needed {
-        return Err(DecodeError::BufferTooSmall { needed });
-    }
-    scoped(Scope::Decode, || d.decode_into(&mut dst[..needed])).map_err(|_| DecodeError::Corrupt("bad JPEG data"))?;
-    Ok(Decoded { width, height })
+        let needed = out.frame_bytes(width, height);
+        if dst.len() < needed {
+            return Err(DecodeError::BufferTooSmall { needed });
+        }
+        d.decode_into(&mut dst[..needed])
+            .map_err(|_| DecodeError::Corrupt("bad JPEG data"))?;
+        Ok(Decoded { width, height })
+    })
 }

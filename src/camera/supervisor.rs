@@ -181,3 +181,92 @@ impl<C: Reopen> Supervised<C> {
         r
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::VecDeque;
+
+    /// A camera that plays a script of capture results and is unplugged until `back_at`.
+    struct Scripted {
+        clock: MonotonicClock,
+        script: VecDeque<Result<u32, CaptureError>>,
+        back_at: Option<Instant>,
+        reopens: u32,
+    }
+
+    impl Camera for Scripted {
+        fn capture(&mut self, _buf: &mut [u8]) -> Result<FrameInfo, CaptureError> {
+            match self.script.pop_front().unwrap_or(Err(CaptureError::EndOfStream)) {
+                Ok(sequence) => Ok(FrameInfo {
+                    width: 1,
+                    height: 1,
+                    stride: 1,
+                    sequence,
+                    captured: self.clock.now(),
+                }),
+                Err(e) => Err(e),
+            }
+        }
+    }
+
+    impl Reopen for Scripted {
+        fn reopen(&mut self) -> Result<(), CaptureError> {
+            self.reopens += 1;
+            match self.back_at {
+                Some(t) if self.clock.now() < t => Err(CaptureError::Disconnected),
+                _ => Ok(()),
+            }
+        }
+    }
+
+    #[test]
+    fn gaps_are_dropped_frames_and_a_pulled_camera_is_reopened_with_backoff() {
+        let clock = MonotonicClock::default();
+        let script = [Ok(0), Ok(1), Ok(4), Err(CaptureError::Corrupt { sequence: 5 }), Ok(6)]
+            .into_iter()
+            .chain([Err(CaptureError::Disconnected), Ok(0), Ok(1)])
+            .collect();
+        let cam = Scripted {
+            clock,
+            script,
+            back_at: None,
+            reopens: 0,
+        };
+        let mut s = Supervised::new(cam, clock, 20_000);
+        let mut buf = [0u8; 1];
+        s.capture(&mut buf).unwrap();
+        s.capture(&mut buf).unwrap();
+        s.capture(&mut buf).unwrap();
+        assert_eq!((s.last_gap(), s.stats().dropped), (2, 2));
+        assert_eq!(s.capture(&mut buf), Err(CaptureError::Corrupt { sequence: 5 }));
+        s.capture(&mut buf).unwrap();
+        assert_eq!(s.last_gap(), 0, "a corrupt frame is not a dropped one");
+        // Unplugged; it comes back 250 ms later.
+        s.inner.back_at = Some(clock.now().add_us(250_000));
+        let t0 = clock.now();
+        assert_eq!(s.capture(&mut buf), Err(CaptureError::Disconnected));
+        assert!(s.is_down());
+        let mut calls = 0;
+        while s.capture(&mut buf).is_err() {
+            calls += 1;
+            assert!(calls < 200, "never came back");
+        }
+        let back = clock.now().us_since(t0);
+        // Tries at 100 ms (fails), 300 ms (succeeds): back within one backoff of its return,
+        // and the captures in between came at the 20 ms wait, not blocked for the backoff.
+        assert!(
+            (250_000..=250_000 + 400_000).contains(&back),
+            "reconnected after {back} µs"
+        );
+        assert_eq!(s.inner.reopens, 2);
+        assert!(calls >= 5, "{calls} blind captures while away");
+        let st = s.stats();
+        assert_eq!((st.disconnects, st.reconnects, st.reopen_failures), (1, 1, 1));
+        assert_eq!(st.corrupt, 1);
+        // The restarted stream numbers from 0: not a gap.
+        assert_eq!(s.last_gap(), 0);
+        assert_eq!(st.dropped, 2);
+        assert!(st.longest_outage_us >= 250_000);
+    }
+}
