@@ -117,3 +117,58 @@ fn simulate_checks_every_pulse_and_says_ok() {
         assert!(j["must_reject"].as_u64().unwrap() > 200);
     }
 }
+
+#[test]
+fn camera_commands_name_the_device_they_cannot_open() {
+    let out = ferroscope(&["camera", "list"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("/dev/video") || text.contains("no V4L2 devices"),
+        "{text}"
+    );
+    let out = ferroscope(&["camera", "probe", "/dev/video-missing"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/dev/video-missing"));
+    let out = ferroscope(&[
+        "camera",
+        "snap",
+        "--device",
+        "/dev/video-missing",
+        "--out",
+        "/tmp/x.png",
+        "--format",
+        "h264",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--format h264"));
+}
+
+#[test]
+fn bench_camera_times_every_format_at_both_sizes_and_agrees_with_its_peer() {
+    let out = ferroscope(&["bench-camera", "--passes", "3", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = j["results"].as_array().unwrap();
+    assert_eq!(rows.len(), 8);
+    for r in rows {
+        assert!(r["ours_ms_median"].as_f64().unwrap() > 0.0);
+        assert!(r["peer_ms_median"].as_f64().unwrap() > 0.0);
+        // Raw formats convert exactly like the plain loop; MJPEG differs only by rounding
+        // between a luma-only and a colour-then-gray decode.
+        let tolerance = if r["format"] == "mjpeg" { 8 } else { 0 };
+        assert!(r["max_abs_diff_vs_peer"].as_u64().unwrap() <= tolerance, "{r}");
+    }
+}
+
+#[test]
+fn the_fault_rehearsal_profile_runs_and_fails_safe() {
+    let out = ferroscope(&["run", "--config", "boards/host-sim-faults.toml", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let last = String::from_utf8_lossy(&out.stdout).lines().last().unwrap().to_owned();
+    let j: serde_json::Value = serde_json::from_str(&last).unwrap();
+    assert_eq!(j["camera"]["disconnects"], 1);
+    assert_eq!(j["camera"]["reconnects"], 1);
+    assert!(j["camera"]["blind_items"].as_u64().unwrap() > 10);
+    assert_eq!(j["missed_rejects"], 0);
+}

@@ -26,6 +26,11 @@ pub trait Reopen: Camera {
         let _ = after;
         self.capture(buf)
     }
+
+    /// Frames read past unused: older than a newer ready frame (free-run) or than the trigger.
+    fn stale_skipped(&self) -> u64 {
+        0
+    }
 }
 
 /// What happened to a camera, for the summary, the screen and the fleet.
@@ -49,6 +54,8 @@ pub struct CameraStats {
     pub wrong_size: u64,
     /// Longest time from a disconnect to the camera delivering again, in µs.
     pub longest_outage_us: u64,
+    /// Ready frames passed over for a newer one (free-run) or as older than the trigger.
+    pub stale_skipped: u64,
 }
 
 enum State {
@@ -90,7 +97,10 @@ impl<C: Reopen> Supervised<C> {
 
     /// The counts so far.
     pub fn stats(&self) -> CameraStats {
-        self.stats
+        CameraStats {
+            stale_skipped: self.inner.stale_skipped(),
+            ..self.stats
+        }
     }
 
     /// Frames the driver dropped just before the last delivered frame.

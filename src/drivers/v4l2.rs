@@ -249,12 +249,6 @@ impl V4l2Camera {
         (self.width, self.height)
     }
 
-    /// Frames skipped because a newer one was ready (free-run) or they were older than the
-    /// trigger.
-    pub fn skipped_stale(&self) -> u64 {
-        self.skipped_stale
-    }
-
     fn start(&mut self) -> Result<()> {
         let path = self.cfg.device.clone();
         let what = path.display().to_string();
@@ -535,6 +529,10 @@ impl Camera for V4l2Camera {
 impl Reopen for V4l2Camera {
     fn capture_after(&mut self, after: Option<Instant>, buf: &mut [u8]) -> Result<FrameInfo, CaptureError> {
         self.grab(after, buf)
+    }
+
+    fn stale_skipped(&self) -> u64 {
+        self.skipped_stale
     }
 
     fn reopen(&mut self) -> Result<(), CaptureError> {

@@ -220,6 +220,7 @@ impl Summary {
             "frames": k.frames, "dropped": k.dropped, "timeouts": k.timeouts,
             "disconnects": k.disconnects, "reconnects": k.reconnects,
             "reopen_failures": k.reopen_failures, "corrupt": k.corrupt, "wrong_size": k.wrong_size,
+            "stale_skipped": k.stale_skipped,
             "longest_outage_ms": k.longest_outage_us as f64 / 1000.0,
             "down_at_end": self.camera_down_at_end,
             "blind_items": self.blind_items,
