@@ -411,6 +411,15 @@ impl Camera for ReplayCamera {
 }
 
 impl Reopen for ReplayCamera {
+    /// Triggered replay: the next file is exposed at the trigger (or now, if that passed),
+    /// instead of at the replay's own rate.
+    fn capture_after(&mut self, after: Option<Instant>, buf: &mut [u8]) -> Result<FrameInfo, CaptureError> {
+        if let Some(t) = after {
+            self.next_at = Some(t);
+        }
+        self.capture(buf)
+    }
+
     fn reopen(&mut self) -> Result<(), CaptureError> {
         match self.down_until {
             Some(until) if self.clock.now() < until => Err(CaptureError::Disconnected),

@@ -264,12 +264,19 @@ pub struct InputLineSection {
     /// Kernel debounce period (0 = none).
     #[serde(default)]
     pub debounce_ms: f32,
+    /// `inputs.backend = "sim"` only: a simulated sensor with one edge every this many ms.
+    #[serde(default)]
+    pub period_ms: Option<f32>,
 }
 
 /// `[inputs]` (optional): encoder and part-present trigger.
 #[derive(Clone, Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct InputsSection {
+    /// `gpio` (default: character-device lines) or `sim` (a part-present sensor simulated
+    /// on the station's clock, one edge every `period_ms`, for rehearsing trigger modes).
+    #[serde(default)]
+    pub backend: Option<String>,
     /// The GPIO chip of the input lines.
     #[serde(default)]
     pub gpio_chip: Option<PathBuf>,
@@ -515,7 +522,21 @@ impl StationConfig {
         if c.outputs.backend == "gpio" && c.outputs.gpio_chip.is_none() {
             bail!("{p}: backend \"gpio\" needs field `outputs.gpio_chip`");
         }
-        if (c.inputs.encoder.is_some() || c.inputs.trigger.is_some()) && c.inputs.gpio_chip.is_none() {
+        let sim_inputs = match c.inputs.backend.as_deref() {
+            None | Some("gpio") => false,
+            Some("sim") => true,
+            Some(other) => bail!("{p}: field `inputs.backend` is \"{other}\"; allowed: \"gpio\", \"sim\""),
+        };
+        if sim_inputs {
+            if c.inputs.encoder.is_some() {
+                bail!("{p}: `inputs.backend = \"sim\"` simulates the trigger only; remove `[inputs.encoder]`");
+            }
+            if let Some(t) = &c.inputs.trigger {
+                if !t.period_ms.is_some_and(|v| v > 0.0 && v.is_finite()) {
+                    bail!("{p}: `inputs.backend = \"sim\"` needs field `inputs.trigger.period_ms` > 0");
+                }
+            }
+        } else if (c.inputs.encoder.is_some() || c.inputs.trigger.is_some()) && c.inputs.gpio_chip.is_none() {
             bail!("{p}: `[inputs]` lines need field `inputs.gpio_chip`");
         }
         if c.inputs.encoder.is_some() && c.conveyor.encoder_counts_per_mm.is_none() {

@@ -477,7 +477,39 @@ enum InputRole {
     Trigger,
 }
 
-fn input_thread(shared: SharedState, input: EdgeInput, role: InputRole, clock: MonotonicClock) {
+/// Where input edges come from.
+enum EdgeSource {
+    /// A GPIO line.
+    Gpio(EdgeInput),
+    /// A simulated part-present sensor: one edge every `period_us`, timestamped exactly, as
+    /// the kernel stamps a real one.
+    Periodic {
+        clock: MonotonicClock,
+        period_us: u64,
+        next: Instant,
+    },
+}
+
+impl EdgeSource {
+    fn next_edge(&mut self, timeout: Duration) -> Result<Option<Instant>> {
+        match self {
+            EdgeSource::Gpio(i) => i.next_edge(timeout),
+            EdgeSource::Periodic { clock, period_us, next } => {
+                let limit = clock.now().add_us(timeout.as_micros() as u64);
+                if *next > limit {
+                    clock.sleep_until(limit);
+                    return Ok(None);
+                }
+                clock.sleep_until(*next);
+                let at = *next;
+                *next = next.add_us(*period_us);
+                Ok(Some(at))
+            }
+        }
+    }
+}
+
+fn input_thread(shared: SharedState, mut input: EdgeSource, role: InputRole, clock: MonotonicClock) {
     let (lock, cvar) = &*shared;
     let mut count: i64 = 0;
     let mut next_id: u32 = 0x8000_0000;
@@ -517,7 +549,15 @@ fn input_thread(shared: SharedState, input: EdgeInput, role: InputRole, clock: M
     }
 }
 
-fn open_input(cfg: &StationConfig, l: &InputLineSection, clock: MonotonicClock, what: &str) -> Result<EdgeInput> {
+fn open_input(cfg: &StationConfig, l: &InputLineSection, clock: MonotonicClock, what: &str) -> Result<EdgeSource> {
+    if cfg.inputs.backend.as_deref() == Some("sim") {
+        let period_ms = l.period_ms.unwrap_or(100.0);
+        return Ok(EdgeSource::Periodic {
+            clock,
+            period_us: (period_ms as f64 * 1000.0) as u64,
+            next: clock.now().add_us((period_ms as f64 * 1000.0) as u64),
+        });
+    }
     let chip = cfg
         .inputs
         .gpio_chip
@@ -525,6 +565,7 @@ fn open_input(cfg: &StationConfig, l: &InputLineSection, clock: MonotonicClock, 
         .ok_or_else(|| anyhow!("{}: field `inputs.gpio_chip` is missing", cfg.path.display()))?;
     let debounce = (l.debounce_ms > 0.0).then(|| Duration::from_micros((l.debounce_ms * 1000.0) as u64));
     EdgeInput::open(chip, l.line, l.active_low, l.both_edges, debounce, clock)
+        .map(EdgeSource::Gpio)
         .with_context(|| format!("{}: `[inputs.{what}]`", cfg.path.display()))
 }
 
@@ -939,10 +980,19 @@ pub fn run_until(cfg: &StationConfig, stop: &AtomicBool, mut on_item: impl FnMut
         let mut fault: Option<&'static str> = None;
         // Merged into the previous item by the tracker: its own decision no longer counts.
         let mut overflowed = false;
+        // The item's reference time: its trigger edge (the sensor's position) or its frame.
+        let mut item_at = captured;
         let id = match mode {
-            TriggerMode::Software => trigger.map_or(0, |t| t.0),
+            TriggerMode::Software => {
+                let (id, at) = trigger.unwrap_or((0, captured));
+                item_at = at;
+                id
+            }
             TriggerMode::External => match lock.lock().ok().and_then(|mut g| g.triggered.pop_front()) {
-                Some((id, _)) => id,
+                Some((id, at)) => {
+                    item_at = at;
+                    id
+                }
                 None => {
                     faults.untriggered_frame += 1;
                     counters.fault();
@@ -1031,7 +1081,7 @@ pub fn run_until(cfg: &StationConfig, stop: &AtomicBool, mut on_item: impl FnMut
         if audit_items.len() < audit_items.capacity() {
             audit_items.push(AuditItem {
                 id,
-                captured,
+                captured: item_at,
                 action: decision.action,
             });
         } else {
