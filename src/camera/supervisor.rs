@@ -90,6 +90,20 @@ impl<C: Reopen> Supervised<C> {
         }
     }
 
+    /// Supervise a camera that is away from the start (its device is missing): the first
+    /// reopen is tried at once.
+    pub fn new_down(inner: C, clock: MonotonicClock, wait_us: u64) -> Supervised<C> {
+        let mut s = Supervised::new(inner, clock, wait_us);
+        let now = clock.now();
+        s.stats.disconnects = 1;
+        s.outage_start = Some(now);
+        s.state = State::Down {
+            next_try: now,
+            backoff_us: RECONNECT_BACKOFF_MIN_US / 2,
+        };
+        s
+    }
+
     /// The camera.
     pub fn inner(&self) -> &C {
         &self.inner

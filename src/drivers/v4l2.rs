@@ -228,20 +228,27 @@ impl V4l2Camera {
     /// Open the device, negotiate format, size, rate and controls, map the buffers and start
     /// streaming. Errors name the device and what it refused.
     pub fn open(cfg: V4l2Config, clock: MonotonicClock) -> Result<V4l2Camera> {
-        let mut cam = V4l2Camera {
+        let mut cam = V4l2Camera::closed(cfg, clock);
+        cam.start()?;
+        Ok(cam)
+    }
+
+    /// A camera not yet opened (its device node is missing: unplugged at boot). Capture
+    /// reports it as disconnected; [`Reopen::reopen`] opens it once it appears.
+    pub fn closed(cfg: V4l2Config, clock: MonotonicClock) -> V4l2Camera {
+        let (width, height) = (cfg.width as usize, cfg.height as usize);
+        V4l2Camera {
             cfg,
             clock,
             dev: None,
             maps: Vec::new(),
             held: None,
             streaming: false,
-            width: 0,
-            height: 0,
+            width,
+            height,
             stride: 0,
             skipped_stale: 0,
-        };
-        cam.start()?;
-        Ok(cam)
+        }
     }
 
     /// The negotiated frame size.

@@ -713,13 +713,21 @@ fn open_camera(cfg: &StationConfig, clock: MonotonicClock) -> Result<CameraSetup
         let v = cfg.v4l2()?;
         let name = v.device.display().to_string();
         let period_us = (1e6 / v.fps.unwrap_or(30.0).max(0.1) as f64) as u64;
-        let cam = V4l2Camera::open(v, clock).with_context(|| format!("{p}: `[camera]`"))?;
-        let (w, h) = cam.size();
+        // A missing node is a camera not plugged in (yet): the station starts, fails safe and
+        // keeps trying. A camera that is there but refuses the settings is a start-up error.
+        let cam = if v.device.exists() {
+            Supervised::new(
+                V4l2Camera::open(v, clock).with_context(|| format!("{p}: `[camera]`"))?,
+                clock,
+                period_us,
+            )
+        } else {
+            eprintln!("{p}: `camera.device` {name} is missing: running blind (fail-safe) until it appears");
+            Supervised::new_down(V4l2Camera::closed(v, clock), clock, period_us)
+        };
+        let (w, h) = cam.inner().size();
         return Ok(CameraSetup {
-            camera: StationCamera::V4l2 {
-                cam: Supervised::new(cam, clock, period_us),
-                name,
-            },
+            camera: StationCamera::V4l2 { cam, name },
             frame_bytes: w * h,
             first_size: Some((w, h)),
             period_us,
