@@ -18,6 +18,8 @@ pub mod alloc_count;
 #[cfg(feature = "std")]
 pub mod camera;
 #[cfg(feature = "std")]
+pub mod display;
+#[cfg(feature = "std")]
 pub mod drivers;
 #[cfg(feature = "std")]
 pub mod eval;

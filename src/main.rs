@@ -25,6 +25,7 @@ use ferroscope::tools::classify::Classifier;
 static ALLOC: CountingAlloc = CountingAlloc;
 
 mod cli_camera;
+mod cli_screen;
 
 #[derive(Parser)]
 #[command(name = "ferroscope", version, about = "Steel-surface inspection station: int8 ONNX models with tract, accept/reject decisions, reject timing.", long_about = None)]
@@ -81,6 +82,31 @@ enum Command {
         /// Stop after this many seconds (a live camera otherwise runs until killed).
         #[arg(long)]
         duration_s: Option<f64>,
+    },
+    /// Render the technician's screen to a PNG without hardware.
+    Screen {
+        /// Station config (station and model names, display size); default: boards/host-sim.toml.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// ok, reject, uncertain, fault, or demo (all four on one sheet).
+        #[arg(long, default_value = "demo")]
+        state: String,
+        /// Output PNG.
+        #[arg(long)]
+        out: PathBuf,
+        /// Size WIDTHxHEIGHT (default: the config's display, or 800x480).
+        #[arg(long)]
+        size: Option<String>,
+    },
+    /// Time screen drawing: a full redraw and a counters-only update at 800x480 and 320x240,
+    /// and packing into a framebuffer's XRGB8888, one thread.
+    BenchScreen {
+        /// Timed passes.
+        #[arg(long, default_value_t = 100)]
+        passes: usize,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
     },
     /// V4L2 cameras: list them, probe one, or capture a frame.
     Camera {
@@ -203,6 +229,13 @@ fn main() -> ExitCode {
             duration_s,
         } => run(config.as_deref(), json, duration_s),
         Command::Camera { cmd } => cli_camera::camera(cmd),
+        Command::Screen {
+            config,
+            state,
+            out,
+            size,
+        } => cli_screen::screen(config.as_deref(), &state, &out, size.as_deref()),
+        Command::BenchScreen { passes, json } => cli_screen::bench_screen(passes, json),
         Command::BenchCamera { image, passes, json } => cli_camera::bench_camera(image.as_deref(), passes, json),
         Command::Simulate {
             seed,

@@ -14,6 +14,7 @@ pub mod latency;
 pub mod num;
 pub mod pixel;
 pub mod reject;
+pub mod screen;
 pub mod time;
 
 /// Most classes one model may have. One-vs-all heads are cheap, but every per-class array in

@@ -288,6 +288,68 @@ pub struct InputsSection {
     pub trigger: Option<InputLineSection>,
 }
 
+/// `[display]` (optional; absent = headless): the technician's screen.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DisplaySection {
+    /// `none`, `png` (snapshots to `path`), `fb` (Linux framebuffer), `st7789` or `ili9341`
+    /// (SPI panels).
+    pub backend: String,
+    /// Width, pixels (png; fb and SPI panels report their own).
+    #[serde(default = "w800")]
+    pub width: u32,
+    /// Height, pixels.
+    #[serde(default = "h480")]
+    pub height: u32,
+    /// Redraws per second at most.
+    #[serde(default = "five")]
+    pub refresh_hz: f32,
+    /// png: the file written; fb: the device (default `/dev/fb0`).
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// SPI: spidev node, e.g. `/dev/spidev0.0`.
+    #[serde(default)]
+    pub spi_device: Option<PathBuf>,
+    /// SPI clock, Hz.
+    #[serde(default = "spi_hz")]
+    pub spi_hz: u32,
+    /// SPI: GPIO chip of the D/C and reset lines.
+    #[serde(default)]
+    pub gpio_chip: Option<PathBuf>,
+    /// SPI: D/C line offset.
+    #[serde(default)]
+    pub dc_line: Option<u32>,
+    /// SPI: reset line offset (absent: tied high).
+    #[serde(default)]
+    pub reset_line: Option<u32>,
+    /// SPI: rotation, degrees (90 or 270: landscape 320x240).
+    #[serde(default = "r90")]
+    pub rotation_deg: u32,
+    /// SPI: invert colours (most ST7789 IPS modules).
+    #[serde(default)]
+    pub invert: bool,
+}
+
+fn w800() -> u32 {
+    800
+}
+
+fn h480() -> u32 {
+    480
+}
+
+fn five() -> f32 {
+    5.0
+}
+
+fn spi_hz() -> u32 {
+    40_000_000
+}
+
+fn r90() -> u32 {
+    90
+}
+
 /// The whole file.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -309,6 +371,9 @@ pub struct StationConfig {
     /// `[inputs]`.
     #[serde(default)]
     pub inputs: InputsSection,
+    /// `[display]`.
+    #[serde(default)]
+    pub display: Option<DisplaySection>,
     /// Where it was read from; relative paths resolve against its folder.
     #[serde(skip)]
     pub path: PathBuf,
@@ -409,6 +474,43 @@ impl StationConfig {
         Ok(())
     }
 
+    fn check_display(&self) -> Result<()> {
+        let p = self.path.display();
+        let Some(d) = &self.display else { return Ok(()) };
+        match d.backend.as_str() {
+            "none" | "fb" => {}
+            "png" => {
+                if d.path.is_none() {
+                    bail!("{p}: `display.backend = \"png\"` needs field `display.path` (the PNG written)");
+                }
+            }
+            "st7789" | "ili9341" => {
+                for (f, ok) in [
+                    ("spi_device", d.spi_device.is_some()),
+                    ("gpio_chip", d.gpio_chip.is_some()),
+                    ("dc_line", d.dc_line.is_some()),
+                ] {
+                    if !ok {
+                        bail!("{p}: SPI panel `display.backend = \"{}\"` needs field `display.{f}`", d.backend);
+                    }
+                }
+                if !matches!(d.rotation_deg, 0 | 90 | 180 | 270) {
+                    bail!("{p}: field `display.rotation_deg` is {}; allowed 0, 90, 180, 270", d.rotation_deg);
+                }
+            }
+            other => bail!(
+                "{p}: field `display.backend` is \"{other}\"; allowed: \"none\", \"png\", \"fb\", \"st7789\", \"ili9341\""
+            ),
+        }
+        if !(64..=4096).contains(&d.width) || !(64..=4096).contains(&d.height) {
+            bail!("{p}: fields `display.width` and `display.height` must be 64..=4096");
+        }
+        if !(d.refresh_hz > 0.0 && d.refresh_hz <= 60.0) {
+            bail!("{p}: field `display.refresh_hz` must be in (0, 60]");
+        }
+        Ok(())
+    }
+
     /// The camera's trigger mode (checked at parse time).
     pub fn trigger_mode(&self) -> TriggerMode {
         TriggerMode::from_name(&self.camera.trigger).unwrap_or(TriggerMode::FreeRun)
@@ -463,6 +565,7 @@ impl StationConfig {
         c.path = path.to_path_buf();
         let p = path.display();
         c.check_camera()?;
+        c.check_display()?;
         if c.tool.kind != "classify" {
             bail!("{p}: field `tool.kind` is \"{}\"; allowed: \"classify\"", c.tool.kind);
         }

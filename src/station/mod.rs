@@ -37,7 +37,12 @@ use crate::core::decision::{Action, Decision, Outcome};
 use crate::core::frame::GrayFrame;
 use crate::core::latency::LatencyHistogram;
 use crate::core::reject::{DecideError, EjectorConfig, Output, TrackEvent, Tracker, TrackerStats};
+use crate::core::screen::{fault as screen_fault, set_text, ScreenOutcome, ScreenState};
 use crate::core::time::Instant;
+use crate::display::fb::Framebuffer;
+use crate::display::spi::{Controller, SpiPanel, SpiPanelConfig};
+use crate::display::thread::{Display, DisplayStats};
+use crate::display::{Panel, PngPanel};
 use crate::drivers::gpio::{EdgeInput, GpioOutput, LineSpec};
 use crate::drivers::v4l2::{TriggerMode, V4l2Camera};
 use crate::hal::{CaptureError, Clock, FrameInfo, OutputError, OutputLine, RejectOutput};
@@ -182,6 +187,8 @@ pub struct Summary {
     pub blind_items: u64,
     /// Faults a replay injected (replays only).
     pub injected: Option<InjectedFaults>,
+    /// What the display thread did (none: headless).
+    pub display: Option<DisplayStats>,
     /// Wall time of the run.
     pub duration_s: f64,
 }
@@ -224,6 +231,13 @@ impl Summary {
             "longest_outage_ms": k.longest_outage_us as f64 / 1000.0,
             "down_at_end": self.camera_down_at_end,
             "blind_items": self.blind_items,
+        });
+        let display = self.display.as_ref().map(|d| {
+            json!({
+                "offered": d.offered, "dropped": d.dropped, "full_draws": d.full_draws,
+                "partial_draws": d.partial_draws, "errors": d.errors, "last_error": d.last_error,
+                "full_draw_ms_p50": d.full_draw_ms_p50,
+            })
         });
         let injected = self.injected.map(|i| {
             json!({
@@ -274,6 +288,7 @@ impl Summary {
             "allocations_tract_per_item": self.allocations_tract_per_item,
             "camera": camera,
             "injected_faults": injected,
+            "display": display,
             "duration_s": self.duration_s,
         })
     }
@@ -757,6 +772,68 @@ fn open_camera(cfg: &StationConfig, clock: MonotonicClock) -> Result<CameraSetup
     })
 }
 
+/// Open the configured screen. A screen that cannot be opened is a logged fault: the
+/// station runs headless rather than not at all.
+fn open_display(cfg: &StationConfig) -> (Option<Display>, bool) {
+    let Some(d) = &cfg.display else { return (None, false) };
+    let p = cfg.path.display();
+    let panel: Result<Box<dyn Panel>> = match d.backend.as_str() {
+        "none" => return (None, false),
+        "png" => Ok(Box::new(PngPanel::new(
+            &cfg.resolve(d.path.as_deref().unwrap_or(std::path::Path::new("screen.png"))),
+            d.width,
+            d.height,
+        ))),
+        "fb" => Framebuffer::open(d.path.as_deref().unwrap_or(std::path::Path::new("/dev/fb0")))
+            .map(|f| Box::new(f) as Box<dyn Panel>),
+        kind => SpiPanel::open(&SpiPanelConfig {
+            controller: if kind == "st7789" {
+                Controller::St7789
+            } else {
+                Controller::Ili9341
+            },
+            spi_device: d.spi_device.clone().unwrap_or_default(),
+            spi_hz: d.spi_hz,
+            gpio_chip: d.gpio_chip.clone().unwrap_or_default(),
+            dc_line: d.dc_line.unwrap_or(0),
+            reset_line: d.reset_line,
+            rotation_deg: d.rotation_deg,
+            invert: d.invert,
+        })
+        .map(|s| Box::new(s) as Box<dyn Panel>),
+    };
+    match panel.and_then(|panel| Display::spawn(panel, d.refresh_hz).map_err(anyhow::Error::from)) {
+        Ok(disp) => (Some(disp), false),
+        Err(e) => {
+            eprintln!("{p}: `[display]`: {e:#}; running headless");
+            (None, true)
+        }
+    }
+}
+
+/// When each kind of fault last happened, for the screen's fault strip.
+#[derive(Default)]
+struct RecentFaults {
+    at: [Option<Instant>; 9],
+}
+
+impl RecentFaults {
+    fn note(&mut self, bit: u16, now: Instant) {
+        self.at[bit.trailing_zeros() as usize % 9] = Some(now);
+    }
+
+    /// Bits of faults seen within `hold_us` of `now`.
+    fn active(&self, now: Instant, hold_us: u64) -> u16 {
+        let mut bits = 0;
+        for (i, t) in self.at.iter().enumerate() {
+            if t.is_some_and(|t| now.us_since(t) <= hold_us) {
+                bits |= 1 << i;
+            }
+        }
+        bits
+    }
+}
+
 /// Run the station described by `cfg` until the replay ends; `on_item` sees every item.
 pub fn run(cfg: &StationConfig, on_item: impl FnMut(&ItemReport<'_>)) -> Result<Summary> {
     run_until(cfg, &AtomicBool::new(false), on_item)
@@ -838,6 +915,16 @@ pub fn run_until(cfg: &StationConfig, stop: &AtomicBool, mut on_item: impl FnMut
         );
     }
 
+    let (mut display, display_failed_at_start) = open_display(cfg);
+    let mut recent = RecentFaults::default();
+    if display_failed_at_start {
+        recent.note(screen_fault::DISPLAY_ERROR, clock.now());
+    }
+    let fault_hold_us = (cfg.outputs.fault_hold_ms as u64 * 1000).max(2_000_000);
+    let model_line = {
+        let m = classifier.manifest();
+        format!("{} {} {}", m.model.name, m.model.version, precision.name())
+    };
     let deadline_us = cfg.decision.decision_deadline_ms as u64 * 1000;
     let mut counters = Counters::default();
     let mut faults = FaultCounts::default();
@@ -856,8 +943,64 @@ pub fn run_until(cfg: &StationConfig, stop: &AtomicBool, mut on_item: impl FnMut
     };
     // Free-run: items get the station's own ids (camera sequences restart on reconnect).
     let mut next_id: u32 = 0;
+    let mut seen_io_errors = 0u64;
     let mut last_item_at: Option<Instant> = None;
     let run_start = clock.now();
+
+    // Hand the screen the latest state (never waits; see `Display::offer`).
+    macro_rules! show {
+        ($decision:expr, $class:expr, $frame:expr) => {{
+            if let Some(d) = display.as_mut() {
+                let decision: Decision = $decision;
+                let class: Option<&str> = $class;
+                let frame: Option<(&[u8], usize, usize)> = $frame;
+                let now = clock.now();
+                let faults_now = recent.active(now, fault_hold_us);
+                let uptime_s = now.us_since(run_start) / 1_000_000;
+                let elapsed_min = (now.us_since(run_start) as f32 / 60e6).max(1.0 / 60.0);
+                d.offer(|st: &mut ScreenState| {
+                    if st.station.is_empty() {
+                        set_text(&mut st.station, &cfg.station.name);
+                        set_text(&mut st.model, &model_line);
+                    }
+                    st.uptime_s = uptime_s;
+                    st.outcome = match decision.outcome {
+                        Outcome::Accept => ScreenOutcome::Ok,
+                        Outcome::Reject => ScreenOutcome::Reject,
+                        Outcome::Uncertain => ScreenOutcome::Uncertain,
+                        Outcome::FailSafe => ScreenOutcome::Fault,
+                    };
+                    set_text(&mut st.class, class.unwrap_or(""));
+                    st.score = if decision.outcome == Outcome::FailSafe {
+                        -1.0
+                    } else {
+                        decision.score
+                    };
+                    st.inspected = counters.inspected;
+                    st.rejected = counters.rejected;
+                    st.yield_percent = counters.yield_percent();
+                    st.items_per_min = counters.inspected as f32 / elapsed_min;
+                    st.latency_ms_p50 = latency.percentile_us(50.0).unwrap_or(0) as f32 / 1000.0;
+                    st.latency_ms_p99 = latency.percentile_us(99.0).unwrap_or(0) as f32 / 1000.0;
+                    st.faults = faults_now;
+                    st.per_class.clear();
+                    for (name, n) in classes.iter().zip(counters.rejected_per_class.iter()) {
+                        let mut t = heapless::String::new();
+                        set_text(&mut t, name);
+                        let _ = st.per_class.push((t, *n));
+                    }
+                    st.boxes.clear();
+                    match frame {
+                        Some((px, w, h)) => st.set_thumbnail(px, w, h, w),
+                        None => {
+                            st.thumb_w = 0;
+                            st.thumb_h = 0;
+                        }
+                    }
+                });
+            }
+        }};
+    }
 
     // An item the camera did not see: into the register (unless the trigger input already put
     // it there) and decided with the fail-safe at once.
@@ -894,6 +1037,15 @@ pub fn run_until(cfg: &StationConfig, stop: &AtomicBool, mut on_item: impl FnMut
                 latency_us: now.us_since(at),
                 fault: Some($why),
             });
+            recent.note(
+                if $why == "dropped frame" {
+                    screen_fault::BAD_FRAMES
+                } else {
+                    screen_fault::CAMERA_LOST
+                },
+                now,
+            );
+            show!(decision, Some($why), None);
         }};
     }
 
@@ -972,6 +1124,7 @@ pub fn run_until(cfg: &StationConfig, stop: &AtomicBool, mut on_item: impl FnMut
             faults.dropped_frame += gap;
             counters.fault();
             note_fault(clock.now());
+            recent.note(screen_fault::BAD_FRAMES, clock.now());
             if mode == TriggerMode::FreeRun {
                 // The dropped frames' items, spread between the last item and this frame.
                 let prev = last_item_at.unwrap_or(run_start).min(captured);
@@ -1057,12 +1210,16 @@ pub fn run_until(cfg: &StationConfig, stop: &AtomicBool, mut on_item: impl FnMut
             decision = rules.fail_safe();
             fault = Some("decision overrun");
         }
+        let mut io_errors = 0;
+        let mut line_stopped = false;
         let r = match lock.lock() {
             Ok(mut g) => {
                 let r = g.tracker.decide(id, &decision, now);
                 if fault.is_some() {
                     g.fault_at = Some(now);
                 }
+                io_errors = g.output_errors + g.input_errors;
+                line_stopped = g.tracker.stats().line_stops > 0;
                 r
             }
             Err(_) => Err(DecideError::UnknownItem),
@@ -1113,13 +1270,36 @@ pub fn run_until(cfg: &StationConfig, stop: &AtomicBool, mut on_item: impl FnMut
             latency_us: late,
             fault,
         });
+        let now = clock.now();
+        if let Some(f) = fault {
+            let bit = match f {
+                "corrupt frame" | "wrong frame size" => screen_fault::BAD_FRAMES,
+                "model error" => screen_fault::MODEL_ERROR,
+                "tracking overflow" => screen_fault::TOO_MANY_ITEMS,
+                _ => screen_fault::DECISION_OVERRUN,
+            };
+            recent.note(bit, now);
+        }
+        if io_errors > seen_io_errors {
+            seen_io_errors = io_errors;
+            recent.note(screen_fault::GPIO_ERROR, now);
+        }
+        if line_stopped {
+            recent.note(screen_fault::LINE_STOPPED, now);
+        }
+        let frame = match result {
+            Ok(info) => Some((&frame_buf[..], info.width, info.height)),
+            Err(_) => None,
+        };
+        show!(decision, class_name.or(fault), frame);
         if warm.is_none() {
             warm = Some((Snapshot::take_thread(), counters.inspected));
         }
     }
-    // The frame loop's own thread: other threads (the actuator, a test harness) are not the
-    // frame path.
+    // The frame loop's own thread: other threads (the actuator, the display, a test harness)
+    // are not the frame path.
     let end = Snapshot::take_thread();
+    let display = display.take().map(Display::stop);
     if let Ok(mut g) = lock.lock() {
         g.stop = true;
     }
@@ -1167,6 +1347,7 @@ pub fn run_until(cfg: &StationConfig, stop: &AtomicBool, mut on_item: impl FnMut
         camera_down_at_end: camera.is_down(),
         blind_items,
         injected: camera.injected(),
+        display,
         duration_s: started.elapsed().as_secs_f64(),
     })
 }
