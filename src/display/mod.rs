@@ -278,12 +278,13 @@ impl PngPanel {
 
 /// Write `canvas` as an RGB PNG.
 pub fn write_png(canvas: &Canvas, path: &Path) -> Result<()> {
-    image::save_buffer(
+    image::save_buffer_with_format(
         path,
         &canvas.to_rgb888(),
         canvas.width(),
         canvas.height(),
         image::ExtendedColorType::Rgb8,
+        image::ImageFormat::Png,
     )
     .with_context(|| format!("{}: cannot write PNG", path.display()))
 }
