@@ -26,6 +26,7 @@ static ALLOC: CountingAlloc = CountingAlloc;
 
 mod cli_camera;
 mod cli_screen;
+mod cli_segment;
 
 #[derive(Parser)]
 #[command(name = "ferroscope", version, about = "Steel-surface inspection station: int8 ONNX models with tract, accept/reject decisions, reject timing.", long_about = None)]
@@ -51,7 +52,8 @@ impl From<PrecisionArg> for Precision {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Classify images: the winning class, every head's score and the decision.
+    /// Run a model on images: classify (class, every head's score, decision) or segment
+    /// (regions measured, decision, overlay) — whichever tool the manifest names.
     Infer {
         /// Model manifest (models/*.toml).
         #[arg(long)]
@@ -62,6 +64,18 @@ enum Command {
         /// Print one JSON object per image.
         #[arg(long)]
         json: bool,
+        /// Segment: write the frame with the defect map and region boxes (a PNG; a folder for several images).
+        #[arg(long)]
+        overlay: Option<PathBuf>,
+        /// Segment: calibration, millimetres per frame pixel (without it sizes are in pixels).
+        #[arg(long)]
+        mm_per_px: Option<f32>,
+        /// Segment: reject when a region is longer than this (mm; needs --mm-per-px).
+        #[arg(long)]
+        reject_if_length_mm_over: Option<f32>,
+        /// Segment: reject when a region's area exceeds this (mm²; needs --mm-per-px).
+        #[arg(long)]
+        reject_if_area_mm2_over: Option<f32>,
         /// Images (png, jpg, bmp; any size, converted to gray).
         #[arg(required = true)]
         images: Vec<PathBuf>,
@@ -202,6 +216,24 @@ enum EvalTool {
         #[arg(long)]
         json: bool,
     },
+    /// Segmentation over DIR/images/* with DIR/masks/<stem>.png (0 background, 255 defect; all-zero for good parts).
+    Segment {
+        /// Model manifest.
+        #[arg(long)]
+        model: PathBuf,
+        /// Dataset root holding images/ and masks/.
+        #[arg(long)]
+        data: PathBuf,
+        /// Evaluate only the images named in this file (file names in images/, one per line).
+        #[arg(long)]
+        list: Option<PathBuf>,
+        /// Which model file of the manifest to run.
+        #[arg(long, value_enum, default_value = "int8")]
+        precision: PrecisionArg,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -211,8 +243,28 @@ fn main() -> ExitCode {
             model,
             precision,
             json,
+            overlay,
+            mm_per_px,
+            reject_if_length_mm_over,
+            reject_if_area_mm2_over,
             images,
-        } => infer(&model, precision.into(), json, &images),
+        } => match Manifest::load(&model) {
+            Ok(m) if m.model.tool == "segment" => {
+                let rules = ferroscope::tools::segment::SegmentRules {
+                    mm_per_px,
+                    reject_if_length_mm_over,
+                    reject_if_area_mm2_over,
+                    ..Default::default()
+                };
+                cli_segment::infer(&model, precision.into(), json, &images, overlay.as_deref(), rules)
+            }
+            Ok(_) if overlay.is_some() || mm_per_px.is_some() => Err(anyhow::anyhow!(
+                "{}: --overlay and --mm-per-px apply to segment models",
+                model.display()
+            )),
+            Ok(_) => infer(&model, precision.into(), json, &images),
+            Err(e) => Err(e),
+        },
         Command::Eval {
             tool:
                 EvalTool::Classify {
@@ -223,6 +275,16 @@ fn main() -> ExitCode {
                     json,
                 },
         } => eval_classify(&model, &data, list.as_deref(), precision.into(), json),
+        Command::Eval {
+            tool:
+                EvalTool::Segment {
+                    model,
+                    data,
+                    list,
+                    precision,
+                    json,
+                },
+        } => cli_segment::eval(&model, &data, list.as_deref(), precision.into(), json),
         Command::Run {
             config,
             json,

@@ -96,3 +96,45 @@ fn frame_path_allocates_nothing_in_our_code_after_warm_up() {
     assert_eq!(tracker.in_flight(), 0);
     assert_eq!(edges, 2 * counters.rejected, "one pulse per reject");
 }
+
+#[test]
+fn segment_frame_path_allocates_nothing_in_our_code_after_warm_up() {
+    use ferroscope::tools::segment::{SegmentRules, Segmenter};
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let rules = SegmentRules {
+        mm_per_px: Some(0.05),
+        reject_if_length_mm_over: Some(2.0),
+        ..Default::default()
+    };
+    let mut seg = Segmenter::load(&root.join("models/kolektor_segment.toml"), Precision::Int8, rules).unwrap();
+    let dir = root.join("tests/data/kolektor_samples/images");
+    let mut frames: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| decode_gray(&std::fs::read(e.unwrap().path()).unwrap()).unwrap())
+        .collect();
+    // One frame size, as from one camera: crop every frame to the smallest.
+    let (w, h) = frames
+        .iter()
+        .fold((usize::MAX, usize::MAX), |a, f| (a.0.min(f.0), a.1.min(f.1)));
+    for f in frames.iter_mut() {
+        let px: Vec<u8> = (0..h).flat_map(|y| f.2[y * f.0..y * f.0 + w].to_vec()).collect();
+        *f = (w, h, px);
+    }
+    let f0 = GrayFrame::new(&frames[0].2, w, h, w).unwrap();
+    seg.segment(&f0).unwrap();
+    let before = Snapshot::take_thread();
+    let mut regions = 0;
+    for (w, h, px) in frames.iter().chain(frames.iter()) {
+        let f = GrayFrame::new(px, *w, *h, *w).unwrap();
+        let r = seg.segment(&f).unwrap();
+        regions += r.regions.len();
+    }
+    let after = Snapshot::take_thread();
+    assert_eq!(
+        after.since(&before, Scope::Ours),
+        0,
+        "our code allocated on the segment frame path"
+    );
+    assert!(after.since(&before, Scope::Tract) > 0);
+    assert!(regions > 0, "the defective samples have regions");
+}

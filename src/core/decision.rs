@@ -73,6 +73,9 @@ pub struct DecisionRules {
     pub uncertain_action: Action,
     /// Action when no valid decision exists.
     pub failsafe_action: Action,
+    /// Detection tools (segment, anomaly: one `defect` class): a score under the threshold is
+    /// a good part (`Accept`, no class), not an uncertain one.
+    pub detector: bool,
 }
 
 impl DecisionRules {
@@ -93,6 +96,7 @@ impl DecisionRules {
             rules: v,
             uncertain_action,
             failsafe_action,
+            detector: false,
         })
     }
 
@@ -129,6 +133,14 @@ impl DecisionRules {
         }
         let score = scores[best];
         let rule = self.rules[best];
+        if score < rule.min_score && self.detector {
+            return Decision {
+                outcome: Outcome::Accept,
+                action: Action::Accept,
+                class: None,
+                score,
+            };
+        }
         if score < rule.min_score {
             return Decision {
                 outcome: Outcome::Uncertain,

@@ -13,6 +13,7 @@ pub mod frame;
 pub mod latency;
 pub mod num;
 pub mod pixel;
+pub mod regions;
 pub mod reject;
 pub mod screen;
 pub mod time;

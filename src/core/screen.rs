@@ -244,6 +244,26 @@ impl ScreenState {
         self.thumb_w = tw as u16;
         self.thumb_h = th as u16;
     }
+
+    /// Add a defect box given in frame pixels (`x0, y0` inclusive, `x1, y1` exclusive) of a
+    /// `width × height` frame, scaled to the current thumbnail. Ignored when full or no
+    /// thumbnail is set.
+    pub fn add_frame_box(&mut self, x0: u32, y0: u32, x1: u32, y1: u32, width: usize, height: usize) {
+        if self.thumb_w == 0 || width == 0 || height == 0 {
+            return;
+        }
+        let (tw, th) = (self.thumb_w as u64, self.thumb_h as u64);
+        let sx = |x: u32| ((x as u64 * tw) / width as u64).min(tw) as u16;
+        let sy = |y: u32| ((y as u64 * th) / height as u64).min(th) as u16;
+        let (bx0, by0) = (sx(x0), sy(y0));
+        let (bx1, by1) = (sx(x1).max(bx0 + 1), sy(y1).max(by0 + 1));
+        let _ = self.boxes.push(OverlayBox {
+            x: bx0,
+            y: by0,
+            w: bx1 - bx0,
+            h: by1 - by0,
+        });
+    }
 }
 
 /// Draws into `target` with each pixel an `n` x `n` block: big legible text from the

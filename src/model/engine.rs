@@ -16,6 +16,7 @@ pub struct Engine {
     state: TypedSimpleState,
     input: Arc<Tensor>,
     output_len: usize,
+    output_shapes: Vec<Vec<usize>>,
     input_shape: Vec<usize>,
 }
 
@@ -41,7 +42,31 @@ impl std::error::Error for RunError {}
 
 impl Engine {
     /// Load `path`, fix its single input to `input_shape` (f32) and optimise for this CPU.
+    /// The model must have one output of `expected_outputs` values (one score per class).
     pub fn load(path: &Path, input_shape: &[usize], expected_outputs: usize) -> Result<Engine> {
+        let engine = Engine::load_outputs(path, input_shape)?;
+        if engine.output_shapes.len() != 1 {
+            bail!(
+                "{}: model has {} outputs, expected 1",
+                path.display(),
+                engine.output_shapes.len()
+            );
+        }
+        if engine.output_len != expected_outputs {
+            bail!(
+                "{}: output shape {:?} has {} values, the manifest lists {} classes",
+                path.display(),
+                engine.output_shapes[0],
+                engine.output_len,
+                expected_outputs
+            );
+        }
+        Ok(engine)
+    }
+
+    /// Load a model with any number of fixed-shape outputs; [`Engine::run`] writes them one
+    /// after the other. The caller checks [`Engine::output_shapes`].
+    pub fn load_outputs(path: &Path, input_shape: &[usize]) -> Result<Engine> {
         let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read model", path.display()))?;
         let model = tract_onnx::onnx()
             .model_for_read(&mut &bytes[..])
@@ -76,25 +101,20 @@ impl Engine {
             )
         })?;
         let outputs = typed.output_outlets()?.len();
-        if outputs != 1 {
-            bail!("{}: model has {outputs} outputs, expected 1", path.display());
+        if outputs == 0 {
+            bail!("{}: model has no output", path.display());
         }
-        let out_fact = typed.output_fact(0)?.clone();
-        let out_shape = out_fact
-            .shape
-            .as_concrete()
-            .with_context(|| format!("{}: output shape is not fixed", path.display()))?
-            .to_vec();
-        let output_len: usize = out_shape.iter().product();
-        if output_len != expected_outputs {
-            bail!(
-                "{}: output shape {:?} has {} values, the manifest lists {} classes",
-                path.display(),
-                out_shape,
-                output_len,
-                expected_outputs
-            );
+        let mut output_shapes = Vec::with_capacity(outputs);
+        for k in 0..outputs {
+            let fact = typed.output_fact(k)?.clone();
+            let shape = fact
+                .shape
+                .as_concrete()
+                .with_context(|| format!("{}: output {k} shape is not fixed", path.display()))?
+                .to_vec();
+            output_shapes.push(shape);
         }
+        let output_len: usize = output_shapes.iter().map(|s| s.iter().product::<usize>()).sum();
         let plan = typed.into_runnable()?;
         let state = TypedSimpleState::new(&plan)?;
         let input = Arc::new(Tensor::zero::<f32>(input_shape)?);
@@ -102,6 +122,7 @@ impl Engine {
             state,
             input,
             output_len,
+            output_shapes,
             input_shape: input_shape.to_vec(),
         };
         // Warm-up: the first run sizes tract's scratch buffers.
@@ -111,6 +132,11 @@ impl Engine {
             .map_err(anyhow::Error::msg)
             .with_context(|| format!("{}: warm-up run failed", path.display()))?;
         Ok(engine)
+    }
+
+    /// The shape of each output, in order.
+    pub fn output_shapes(&self) -> &[Vec<usize>] {
+        &self.output_shapes
     }
 
     /// Fixed input shape (NCHW).
@@ -135,21 +161,29 @@ impl Engine {
         }
     }
 
-    /// Run the model on the current input and copy the outputs into `out`.
+    /// Run the model on the current input and copy its outputs, one after the other, into
+    /// `out`.
     pub fn run(&mut self, out: &mut [f32]) -> Result<(), RunError> {
         let input = TValue::from_const(self.input.clone());
         let outputs = self
             .state
             .run(tvec!(input))
             .map_err(|e| RunError::Inference(format!("{e:#}")))?;
-        let view = outputs[0]
-            .to_plain_array_view::<f32>()
-            .map_err(|_| RunError::BadOutput("is not f32"))?;
-        let view = view.as_slice().ok_or(RunError::BadOutput("is not contiguous"))?;
-        if view.len() != self.output_len || out.len() < view.len() {
+        if outputs.len() != self.output_shapes.len() || out.len() < self.output_len {
             return Err(RunError::BadOutput("has the wrong number of values"));
         }
-        out[..view.len()].copy_from_slice(view);
+        let mut at = 0;
+        for (o, shape) in outputs.iter().zip(&self.output_shapes) {
+            let view = o
+                .to_plain_array_view::<f32>()
+                .map_err(|_| RunError::BadOutput("is not f32"))?;
+            let view = view.as_slice().ok_or(RunError::BadOutput("is not contiguous"))?;
+            if view.len() != shape.iter().product::<usize>() {
+                return Err(RunError::BadOutput("has the wrong number of values"));
+            }
+            out[at..at + view.len()].copy_from_slice(view);
+            at += view.len();
+        }
         Ok(())
     }
 }

@@ -80,11 +80,38 @@ pub struct ClassEntry {
     pub threshold: f32,
 }
 
+/// `[segment]` or `[anomaly]`: a model that maps tiles of the frame to a defect map and a
+/// per-tile score.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TiledSection {
+    /// Tile side, frame pixels (the model input is `tile × tile`).
+    pub tile: usize,
+    /// Neighbouring tiles share at least this many pixels.
+    pub min_overlap: usize,
+    /// Frame pixels per map cell (the map output is `tile / cell` square).
+    pub cell: usize,
+    /// The image is defective when its score reaches this.
+    pub decision_threshold: f32,
+    /// A map pixel belongs to a region at or above this.
+    pub pixel_threshold: f32,
+    /// How the thresholds were chosen.
+    #[serde(default)]
+    pub threshold_rule: Option<String>,
+    /// Anomaly maps: the image score is the maximum of the map after a box blur of this many
+    /// frame pixels (0: the decision output, if any).
+    #[serde(default)]
+    pub score_blur_px: usize,
+}
+
 #[derive(Debug, Deserialize)]
 struct Raw {
     model: ModelSection,
     input: InputSection,
+    #[serde(default)]
     classes: Vec<ClassEntry>,
+    segment: Option<TiledSection>,
+    anomaly: Option<TiledSection>,
     metrics: Option<toml::Table>,
 }
 
@@ -97,8 +124,11 @@ pub struct Manifest {
     pub model: ModelSection,
     /// `[input]`.
     pub input: InputSection,
-    /// `[[classes]]`, in output order.
+    /// `[[classes]]`, in output order. A segment or anomaly model has one class, `defect`,
+    /// whose threshold is the decision threshold.
     pub classes: Vec<ClassEntry>,
+    /// `[segment]` / `[anomaly]`: the tiling and thresholds of a map model.
+    pub tiled: Option<TiledSection>,
     /// `[metrics]`, as measured by `ferroscope eval`.
     pub metrics: Option<toml::Table>,
 }
@@ -122,14 +152,53 @@ impl Manifest {
     /// Parse and check `text` as the manifest at `path` (files are not touched).
     pub fn parse(text: &str, path: &Path) -> Result<Manifest> {
         let p = path.display();
-        let raw: Raw = toml::from_str(text).map_err(|e| anyhow::anyhow!("{p}: {e}"))?;
-        let m = &raw.model;
-        if m.tool != "classify" {
-            bail!(
-                "{p}: field `model.tool` is \"{}\"; this build runs \"classify\" models",
-                m.tool
-            );
+        let mut raw: Raw = toml::from_str(text).map_err(|e| anyhow::anyhow!("{p}: {e}"))?;
+        let tiled = match raw.model.tool.as_str() {
+            "classify" => None,
+            "segment" => Some(raw.segment.take().ok_or_else(|| {
+                anyhow::anyhow!("{p}: a \"segment\" model needs its `[segment]` section")
+            })?),
+            "anomaly" => Some(raw.anomaly.take().ok_or_else(|| {
+                anyhow::anyhow!("{p}: an \"anomaly\" model needs its `[anomaly]` section")
+            })?),
+            other => bail!(
+                "{p}: field `model.tool` is \"{other}\"; this build runs \"classify\", \"segment\" and \"anomaly\" models"
+            ),
+        };
+        let tool = raw.model.tool.clone();
+        if let Some(t) = &tiled {
+            if t.tile == 0 || t.cell == 0 || t.tile % t.cell != 0 || t.min_overlap >= t.tile {
+                bail!(
+                    "{p}: `[{tool}]`: fields `tile` ({}), `cell` ({}) and `min_overlap` ({}) need tile > 0, tile a multiple of cell, min_overlap < tile",
+                    t.tile, t.cell, t.min_overlap
+                );
+            }
+            for (f, v) in [
+                ("decision_threshold", t.decision_threshold),
+                ("pixel_threshold", t.pixel_threshold),
+            ] {
+                if !(0.0..=1.0).contains(&v) {
+                    bail!("{p}: field `{tool}.{f}` is {v}; allowed 0..=1");
+                }
+            }
+            if raw.input.shape.len() == 4 && raw.input.shape[2..] != [t.tile, t.tile] {
+                bail!(
+                    "{p}: field `input.shape` is {:?}; a {tool} model takes one {}x{} tile ([1, 1, {}, {}])",
+                    raw.input.shape,
+                    t.tile,
+                    t.tile,
+                    t.tile,
+                    t.tile
+                );
+            }
+            if raw.classes.is_empty() {
+                raw.classes.push(ClassEntry {
+                    name: "defect".into(),
+                    threshold: t.decision_threshold,
+                });
+            }
         }
+        let m = &raw.model;
         if !is_sha256(&m.sha256) {
             bail!("{p}: field `model.sha256` must be 64 hex digits");
         }
@@ -148,8 +217,13 @@ impl Manifest {
         if i.color != "gray" {
             bail!("{p}: field `input.color` is \"{}\"; allowed: \"gray\"", i.color);
         }
-        if i.resize != "bilinear" {
-            bail!("{p}: field `input.resize` is \"{}\"; allowed: \"bilinear\"", i.resize);
+        let resize = if tiled.is_some() { "none" } else { "bilinear" };
+        if i.resize != resize {
+            bail!(
+                "{p}: field `input.resize` is \"{}\"; a {} model allows \"{resize}\"",
+                i.resize,
+                m.tool
+            );
         }
         if i.shape.len() != 4 || i.shape[0] != 1 || i.shape[1] != 1 || i.shape[2] == 0 || i.shape[3] == 0 {
             bail!(
@@ -183,6 +257,7 @@ impl Manifest {
             model: raw.model,
             input: raw.input,
             classes: raw.classes,
+            tiled,
             metrics: raw.metrics,
         })
     }

@@ -134,6 +134,24 @@ pub struct ToolSection {
     pub precision: Option<String>,
 }
 
+/// `[segment]` (segment tool only): calibration and region rules.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SegmentSection {
+    /// Millimetres on the part per frame pixel (the camera's calibration).
+    #[serde(default)]
+    pub mm_per_px: Option<f32>,
+    /// A region longer than this along its major axis rejects, mm.
+    #[serde(default)]
+    pub reject_if_length_mm_over: Option<f32>,
+    /// A region larger than this rejects, mm².
+    #[serde(default)]
+    pub reject_if_area_mm2_over: Option<f32>,
+    /// `head` (the model's decision), `rules` (the region rules) or `either` (default).
+    #[serde(default)]
+    pub decide_by: Option<String>,
+}
+
 /// `[decision]`.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -374,6 +392,9 @@ pub struct StationConfig {
     /// `[display]`.
     #[serde(default)]
     pub display: Option<DisplaySection>,
+    /// `[segment]`.
+    #[serde(default)]
+    pub segment: Option<SegmentSection>,
     /// Where it was read from; relative paths resolve against its folder.
     #[serde(skip)]
     pub path: PathBuf,
@@ -391,6 +412,29 @@ fn action(v: &str, p: &Path, field: &str) -> Result<Action> {
 }
 
 impl StationConfig {
+    /// The segment tool's calibration and region rules (`[segment]`; defaults without it).
+    pub fn segment_rules(&self) -> Result<crate::tools::segment::SegmentRules> {
+        use crate::tools::segment::{DecideBy, SegmentRules};
+        let Some(s) = &self.segment else {
+            return Ok(SegmentRules::default());
+        };
+        let p = self.path.display();
+        let decide_by = match s.decide_by.as_deref().unwrap_or("either") {
+            "head" => DecideBy::Head,
+            "rules" => DecideBy::Rules,
+            "either" => DecideBy::Either,
+            other => bail!("{p}: field `segment.decide_by` is \"{other}\"; allowed: \"head\", \"rules\", \"either\""),
+        };
+        let r = SegmentRules {
+            mm_per_px: s.mm_per_px,
+            reject_if_length_mm_over: s.reject_if_length_mm_over,
+            reject_if_area_mm2_over: s.reject_if_area_mm2_over,
+            decide_by,
+        };
+        r.check(&format!("{p}: `[segment]`"))?;
+        Ok(r)
+    }
+
     fn check_camera(&self) -> Result<()> {
         let p = self.path.display();
         let c = &self.camera;
@@ -566,9 +610,16 @@ impl StationConfig {
         let p = path.display();
         c.check_camera()?;
         c.check_display()?;
-        if c.tool.kind != "classify" {
-            bail!("{p}: field `tool.kind` is \"{}\"; allowed: \"classify\"", c.tool.kind);
+        if !matches!(c.tool.kind.as_str(), "classify" | "segment") {
+            bail!(
+                "{p}: field `tool.kind` is \"{}\"; allowed: \"classify\", \"segment\"",
+                c.tool.kind
+            );
         }
+        if c.segment.is_some() && c.tool.kind != "segment" {
+            bail!("{p}: `[segment]` applies to `tool.kind = \"segment\"` only");
+        }
+        c.segment_rules()?;
         if !matches!(c.outputs.backend.as_str(), "recording" | "gpio") {
             bail!(
                 "{p}: field `outputs.backend` is \"{}\"; allowed: \"recording\", \"gpio\"",
@@ -744,6 +795,10 @@ impl StationConfig {
                 Action::Reject
             },
         )
+        .map(|mut r| {
+            r.detector = manifest.tiled.is_some();
+            r
+        })
         .map_err(|e| anyhow!("{p}: decision rules: {e:?}"))
     }
 

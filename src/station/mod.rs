@@ -46,10 +46,11 @@ use crate::display::{Panel, PngPanel};
 use crate::drivers::gpio::{EdgeInput, GpioOutput, LineSpec};
 use crate::drivers::v4l2::{TriggerMode, V4l2Camera};
 use crate::hal::{CaptureError, Clock, FrameInfo, OutputError, OutputLine, RejectOutput};
+use crate::model::manifest::Manifest;
 use crate::sim::clock::MonotonicClock;
 use crate::sim::recording::{Event, RecordingOutput, MAX_TIMELINE_EVENTS};
 use crate::sim::replay::{InjectedFaults, ReplayCamera, ReplayData};
-use crate::tools::classify::Classifier;
+use crate::tools::Tool;
 use config::{InputLineSection, StationConfig};
 
 /// Items whose fate a run keeps for its reject audit (missed and false rejects, timing
@@ -844,12 +845,14 @@ pub fn run_until(cfg: &StationConfig, stop: &AtomicBool, mut on_item: impl FnMut
     let clock = MonotonicClock::default();
     let precision = cfg.precision()?;
     let manifest_path = cfg.resolve(&cfg.tool.manifest);
-    let mut classifier = Classifier::load(&manifest_path, precision).with_context(|| {
-        format!(
-            "{}: field `tool.manifest`: the station refuses to start",
-            cfg.path.display()
-        )
-    })?;
+    let mut classifier = Manifest::load(&manifest_path)
+        .and_then(|m| Tool::load(&cfg.tool.kind, m, precision, cfg.segment_rules()?))
+        .with_context(|| {
+            format!(
+                "{}: field `tool.manifest`: the station refuses to start",
+                cfg.path.display()
+            )
+        })?;
     let rules = cfg.rules(classifier.manifest())?;
     let ejectors = cfg.ejectors(classifier.manifest())?;
     let classes: Vec<String> = classifier.manifest().classes.iter().map(|c| c.name.clone()).collect();
@@ -991,7 +994,12 @@ pub fn run_until(cfg: &StationConfig, stop: &AtomicBool, mut on_item: impl FnMut
                     }
                     st.boxes.clear();
                     match frame {
-                        Some((px, w, h)) => st.set_thumbnail(px, w, h, w),
+                        Some((px, w, h)) => {
+                            st.set_thumbnail(px, w, h, w);
+                            for (x0, y0, x1, y1) in classifier.boxes() {
+                                st.add_frame_box(x0, y0, x1, y1, w, h);
+                            }
+                        }
                         None => {
                             st.thumb_w = 0;
                             st.thumb_h = 0;
@@ -1193,7 +1201,7 @@ pub fn run_until(cfg: &StationConfig, stop: &AtomicBool, mut on_item: impl FnMut
                     fault = fault.or(Some("wrong frame size"));
                     rules.fail_safe()
                 }
-                Ok(frame) => match classifier.classify(&frame) {
+                Ok(frame) => match classifier.scores(&frame) {
                     Ok(scores) => rules.decide(scores),
                     Err(_) => {
                         faults.model += 1;
@@ -1372,7 +1380,12 @@ pub struct TimingReport {
 pub fn timing_bench(cfg: &StationConfig, items: u32, rate_fps: f32, with_inference: bool) -> Result<TimingReport> {
     let clock = MonotonicClock::default();
     let precision = cfg.precision()?;
-    let mut classifier = Classifier::load(&cfg.resolve(&cfg.tool.manifest), precision)?;
+    let mut classifier = Tool::load(
+        &cfg.tool.kind,
+        Manifest::load(&cfg.resolve(&cfg.tool.manifest))?,
+        precision,
+        cfg.segment_rules()?,
+    )?;
     let ejectors = cfg.ejectors(classifier.manifest())?;
     let speed = cfg.conveyor.belt_speed_mm_per_s.ok_or_else(|| {
         anyhow!(
@@ -1426,7 +1439,7 @@ pub fn timing_bench(cfg: &StationConfig, items: u32, rate_fps: f32, with_inferen
         if with_inference {
             let (w, h, px) = &frames[i as usize % frames.len()];
             let f = GrayFrame::new(px, *w, *h, *w).map_err(|e| anyhow!("frame {i}: {e:?}"))?;
-            classifier.classify(&f)?;
+            classifier.scores(&f)?;
         }
         let d = Decision {
             outcome: Outcome::Reject,

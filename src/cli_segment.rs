@@ -1,0 +1,458 @@
+//! `infer` and `eval` for the map tools (segment): regions, overlays, image and pixel metrics.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant as StdInstant;
+
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+
+use ferroscope::core::frame::GrayFrame;
+use ferroscope::eval::{auroc, average_precision};
+use ferroscope::model::manifest::{Manifest, Precision};
+use ferroscope::sim::replay::list_images;
+use ferroscope::tools::segment::{SegmentResult, SegmentRules, Segmenter};
+
+use crate::{median, read_gray};
+
+/// Bins of the pixel-score histograms (pixel AUROC over millions of pixels).
+const PIXEL_BINS: usize = 4096;
+
+/// Write `frame` in gray with the map tinted red where it reaches `level` (opacity by value)
+/// and each region's bounding box in yellow.
+pub fn write_overlay(
+    path: &Path,
+    gray: &[u8],
+    w: usize,
+    h: usize,
+    map: &[f32],
+    level: f32,
+    boxes: &[(u32, u32, u32, u32)],
+) -> Result<()> {
+    let mut img = image::RgbImage::new(w as u32, h as u32);
+    for (i, p) in img.pixels_mut().enumerate() {
+        let g = gray[i] as f32;
+        let v = map[i];
+        *p = if v >= level {
+            let a = 0.35 + 0.5 * v.clamp(0.0, 1.0);
+            image::Rgb([
+                (g * (1.0 - a) + 255.0 * a) as u8,
+                (g * (1.0 - a) + 40.0 * a) as u8,
+                (g * (1.0 - a) + 20.0 * a) as u8,
+            ])
+        } else {
+            image::Rgb([gray[i]; 3])
+        };
+    }
+    let yellow = image::Rgb([255u8, 220, 0]);
+    for &(x0, y0, x1, y1) in boxes {
+        let (x0, y0) = (x0.saturating_sub(2), y0.saturating_sub(2));
+        let (x1, y1) = ((x1 + 1).min(w as u32 - 1), (y1 + 1).min(h as u32 - 1));
+        for x in x0..=x1 {
+            img.put_pixel(x, y0, yellow);
+            img.put_pixel(x, y1, yellow);
+        }
+        for y in y0..=y1 {
+            img.put_pixel(x0, y, yellow);
+            img.put_pixel(x1, y, yellow);
+        }
+    }
+    img.save_with_format(path, image::ImageFormat::Png)
+        .with_context(|| format!("{}: cannot write overlay", path.display()))
+}
+
+fn overlay_path(overlay: &Path, image: &Path, many: bool) -> PathBuf {
+    if many || overlay.is_dir() {
+        let stem = image.file_stem().and_then(|s| s.to_str()).unwrap_or("frame");
+        overlay.join(format!("{stem}.png"))
+    } else {
+        overlay.to_path_buf()
+    }
+}
+
+fn region_json(r: &SegmentResult, calibrated: bool) -> Vec<serde_json::Value> {
+    r.regions
+        .iter()
+        .map(|m| {
+            let p = &m.px;
+            let mm = |v: f32| if calibrated { json!(v) } else { serde_json::Value::Null };
+            json!({
+                "area_px": p.area_px, "length_px": p.length_px, "width_px": p.width_px,
+                "area_mm2": mm(m.area_mm2), "length_mm": mm(m.length_mm), "width_mm": mm(m.width_mm),
+                "bbox": [p.x0, p.y0, p.x1 - p.x0, p.y1 - p.y0], "centroid": [p.cx, p.cy],
+                "angle_deg": p.angle_deg, "mean_score": p.mean_score, "max_score": p.max_score,
+            })
+        })
+        .collect()
+}
+
+/// `infer` with a segment manifest.
+pub fn infer(
+    model: &Path,
+    precision: Precision,
+    json: bool,
+    images: &[PathBuf],
+    overlay: Option<&Path>,
+    rules: SegmentRules,
+) -> Result<ExitCode> {
+    let mut seg = Segmenter::load(model, precision, rules)?;
+    let section = seg.manifest().tiled.clone().expect("segment manifest");
+    let calibrated = rules.mm_per_px.is_some();
+    if let Some(o) = overlay {
+        if images.len() > 1 && !o.is_dir() {
+            bail!(
+                "--overlay {}: with several images, give an existing folder",
+                o.display()
+            );
+        }
+    }
+    let mut failed = false;
+    for path in images {
+        let (w, h, px) = match read_gray(path) {
+            Ok(v) => v,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                failed = true;
+                continue;
+            }
+        };
+        let frame = GrayFrame::new(&px, w, h, w).map_err(|e| anyhow::anyhow!("{}: {e:?}", path.display()))?;
+        let t0 = StdInstant::now();
+        let r = seg
+            .segment(&frame)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+            .clone();
+        let ms = t0.elapsed().as_secs_f64() * 1000.0;
+        let decision = if r.reject { "reject" } else { "accept" };
+        if json {
+            println!(
+                "{}",
+                json!({
+                    "image": path.display().to_string(), "width": w, "height": h, "tiles": r.tiles,
+                    "score": r.score, "map_max": r.map_max, "head_reject": r.head_reject, "rule": r.rule,
+                    "decision": decision, "regions_total": r.summary.total, "defect_pixels": r.summary.pixels,
+                    "mm_per_px": rules.mm_per_px, "regions": region_json(&r, calibrated), "ms": ms,
+                })
+            );
+        } else {
+            println!(
+                "{}: {} — score {:.4} (threshold {:.4}){}, {} region(s), {} tiles, {:.1} ms",
+                path.display(),
+                decision,
+                r.score,
+                section.decision_threshold,
+                r.rule.map(|k| format!(", {k} rule fired")).unwrap_or_default(),
+                r.summary.total,
+                r.tiles,
+                ms
+            );
+            if !calibrated && !r.regions.is_empty() {
+                println!("    (uncalibrated: pass --mm-per-px for millimetres)");
+            }
+            for (k, m) in r.regions.iter().enumerate() {
+                let p = &m.px;
+                let size = if calibrated {
+                    format!(
+                        "length {:.2} mm, width {:.2} mm, area {:.3} mm²",
+                        m.length_mm, m.width_mm, m.area_mm2
+                    )
+                } else {
+                    format!(
+                        "length {:.0} px, width {:.0} px, area {} px",
+                        p.length_px, p.width_px, p.area_px
+                    )
+                };
+                println!(
+                    "    #{:<2} {size}; box x {} y {} {}x{}; score mean {:.2} max {:.2}",
+                    k + 1,
+                    p.x0,
+                    p.y0,
+                    p.x1 - p.x0,
+                    p.y1 - p.y0,
+                    p.mean_score,
+                    p.max_score
+                );
+            }
+        }
+        if let Some(o) = overlay {
+            let out = overlay_path(o, path, images.len() > 1);
+            let boxes: Vec<_> = r.regions.iter().map(|m| (m.px.x0, m.px.y0, m.px.x1, m.px.y1)).collect();
+            let (map, _, _) = seg.map();
+            write_overlay(&out, &px, w, h, map, section.pixel_threshold, &boxes)?;
+            if !json {
+                println!("    overlay → {}", out.display());
+            }
+        }
+    }
+    Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+/// Images of `DIR/images` (or those named in `list`, one file name per line) with their masks
+/// `DIR/masks/<stem>.png`.
+pub fn gather_masked(data: &Path, list: Option<&Path>) -> Result<Vec<(PathBuf, PathBuf)>> {
+    let images_dir = data.join("images");
+    let masks_dir = data.join("masks");
+    let images: Vec<PathBuf> = match list {
+        Some(list) => {
+            let text =
+                std::fs::read_to_string(list).with_context(|| format!("{}: cannot read list", list.display()))?;
+            let mut v = Vec::new();
+            for (n, line) in text.lines().enumerate() {
+                let line = line.trim();
+                if line.is_empty() || line.starts_with('#') {
+                    continue;
+                }
+                let p = images_dir.join(line);
+                if !p.is_file() {
+                    bail!("{}:{}: {} does not exist", list.display(), n + 1, p.display());
+                }
+                v.push(p);
+            }
+            v
+        }
+        None => list_images(&images_dir)?,
+    };
+    if images.is_empty() {
+        bail!("{}: no images", images_dir.display());
+    }
+    let mut out = Vec::with_capacity(images.len());
+    for p in images {
+        let stem = p.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+        let m = masks_dir.join(format!("{stem}.png"));
+        if !m.is_file() {
+            bail!(
+                "{}: no mask {} (0 = background, 255 = defect; all-zero for good parts)",
+                p.display(),
+                m.display()
+            );
+        }
+        out.push((p, m));
+    }
+    Ok(out)
+}
+
+/// Image- and pixel-level metrics of a map tool over masked images.
+#[derive(Default)]
+pub struct MapMetrics {
+    names: Vec<String>,
+    scores: Vec<f64>,
+    labels: Vec<bool>,
+    rejects: Vec<bool>,
+    pos_hist: Vec<u64>,
+    neg_hist: Vec<u64>,
+    tp: u64,
+    fp_px: u64,
+    fn_px: u64,
+    dice_per_image: Vec<f64>,
+    ms: Vec<f64>,
+}
+
+impl MapMetrics {
+    fn new() -> Self {
+        MapMetrics {
+            pos_hist: vec![0; PIXEL_BINS],
+            neg_hist: vec![0; PIXEL_BINS],
+            ..Default::default()
+        }
+    }
+
+    /// Add one image: its score, verdict, map and mask (255 = defect).
+    pub fn add(&mut self, name: String, score: f32, reject: bool, map: &[f32], mask: &[u8], level: f32, ms: f64) {
+        let defective = mask.iter().any(|&m| m > 127);
+        self.names.push(name);
+        self.scores.push(score as f64);
+        self.labels.push(defective);
+        self.rejects.push(reject);
+        self.ms.push(ms);
+        let (mut tp, mut fp, mut fneg) = (0u64, 0u64, 0u64);
+        for (&v, &m) in map.iter().zip(mask) {
+            let bin = ((v.clamp(0.0, 1.0) * (PIXEL_BINS - 1) as f32) as usize).min(PIXEL_BINS - 1);
+            let truth = m > 127;
+            if truth {
+                self.pos_hist[bin] += 1;
+            } else {
+                self.neg_hist[bin] += 1;
+            }
+            match (v >= level, truth) {
+                (true, true) => tp += 1,
+                (true, false) => fp += 1,
+                (false, true) => fneg += 1,
+                _ => {}
+            }
+        }
+        if defective {
+            self.tp += tp;
+            self.fp_px += fp;
+            self.fn_px += fneg;
+            self.dice_per_image.push(2.0 * tp as f64 / (2 * tp + fp + fneg) as f64);
+        }
+    }
+
+    fn pixel_auroc(&self) -> f64 {
+        let p: u64 = self.pos_hist.iter().sum();
+        let n: u64 = self.neg_hist.iter().sum();
+        if p == 0 || n == 0 {
+            return 0.5;
+        }
+        // P(score_pos > score_neg) + half the ties, bin by bin.
+        let mut neg_below = 0u64;
+        let mut acc = 0.0f64;
+        for b in 0..PIXEL_BINS {
+            acc += self.pos_hist[b] as f64 * (neg_below as f64 + 0.5 * self.neg_hist[b] as f64);
+            neg_below += self.neg_hist[b];
+        }
+        acc / (p as f64 * n as f64)
+    }
+
+    /// The metrics as JSON (keys shared by `eval segment` and `eval anomaly`).
+    pub fn to_json(&mut self) -> serde_json::Value {
+        let fp = self.labels.iter().zip(&self.rejects).filter(|(&l, &r)| !l && r).count();
+        let fneg = self.labels.iter().zip(&self.rejects).filter(|(&l, &r)| l && !r).count();
+        let (tp, fpp, fnp) = (self.tp as f64, self.fp_px as f64, self.fn_px as f64);
+        let dice = if tp + fpp + fnp > 0.0 {
+            2.0 * tp / (2.0 * tp + fpp + fnp)
+        } else {
+            0.0
+        };
+        let iou = if tp + fpp + fnp > 0.0 {
+            tp / (tp + fpp + fnp)
+        } else {
+            0.0
+        };
+        let dice_mean = if self.dice_per_image.is_empty() {
+            0.0
+        } else {
+            self.dice_per_image.iter().sum::<f64>() / self.dice_per_image.len() as f64
+        };
+        let missed: Vec<&String> = self
+            .names
+            .iter()
+            .zip(self.labels.iter().zip(&self.rejects))
+            .filter(|(_, (&l, &r))| l && !r)
+            .map(|(n, _)| n)
+            .collect();
+        let false_rejects: Vec<&String> = self
+            .names
+            .iter()
+            .zip(self.labels.iter().zip(&self.rejects))
+            .filter(|(_, (&l, &r))| !l && r)
+            .map(|(n, _)| n)
+            .collect();
+        json!({
+            "images": self.labels.len(),
+            "defective": self.labels.iter().filter(|&&l| l).count(),
+            "image_ap": average_precision(&self.scores, &self.labels),
+            "image_auroc": auroc(&self.scores, &self.labels),
+            "pixel_auroc": self.pixel_auroc(),
+            "fp": fp, "fn": fneg,
+            "false_rejects": false_rejects, "misses": missed,
+            "dice": dice, "iou": iou, "dice_mean_per_image": dice_mean,
+            "ms_per_image_median": median(&mut self.ms.clone()),
+        })
+    }
+}
+
+fn read_mask(path: &Path, w: usize, h: usize) -> Result<Vec<u8>> {
+    let (mw, mh, m) = read_gray(path)?;
+    if (mw, mh) != (w, h) {
+        bail!("{}: mask is {mw}x{mh}, its image is {w}x{h}", path.display());
+    }
+    Ok(m)
+}
+
+fn progress(n: usize, json: bool) -> Option<indicatif::ProgressBar> {
+    (std::io::stderr().is_terminal() && !json).then(|| indicatif::ProgressBar::new(n as u64))
+}
+
+/// `eval segment`.
+pub fn eval(model: &Path, data: &Path, list: Option<&Path>, precision: Precision, json: bool) -> Result<ExitCode> {
+    let manifest = Manifest::load(model)?;
+    let mut seg = Segmenter::from_manifest(manifest, precision, SegmentRules::default())?;
+    let section = seg.manifest().tiled.clone().expect("segment manifest");
+    let items = gather_masked(data, list)?;
+    let mut metrics = MapMetrics::new();
+    let mut errors = Vec::new();
+    let bar = progress(items.len(), json);
+    for (img, mask) in &items {
+        let (w, h, px) = match read_gray(img) {
+            Ok(v) => v,
+            Err(e) => {
+                errors.push(format!("{e:#}"));
+                continue;
+            }
+        };
+        let mask = match read_mask(mask, w, h) {
+            Ok(m) => m,
+            Err(e) => {
+                errors.push(format!("{e:#}"));
+                continue;
+            }
+        };
+        let frame = GrayFrame::new(&px, w, h, w).map_err(|e| anyhow::anyhow!("{}: {e:?}", img.display()))?;
+        let t0 = StdInstant::now();
+        let r = seg
+            .segment(&frame)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", img.display()))?;
+        let (score, reject) = (r.score, r.reject);
+        let ms = t0.elapsed().as_secs_f64() * 1000.0;
+        let (map, _, _) = seg.map();
+        let name = img.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+        metrics.add(name, score, reject, map, &mask, section.pixel_threshold, ms);
+        if let Some(b) = &bar {
+            b.inc(1);
+        }
+    }
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    let mut j = metrics.to_json();
+    let m = seg.manifest();
+    j["model"] = json!(m.model.name);
+    j["version"] = json!(m.model.version);
+    j["precision_kind"] = json!(precision.name());
+    j["decision_threshold"] = json!(section.decision_threshold);
+    j["pixel_threshold"] = json!(section.pixel_threshold);
+    j["errors"] = json!(errors);
+    if json {
+        println!("{j}");
+    } else {
+        println!(
+            "model {} {} ({}) on {} images, {} defective",
+            m.model.name,
+            m.model.version,
+            precision.name(),
+            j["images"],
+            j["defective"]
+        );
+        println!(
+            "image AP {:.2} %   image AUROC {:.2} %   pixel AUROC {:.2} %",
+            j["image_ap"].as_f64().unwrap_or(0.0) * 100.0,
+            j["image_auroc"].as_f64().unwrap_or(0.0) * 100.0,
+            j["pixel_auroc"].as_f64().unwrap_or(0.0) * 100.0
+        );
+        println!(
+            "at the operating point (decision ≥ {:.4}): {} false rejects {}, {} misses {}",
+            section.decision_threshold, j["fp"], j["false_rejects"], j["fn"], j["misses"]
+        );
+        println!(
+            "pixels of defective images (map ≥ {}): Dice {:.3}   IoU {:.3}   (mean Dice per image {:.3})",
+            section.pixel_threshold,
+            j["dice"].as_f64().unwrap_or(0.0),
+            j["iou"].as_f64().unwrap_or(0.0),
+            j["dice_mean_per_image"].as_f64().unwrap_or(0.0)
+        );
+        println!(
+            "{:.1} ms per image (median: tiles + model + stitching + regions, one thread)",
+            j["ms_per_image_median"].as_f64().unwrap_or(0.0)
+        );
+        for e in &errors {
+            eprintln!("error: {e}");
+        }
+    }
+    Ok(if errors.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
