@@ -184,7 +184,7 @@ enum Command {
         /// Model manifest.
         #[arg(long)]
         model: PathBuf,
-        /// Folder of images (and its sub-folders); default: the committed sample set.
+        /// Folder of images (and its sub-folders); default: the committed sample set of the model's tool.
         #[arg(long)]
         images: Option<PathBuf>,
         /// Timed passes over the images.
@@ -895,6 +895,73 @@ struct StageStats {
     frames: u64,
 }
 
+/// `bench` for a tiled (segment) model: decode, tiling + stitching (`preprocess`), the model
+/// over every tile (`inference`), regions + measurements + decision (`decision`).
+fn bench_tiled_one(
+    manifest: &Manifest,
+    precision: Precision,
+    files: &[(PathBuf, Vec<u8>)],
+    passes: usize,
+) -> Result<StageStats> {
+    use ferroscope::tools::segment::{SegmentRules, Segmenter};
+    let rules = SegmentRules {
+        mm_per_px: Some(0.05),
+        reject_if_length_mm_over: Some(2.0),
+        ..Default::default()
+    };
+    let mut seg = Segmenter::from_manifest(manifest.clone(), precision, rules)?;
+    let n = files.len() * passes;
+    let mut st = StageStats {
+        decode: Vec::with_capacity(n),
+        preprocess: Vec::with_capacity(n),
+        inference: Vec::with_capacity(n),
+        decision: Vec::with_capacity(n),
+        total: Vec::with_capacity(n),
+        allocs_ours: 0,
+        allocs_tract: 0,
+        allocs_decode: 0,
+        frames: 0,
+    };
+    // Warm-up pass: buffers grow to the largest frame, tract sizes its scratch.
+    for (path, bytes) in files {
+        let (w, h, px) = decode_gray(bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let frame = GrayFrame::new(&px, w, h, w).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        seg.segment(&frame)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    }
+    let mut sink = 0usize;
+    for _ in 0..passes {
+        for (path, bytes) in files {
+            let d0 = Snapshot::take();
+            let t0 = StdInstant::now();
+            let (w, h, px) =
+                scoped(Scope::Decode, || decode_gray(bytes)).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            let t1 = StdInstant::now();
+            let a0 = Snapshot::take();
+            st.allocs_decode += a0.since(&d0, Scope::Decode);
+            let frame = GrayFrame::new(&px, w, h, w).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            let r = seg
+                .segment(&frame)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            let t2 = StdInstant::now();
+            sink += r.regions.len() + r.reject as usize;
+            let (inference_ms, map_ms) = (r.inference_us as f64 / 1000.0, r.map_us as f64 / 1000.0);
+            let a1 = Snapshot::take();
+            st.allocs_ours += a1.since(&a0, Scope::Ours);
+            st.allocs_tract += a1.since(&a0, Scope::Tract);
+            st.frames += 1;
+            let ms = |a: StdInstant, b: StdInstant| (b - a).as_secs_f64() * 1000.0;
+            st.decode.push(ms(t0, t1));
+            st.preprocess.push(map_ms - inference_ms);
+            st.inference.push(inference_ms);
+            st.decision.push(ms(t1, t2) - map_ms);
+            st.total.push(ms(t0, t2));
+        }
+    }
+    std::hint::black_box(sink);
+    Ok(st)
+}
+
 fn bench_one(
     manifest: &Manifest,
     precision: Precision,
@@ -966,9 +1033,13 @@ fn bench_one(
 
 fn bench(model: &Path, images: Option<&Path>, passes: usize, json: bool) -> Result<ExitCode> {
     let manifest = Manifest::load(model)?;
-    let dir = images
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/neu_samples")));
+    let dir = images.map(Path::to_path_buf).unwrap_or_else(|| {
+        PathBuf::from(if manifest.tiled.is_some() {
+            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/kolektor_samples/images")
+        } else {
+            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/neu_samples")
+        })
+    });
     let files: Vec<(PathBuf, Vec<u8>)> = list_images(&dir)?
         .into_iter()
         .map(|p| {
@@ -986,7 +1057,11 @@ fn bench(model: &Path, images: Option<&Path>, passes: usize, json: bool) -> Resu
     }
     let mut results = serde_json::Map::new();
     for p in precisions {
-        let mut st = bench_one(&manifest, p, &files, passes.max(1))?;
+        let mut st = if manifest.tiled.is_some() {
+            bench_tiled_one(&manifest, p, &files, passes.max(1))?
+        } else {
+            bench_one(&manifest, p, &files, passes.max(1))?
+        };
         let frames = st.frames.max(1) as f64;
         let decode_allocs = st.allocs_decode;
         let stage = |v: &mut Vec<f64>| json!({"median_ms": median(v), "p99_ms": percentile(v, 99.0)});

@@ -274,7 +274,10 @@ def main():
     ap.add_argument("--out", default=os.path.join(ROOT, "models"))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--val-fraction", type=float, default=0.2)
-    ap.add_argument("--steps", type=int, default=2400)
+    ap.add_argument("--steps", type=int, default=1600)
+    ap.add_argument("--select-fraction", type=float, default=0.2,
+                    help="share of the training pool's duplicate groups set aside to choose the checkpoint")
+    ap.add_argument("--eval-every", type=int, default=100)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--ship-only", action="store_true", help="export + quantise the saved checkpoint, no training")
@@ -293,15 +296,20 @@ def main():
         model.load_state_dict(torch.load(os.path.join(ROOT, "models", "training", "kolektor_segment.pt")))
         model.eval()
         return ship(model, train, held, args)
+    # checkpoint selection on a split of the training pool; the held-out images are only scored
+    # once, by ship(), with the chosen checkpoint
+    fit, select = split(train, args.seed + 1, args.select_fraction)
+    print(f"fit {len(fit)} ({sum(i['defect'] for i in fit)} defective), selection {len(select)} ({sum(i['defect'] for i in select)} defective)", flush=True)
+    best = None
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps, pct_start=0.1)
     t0 = time.time()
     hard = None
     for step in range(1, args.steps + 1):
         if step > 0.3 * args.steps and step % 250 == 1:
-            hard = hard_negatives(model, train)
+            hard = hard_negatives(model, fit)
         model.train()
-        x, target, dlabel = sample_batch(train, args.batch, rng, hard)
+        x, target, dlabel = sample_batch(fit, args.batch, rng, hard)
         m, d = model(x)
         pos = target.mean().clamp(min=1e-3)
         seg_loss = F.binary_cross_entropy_with_logits(m, target, pos_weight=((1 - pos) / pos).clamp(max=20).detach())
@@ -315,15 +323,27 @@ def main():
         sched.step()
         if step % 50 == 0:
             print(f"step {step} seg {seg_loss.item():.4f} dec {dec_loss.item():.4f} {time.time() - t0:.0f}s", flush=True)
-        if step % 500 == 0 or step == args.steps:
+        if step >= 0.3 * args.steps and (step % args.eval_every == 0 or step == args.steps):
             model.eval()
             with torch.no_grad():
                 fn = lambda a: tuple(torch.sigmoid(t).numpy() for t in model(torch.from_numpy(a)))
-                s = [frame_scores(fn, it) for it in held]
-            a, u = ap_auroc(s, [int(it["defect"]) for it in held])
-            print(f"  held-out AP {a:.4f} AUROC {u:.4f}", flush=True)
-            torch.save(model.state_dict(), os.path.join(ROOT, "models", "training", "kolektor_segment.pt"))
+                sc = [frame_scores(fn, it) for it in select]
+            lab = [int(it["defect"]) for it in select]
+            a, u = ap_auroc(sc, lab)
+            logit = lambda p: math.log(max(p, 1e-6) / max(1 - p, 1e-6))
+            margin = logit(min(v for v, l in zip(sc, lab) if l)) - logit(max(v for v, l in zip(sc, lab) if not l))
+            key = (round(a, 6), margin)
+            mark = ""
+            if best is None or key > best[0]:
+                best = (key, step)
+                mark = " *"
+                torch.save(model.state_dict(), os.path.join(ROOT, "models", "training", "kolektor_segment.pt"))
+            print(f"  selection AP {a:.4f} AUROC {u:.4f} margin {margin:+.2f}{mark}", flush=True)
 
+    print(f"chosen checkpoint: step {best[1]} (selection AP {best[0][0]:.4f}, margin {best[0][1]:+.2f})", flush=True)
+    model.load_state_dict(torch.load(os.path.join(ROOT, "models", "training", "kolektor_segment.pt")))
+    model.eval()
+    args.chosen_step = best[1]
     ship(model, train, held, args)
 
 
@@ -446,6 +466,8 @@ heldout_list = "{stem}.heldout.txt"
 train_images = {len(train)}
 heldout_images = {len(held)}
 steps = {args.steps}
+chosen_step = {getattr(args, "chosen_step", args.steps)}
+checkpoint_rule = "highest AP, then widest log-odds margin, on a selection split of the training pool ({args.select_fraction:.0%} of its duplicate groups, seed {args.seed + 1}), every {args.eval_every} steps from 30 % on"
 batch = {args.batch}
 seed = {args.seed}
 mask_dilation_px = {DILATE}

@@ -1,7 +1,7 @@
 """Measure a manifest's model with the Rust evaluator (f32 and int8, held-out list) and write
 the figures into the manifest's [metrics] table.
 
-    python3 models/training/stamp_metrics.py models/neu_classify.toml [--ferroscope BIN]
+    python3 models/training/stamp_metrics.py models/neu_classify.toml models/kolektor_segment.toml [--ferroscope BIN]
 """
 
 import argparse
@@ -12,6 +12,23 @@ import subprocess
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DATA = [os.path.join(ROOT, "..", "shared", "datasets", d) for d in ("neu_cls", "x_sdd")]
+KOLEKTOR = os.path.join(ROOT, "..", "shared", "datasets", "kolektorsdd")
+
+
+def tiled_lines(args, manifest, tool, heldout):
+    """[metrics] of a segment (or anomaly) model from `ferroscope eval <tool>`."""
+    lines = ["[metrics]", f"# measured by: ferroscope eval {tool} --model <this file> --data ../shared/datasets/kolektorsdd "
+             "--list <heldout_list> --precision <int8|f32> --json"]
+    for precision in ("int8", "f32"):
+        cmd = [args.ferroscope, "eval", tool, "--model", manifest, "--data", KOLEKTOR, "--list", heldout, "--precision", precision, "--json"]
+        r = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+        keys = [k for k in ("image_ap", "image_auroc", "pixel_auroc", "dice", "iou") if isinstance(r.get(k), (int, float))]
+        lines += [f"{precision}_heldout_images = {r['images']}"]
+        lines += [f"{precision}_{k} = {r[k]:.6f}" for k in keys]
+        lines += [f"{precision}_false_positives = {r['fp']}", f"{precision}_false_negatives = {r['fn']}",
+                  f"{precision}_ms_per_frame_median = {r['ms_per_image_median']:.1f}"]
+        print(manifest, precision, r["images"], "images, AP", r["image_ap"], "fp", r["fp"], "fn", r["fn"])
+    return lines
 
 
 def main():
@@ -23,6 +40,12 @@ def main():
         text = open(manifest).read()
         heldout = re.search(r'heldout_list = "([^"]+)"', text).group(1)
         heldout = os.path.join(os.path.dirname(os.path.abspath(manifest)), heldout)
+        tool = re.search(r'tool = "([^"]+)"', text).group(1)
+        if tool != "classify":
+            lines = tiled_lines(args, manifest, tool, heldout)
+            text = re.sub(r"\n\[metrics\][\s\S]*?(?=\n\[|\Z)", "", text).rstrip() + "\n\n" + "\n".join(lines) + "\n"
+            open(manifest, "w").write(text)
+            continue
         lines = ["[metrics]", '# measured by: ferroscope eval classify --model <this file> --data ../shared/datasets/neu_cls '
                  "--data ../shared/datasets/x_sdd --list <heldout_list> --precision <int8|f32> --json"]
         for precision in ("int8", "f32"):

@@ -715,8 +715,8 @@ struct CameraSetup {
     camera: StationCamera,
     /// Largest frame, bytes (gray).
     frame_bytes: usize,
-    /// First frame's size, to prepare the model's resize.
-    first_size: Option<(usize, usize)>,
+    /// Largest frame size, to size the tool's buffers once (a smaller frame then fits).
+    largest_size: Option<(usize, usize)>,
     /// Nominal frame period.
     period_us: u64,
     /// Items a run is expected to see (sizes the audit).
@@ -745,7 +745,7 @@ fn open_camera(cfg: &StationConfig, clock: MonotonicClock) -> Result<CameraSetup
         return Ok(CameraSetup {
             camera: StationCamera::V4l2 { cam, name },
             frame_bytes: w * h,
-            first_size: Some((w, h)),
+            largest_size: Some((w, h)),
             period_us,
             expected_items: MAX_AUDIT_ITEMS,
         });
@@ -761,13 +761,13 @@ fn open_camera(cfg: &StationConfig, clock: MonotonicClock) -> Result<CameraSetup
     .with_context(|| format!("{p}: field `camera.path`"))?;
     let period_us = cam.period_us();
     let frame_bytes = cam.max_frame_bytes(crate::core::pixel::OutputFormat::Gray);
-    let first_size = cam.frames().iter().find_map(|f| f.size());
+    let largest_size = cam.frames().iter().filter_map(|f| f.size()).max_by_key(|&(w, h)| w * h);
     let passes = if cfg.camera.loops == 0 { 64 } else { cfg.camera.loops };
     let expected_items = (cam.frames().len() as u64 * passes as u64) as usize;
     Ok(CameraSetup {
         camera: StationCamera::Replay(Supervised::new(cam, clock, period_us)),
         frame_bytes,
-        first_size,
+        largest_size,
         period_us,
         expected_items,
     })
@@ -859,12 +859,12 @@ pub fn run_until(cfg: &StationConfig, stop: &AtomicBool, mut on_item: impl FnMut
     let CameraSetup {
         mut camera,
         frame_bytes,
-        first_size,
+        largest_size,
         period_us,
         expected_items,
     } = open_camera(cfg, clock)?;
     let mut frame_buf = vec![0u8; frame_bytes.max(1)];
-    if let Some((w, h)) = first_size {
+    if let Some((w, h)) = largest_size {
         classifier.prepare(w, h);
     }
     let (belt, speed) = match (cfg.conveyor.belt_speed_mm_per_s, cfg.conveyor.encoder_counts_per_mm) {

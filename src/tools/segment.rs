@@ -94,6 +94,11 @@ pub struct SegmentResult {
     pub map_max: f32,
     /// Tiles run.
     pub tiles: usize,
+    /// Time inside the model over all tiles, µs.
+    pub inference_us: u64,
+    /// Time of tiling, inference and stitching, µs (the rest of [`Segmenter::segment`] is
+    /// regions, measurements and the decision).
+    pub map_us: u64,
     /// Region counts.
     pub summary: RegionSummary,
     /// The largest regions, largest first.
@@ -188,11 +193,14 @@ impl Segmenter {
     pub fn segment(&mut self, frame: &GrayFrame<'_>) -> Result<&SegmentResult, RunError> {
         self.result.regions.clear();
         self.result.rule = None;
+        let t0 = std::time::Instant::now();
         let MapOutput {
             decision,
             map_max,
             tiles,
+            inference_us,
         } = self.map.run(frame)?;
+        let map_us = t0.elapsed().as_micros() as u64;
         let (pixel_threshold, decision_threshold) = {
             let s = self.map.section();
             (s.pixel_threshold, s.decision_threshold)
@@ -203,6 +211,8 @@ impl Segmenter {
         r.score = score;
         r.map_max = map_max;
         r.tiles = tiles;
+        r.inference_us = inference_us;
+        r.map_us = map_us;
         r.summary = summary;
         r.regions.clear();
         r.rule = None;

@@ -64,6 +64,9 @@ pub struct MapOutput {
     pub map_max: f32,
     /// Tiles run.
     pub tiles: usize,
+    /// Time spent inside the model over all tiles, µs (the rest of [`TiledMap::run`] is
+    /// tile copying and stitching).
+    pub inference_us: u64,
 }
 
 /// A loaded tiled model with its frame-sized buffers.
@@ -170,16 +173,19 @@ impl TiledMap {
         &self.section
     }
 
-    /// Size the buffers for `width × height` frames (allocates; call at warm-up).
+    /// Size the buffers for `width × height` frames (allocates when the frame is larger than any
+    /// before; call at warm-up).
     pub fn prepare(&mut self, width: usize, height: usize) {
         if (width, height) == (self.width, self.height) {
             return;
         }
+        // Buffers keep their capacity: after the largest frame has been seen, a change of
+        // frame size allocates nothing.
         let n = width * height;
-        self.prob = vec![0.0; n];
-        self.count = vec![0; n];
-        self.labels = vec![0; n];
-        self.parent = vec![0; parent_len(width, height)];
+        self.prob.resize(n, 0.0);
+        self.count.resize(n, 0);
+        self.labels.resize(n, 0);
+        self.parent.resize(parent_len(width, height), 0);
         self.width = width;
         self.height = height;
     }
@@ -224,7 +230,9 @@ impl TiledMap {
                     }
                 }
                 let (engine, buf) = (&mut self.engine, &mut self.out);
+                let t0 = std::time::Instant::now();
                 scoped(Scope::Tract, || engine.run(buf))?;
+                out.inference_us += t0.elapsed().as_micros() as u64;
                 out.tiles += 1;
                 if let Some(d) = self.decision_at {
                     decision = decision.max(self.out[d]);
