@@ -246,11 +246,14 @@ pub struct MapMetrics {
     fn_px: u64,
     dice_per_image: Vec<f64>,
     ms: Vec<f64>,
+    level: f32,
 }
 
 impl MapMetrics {
-    fn new() -> Self {
+    /// Metrics with map pixels counted as defect at or above `level`.
+    pub fn new(level: f32) -> Self {
         MapMetrics {
+            level,
             pos_hist: vec![0; PIXEL_BINS],
             neg_hist: vec![0; PIXEL_BINS],
             ..Default::default()
@@ -258,7 +261,8 @@ impl MapMetrics {
     }
 
     /// Add one image: its score, verdict, map and mask (255 = defect).
-    pub fn add(&mut self, name: String, score: f32, reject: bool, map: &[f32], mask: &[u8], level: f32, ms: f64) {
+    pub fn add(&mut self, name: String, score: f32, reject: bool, map: &[f32], mask: &[u8], ms: f64) {
+        let level = self.level;
         let defective = mask.iter().any(|&m| m > 127);
         self.names.push(name);
         self.scores.push(score as f64);
@@ -306,7 +310,7 @@ impl MapMetrics {
     }
 
     /// The metrics as JSON (keys shared by `eval segment` and `eval anomaly`).
-    pub fn to_json(&mut self) -> serde_json::Value {
+    pub fn summary_json(&mut self) -> serde_json::Value {
         let fp = self.labels.iter().zip(&self.rejects).filter(|(&l, &r)| !l && r).count();
         let fneg = self.labels.iter().zip(&self.rejects).filter(|(&l, &r)| l && !r).count();
         let (tp, fpp, fnp) = (self.tp as f64, self.fp_px as f64, self.fn_px as f64);
@@ -371,7 +375,7 @@ pub fn eval(model: &Path, data: &Path, list: Option<&Path>, precision: Precision
     let mut seg = Segmenter::from_manifest(manifest, precision, SegmentRules::default())?;
     let section = seg.manifest().tiled.clone().expect("segment manifest");
     let items = gather_masked(data, list)?;
-    let mut metrics = MapMetrics::new();
+    let mut metrics = MapMetrics::new(section.pixel_threshold);
     let mut errors = Vec::new();
     let bar = progress(items.len(), json);
     for (img, mask) in &items {
@@ -398,7 +402,7 @@ pub fn eval(model: &Path, data: &Path, list: Option<&Path>, precision: Precision
         let ms = t0.elapsed().as_secs_f64() * 1000.0;
         let (map, _, _) = seg.map();
         let name = img.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
-        metrics.add(name, score, reject, map, &mask, section.pixel_threshold, ms);
+        metrics.add(name, score, reject, map, &mask, ms);
         if let Some(b) = &bar {
             b.inc(1);
         }
@@ -406,7 +410,7 @@ pub fn eval(model: &Path, data: &Path, list: Option<&Path>, precision: Precision
     if let Some(b) = bar {
         b.finish_and_clear();
     }
-    let mut j = metrics.to_json();
+    let mut j = metrics.summary_json();
     let m = seg.manifest();
     j["model"] = json!(m.model.name);
     j["version"] = json!(m.model.version);

@@ -175,7 +175,7 @@ fn a_segment_manifest_without_its_section_is_refused_by_name() {
     }
     let path = dir.join("kolektor_segment.toml");
     std::fs::write(&path, broken).unwrap();
-    let err = format!("{:#}", Manifest::load(&path).err().expect("refused"));
+    let err = format!("{:#}", Manifest::load(&path).expect_err("refused"));
     assert!(
         err.contains("kolektor_segment.toml") && err.contains("segment"),
         "{err}"

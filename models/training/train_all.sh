@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduce every shipped classify model from the datasets (CPU; about 10 minutes on 2 cores):
+# Reproduce every shipped model from the datasets (CPU; about 45 minutes on 2 cores):
 #   bash models/training/train_all.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -7,5 +7,6 @@ pip install -q -r models/training/requirements.txt
 python3 models/training/neu_classify.py
 python3 models/training/add_class.py --name red_iron --folder ../shared/datasets/x_sdd/red_iron --out-stem neu7_classify --epochs 30
 python3 models/training/reference.py models/neu_classify.toml models/neu7_classify.toml
+python3 models/training/kolektor_segment.py
 cargo build --release
-python3 models/training/stamp_metrics.py models/neu_classify.toml models/neu7_classify.toml
+python3 models/training/stamp_metrics.py models/neu_classify.toml models/neu7_classify.toml models/kolektor_segment.toml

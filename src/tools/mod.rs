@@ -12,12 +12,13 @@ use crate::model::manifest::{Manifest, Precision};
 use classify::{Classifier, ClassifyError};
 use segment::{SegmentRules, Segmenter};
 
-/// The tool of a station: one per board profile (`[tool] kind`).
+/// The tool of a station: one per board profile (`[tool] kind`). Each is boxed: they hold
+/// fixed-capacity tables of very different sizes.
 pub enum Tool {
     /// One-vs-all class scores.
-    Classify(Classifier),
+    Classify(Box<Classifier>),
     /// Defect map, regions in mm, image decision (one class, `defect`).
-    Segment(Segmenter),
+    Segment(Box<Segmenter>),
 }
 
 /// Why a frame got no scores.
@@ -52,8 +53,8 @@ impl Tool {
             );
         }
         Ok(match kind {
-            "classify" => Tool::Classify(Classifier::from_manifest(manifest, precision)?),
-            "segment" => Tool::Segment(Segmenter::from_manifest(manifest, precision, segment)?),
+            "classify" => Tool::Classify(Box::new(Classifier::from_manifest(manifest, precision)?)),
+            "segment" => Tool::Segment(Box::new(Segmenter::from_manifest(manifest, precision, segment)?)),
             other => bail!("tool kind \"{other}\" is not built into this station"),
         })
     }

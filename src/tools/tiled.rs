@@ -285,12 +285,8 @@ impl TiledMap {
         let tmp = &mut self.labels;
         for y in 0..h {
             let row = &self.prob[y * w..(y + 1) * w];
-            let mut sum = 0.0f32;
-            let mut n = 0usize;
-            for x in 0..(r + 1).min(w) {
-                sum += row[x];
-                n += 1;
-            }
+            let mut n = (r + 1).min(w);
+            let mut sum: f32 = row[..n].iter().sum();
             for x in 0..w {
                 tmp[y * w + x] = (sum / n as f32).to_bits();
                 if x + r + 1 < w {
