@@ -25,6 +25,7 @@ use ferroscope::tools::classify::Classifier;
 static ALLOC: CountingAlloc = CountingAlloc;
 
 mod cli_camera;
+mod cli_records;
 mod cli_screen;
 mod cli_segment;
 
@@ -121,6 +122,26 @@ enum Command {
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
+    },
+    /// The persisted counters (total, per production day, per shift) and the last decisions.
+    Records {
+        /// Station config whose `[records] dir` to read (default: the host simulation's).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The records folder itself, instead of a config.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// How many of the last decisions to list.
+        #[arg(long, default_value_t = 20)]
+        last: usize,
+        /// One JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The reject archive: list it or export entries.
+    Archive {
+        #[command(subcommand)]
+        cmd: cli_records::ArchiveCmd,
     },
     /// V4L2 cameras: list them, probe one, or capture a frame.
     Camera {
@@ -291,6 +312,13 @@ fn main() -> ExitCode {
             duration_s,
         } => run(config.as_deref(), json, duration_s),
         Command::Camera { cmd } => cli_camera::camera(cmd),
+        Command::Records {
+            config,
+            dir,
+            last,
+            json,
+        } => cli_records::records(config.as_deref(), dir.as_deref(), last, json),
+        Command::Archive { cmd } => cli_records::archive(cmd),
         Command::Screen {
             config,
             state,

@@ -93,9 +93,11 @@ pub mod fault {
     pub const LINE_STOPPED: u16 = 1 << 7;
     /// The display itself failed (shown on the next display that works, and in the log).
     pub const DISPLAY_ERROR: u16 = 1 << 8;
+    /// The MQTT broker is not reachable (events wait in the on-board queue).
+    pub const BROKER_OFFLINE: u16 = 1 << 9;
 
     /// Each bit with its words, in the order shown.
-    pub const WORDS: [(u16, &str); 9] = [
+    pub const WORDS: [(u16, &str); 10] = [
         (CAMERA_LOST, "CAMERA LOST"),
         (LINE_STOPPED, "LINE STOPPED"),
         (BAD_FRAMES, "BAD FRAMES"),
@@ -105,6 +107,7 @@ pub mod fault {
         (DISK_FULL, "DISK FULL"),
         (TOO_MANY_ITEMS, "TOO MANY ITEMS"),
         (DISPLAY_ERROR, "DISPLAY ERROR"),
+        (BROKER_OFFLINE, "BROKER OFFLINE"),
     ];
 }
 

@@ -395,6 +395,15 @@ pub struct StationConfig {
     /// `[segment]`.
     #[serde(default)]
     pub segment: Option<SegmentSection>,
+    /// `[records]`: counters and the decision log on disk.
+    #[serde(default)]
+    pub records: Option<crate::records::RecordsSection>,
+    /// `[archive]`: images of rejected items.
+    #[serde(default)]
+    pub archive: Option<crate::records::ArchiveSection>,
+    /// `[mqtt]`: events to a broker.
+    #[serde(default)]
+    pub mqtt: Option<crate::records::MqttSection>,
     /// Where it was read from; relative paths resolve against its folder.
     #[serde(skip)]
     pub path: PathBuf,
@@ -732,6 +741,39 @@ impl StationConfig {
         } else {
             self.path.parent().unwrap_or(Path::new(".")).join(p)
         }
+    }
+
+    /// `[records]`, `[archive]` and `[mqtt]` with their paths resolved against this file.
+    pub fn record_sections(
+        &self,
+    ) -> (
+        Option<crate::records::RecordsSection>,
+        Option<crate::records::ArchiveSection>,
+        Option<crate::records::MqttSection>,
+    ) {
+        let records = self.records.clone().map(|mut r| {
+            r.dir = self.resolve(&r.dir);
+            r
+        });
+        let archive = self.archive.clone().map(|mut a| {
+            a.dir = self.resolve(&a.dir);
+            a
+        });
+        let mqtt = self.mqtt.clone().map(|mut m| {
+            for f in [
+                &mut m.password_file,
+                &mut m.ca_file,
+                &mut m.client_cert_file,
+                &mut m.client_key_file,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                *f = self.resolve(f);
+            }
+            m
+        });
+        (records, archive, mqtt)
     }
 
     /// The model precision to run.

@@ -39,6 +39,7 @@ use crate::core::latency::LatencyHistogram;
 use crate::core::reject::{DecideError, EjectorConfig, Output, TrackEvent, Tracker, TrackerStats};
 use crate::core::screen::{fault as screen_fault, set_text, ScreenOutcome, ScreenState};
 use crate::core::time::Instant;
+use crate::core::MAX_CLASSES;
 use crate::display::fb::Framebuffer;
 use crate::display::spi::{Controller, SpiPanel, SpiPanelConfig};
 use crate::display::thread::{Display, DisplayStats};
@@ -47,6 +48,9 @@ use crate::drivers::gpio::{EdgeInput, GpioOutput, LineSpec};
 use crate::drivers::v4l2::{TriggerMode, V4l2Camera};
 use crate::hal::{CaptureError, Clock, FrameInfo, OutputError, OutputLine, RejectOutput};
 use crate::model::manifest::Manifest;
+use crate::records::log::{fault_code, LogRecord};
+use crate::records::store::now_unix_ms;
+use crate::records::{ItemRecord, Recorder, RecorderSetup};
 use crate::sim::clock::MonotonicClock;
 use crate::sim::recording::{Event, RecordingOutput, MAX_TIMELINE_EVENTS};
 use crate::sim::replay::{InjectedFaults, ReplayCamera, ReplayData};
@@ -190,6 +194,8 @@ pub struct Summary {
     pub injected: Option<InjectedFaults>,
     /// What the display thread did (none: headless).
     pub display: Option<DisplayStats>,
+    /// Records, archive and MQTT counters (`health` message fields), when configured.
+    pub records: Option<serde_json::Value>,
     /// Wall time of the run.
     pub duration_s: f64,
 }
@@ -290,6 +296,7 @@ impl Summary {
             "camera": camera,
             "injected_faults": injected,
             "display": display,
+            "records": self.records,
             "duration_s": self.duration_s,
         })
     }
@@ -835,6 +842,24 @@ impl RecentFaults {
     }
 }
 
+/// The decision record of one item (its time is now).
+fn log_record(item: u32, frame_seq: u32, d: &Decision, fault: Option<&str>, latency_us: u64) -> LogRecord {
+    LogRecord {
+        seq: 0,
+        unix_ms: now_unix_ms(),
+        day: 0,
+        shift: 0,
+        item,
+        frame_seq,
+        outcome: d.outcome,
+        action: d.action,
+        class: d.class,
+        fault: fault_code(fault),
+        score: d.score,
+        latency_us: latency_us.min(u32::MAX as u64) as u32,
+    }
+}
+
 /// Run the station described by `cfg` until the replay ends; `on_item` sees every item.
 pub fn run(cfg: &StationConfig, on_item: impl FnMut(&ItemReport<'_>)) -> Result<Summary> {
     run_until(cfg, &AtomicBool::new(false), on_item)
@@ -928,6 +953,21 @@ pub fn run_until(cfg: &StationConfig, stop: &AtomicBool, mut on_item: impl FnMut
         let m = classifier.manifest();
         format!("{} {} {}", m.model.name, m.model.version, precision.name())
     };
+    let (records_sec, archive_sec, mqtt_sec) = cfg.record_sections();
+    let mut recorder = Recorder::start(&RecorderSetup {
+        config_path: &cfg.path,
+        station: &cfg.station.name,
+        classes: &classes,
+        model: &model_line,
+        records: records_sec.as_ref(),
+        archive: archive_sec.as_ref(),
+        mqtt: mqtt_sec.as_ref(),
+        frame_bytes,
+    })?;
+    if let Some(r) = recorder.as_ref().and_then(|r| r.recovery.as_ref()) {
+        eprintln!("{r}");
+    }
+    let mut item_scores = [0.0f32; MAX_CLASSES];
     let deadline_us = cfg.decision.decision_deadline_ms as u64 * 1000;
     let mut counters = Counters::default();
     let mut faults = FaultCounts::default();
@@ -958,7 +998,8 @@ pub fn run_until(cfg: &StationConfig, stop: &AtomicBool, mut on_item: impl FnMut
                 let class: Option<&str> = $class;
                 let frame: Option<(&[u8], usize, usize)> = $frame;
                 let now = clock.now();
-                let faults_now = recent.active(now, fault_hold_us);
+                let faults_now =
+                    recent.active(now, fault_hold_us) | recorder.as_ref().map(Recorder::faults).unwrap_or(0);
                 let uptime_s = now.us_since(run_start) / 1_000_000;
                 let elapsed_min = (now.us_since(run_start) as f32 / 60e6).max(1.0 / 60.0);
                 d.offer(|st: &mut ScreenState| {
@@ -1045,6 +1086,17 @@ pub fn run_until(cfg: &StationConfig, stop: &AtomicBool, mut on_item: impl FnMut
                 latency_us: now.us_since(at),
                 fault: Some($why),
             });
+            if let Some(r) = recorder.as_mut() {
+                let record = log_record(id, 0, &decision, Some($why), now.us_since(at));
+                r.item(
+                    &ItemRecord {
+                        record,
+                        scores: &[],
+                        frame: None,
+                    },
+                    std::iter::empty(),
+                );
+            }
             recent.note(
                 if $why == "dropped frame" {
                     screen_fault::BAD_FRAMES
@@ -1202,7 +1254,12 @@ pub fn run_until(cfg: &StationConfig, stop: &AtomicBool, mut on_item: impl FnMut
                     rules.fail_safe()
                 }
                 Ok(frame) => match classifier.scores(&frame) {
-                    Ok(scores) => rules.decide(scores),
+                    Ok(scores) => {
+                        let n = scores.len().min(MAX_CLASSES);
+                        item_scores[..n].copy_from_slice(&scores[..n]);
+                        item_scores[n..].fill(0.0);
+                        rules.decide(scores)
+                    }
                     Err(_) => {
                         faults.model += 1;
                         fault = fault.or(Some("model error"));
@@ -1278,6 +1335,23 @@ pub fn run_until(cfg: &StationConfig, stop: &AtomicBool, mut on_item: impl FnMut
             latency_us: late,
             fault,
         });
+        if let Some(r) = recorder.as_mut() {
+            let record = log_record(id, seq, &decision, fault, late);
+            let n = classes.len().min(MAX_CLASSES);
+            let frame = match (&result, fault) {
+                (Ok(info), _) => Some((&frame_buf[..], info.width, info.height, info.stride)),
+                _ => None,
+            };
+            let valid = decision.outcome != Outcome::FailSafe;
+            r.item(
+                &ItemRecord {
+                    record,
+                    scores: if valid { &item_scores[..n] } else { &[] },
+                    frame,
+                },
+                classifier.boxes().filter(|_| valid),
+            );
+        }
         let now = clock.now();
         if let Some(f) = fault {
             let bit = match f {
@@ -1308,6 +1382,10 @@ pub fn run_until(cfg: &StationConfig, stop: &AtomicBool, mut on_item: impl FnMut
     // are not the frame path.
     let end = Snapshot::take_thread();
     let display = display.take().map(Display::stop);
+    let records = recorder.map(|r| {
+        let h = r.finish();
+        h.to_json(started.elapsed().as_secs())
+    });
     if let Ok(mut g) = lock.lock() {
         g.stop = true;
     }
@@ -1356,6 +1434,7 @@ pub fn run_until(cfg: &StationConfig, stop: &AtomicBool, mut on_item: impl FnMut
         blind_items,
         injected: camera.injected(),
         display,
+        records,
         duration_s: started.elapsed().as_secs_f64(),
     })
 }
