@@ -1,0 +1,523 @@
+//! Records that survive `kill -9`, an archive on a full or read-only disk, and events through a
+//! real Mosquitto broker that restarts in the middle of a run. Each test runs the real
+//! `ferroscope` binary on the shipped NEU model over the committed samples.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn temp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("ferroscope-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A station over the NEU samples with `extra` sections appended.
+fn config(dir: &Path, rate_fps: f32, loops: u32, extra: &str) -> PathBuf {
+    let r = root();
+    let text = format!(
+        r#"[station]
+name = "rec-test"
+[camera]
+source = "replay"
+path = "{samples}"
+rate_fps = {rate_fps}
+loops = {loops}
+[tool]
+kind = "classify"
+manifest = "{model}"
+[decision]
+reject_classes = ["crazing", "inclusion", "patches", "pitted_surface", "scratches"]
+accept_classes = ["rolled-in_scale"]
+uncertain = "reject"
+failsafe = "reject"
+decision_deadline_ms = 1000
+[conveyor]
+belt_speed_mm_per_s = 500.0
+[[ejectors]]
+name = "all"
+ejector_distance_mm = 100.0
+pulse_width_ms = 1.0
+min_gap_ms = 0.5
+classes = ["*"]
+uncertain = true
+failsafe = true
+[outputs]
+backend = "recording"
+heartbeat_period_ms = 500
+fault_hold_ms = 500
+{extra}
+"#,
+        samples = r.join("tests/data/neu_samples").display(),
+        model = r.join("models/neu_classify.toml").display(),
+    );
+    let p = dir.join("station.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn records_json(dir: &Path, last: usize) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_ferroscope"))
+        .args(["records", "--json", "--last", &last.to_string(), "--dir"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "records: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Small xorshift: the kill times are reproducible.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n.max(1)
+    }
+}
+
+/// Start `ferroscope run` and note when each item line arrives.
+fn spawn_run(cfg: &Path, json: bool) -> (Child, Arc<Mutex<Vec<Instant>>>, std::thread::JoinHandle<Vec<String>>) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferroscope"));
+    cmd.arg("run").arg("--config").arg(cfg);
+    if json {
+        cmd.arg("--json");
+    }
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s = seen.clone();
+    let reader = std::thread::spawn(move || {
+        let mut lines = Vec::new();
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if line.starts_with('#') || line.starts_with("{\"item") {
+                s.lock().unwrap().push(Instant::now());
+            }
+            lines.push(line);
+        }
+        lines
+    });
+    (child, seen, reader)
+}
+
+#[test]
+fn kill_9_at_random_moments_never_corrupts_the_records_and_loses_at_most_one_interval() {
+    let kills: usize = std::env::var("FERROSCOPE_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    const FLUSH_MS: u64 = 100;
+    // Scheduling slack on a busy machine on top of the interval.
+    const SLACK_MS: u64 = 150;
+    let dir = temp("kill");
+    let rec = dir.join("records");
+    let cfg = config(
+        &dir,
+        400.0,
+        0,
+        &format!(
+            "[records]\ndir = \"{}\"\nflush_interval_ms = {FLUSH_MS}\nshift_starts = [\"06:00\", \"14:00\", \"22:00\"]\n",
+            rec.display()
+        ),
+    );
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let mut before = 0u64;
+    let (mut worst_lost, mut torn_seen, mut decided_total) = (0u64, 0u64, 0u64);
+    let started = Instant::now();
+    for k in 0..kills {
+        let (mut child, seen, reader) = spawn_run(&cfg, false);
+        // Kills land anywhere: during start-up and recovery, between items, inside a write.
+        std::thread::sleep(Duration::from_millis(rng.below(450)));
+        let _ = child.kill(); // SIGKILL
+        let killed_at = Instant::now();
+        let _ = child.wait();
+        let _ = reader.join();
+        let times = seen.lock().unwrap().clone();
+        let decided = times.len() as u64;
+        let must_keep = times
+            .iter()
+            .filter(|t| killed_at.duration_since(**t) > Duration::from_millis(FLUSH_MS + SLACK_MS))
+            .count() as u64;
+        decided_total += decided;
+
+        if !rec.exists() {
+            assert_eq!(decided, 0, "kill {k}: items decided before the records folder existed");
+            continue;
+        }
+        let j = records_json(&rec, 0);
+        let log_records = j["log_records"].as_u64().unwrap();
+        let next_seq = j["next_seq"].as_u64().unwrap();
+        let counted = j["total"]["inspected"].as_u64().unwrap();
+        torn_seen += (j["log_damaged_bytes"].as_u64().unwrap() > 0) as u64;
+        // Nothing the counters file counted is missing from the log, and the counters
+        // equal the log: every record intact and in sequence.
+        assert!(
+            j["counters_file_seq"].as_u64().unwrap() <= log_records,
+            "kill {k}: counters ahead of the log: {j}"
+        );
+        assert_eq!(next_seq, log_records, "kill {k}: {j}");
+        assert_eq!(counted, log_records, "kill {k}: counters differ from the log: {j}");
+        let per_day: u64 = j["days"].as_array().unwrap().iter().map(|d| d["counts"]["inspected"].as_u64().unwrap()).sum();
+        let per_shift: u64 = j["shifts"].as_array().unwrap().iter().map(|d| d["counts"]["inspected"].as_u64().unwrap()).sum();
+        assert_eq!(per_day, counted, "kill {k}");
+        assert_eq!(per_shift, counted, "kill {k}");
+        let kept = counted - before;
+        assert!(kept <= decided, "kill {k}: {kept} recorded but only {decided} decided");
+        assert!(
+            kept >= must_keep,
+            "kill {k}: {must_keep} items decided more than {} ms before the kill, only {kept} survived",
+            FLUSH_MS + SLACK_MS
+        );
+        worst_lost = worst_lost.max(decided - kept);
+        before = counted;
+    }
+    // The next start cuts any torn tail and says what it recovered.
+    let (mut child, _, reader) = spawn_run(&cfg, false);
+    std::thread::sleep(Duration::from_millis(600));
+    let _ = child.kill();
+    let _ = child.wait();
+    let mut err = String::new();
+    use std::io::Read;
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    let _ = reader.join();
+    assert!(err.contains("recovered"), "start-up says what it recovered: {err}");
+    eprintln!(
+        "{kills} kills in {:.0} s: {decided_total} items decided, {before} recorded, worst loss {worst_lost} items \
+         (≤ {FLUSH_MS} ms interval at 400 items/s), torn tails seen {torn_seen}",
+        started.elapsed().as_secs_f64()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn is_root() -> bool {
+    // SAFETY: getuid has no preconditions.
+    unsafe { libc::getuid() == 0 }
+}
+
+fn mount_tmpfs(at: &Path, opts: &str) {
+    let ok = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", opts, "tmpfs"])
+        .arg(at)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(ok, "mount -t tmpfs -o {opts} {}", at.display());
+}
+
+fn umount(at: &Path) {
+    let _ = Command::new("umount").arg(at).status();
+}
+
+fn run_json(cfg: &Path) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_ferroscope"))
+        .args(["run", "--json", "--config"])
+        .arg(cfg)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "run: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.lines().last().unwrap()).unwrap()
+}
+
+#[test]
+fn a_full_or_read_only_archive_disk_is_a_counted_fault_and_every_item_is_still_decided() {
+    if !is_root() {
+        eprintln!("skipped: mounting a small tmpfs needs root (CI runs as root)");
+        return;
+    }
+    let dir = temp("disk");
+    let full = dir.join("full");
+    let ro = dir.join("ro");
+    std::fs::create_dir_all(&full).unwrap();
+    std::fs::create_dir_all(&ro).unwrap();
+    // 300 KiB: room for a few entries (~80 KB each), then ENOSPC.
+    mount_tmpfs(&full, "size=300k");
+    mount_tmpfs(&ro, "size=1m");
+    let status = Command::new("mount").args(["-o", "remount,ro"]).arg(&ro).status().unwrap();
+    assert!(status.success());
+    let result = std::panic::catch_unwind(|| {
+        for (name, at) in [("full", &full), ("read-only", &ro)] {
+            let cfg = config(
+                &dir,
+                100.0,
+                3,
+                &format!(
+                    "[records]\ndir = \"{}\"\n[archive]\ndir = \"{}\"\nmax_mb = 100\n",
+                    dir.join(format!("records-{name}")).display(),
+                    at.display()
+                ),
+            );
+            let s = run_json(&cfg);
+            let r = &s["records"];
+            assert_eq!(s["items"], 108, "{name}: every item decided: {s}");
+            assert_eq!(s["failsafe"], 0, "{name}: no item lost its decision: {s}");
+            assert_eq!(s["fault_kinds"]["decision_overrun"], 0, "{name}: the frame path never stalled: {s}");
+            let written = r["archive_written"].as_u64().unwrap();
+            let errors = r["archive_errors"].as_u64().unwrap();
+            let dropped = r["archive_dropped"].as_u64().unwrap();
+            assert_eq!(
+                written + errors + dropped,
+                s["rejected"].as_u64().unwrap(),
+                "{name}: every reject is written, failed or dropped, and counted: {r}"
+            );
+            assert!(errors > 0, "{name}: the disk errors are counted: {r}");
+            assert_eq!(r["archive_fault"], true, "{name}: the fault stands while writes fail: {r}");
+            if name == "read-only" {
+                assert_eq!(written, 0, "{r}");
+            } else {
+                assert!(written > 0, "{r}");
+            }
+            // The records (on another disk) are complete.
+            let j = records_json(&dir.join(format!("records-{name}")), 0);
+            assert_eq!(j["total"]["inspected"], 108, "{j}");
+        }
+    });
+    umount(&full);
+    umount(&ro);
+    let _ = std::fs::remove_dir_all(&dir);
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
+}
+
+#[test]
+fn the_archive_keeps_under_its_cap_oldest_first_and_exports() {
+    let dir = temp("cap");
+    let arch = dir.join("archive");
+    let cfg = config(
+        &dir,
+        100.0,
+        2,
+        &format!(
+            "[archive]\ndir = \"{}\"\nmax_mb = 0.5\naccepted_sample = 0.5\n",
+            arch.display()
+        ),
+    );
+    let s = run_json(&cfg);
+    let r = &s["records"];
+    let written = r["archive_written"].as_u64().unwrap();
+    // 60 rejects + half of the 12 accepted.
+    assert_eq!(written + r["archive_dropped"].as_u64().unwrap(), 66, "{r}");
+    assert!(r["archive_evicted"].as_u64().unwrap() > 0, "{r}");
+    let bytes: u64 = walk(&arch).iter().map(|p| std::fs::metadata(p).unwrap().len()).sum();
+    assert!(bytes <= 512 * 1024, "{bytes} bytes under a 0.5 MiB cap");
+    let out = Command::new(env!("CARGO_BIN_EXE_ferroscope"))
+        .args(["archive", "ls", "--json", "--dir"])
+        .arg(&arch)
+        .output()
+        .unwrap();
+    let entries: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(!entries.is_empty());
+    // The newest survive: the last entry is one of the last items.
+    let last_item = entries.last().unwrap()["item"].as_u64().unwrap();
+    assert!(last_item >= 60, "newest entry is item {last_item}");
+    for e in &entries {
+        let rec = &e["record"];
+        assert!(rec["action"] == "reject" || rec["sampled"] == true, "{e}");
+        assert_eq!(rec["station"], "rec-test");
+    }
+    let exp = dir.join("export");
+    let out = Command::new(env!("CARGO_BIN_EXE_ferroscope"))
+        .args(["archive", "export", "--last", "3", "--action", "reject", "--dir"])
+        .arg(&arch)
+        .arg("--out")
+        .arg(&exp)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let files = walk(&exp);
+    assert_eq!(files.len(), 9, "3 entries × frame, overlay, record: {files:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn walk(d: &Path) -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir(d).unwrap().flatten() {
+        if e.path().is_dir() {
+            v.extend(walk(&e.path()));
+        } else {
+            v.push(e.path());
+        }
+    }
+    v
+}
+
+struct Broker {
+    child: Child,
+    conf: PathBuf,
+}
+
+impl Broker {
+    fn start(conf: &Path) -> Broker {
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the Mosquitto broker (Debian package `mosquitto`; .ci/run installs it)");
+        std::thread::sleep(Duration::from_millis(300));
+        Broker {
+            child,
+            conf: conf.to_path_buf(),
+        }
+    }
+
+    /// SIGTERM (the broker saves its sessions), then start it again after `down`.
+    fn restart(&mut self, down: Duration) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+        std::thread::sleep(down);
+        *self = Broker::start(&self.conf);
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[test]
+fn every_reject_event_reaches_the_broker_through_a_restart_in_a_10000_item_run() {
+    use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+    let items: u64 = std::env::var("FERROSCOPE_MQTT_ITEMS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    let dir = temp("mqtt");
+    let port = free_port();
+    let conf = dir.join("mosquitto.conf");
+    std::fs::create_dir_all(dir.join("db")).unwrap();
+    std::fs::write(
+        &conf,
+        format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nmax_queued_messages 0\n",
+            dir.join("db").display()
+        ),
+    )
+    .unwrap();
+    let mut broker = Broker::start(&conf);
+
+    // The plant's consumer: a persistent session, QoS 1, reconnecting on its own.
+    let received: Arc<Mutex<Vec<(u64, u64)>>> = Arc::default();
+    let statuses: Arc<Mutex<Vec<String>>> = Arc::default();
+    let mut o = MqttOptions::new("plant-consumer", "127.0.0.1", port);
+    o.set_clean_session(false);
+    o.set_keep_alive(Duration::from_secs(5));
+    let (client, mut conn) = Client::new(o, 64);
+    {
+        let received = received.clone();
+        let statuses = statuses.clone();
+        std::thread::spawn(move || {
+            for ev in conn.iter() {
+                match ev {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        let _ = client.try_subscribe("ferroscope/rec-test/#", QoS::AtLeastOnce);
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        if p.topic.ends_with("/item/reject") {
+                            let v: serde_json::Value = serde_json::from_slice(&p.payload).unwrap();
+                            received
+                                .lock()
+                                .unwrap()
+                                .push((v["boot"].as_u64().unwrap(), v["item"].as_u64().unwrap()));
+                        } else if p.topic.ends_with("/status") {
+                            statuses.lock().unwrap().push(String::from_utf8_lossy(&p.payload).into_owned());
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => std::thread::sleep(Duration::from_millis(200)),
+                }
+            }
+        });
+    }
+    std::thread::sleep(Duration::from_millis(500));
+
+    let rec = dir.join("records");
+    let loops = items.div_ceil(36);
+    let cfg = config(
+        &dir,
+        400.0,
+        loops as u32,
+        &format!(
+            "[records]\ndir = \"{}\"\n[mqtt]\nhost = \"127.0.0.1\"\nport = {port}\nitems = \"rejects\"\ncounters_interval_s = 1\nqueue = 10000\n",
+            rec.display()
+        ),
+    );
+    let (mut child, seen, reader) = spawn_run(&cfg, true);
+    // Restart the broker a third of the way through, for two seconds.
+    let t0 = Instant::now();
+    while (seen.lock().unwrap().len() as u64) < items / 3 && t0.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    broker.restart(Duration::from_secs(2));
+    let status = child.wait().unwrap();
+    let lines = reader.join().unwrap();
+    assert!(status.success());
+    let summary: serde_json::Value = serde_json::from_str(lines.last().unwrap()).unwrap();
+    let r = &summary["records"];
+    assert!(r["mqtt_disconnects"].as_u64().unwrap() >= 1, "the broker went away: {r}");
+    assert_eq!(r["mqtt_dropped"], 0, "{r}");
+    assert_eq!(r["mqtt_lost_at_exit"], 0, "{r}");
+    // Let the consumer catch up.
+    let expected: HashSet<u64> = {
+        let j = records_json(&rec, 100_000);
+        j["last"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|d| d["action"] == "reject")
+            .map(|d| d["item"].as_u64().unwrap())
+            .collect()
+    };
+    assert_eq!(expected.len() as u64, summary["rejected"].as_u64().unwrap());
+    let t1 = Instant::now();
+    loop {
+        let got: HashSet<u64> = received.lock().unwrap().iter().map(|x| x.1).collect();
+        if expected.is_subset(&got) || t1.elapsed() > Duration::from_secs(20) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let got = received.lock().unwrap().clone();
+    let mut counts: HashMap<u64, u32> = HashMap::new();
+    for (_, item) in &got {
+        *counts.entry(*item).or_default() += 1;
+    }
+    let missing: Vec<&u64> = expected.iter().filter(|i| !counts.contains_key(i)).take(10).collect();
+    let duplicates = counts.values().filter(|n| **n > 1).count();
+    eprintln!(
+        "{} items, {} rejects, {} reject events received ({} duplicates), broker restarted once",
+        summary["items"],
+        expected.len(),
+        got.len(),
+        duplicates
+    );
+    assert!(missing.is_empty(), "reject events never delivered: {missing:?}…");
+    assert!(got.iter().all(|(boot, _)| *boot == got[0].0), "one run, one boot id");
+    let st = statuses.lock().unwrap().clone();
+    assert_eq!(st.last().map(String::as_str), Some("offline"), "{st:?}");
+    assert!(st.iter().any(|s| s == "online"), "{st:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
