@@ -70,7 +70,11 @@ fn records_json(dir: &Path, last: usize) -> serde_json::Value {
         .arg(dir)
         .output()
         .unwrap();
-    assert!(out.status.success(), "records: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "records: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -168,8 +172,18 @@ fn kill_9_at_random_moments_never_corrupts_the_records_and_loses_at_most_one_int
         );
         assert_eq!(next_seq, log_records, "kill {k}: {j}");
         assert_eq!(counted, log_records, "kill {k}: counters differ from the log: {j}");
-        let per_day: u64 = j["days"].as_array().unwrap().iter().map(|d| d["counts"]["inspected"].as_u64().unwrap()).sum();
-        let per_shift: u64 = j["shifts"].as_array().unwrap().iter().map(|d| d["counts"]["inspected"].as_u64().unwrap()).sum();
+        let per_day: u64 = j["days"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["counts"]["inspected"].as_u64().unwrap())
+            .sum();
+        let per_shift: u64 = j["shifts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["counts"]["inspected"].as_u64().unwrap())
+            .sum();
         assert_eq!(per_day, counted, "kill {k}");
         assert_eq!(per_shift, counted, "kill {k}");
         let kept = counted - before;
@@ -244,7 +258,11 @@ fn a_full_or_read_only_archive_disk_is_a_counted_fault_and_every_item_is_still_d
     // 300 KiB: room for a few entries (~80 KB each), then ENOSPC.
     mount_tmpfs(&full, "size=300k");
     mount_tmpfs(&ro, "size=1m");
-    let status = Command::new("mount").args(["-o", "remount,ro"]).arg(&ro).status().unwrap();
+    let status = Command::new("mount")
+        .args(["-o", "remount,ro"])
+        .arg(&ro)
+        .status()
+        .unwrap();
     assert!(status.success());
     let result = std::panic::catch_unwind(|| {
         for (name, at) in [("full", &full), ("read-only", &ro)] {
@@ -262,7 +280,10 @@ fn a_full_or_read_only_archive_disk_is_a_counted_fault_and_every_item_is_still_d
             let r = &s["records"];
             assert_eq!(s["items"], 108, "{name}: every item decided: {s}");
             assert_eq!(s["failsafe"], 0, "{name}: no item lost its decision: {s}");
-            assert_eq!(s["fault_kinds"]["decision_overrun"], 0, "{name}: the frame path never stalled: {s}");
+            assert_eq!(
+                s["fault_kinds"]["decision_overrun"], 0,
+                "{name}: the frame path never stalled: {s}"
+            );
             let written = r["archive_written"].as_u64().unwrap();
             let errors = r["archive_errors"].as_u64().unwrap();
             let dropped = r["archive_dropped"].as_u64().unwrap();
@@ -272,7 +293,10 @@ fn a_full_or_read_only_archive_disk_is_a_counted_fault_and_every_item_is_still_d
                 "{name}: every reject is written, failed or dropped, and counted: {r}"
             );
             assert!(errors > 0, "{name}: the disk errors are counted: {r}");
-            assert_eq!(r["archive_fault"], true, "{name}: the fault stands while writes fail: {r}");
+            assert_eq!(
+                r["archive_fault"], true,
+                "{name}: the fault stands while writes fail: {r}"
+            );
             if name == "read-only" {
                 assert_eq!(written, 0, "{r}");
             } else {
@@ -306,6 +330,10 @@ fn the_archive_keeps_under_its_cap_oldest_first_and_exports() {
     );
     let s = run_json(&cfg);
     let r = &s["records"];
+    assert_eq!(
+        s["allocations_ours_after_warmup"], 0,
+        "handing frames to the archive allocates nothing"
+    );
     let written = r["archive_written"].as_u64().unwrap();
     // 60 rejects + half of the 12 accepted.
     assert_eq!(written + r["archive_dropped"].as_u64().unwrap(), 66, "{r}");
@@ -395,7 +423,11 @@ impl Drop for Broker {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 #[test]
@@ -412,7 +444,7 @@ fn every_reject_event_reaches_the_broker_through_a_restart_in_a_10000_item_run()
     std::fs::write(
         &conf,
         format!(
-            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nmax_queued_messages 0\n",
+            "user root\nlistener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nmax_queued_messages 0\n",
             dir.join("db").display()
         ),
     )
@@ -443,7 +475,10 @@ fn every_reject_event_reaches_the_broker_through_a_restart_in_a_10000_item_run()
                                 .unwrap()
                                 .push((v["boot"].as_u64().unwrap(), v["item"].as_u64().unwrap()));
                         } else if p.topic.ends_with("/status") {
-                            statuses.lock().unwrap().push(String::from_utf8_lossy(&p.payload).into_owned());
+                            statuses
+                                .lock()
+                                .unwrap()
+                                .push(String::from_utf8_lossy(&p.payload).into_owned());
                         }
                     }
                     Ok(_) => {}
@@ -477,9 +512,16 @@ fn every_reject_event_reaches_the_broker_through_a_restart_in_a_10000_item_run()
     assert!(status.success());
     let summary: serde_json::Value = serde_json::from_str(lines.last().unwrap()).unwrap();
     let r = &summary["records"];
-    assert!(r["mqtt_disconnects"].as_u64().unwrap() >= 1, "the broker went away: {r}");
+    assert!(
+        r["mqtt_disconnects"].as_u64().unwrap() >= 1,
+        "the broker went away: {r}"
+    );
     assert_eq!(r["mqtt_dropped"], 0, "{r}");
     assert_eq!(r["mqtt_lost_at_exit"], 0, "{r}");
+    assert_eq!(
+        summary["allocations_ours_after_warmup"], 0,
+        "events leave the frame path without allocating"
+    );
     // Let the consumer catch up.
     let expected: HashSet<u64> = {
         let j = records_json(&rec, 100_000);
@@ -519,5 +561,100 @@ fn every_reject_event_reaches_the_broker_through_a_restart_in_a_10000_item_run()
     let st = statuses.lock().unwrap().clone();
     assert_eq!(st.last().map(String::as_str), Some("offline"), "{st:?}");
     assert!(st.iter().any(|s| s == "online"), "{st:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn sh(cmd: &str, dir: &Path) {
+    let ok = Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(ok, "{cmd}");
+}
+
+#[test]
+fn tls_with_a_password_delivers_and_a_wrong_password_never_blocks_inspection() {
+    let dir = temp("tls");
+    // A CA, and a broker certificate for 127.0.0.1 signed by it (openssl).
+    sh(
+        "openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 2 -subj /CN=ferroscope-test-ca",
+        &dir,
+    );
+    sh(
+        "openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=127.0.0.1",
+        &dir,
+    );
+    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    sh(
+        "openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 2 -extfile san.ext",
+        &dir,
+    );
+    sh("mosquitto_passwd -b -c passwords line3 s3cret", &dir);
+    std::fs::write(dir.join("mqtt-password"), "s3cret\n").unwrap();
+    std::fs::write(dir.join("wrong-password"), "guess\n").unwrap();
+    let port = free_port();
+    let conf = dir.join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "user root\nlistener {port} 127.0.0.1\ncafile {d}/ca.pem\ncertfile {d}/server.pem\nkeyfile {d}/server.key\nallow_anonymous false\npassword_file {d}/passwords\n",
+            d = dir.display()
+        ),
+    )
+    .unwrap();
+    let _broker = Broker::start(&conf);
+    let sub = Command::new("mosquitto_sub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-u",
+            "line3",
+            "-P",
+            "s3cret",
+            "-q",
+            "1",
+        ])
+        .arg("--cafile")
+        .arg(dir.join("ca.pem"))
+        .args(["-t", "ferroscope/rec-test/item/reject", "-C", "30", "-W", "60"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let mqtt = |pw: &str| {
+        format!(
+            "[mqtt]\nhost = \"127.0.0.1\"\nport = {port}\nca_file = \"{d}/ca.pem\"\nusername = \"line3\"\npassword_file = \"{d}/{pw}\"\nitems = \"rejects\"\n",
+            d = dir.display()
+        )
+    };
+    let s = run_json(&config(&dir, 100.0, 1, &mqtt("mqtt-password")));
+    let r = &s["records"];
+    assert_eq!(s["rejected"], 30);
+    assert_eq!(r["mqtt_delivered"], 30, "{r}");
+    let out = sub.wait_with_output().unwrap();
+    let got: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(got.len(), 30, "the consumer read every reject over TLS");
+    assert!(got
+        .iter()
+        .all(|m| m["action"] == "reject" && m["station"] == "rec-test"));
+
+    // Refused by the broker: the station inspects as always and counts what it could not send.
+    let s = run_json(&config(&dir, 100.0, 1, &mqtt("wrong-password")));
+    let r = &s["records"];
+    assert_eq!(s["items"], 36, "{s}");
+    assert_eq!(s["fault_kinds"]["decision_overrun"], 0, "{s}");
+    assert_eq!(r["mqtt_connects"], 0, "{r}");
+    assert_eq!(r["mqtt_delivered"], 0, "{r}");
+    assert_eq!(r["mqtt_lost_at_exit"], 30, "undelivered rejects are counted: {r}");
     let _ = std::fs::remove_dir_all(&dir);
 }
