@@ -90,8 +90,11 @@ impl Rng {
     }
 }
 
+/// When each item line arrived.
+type Arrivals = Arc<Mutex<Vec<Instant>>>;
+
 /// Start `ferroscope run` and note when each item line arrives.
-fn spawn_run(cfg: &Path, json: bool) -> (Child, Arc<Mutex<Vec<Instant>>>, std::thread::JoinHandle<Vec<String>>) {
+fn spawn_run(cfg: &Path, json: bool) -> (Child, Arrivals, std::thread::JoinHandle<Vec<String>>) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferroscope"));
     cmd.arg("run").arg("--config").arg(cfg);
     if json {

@@ -363,12 +363,12 @@ mod tests {
             shift: 1,
             item,
             frame_seq: item * 2,
-            outcome: if item % 3 == 0 {
+            outcome: if item.is_multiple_of(3) {
                 Outcome::Reject
             } else {
                 Outcome::Accept
             },
-            action: if item % 3 == 0 { Action::Reject } else { Action::Accept },
+            action: if item.is_multiple_of(3) { Action::Reject } else { Action::Accept },
             class: Some((item % 6) as u8),
             fault: (item % 9) as u8,
             score: 0.25 + item as f32 / 1000.0,

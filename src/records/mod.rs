@@ -532,10 +532,8 @@ impl Recorder {
             self.health.records_dropped.fetch_add(1, Ordering::Relaxed);
         }
         if let Some((tx, all)) = &self.mqtt {
-            if *all || r.action == Action::Reject {
-                if tx.try_send(r).is_err() {
-                    self.health.mqtt_dropped.fetch_add(1, Ordering::Relaxed);
-                }
+            if (*all || r.action == Action::Reject) && tx.try_send(r).is_err() {
+                self.health.mqtt_dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
         let sampled = r.action == Action::Accept && {

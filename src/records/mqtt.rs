@@ -32,6 +32,10 @@ pub const MQTT_INFLIGHT: u16 = 64;
 /// Requests handed to the client ahead of the network.
 const CLIENT_CAP: usize = 16;
 
+/// TLS material, PEM: the CA certificate, and the client certificate and key if the broker
+/// asks for one.
+pub type Tls = (Vec<u8>, Option<(Vec<u8>, Vec<u8>)>);
+
 /// How the broker is reached.
 #[derive(Clone, Debug)]
 pub struct MqttSetup {
@@ -44,7 +48,7 @@ pub struct MqttSetup {
     /// User name and password.
     pub credentials: Option<(String, String)>,
     /// TLS: CA certificate (PEM) and optional client certificate + key (PEM).
-    pub tls: Option<(Vec<u8>, Option<(Vec<u8>, Vec<u8>)>)>,
+    pub tls: Option<Tls>,
     /// Keep-alive.
     pub keep_alive: Duration,
     /// Counters and health period.
