@@ -368,7 +368,11 @@ mod tests {
             } else {
                 Outcome::Accept
             },
-            action: if item.is_multiple_of(3) { Action::Reject } else { Action::Accept },
+            action: if item.is_multiple_of(3) {
+                Action::Reject
+            } else {
+                Action::Accept
+            },
             class: Some((item % 6) as u8),
             fault: (item % 9) as u8,
             score: 0.25 + item as f32 / 1000.0,
