@@ -46,6 +46,10 @@ MIN_OVERLAP = 32  # image pixels shared by neighbouring tiles, at least
 MEAN = 0.5
 STD = 0.25
 UM_PER_PX = 1 / 2.25  # the dataset's scale
+TUNING_RULE = (
+    "pixel_threshold, min_grain_um2, bridge_gap_um: the best pooled histogram correlation (then |dG|) of "
+    "`ferroscope eval grains` over the training tiles; levels 0.2..0.7, 20/60/100 um2, 0/6/10 um"
+)
 
 
 def block(cin, cout):
@@ -208,15 +212,23 @@ def main():
     ap.add_argument("--select-fraction", type=float, default=0.2)
     ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--max-minutes", type=float, default=23.0, help="stop training early at this wall time")
-    ap.add_argument("--eval-every", type=int, default=100)
+    ap.add_argument("--eval-every", type=int, default=50)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--lr", type=float, default=3e-3)
+    # The analysis settings shipped in the manifest. They were chosen with the Rust analysis
+    # itself (`ferroscope eval grains --list <training tiles> --threshold T --min-grain-um2 M
+    # --bridge-gap-um B`): the best pooled histogram correlation, then |dG|, over the training
+    # tiles, never the held-out ones. --pixel-threshold -1 ships the best-Dice level instead.
+    ap.add_argument("--pixel-threshold", type=float, default=0.25)
+    ap.add_argument("--threshold-rule", default=TUNING_RULE)
+    ap.add_argument("--min-grain-um2", type=float, default=60.0)
+    ap.add_argument("--bridge-gap-um", type=float, default=6.0)
     ap.add_argument("--ship-only", action="store_true", help="export + quantise the saved checkpoint, no training")
     args = ap.parse_args()
     torch.manual_seed(args.seed)
     torch.set_num_threads(os.cpu_count() or 1)
     rng = random.Random(args.seed)
-    ckpt = os.path.join(ROOT, "models", "training", "grains_316l.pt")
+    ckpt = os.path.join(ROOT, "models", "grains_316l.pt")
 
     items = load_set(args.data)
     train, held = split(items, args.seed, args.val_fraction)
@@ -308,6 +320,10 @@ def ship(model, train, held, args):
     tr_maps = [predict_map(fn, it["img"]) for it in train]
     tr_dice = dice_at(tr_maps, train, levels)
     pixel_thr = levels[int(np.argmax(tr_dice))]
+    threshold_rule = "the level with the best boundary Dice over the training tiles (int8)"
+    if args.pixel_threshold >= 0:
+        pixel_thr = args.pixel_threshold
+        threshold_rule = args.threshold_rule
     print("training Dice per threshold (int8):", dict(zip(levels, np.round(tr_dice, 4))), "->", pixel_thr, flush=True)
     held_maps = [predict_map(fn, it["img"]) for it in held]
     print(f"held-out boundary Dice (int8, onnxruntime) at {pixel_thr}: {float(dice_at(held_maps, held, [pixel_thr])[0]):.4f}", flush=True)
@@ -341,20 +357,21 @@ std = {STD}
 mask = "mask"
 activation = "sigmoid"
 
-[segment]
+[grains]
 # tiles of {TILE}x{TILE} image pixels, overlapping by at least min_overlap pixels, blended by
-# averaging; the map is the boundary probability
+# averaging; the map (1/{CELL} of the tile) is the grain-boundary probability
 tile = {TILE}
 min_overlap = {MIN_OVERLAP}
 cell = {CELL}
-decision_threshold = 1.0
 # a pixel is grain boundary at or above this probability
 pixel_threshold = {pixel_thr}
-threshold_rule = "pixel: the level with the best boundary Dice over the training tiles (int8); decision: unused by the grains tool"
-
-[grains]
-# the training set's scale; the CLI's --um-per-px overrides it for other microscopes
+threshold_rule = "{threshold_rule}"
+# the training micrographs' scale; `--um-per-px` gives another microscope's
 um_per_px = {UM_PER_PX:.6f}
+# regions smaller than this are not grains (masks and model alike)
+min_grain_um2 = {args.min_grain_um2}
+# boundary gaps in the model map up to this are closed
+bridge_gap_um = {args.bridge_gap_um}
 
 [quantisation]
 format = "onnx QDQ: int8 weights (per output channel, 7-bit range), uint8 activations (per-tensor) around each Conv+Relu; pooling, transposed convolutions and concatenation f32"
@@ -368,7 +385,9 @@ split = "seeded 80/20 train/held-out by micrograph (all 12 tiles of a micrograph
 heldout_list = "{stem}.heldout.txt"
 train_images = {len(train)}
 heldout_images = {len(held)}
-steps = {getattr(args, "steps_run", args.steps)}
+steps = {args.steps}
+wall_clock_limit_min = {args.max_minutes:g}
+steps_run = {getattr(args, "steps_run", args.steps)}
 chosen_step = {getattr(args, "chosen_step", args.steps)}
 checkpoint_rule = "highest boundary Dice at 0.5 on a selection split of the training micrographs ({args.select_fraction:.0%}, seed {args.seed + 1}), every {args.eval_every} steps from 30 % of the schedule on"
 batch = {args.batch}
