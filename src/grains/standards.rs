@@ -104,11 +104,14 @@ pub fn gost_g_of_grain_area_mm2(area_mm2: f64) -> f64 {
 }
 
 /// ASTM E112 grain size number from grains per mm² (planimetric): `G = 3.321928·log10(N_A) − 2.954`.
+// The standard's printed constant, kept as printed (it is log2(10) rounded).
+#[allow(clippy::approx_constant)]
 pub fn astm_g_from_grains_per_mm2(n_a: f64) -> f64 {
     3.321928 * log10(n_a) - 2.954
 }
 
 /// Grains per mm² of ASTM E112 number `g` (the inverse of [`astm_g_from_grains_per_mm2`]).
+#[allow(clippy::approx_constant)]
 pub fn astm_grains_per_mm2(g: f64) -> f64 {
     exp2((g + 2.954) / (3.321928 / LOG2_10))
 }
