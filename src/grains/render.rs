@@ -151,7 +151,7 @@ pub fn histogram_canvas(measured: &[u32; G_BINS], reference: Option<&[u32; G_BIN
         let hm = hgt(m[k]);
         if hm > 0 {
             let _ = Rectangle::new(Point::new(sx + 4, y1 - hm), Size::new(bar_w as u32, hm as u32))
-                .into_styled(PrimitiveStyle::with_fill(rgb(super::render::g_colour(bin_g(k) as f64))))
+                .into_styled(PrimitiveStyle::with_fill(rgb(g_colour(bin_g(k) as f64))))
                 .draw(&mut c);
         }
         if let Some(r) = &r {
