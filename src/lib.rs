@@ -11,6 +11,7 @@
 #![warn(missing_docs)]
 
 pub mod core;
+pub mod grains;
 pub mod hal;
 
 #[cfg(feature = "std")]

@@ -25,6 +25,7 @@ use ferroscope::tools::classify::Classifier;
 static ALLOC: CountingAlloc = CountingAlloc;
 
 mod cli_camera;
+mod cli_grains;
 mod cli_records;
 mod cli_screen;
 mod cli_segment;
@@ -81,6 +82,8 @@ enum Command {
         #[arg(required = true)]
         images: Vec<PathBuf>,
     },
+    /// Grain size of a micrograph (GOST 5639-82, ASTM E112) from a boundary model or a boundary mask.
+    Grains(cli_grains::GrainsArgs),
     /// Evaluate a model on a labelled folder and print metrics.
     Eval {
         #[command(subcommand)]
@@ -219,6 +222,8 @@ enum Command {
 
 #[derive(Subcommand)]
 enum EvalTool {
+    /// Grain sizes over DIR/images/* against DIR/masks/<stem>.png (grains 255, boundaries 0).
+    Grains(cli_grains::EvalGrainsArgs),
     /// Classification over DIR/<class>/*.{png,jpg,bmp}; folder names are the manifest's classes.
     Classify {
         /// Model manifest.
@@ -306,6 +311,10 @@ fn main() -> ExitCode {
                     json,
                 },
         } => cli_segment::eval(&model, &data, list.as_deref(), precision.into(), json),
+        Command::Grains(a) => cli_grains::grains(a),
+        Command::Eval {
+            tool: EvalTool::Grains(a),
+        } => cli_grains::eval(a),
         Command::Run {
             config,
             json,

@@ -8,5 +8,6 @@ python3 models/training/neu_classify.py
 python3 models/training/add_class.py --name red_iron --folder ../shared/datasets/x_sdd/red_iron --out-stem neu7_classify --epochs 30
 python3 models/training/reference.py models/neu_classify.toml models/neu7_classify.toml
 python3 models/training/kolektor_segment.py
+python3 models/training/grains_316l.py
 cargo build --release
 python3 models/training/stamp_metrics.py models/neu_classify.toml models/neu7_classify.toml models/kolektor_segment.toml
