@@ -4,7 +4,8 @@
 //! traits: camera, reject output, clock) → `drivers` (V4L2, GPIO) and `camera` (decoding,
 //! reconnection) → `sim` (faithful doubles at the hardware edge:
 //! replay camera, recording output) → `model` (manifests and tract inference) → `tools`
-//! (classify) → `station` (the running loop) → the `ferroscope` binary's CLI.
+//! (classify, segment), `grains` (metallographic grain size) → `records` (decision log,
+//! archive, MQTT) → `station` (the running loop) → the `ferroscope` binary's CLI.
 //!
 //! Only [`core`] and [`hal`] build without the `std` feature.
 #![cfg_attr(not(feature = "std"), no_std)]

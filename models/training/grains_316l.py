@@ -228,7 +228,7 @@ def main():
     torch.manual_seed(args.seed)
     torch.set_num_threads(os.cpu_count() or 1)
     rng = random.Random(args.seed)
-    ckpt = os.path.join(ROOT, "models", "grains_316l.pt")
+    ckpt = os.path.join(ROOT, "models", "training", "grains_316l.pt")
 
     items = load_set(args.data)
     train, held = split(items, args.seed, args.val_fraction)
