@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 
-use ferroscope::core::decision::{Action, Outcome};
+use ferroscope::core::decision::Action;
 use ferroscope::records::archive;
 use ferroscope::records::log::{self, FAULT_NAMES};
 use ferroscope::records::store::Store;
@@ -65,15 +65,6 @@ fn folder(config: Option<&Path>, dir: Option<&Path>, what: &str) -> Result<PathB
     .with_context(|| format!("{}: has no `[{what}]` section (or give --dir)", path.display()))
 }
 
-fn outcome_name(o: Outcome) -> &'static str {
-    match o {
-        Outcome::Accept => "accept",
-        Outcome::Reject => "reject",
-        Outcome::Uncertain => "uncertain",
-        Outcome::FailSafe => "failsafe",
-    }
-}
-
 /// `ferroscope records`: the persisted counters (the counters file with the later log
 /// records replayed, read-only) and the last decisions.
 pub fn records(config: Option<&Path>, dir: Option<&Path>, last: usize, json: bool) -> Result<ExitCode> {
@@ -105,7 +96,7 @@ pub fn records(config: Option<&Path>, dir: Option<&Path>, last: usize, json: boo
                     "unix_ms": r.unix_ms,
                     "item": r.item,
                     "action": if r.action == Action::Reject { "reject" } else { "accept" },
-                    "outcome": outcome_name(r.outcome),
+                    "outcome": r.outcome.name(),
                     "class": class(r.class),
                     "score": r.score,
                     "fault": (r.fault != 0).then(|| FAULT_NAMES[r.fault as usize]),
@@ -178,7 +169,7 @@ pub fn records(config: Option<&Path>, dir: Option<&Path>, last: usize, json: boo
                 r.unix_ms,
                 r.item,
                 if r.action == Action::Reject { "reject" } else { "accept" },
-                outcome_name(r.outcome),
+                r.outcome.name(),
                 class(r.class).unwrap_or_else(|| "-".into()),
                 r.score,
                 r.latency_us as f64 / 1000.0,

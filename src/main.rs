@@ -13,7 +13,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::json;
 
 use ferroscope::alloc_count::{self, scoped, CountingAlloc, Scope, Snapshot};
-use ferroscope::core::decision::{Action, ClassRule, DecisionRules, Outcome};
+use ferroscope::core::decision::{Action, ClassRule, DecisionRules};
 use ferroscope::core::frame::GrayFrame;
 use ferroscope::eval::ClassMetrics;
 use ferroscope::model::manifest::{Manifest, Precision};
@@ -494,15 +494,6 @@ fn manifest_rules(m: &Manifest) -> Result<DecisionRules> {
         .map_err(|e| anyhow::anyhow!("{}: {e:?}", m.path.display()))
 }
 
-fn outcome_name(o: Outcome) -> &'static str {
-    match o {
-        Outcome::Accept => "accept",
-        Outcome::Reject => "reject",
-        Outcome::Uncertain => "uncertain",
-        Outcome::FailSafe => "failsafe",
-    }
-}
-
 fn action_name(a: Action) -> &'static str {
     match a {
         Action::Accept => "ACCEPT",
@@ -540,7 +531,7 @@ fn infer(model: &Path, precision: Precision, json: bool, images: &[PathBuf]) -> 
             let s: serde_json::Map<_, _> = names.iter().zip(&scores).map(|(n, s)| (n.clone(), json!(s))).collect();
             println!(
                 "{}",
-                json!({"image": path.display().to_string(), "class": class, "score": d.score, "outcome": outcome_name(d.outcome), "decision": action_name(d.action), "scores": s})
+                json!({"image": path.display().to_string(), "class": class, "score": d.score, "outcome": d.outcome.name(), "decision": action_name(d.action), "scores": s})
             );
         } else {
             println!(
@@ -549,7 +540,7 @@ fn infer(model: &Path, precision: Precision, json: bool, images: &[PathBuf]) -> 
                 class,
                 d.score,
                 action_name(d.action),
-                outcome_name(d.outcome)
+                d.outcome.name()
             );
             for (n, s) in names.iter().zip(&scores) {
                 println!("    {n:<18} {s:.4}");
@@ -893,7 +884,7 @@ fn write_item_json(out: &mut impl Write, item: &ItemReport<'_>) -> std::io::Resu
         out,
         ",\"score\":{},\"outcome\":\"{}\",\"decision\":\"{}\",\"latency_ms\":{},\"fault\":",
         d.score,
-        outcome_name(d.outcome),
+        d.outcome.name(),
         action_name(d.action),
         item.latency_us as f64 / 1000.0
     )?;
@@ -909,7 +900,7 @@ fn write_item_text(out: &mut impl Write, item: &ItemReport<'_>) -> std::io::Resu
         item.sequence,
         item.source,
         action_name(d.action),
-        outcome_name(d.outcome),
+        d.outcome.name(),
         item.class_name.unwrap_or("-"),
         d.score,
         item.latency_us as f64 / 1000.0

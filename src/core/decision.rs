@@ -31,6 +31,18 @@ pub enum Outcome {
     FailSafe,
 }
 
+impl Outcome {
+    /// The outcome's name in output, logs and messages.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Outcome::Accept => "accept",
+            Outcome::Reject => "reject",
+            Outcome::Uncertain => "uncertain",
+            Outcome::FailSafe => "failsafe",
+        }
+    }
+}
+
 /// Per-class rule.
 #[derive(Clone, Copy, Debug, PartialEq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]

@@ -177,15 +177,6 @@ fn action_word(r: &LogRecord) -> &'static str {
     }
 }
 
-fn outcome_word(o: Outcome) -> &'static str {
-    match o {
-        Outcome::Accept => "accept",
-        Outcome::Reject => "reject",
-        Outcome::Uncertain => "uncertain",
-        Outcome::FailSafe => "failsafe",
-    }
-}
-
 fn write_entry(s: &ArchiveSetup, job: &ArchiveJob) -> std::io::Result<Entry> {
     let r = &job.record;
     let day = {
@@ -229,7 +220,7 @@ fn write_entry(s: &ArchiveSetup, job: &ArchiveJob) -> std::io::Result<Entry> {
             "item": r.item,
             "frame_sequence": r.frame_seq,
             "action": if r.action == Action::Reject { "reject" } else { "accept" },
-            "outcome": outcome_word(r.outcome),
+            "outcome": r.outcome.name(),
             "class": r.class.and_then(|c| s.classes.get(c as usize)),
             "score": r.score,
             "scores": scores,

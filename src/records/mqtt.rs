@@ -25,7 +25,7 @@ use rumqttc::{Client, Event, LastWill, MqttOptions, Outgoing, Packet, QoS, TlsCo
 use super::log::{LogRecord, FAULT_NAMES};
 use super::store::{now_unix_ms, Store};
 use super::Health;
-use crate::core::decision::{Action, Outcome};
+use crate::core::decision::Action;
 
 /// Most QoS 1 messages on the wire unacknowledged.
 pub const MQTT_INFLIGHT: u16 = 64;
@@ -73,12 +73,6 @@ pub fn topic_prefix(station: &str) -> String {
 }
 
 fn item_payload(s: &MqttSetup, r: &LogRecord) -> Vec<u8> {
-    let outcome = match r.outcome {
-        Outcome::Accept => "accept",
-        Outcome::Reject => "reject",
-        Outcome::Uncertain => "uncertain",
-        Outcome::FailSafe => "failsafe",
-    };
     serde_json::json!({
         "station": s.station,
         "boot": s.boot,
@@ -86,7 +80,7 @@ fn item_payload(s: &MqttSetup, r: &LogRecord) -> Vec<u8> {
         "frame_sequence": r.frame_seq,
         "unix_ms": r.unix_ms,
         "action": if r.action == Action::Reject { "reject" } else { "accept" },
-        "outcome": outcome,
+        "outcome": r.outcome.name(),
         "class": r.class.and_then(|c| s.classes.get(c as usize)),
         "score": r.score,
         "fault": (r.fault != 0).then(|| FAULT_NAMES[r.fault as usize]),
