@@ -24,6 +24,7 @@ use ferroscope::tools::classify::Classifier;
 #[global_allocator]
 static ALLOC: CountingAlloc = CountingAlloc;
 
+mod cli_board;
 mod cli_camera;
 mod cli_grains;
 mod cli_records;
@@ -100,6 +101,16 @@ enum Command {
         /// Stop after this many seconds (a live camera otherwise runs until killed).
         #[arg(long)]
         duration_s: Option<f64>,
+    },
+    /// Open every device a board profile names (camera, GPIO lines, display, folders) and its
+    /// model, without starting the station; exit 1 naming each one that is missing or busy.
+    Check {
+        /// Board profile / station config (boards/*.toml).
+        #[arg(long)]
+        config: PathBuf,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
     },
     /// Render the technician's screen to a PNG without hardware.
     Screen {
@@ -320,6 +331,7 @@ fn main() -> ExitCode {
             json,
             duration_s,
         } => run(config.as_deref(), json, duration_s),
+        Command::Check { config, json } => cli_board::check(&config, json),
         Command::Camera { cmd } => cli_camera::camera(cmd),
         Command::Records {
             config,

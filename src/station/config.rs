@@ -372,6 +372,9 @@ fn r90() -> u32 {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StationConfig {
+    /// `[board]`: the hardware and OS a profile is written for (optional).
+    #[serde(default)]
+    pub board: Option<super::board::BoardSection>,
     /// `[station]`.
     pub station: StationSection,
     /// `[camera]`.
@@ -725,6 +728,9 @@ impl StationConfig {
             bail!("{p}: `decision.uncertain = \"reject\"` needs an ejector with `uncertain = true`");
         }
         action(&c.decision.uncertain, path, "decision.uncertain")?;
+        if let Some(b) = &c.board {
+            b.check(path)?;
+        }
         Ok(c)
     }
 

@@ -18,6 +18,7 @@
 //! Every error on the frame path is a decision (the fail-safe), a fault counter and a log
 //! line; only start-up errors stop the station.
 
+pub mod board;
 pub mod config;
 
 use std::collections::HashMap;
@@ -868,6 +869,9 @@ pub fn run(cfg: &StationConfig, on_item: impl FnMut(&ItemReport<'_>)) -> Result<
 /// Run the station until the replay ends or `stop` is set (a live camera runs until then).
 pub fn run_until(cfg: &StationConfig, stop: &AtomicBool, mut on_item: impl FnMut(&ItemReport<'_>)) -> Result<Summary> {
     let clock = MonotonicClock::default();
+    if let Some(b) = &cfg.board {
+        b.apply_cpu_hints()?;
+    }
     let precision = cfg.precision()?;
     let manifest_path = cfg.resolve(&cfg.tool.manifest);
     let mut classifier = Manifest::load(&manifest_path)
@@ -1458,6 +1462,9 @@ pub struct TimingReport {
 /// `with_inference`, so the two threads compete as they do in the station.
 pub fn timing_bench(cfg: &StationConfig, items: u32, rate_fps: f32, with_inference: bool) -> Result<TimingReport> {
     let clock = MonotonicClock::default();
+    if let Some(b) = &cfg.board {
+        b.apply_cpu_hints()?;
+    }
     let precision = cfg.precision()?;
     let mut classifier = Tool::load(
         &cfg.tool.kind,

@@ -1,0 +1,41 @@
+//! `ferroscope check`: is every device of a board profile there?
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use ferroscope::station::{board, config::StationConfig};
+
+/// Check the profile at `config`; exit 0 when everything is usable, 1 otherwise.
+pub fn check(config: &Path, json: bool) -> Result<ExitCode> {
+    let cfg = StationConfig::load(config)?;
+    let findings = board::check(&cfg);
+    let bad = findings.iter().filter(|f| !f.ok).count();
+    if json {
+        let rows: Vec<_> = findings
+            .iter()
+            .map(|f| serde_json::json!({"what": f.what, "ok": f.ok, "detail": f.detail}))
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({
+                "config": config.display().to_string(),
+                "station": cfg.station.name,
+                "board": cfg.board.as_ref().map(|b| b.name.clone()),
+                "ok": bad == 0,
+                "checks": rows,
+            })
+        );
+    } else {
+        println!("station {} — config {}", cfg.station.name, config.display());
+        for f in &findings {
+            println!("{} {:<44} {}", if f.ok { "ok  " } else { "FAIL" }, f.what, f.detail);
+        }
+        if bad == 0 {
+            println!("ready: every device and file this profile names is usable");
+        } else {
+            println!("NOT READY: {bad} of {} checks failed", findings.len());
+        }
+    }
+    Ok(if bad == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}

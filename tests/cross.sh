@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Cross builds of the three ARM targets, and their tests under qemu-user:
+#   aarch64-unknown-linux-gnu      (Raspberry Pi 4/5/Zero 2 W, Jetson Orin Nano, RK3588), glibc >= 2.31
+#   armv7-unknown-linux-gnueabihf  (BeagleBone Black), glibc >= 2.31
+#   aarch64-unknown-linux-musl     (static; the emulated board test boots it)
+# For each: `cargo zigbuild --release` of the binary and the test binaries, the binary's glibc
+# floor read from its symbol versions (or its being static), then under qemu-user:
+#   - tests/arch_scores.rs: the same images give the same scores as on x86_64 (exact for int8);
+#   - tests/model.rs: the shipped models against onnxruntime's recorded outputs;
+#   - tests/conveyor_sim.rs: the reject-timing simulation, 200 000 items against the golden
+#     timeline recorded on x86_64;
+#   - `ferroscope simulate` and `ferroscope infer` through the binary itself.
+#
+#   bash tests/cross.sh                       # all three targets
+#   bash tests/cross.sh aarch64-unknown-linux-gnu
+# Needs: rustup targets, cargo-zigbuild and ziglang (pip), qemu-user, libc6-arm64-cross and
+# libc6-armhf-cross (the target's glibc for qemu's -L), the targets' kernel headers (bindgen).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+GLIBC_FLOOR=2.31
+TARGETS=("$@")
+[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf aarch64-unknown-linux-musl)
+TARGET_DIR=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+
+for T in "${TARGETS[@]}"; do
+    case $T in
+        aarch64-unknown-linux-gnu) ZT=$T.$GLIBC_FLOOR; QEMU=(qemu-aarch64 -L /usr/aarch64-linux-gnu); TESTS=(arch_scores model conveyor_sim) ;;
+        armv7-unknown-linux-gnueabihf) ZT=$T.$GLIBC_FLOOR; QEMU=(qemu-arm -L /usr/arm-linux-gnueabihf); TESTS=(arch_scores model conveyor_sim) ;;
+        aarch64-unknown-linux-musl) ZT=$T; QEMU=(qemu-aarch64); TESTS=(arch_scores) ;;
+        *) echo "unknown target $T"; exit 2 ;;
+    esac
+    echo "== $T: build (cargo zigbuild --release --target $ZT)"
+    START=$(date +%s)
+    ARGS=(--release --target "$ZT" --bin ferroscope)
+    for t in "${TESTS[@]}"; do ARGS+=(--test "$t"); done
+    cargo zigbuild "${ARGS[@]}" --message-format=json-render-diagnostics >"$TARGET_DIR/cross-$T.json"
+    echo "built in $(( $(date +%s) - START )) s"
+    BIN=$TARGET_DIR/$T/release/ferroscope
+    file "$BIN"
+
+    echo "== $T: glibc floor"
+    if [[ $T == *-gnu* ]]; then
+        MAX=$(readelf -W --dyn-syms "$BIN" | grep -o 'GLIBC_[0-9.]*' | sed 's/GLIBC_//' | sort -t. -k1,1n -k2,2n -u | tail -1)
+        echo "highest GLIBC symbol version: $MAX (floor $GLIBC_FLOOR)"
+        if [ "$(printf '%s\n%s\n' "$MAX" "$GLIBC_FLOOR" | sort -t. -k1,1n -k2,2n | tail -1)" != "$GLIBC_FLOOR" ]; then
+            echo "FAIL: $BIN needs glibc $MAX, above the floor $GLIBC_FLOOR"; exit 1
+        fi
+    else
+        if readelf -d "$BIN" | grep -q NEEDED; then
+            echo "FAIL: $BIN is not static:"; readelf -d "$BIN" | grep NEEDED; exit 1
+        fi
+        echo "static: no shared libraries needed"
+    fi
+
+    echo "== $T: tests under ${QEMU[0]}"
+    mapfile -t EXES < <(python3 - "$TARGET_DIR/cross-$T.json" <<'PY'
+import json, sys
+for line in open(sys.argv[1]):
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("profile", {}).get("test") and m.get("executable"):
+        print(m["executable"])
+PY
+)
+    [ ${#EXES[@]} -eq ${#TESTS[@]} ] || { echo "FAIL: expected ${#TESTS[@]} test binaries, got ${#EXES[@]}"; exit 1; }
+    for exe in "${EXES[@]}"; do
+        echo "-- $(basename "$exe")"
+        LOG=$TARGET_DIR/cross-$T-$(basename "$exe").log
+        TSTART=$(date +%s)
+        if ! "${QEMU[@]}" "$exe" --test-threads 2 --nocapture >"$LOG" 2>&1; then
+            tail -40 "$LOG"; echo "FAIL: $(basename "$exe") under ${QEMU[0]}"; exit 1
+        fi
+        grep -E "^test |largest difference|^test result" "$LOG" || true
+        echo "($(( $(date +%s) - TSTART )) s under emulation)"
+    done
+
+    echo "== $T: the binary under ${QEMU[0]}"
+    "${QEMU[@]}" "$BIN" --version
+    "${QEMU[@]}" "$BIN" simulate --seed 7 --items 2000 --json >"$TARGET_DIR/cross-$T-sim.json"
+    [ -x "$TARGET_DIR/release/ferroscope" ] || cargo build --release -q --bin ferroscope
+    "$TARGET_DIR/release/ferroscope" simulate --seed 7 --items 2000 --json >"$TARGET_DIR/cross-host-sim.json"
+    python3 - "$TARGET_DIR/cross-$T-sim.json" "$TARGET_DIR/cross-host-sim.json" <<'PY' || { echo "FAIL: ferroscope simulate differs from x86_64"; exit 1; }
+import json, sys
+arm, host = (json.load(open(p)) for p in sys.argv[1:])
+for r in (arm, host):
+    r.pop("seconds")          # wall time of the run, the only field that may differ
+assert arm == host, {k: (arm[k], host.get(k)) for k in arm if arm[k] != host.get(k)}
+assert arm["ok"] and arm["missed_rejects"] == 0 and arm["false_rejects"] == 0, arm
+print("simulate --seed 7 --items 2000: timeline %s..., every field identical to x86_64" % arm["timeline_sha256"][:16])
+PY
+    "${QEMU[@]}" "$BIN" infer --model models/neu_classify.toml --json tests/data/neu_samples/scratches/*.png >"$TARGET_DIR/cross-$T-infer.json"
+    grep -c '"class":"scratches"' "$TARGET_DIR/cross-$T-infer.json" | sed 's/^/infer: scratches found in /; s/$/ images/'
+    echo "== $T OK"
+done
+echo "cross OK: ${TARGETS[*]}"

@@ -1,0 +1,243 @@
+#!/usr/bin/env bash
+# The emulated board test: boot a stock Debian arm64 kernel under qemu-system-aarch64 (-M virt,
+# software emulation) with an initramfs holding the static aarch64 ferroscope, the vivid V4L2
+# test camera, the PL061 GPIO controller and a virtio-gpu framebuffer; run the station with
+# boards/qemu-virt.toml against them; then assert from the host that
+#   - frames were captured through V4L2 (the station's summary: v4l2 frames, items decided),
+#   - a reject pulse appeared on PL061 line 0 for the rejects (qemu's pl061_set_output trace),
+#     and the heartbeat toggled on line 1,
+#   - the screen was drawn (a QMP screendump of the virtio-gpu display shows the reject panel).
+#
+#   bash tests/emulated_board.sh            # builds the binary if FERROSCOPE_BIN is not given
+#
+# Needs: qemu-system-aarch64, apt-get, dpkg, cpio, xz, python3; network for the two Debian
+# packages (linux-image-*-arm64 and busybox-static from trixie, fetched with an apt
+# configuration of its own into target/emulated-board/ and kept there).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+WORK=${FERROSCOPE_VM_DIR:-$ROOT/target/emulated-board}
+RUN_S=${FERROSCOPE_VM_RUN_S:-40}
+mkdir -p "$WORK"
+
+BIN=${FERROSCOPE_BIN:-}
+if [ -z "$BIN" ]; then
+    cargo zigbuild --release --target aarch64-unknown-linux-musl --bin ferroscope
+    BIN=$ROOT/target/aarch64-unknown-linux-musl/release/ferroscope
+fi
+file "$BIN" | grep -q "ARM aarch64" || { echo "FAIL: $BIN is not an aarch64 binary"; exit 1; }
+
+# --- kernel and busybox from Debian trixie (arm64), with an apt configuration of our own ---
+APT=$WORK/apt
+mkdir -p "$APT"/{lists/partial,cache/archives/partial,debs}
+echo "deb [arch=arm64 signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian trixie main" \
+    >"$APT/sources.list"
+touch "$APT/status"
+AOPT=(-o Dir::Etc::SourceList="$APT/sources.list" -o Dir::Etc::SourceParts=/dev/null
+      -o Dir::State::Lists="$APT/lists" -o Dir::Cache="$APT/cache" -o Dir::State::Status="$APT/status"
+      -o APT::Architecture=arm64 -o APT::Architectures=arm64 -o Debug::NoLocking=1
+      -o Acquire::Languages=none -o Acquire::IndexTargets::deb::DEP-11::DefaultEnabled=false
+      -o Acquire::IndexTargets::deb::DEP-11-icons::DefaultEnabled=false
+      -o Acquire::IndexTargets::deb::DEP-11-icons-small::DefaultEnabled=false
+      -o APT::Sandbox::User=root)
+if ! ls "$APT"/debs/linux-image-*.deb >/dev/null 2>&1 || ! ls "$APT"/debs/busybox-static_*.deb >/dev/null 2>&1; then
+    apt-get "${AOPT[@]}" update -qq
+    KPKG=$(apt-cache "${AOPT[@]}" depends linux-image-arm64 | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
+    [ -n "$KPKG" ] || { echo "FAIL: no linux-image for arm64 in trixie"; exit 1; }
+    (cd "$APT/debs" && apt-get "${AOPT[@]}" download -qq "$KPKG" busybox-static)
+fi
+K=$WORK/kernel
+if [ ! -d "$K/boot" ]; then
+    rm -rf "$K" && mkdir -p "$K"
+    for d in "$APT"/debs/*.deb; do dpkg -x "$d" "$K"; done
+fi
+VMLINUZ=$(ls "$K"/boot/vmlinuz-*)
+MODDIR=$(ls -d "$K"/usr/lib/modules/* 2>/dev/null || ls -d "$K"/lib/modules/*)
+
+# --- initramfs: busybox, the modules in dependency order, the binary, the profile, a model ---
+IR=$WORK/initramfs
+rm -rf "$IR" && mkdir -p "$IR"/{bin,dev,proc,sys,tmp,modules,app/boards,app/models}
+cp "$K"/usr/bin/busybox "$IR/bin/busybox" 2>/dev/null || cp "$K"/bin/busybox "$IR/bin/busybox"
+for a in sh mount mkdir sleep cat echo ls insmod poweroff grep sync dmesg; do ln -sf busybox "$IR/bin/$a"; done
+cp "$BIN" "$IR/app/ferroscope"
+cp boards/qemu-virt.toml "$IR/app/boards/"
+cp models/neu_classify.toml models/neu_classify.onnx "$IR/app/models/"
+
+# vivid and virtio-gpu with what they depend on (the `depends=` of each module's .modinfo),
+# dependencies first, decompressed for busybox's insmod.
+python3 - "$MODDIR" "$IR/modules" vivid virtio-gpu <<'PY'
+import lzma, os, re, sys
+moddir, out, *wanted = sys.argv[1:]
+paths = {}
+for d, _, files in os.walk(os.path.join(moddir, "kernel")):
+    for f in files:
+        m = re.match(r"(.+)\.ko(\.xz)?$", f)
+        if m:
+            paths[m.group(1).replace("-", "_")] = os.path.join(d, f)
+order, seen = [], set()
+def want(name):
+    name = name.replace("-", "_")
+    if name in seen:
+        return
+    seen.add(name)
+    if name not in paths:
+        sys.exit("FAIL: module %s is not in the kernel package" % name)
+    raw = open(paths[name], "rb").read()
+    if paths[name].endswith(".xz"):
+        raw = lzma.decompress(raw)
+    m = re.search(rb"depends=([^\0]*)\0", raw)
+    for dep in (m.group(1).decode().split(",") if m else []):
+        if dep:
+            want(dep)
+    file = os.path.basename(paths[name]).removesuffix(".xz")
+    open(os.path.join(out, file), "wb").write(raw)
+    order.append(file)
+for w in wanted:
+    want(w)
+open(os.path.join(out, "order"), "w").write("\n".join(order) + "\n")
+print("modules:", " ".join(order))
+PY
+
+cat >"$IR/init" <<EOF
+#!/bin/sh
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mount -t tmpfs tmpfs /tmp
+for m in \$(cat /modules/order); do
+    case \$m in
+        vivid.ko) insmod /modules/\$m n_devs=1 node_types=0x1 input_types=0x0 ;;
+        *) insmod /modules/\$m ;;
+    esac || echo "insmod \$m failed"
+done
+n=0
+while [ ! -e /dev/video0 ] || [ ! -e /dev/fb0 ] || [ ! -e /dev/gpiochip0 ]; do
+    n=\$((n + 1)); [ \$n -gt 100 ] && break; sleep 0.1
+done
+ls /dev/video* /dev/fb* /dev/gpiochip* 2>&1
+cd /app
+echo "== check"
+./ferroscope check --config boards/qemu-virt.toml
+echo "== check rc=\$?"
+echo "== run"
+./ferroscope run --config boards/qemu-virt.toml --duration-s $RUN_S --json >/tmp/run.jsonl 2>/tmp/run.err &
+pid=\$!
+sleep $((RUN_S * 3 / 4))
+echo "== screen now"
+sleep 3
+wait \$pid
+echo "== run rc=\$?"
+cat /tmp/run.err
+echo "== summary"
+tail -1 /tmp/run.jsonl
+echo "== end"
+sync
+poweroff -f
+EOF
+chmod +x "$IR/init"
+(cd "$IR" && find . | cpio -o -H newc --quiet | gzip -1 >"$WORK/initramfs.gz")
+
+# --- boot ---
+CONSOLE=$WORK/console.log
+TRACE=$WORK/pl061.log
+QMP=$WORK/qmp.sock
+SHOT=$WORK/screen.ppm
+rm -f "$CONSOLE" "$TRACE" "$QMP" "$SHOT"
+START=$(date +%s)
+timeout 540 qemu-system-aarch64 -M virt -cpu cortex-a72 -smp 2 -m 1024 \
+    -kernel "$VMLINUZ" -initrd "$WORK/initramfs.gz" \
+    -append "console=ttyAMA0 rdinit=/init fbcon=map:9 quiet" \
+    -device virtio-gpu-pci -display none \
+    -serial "file:$CONSOLE" -monitor none -qmp "unix:$QMP,server=on,wait=off" \
+    -trace "pl061_set_output,file=$TRACE" -no-reboot &
+QPID=$!
+
+qmp() {   # send one QMP command after the capabilities handshake
+    python3 - "$QMP" "$1" <<'PY'
+import json, socket, sys
+s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); f = s.makefile("rw")
+f.readline()
+for cmd in ({"execute": "qmp_capabilities"}, json.loads(sys.argv[2])):
+    f.write(json.dumps(cmd) + "\n"); f.flush()
+    while True:
+        r = json.loads(f.readline())
+        if "return" in r or "error" in r:
+            break
+    if "error" in r:
+        sys.exit("QMP: %s" % r["error"])
+PY
+}
+
+shot_taken=0
+while kill -0 $QPID 2>/dev/null; do
+    if [ $shot_taken = 0 ] && grep -q "== screen now" "$CONSOLE" 2>/dev/null; then
+        qmp "{\"execute\": \"screendump\", \"arguments\": {\"filename\": \"$SHOT\"}}" && shot_taken=1
+    fi
+    sleep 0.5
+done
+wait $QPID || true
+echo "VM ran $(( $(date +%s) - START )) s"
+sed -n '/== check/,$p' "$CONSOLE"
+
+# --- assertions, from the host ---
+python3 - "$CONSOLE" "$TRACE" "$SHOT" <<'PY'
+import json, re, sys
+console, trace, shot = sys.argv[1:]
+text = open(console, errors="replace").read()
+fails = []
+def need(ok, what):
+    print(("ok   " if ok else "FAIL ") + what)
+    if not ok:
+        fails.append(what)
+
+need("== check rc=0" in text, "ferroscope check: every device of boards/qemu-virt.toml present")
+m = re.search(r"== summary\n(.*)\n", text)
+summary = None
+if m:
+    try:
+        summary = json.loads(m.group(1))
+    except ValueError:
+        pass
+need(summary is not None, "the station ran and printed its summary")
+s = summary or {}
+cam = s.get("camera") or {}
+disp = s.get("display") or {}
+print("summary:", json.dumps({k: s.get(k) for k in ("items", "rejected", "reject_pulses", "faults", "camera", "display")}))
+need(cam.get("frames", 0) >= 5, "frames captured through V4L2 (vivid): %s" % cam.get("frames"))
+need(s.get("items", 0) >= 5 and s.get("rejected", 0) == s.get("items"), "items decided, every one rejected: %s of %s" % (s.get("rejected"), s.get("items")))
+need(disp.get("full_draws", 0) + disp.get("partial_draws", 0) >= 2 and disp.get("errors", 1) == 0, "the station drew its screen on /dev/fb0 without errors")
+
+# pl061_set_output: "pl061_set_output <device> setting output <line> to <value>"
+edges = {}
+last = {}
+for line in open(trace, errors="replace"):
+    t = re.search(r"pl061_set_output .*?output (\d+) to (\d+)", line)
+    if t:
+        n, v = int(t.group(1)), int(t.group(2))
+        if last.get(n) != v:
+            edges.setdefault(n, []).append(v)
+            last[n] = v
+rises = {n: sum(1 for v in vs if v == 1) for n, vs in edges.items()}
+print("PL061 rising edges per line:", rises)
+need(rises.get(0, 0) >= 3, "reject pulses on PL061 line 0: %d" % rises.get(0, 0))
+need(rises.get(1, 0) >= 3, "heartbeat toggles on PL061 line 1: %d" % rises.get(1, 0))
+pulses = s.get("reject_pulses", -1)
+need(abs(rises.get(0, 0) - pulses) <= 1, "PL061 line 0 pulses match the station's reject pulses (%d)" % pulses)
+
+# screendump: binary PPM (P6)
+try:
+    data = open(shot, "rb").read()
+    parts = data.split(b"\n", 3)
+    w, h = map(int, parts[1].split())
+    px = parts[3]
+    n = w * h
+    red = sum(1 for i in range(0, 3 * n, 3 * 7) if px[i] > 170 and px[i + 1] < 70 and px[i + 2] < 70)
+    colours = len({px[i:i + 3] for i in range(0, 3 * n, 3 * 97)})
+    print("screendump %dx%d: %d sampled reject-red pixels, %d colours" % (w, h, red, colours))
+    need(red > n // 7 // 50 and colours >= 4, "the screen shows the reject panel (virtio-gpu framebuffer)")
+except (OSError, ValueError, IndexError) as e:
+    need(False, "screendump readable: %s" % e)
+if fails:
+    sys.exit("emulated board test FAILED: " + "; ".join(fails))
+print("emulated board test passed")
+PY
