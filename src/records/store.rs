@@ -214,6 +214,9 @@ pub fn day_and_shift(unix_ms: u64, shift_starts: &[u16]) -> (u32, u8) {
 
 /// Local calendar date (`yyyymmdd`) and minutes after local midnight.
 fn local_time(unix_ms: u64) -> (u32, u16) {
+    // The C library's own time_t (64 bits on aarch64 and musl, 32 on armv7 glibc); the libc
+    // crate marks its musl alias deprecated while musl moves every target to 64 bits.
+    #[allow(deprecated)]
     let t = (unix_ms / 1000) as libc::time_t;
     // SAFETY: `tm` is plain data that localtime_r fills in; both pointers are valid.
     let tm = unsafe {
