@@ -1,4 +1,6 @@
-//! `infer` and `eval` for the map tools (segment): regions, overlays, image and pixel metrics.
+//! `infer` and `eval` for the map tools (segment, anomaly): regions, overlays, image and pixel
+//! metrics. Both tools tile and stitch the same way; they differ in the image score (decision
+//! head or blurred anomaly map) and in the overlay (red defect map or heat map).
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -10,8 +12,10 @@ use serde_json::json;
 
 use ferroscope::core::frame::GrayFrame;
 use ferroscope::eval::{auroc, average_precision};
+use ferroscope::model::engine::RunError;
 use ferroscope::model::manifest::{Manifest, Precision};
 use ferroscope::sim::replay::list_images;
+use ferroscope::tools::anomaly::{heat_rgb, AnomalyDetector};
 use ferroscope::tools::segment::{SegmentResult, SegmentRules, Segmenter};
 
 use crate::{median, read_gray};
@@ -45,6 +49,44 @@ pub fn write_overlay(
             image::Rgb([gray[i]; 3])
         };
     }
+    draw_boxes(&mut img, w, h, boxes);
+    img.save_with_format(path, image::ImageFormat::Png)
+        .with_context(|| format!("{}: cannot write overlay", path.display()))
+}
+
+/// Write `frame` in gray under the anomaly map as a heat map (more opaque where hotter;
+/// pixels at or above `level` fully coloured) and each region's bounding box in yellow.
+pub fn write_heatmap(
+    path: &Path,
+    gray: &[u8],
+    w: usize,
+    h: usize,
+    map: &[f32],
+    level: f32,
+    boxes: &[(u32, u32, u32, u32)],
+) -> Result<()> {
+    let mut img = image::RgbImage::new(w as u32, h as u32);
+    for (i, p) in img.pixels_mut().enumerate() {
+        let g = gray[i] as f32;
+        let v = map[i];
+        let c = heat_rgb(v);
+        let a = if v >= level {
+            0.85
+        } else {
+            0.15 + 0.6 * (v / level.max(1e-6)).clamp(0.0, 1.0)
+        };
+        *p = image::Rgb([
+            (g * (1.0 - a) + c[0] as f32 * a) as u8,
+            (g * (1.0 - a) + c[1] as f32 * a) as u8,
+            (g * (1.0 - a) + c[2] as f32 * a) as u8,
+        ]);
+    }
+    draw_boxes(&mut img, w, h, boxes);
+    img.save_with_format(path, image::ImageFormat::Png)
+        .with_context(|| format!("{}: cannot write overlay", path.display()))
+}
+
+fn draw_boxes(img: &mut image::RgbImage, w: usize, h: usize, boxes: &[(u32, u32, u32, u32)]) {
     let yellow = image::Rgb([255u8, 220, 0]);
     for &(x0, y0, x1, y1) in boxes {
         let (x0, y0) = (x0.saturating_sub(2), y0.saturating_sub(2));
@@ -58,8 +100,57 @@ pub fn write_overlay(
             img.put_pixel(x1, y, yellow);
         }
     }
-    img.save_with_format(path, image::ImageFormat::Png)
-        .with_context(|| format!("{}: cannot write overlay", path.display()))
+}
+
+/// A loaded map tool, by the manifest's `model.tool`.
+enum MapTool {
+    Segment(Segmenter),
+    Anomaly(AnomalyDetector),
+}
+
+impl MapTool {
+    /// Load the manifest at `path`; `want` (`segment` or `anomaly`) when the command needs one.
+    fn load(path: &Path, precision: Precision, rules: SegmentRules, want: Option<&str>) -> Result<MapTool> {
+        let manifest = Manifest::load(path)?;
+        if let Some(want) = want {
+            if manifest.model.tool != want {
+                bail!(
+                    "{}: field `model.tool` is \"{}\"; `eval {want}` needs a \"{want}\" model",
+                    path.display(),
+                    manifest.model.tool
+                );
+            }
+        }
+        Ok(match manifest.model.tool.as_str() {
+            "anomaly" => MapTool::Anomaly(AnomalyDetector::from_manifest(manifest, precision, rules)?),
+            _ => MapTool::Segment(Segmenter::from_manifest(manifest, precision, rules)?),
+        })
+    }
+
+    fn is_anomaly(&self) -> bool {
+        matches!(self, MapTool::Anomaly(_))
+    }
+
+    fn manifest(&self) -> &Manifest {
+        match self {
+            MapTool::Segment(s) => s.manifest(),
+            MapTool::Anomaly(a) => a.manifest(),
+        }
+    }
+
+    fn run(&mut self, frame: &GrayFrame<'_>) -> Result<&SegmentResult, RunError> {
+        match self {
+            MapTool::Segment(s) => s.segment(frame),
+            MapTool::Anomaly(a) => a.detect(frame),
+        }
+    }
+
+    fn map(&self) -> (&[f32], usize, usize) {
+        match self {
+            MapTool::Segment(s) => s.map(),
+            MapTool::Anomaly(a) => a.map(),
+        }
+    }
 }
 
 fn overlay_path(overlay: &Path, image: &Path, many: bool) -> PathBuf {
@@ -87,7 +178,7 @@ fn region_json(r: &SegmentResult, calibrated: bool) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// `infer` with a segment manifest.
+/// `infer` with a segment or anomaly manifest.
 pub fn infer(
     model: &Path,
     precision: Precision,
@@ -96,8 +187,9 @@ pub fn infer(
     overlay: Option<&Path>,
     rules: SegmentRules,
 ) -> Result<ExitCode> {
-    let mut seg = Segmenter::load(model, precision, rules)?;
-    let section = seg.manifest().tiled.clone().expect("segment manifest");
+    let mut seg = MapTool::load(model, precision, rules, None)?;
+    let section = seg.manifest().tiled.clone().expect("tiled manifest");
+    let what = if seg.is_anomaly() { "anomaly score" } else { "score" };
     let calibrated = rules.mm_per_px.is_some();
     if let Some(o) = overlay {
         if images.len() > 1 && !o.is_dir() {
@@ -120,7 +212,7 @@ pub fn infer(
         let frame = GrayFrame::new(&px, w, h, w).map_err(|e| anyhow::anyhow!("{}: {e:?}", path.display()))?;
         let t0 = StdInstant::now();
         let r = seg
-            .segment(&frame)
+            .run(&frame)
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
             .clone();
         let ms = t0.elapsed().as_secs_f64() * 1000.0;
@@ -137,7 +229,7 @@ pub fn infer(
             );
         } else {
             println!(
-                "{}: {} — score {:.4} (threshold {:.4}){}, {} region(s), {} tiles, {:.1} ms",
+                "{}: {} — {what} {:.4} (threshold {:.4}){}, {} region(s), {} tiles, {:.1} ms",
                 path.display(),
                 decision,
                 r.score,
@@ -179,7 +271,11 @@ pub fn infer(
             let out = overlay_path(o, path, images.len() > 1);
             let boxes: Vec<_> = r.regions.iter().map(|m| (m.px.x0, m.px.y0, m.px.x1, m.px.y1)).collect();
             let (map, _, _) = seg.map();
-            write_overlay(&out, &px, w, h, map, section.pixel_threshold, &boxes)?;
+            if seg.is_anomaly() {
+                write_heatmap(&out, &px, w, h, map, section.pixel_threshold, &boxes)?;
+            } else {
+                write_overlay(&out, &px, w, h, map, section.pixel_threshold, &boxes)?;
+            }
             if !json {
                 println!("    overlay → {}", out.display());
             }
@@ -369,11 +465,17 @@ fn progress(n: usize, json: bool) -> Option<indicatif::ProgressBar> {
     (std::io::stderr().is_terminal() && !json).then(|| indicatif::ProgressBar::new(n as u64))
 }
 
-/// `eval segment`.
-pub fn eval(model: &Path, data: &Path, list: Option<&Path>, precision: Precision, json: bool) -> Result<ExitCode> {
-    let manifest = Manifest::load(model)?;
-    let mut seg = Segmenter::from_manifest(manifest, precision, SegmentRules::default())?;
-    let section = seg.manifest().tiled.clone().expect("segment manifest");
+/// `eval segment` / `eval anomaly` (`tool`): the manifest's `model.tool` must match.
+pub fn eval(
+    tool: &str,
+    model: &Path,
+    data: &Path,
+    list: Option<&Path>,
+    precision: Precision,
+    json: bool,
+) -> Result<ExitCode> {
+    let mut seg = MapTool::load(model, precision, SegmentRules::default(), Some(tool))?;
+    let section = seg.manifest().tiled.clone().expect("tiled manifest");
     let items = gather_masked(data, list)?;
     let mut metrics = MapMetrics::new(section.pixel_threshold);
     let mut errors = Vec::new();
@@ -395,9 +497,7 @@ pub fn eval(model: &Path, data: &Path, list: Option<&Path>, precision: Precision
         };
         let frame = GrayFrame::new(&px, w, h, w).map_err(|e| anyhow::anyhow!("{}: {e:?}", img.display()))?;
         let t0 = StdInstant::now();
-        let r = seg
-            .segment(&frame)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", img.display()))?;
+        let r = seg.run(&frame).map_err(|e| anyhow::anyhow!("{}: {e}", img.display()))?;
         let (score, reject) = (r.score, r.reject);
         let ms = t0.elapsed().as_secs_f64() * 1000.0;
         let (map, _, _) = seg.map();
@@ -411,6 +511,7 @@ pub fn eval(model: &Path, data: &Path, list: Option<&Path>, precision: Precision
         b.finish_and_clear();
     }
     let mut j = metrics.summary_json();
+    j["ap"] = j["image_ap"].clone();
     let m = seg.manifest();
     j["model"] = json!(m.model.name);
     j["version"] = json!(m.model.version);
@@ -436,7 +537,7 @@ pub fn eval(model: &Path, data: &Path, list: Option<&Path>, precision: Precision
             j["pixel_auroc"].as_f64().unwrap_or(0.0) * 100.0
         );
         println!(
-            "at the operating point (decision ≥ {:.4}): {} false rejects {}, {} misses {}",
+            "at the operating point (score ≥ {:.4}): {} false rejects {}, {} misses {}",
             section.decision_threshold, j["fp"], j["false_rejects"], j["fn"], j["misses"]
         );
         println!(

@@ -55,8 +55,8 @@ impl From<PrecisionArg> for Precision {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run a model on images: classify (class, every head's score, decision) or segment
-    /// (regions measured, decision, overlay) — whichever tool the manifest names.
+    /// Run a model on images: classify (class, every head's score, decision), segment or
+    /// anomaly (regions measured, decision, overlay) — whichever tool the manifest names.
     Infer {
         /// Model manifest (models/*.toml).
         #[arg(long)]
@@ -67,16 +67,16 @@ enum Command {
         /// Print one JSON object per image.
         #[arg(long)]
         json: bool,
-        /// Segment: write the frame with the defect map and region boxes (a PNG; a folder for several images).
+        /// Segment / anomaly: write the frame with the defect map (anomaly: a heat map) and region boxes (a PNG; a folder for several images).
         #[arg(long)]
         overlay: Option<PathBuf>,
-        /// Segment: calibration, millimetres per frame pixel (without it sizes are in pixels).
+        /// Segment / anomaly: calibration, millimetres per frame pixel (without it sizes are in pixels).
         #[arg(long)]
         mm_per_px: Option<f32>,
-        /// Segment: reject when a region is longer than this (mm; needs --mm-per-px).
+        /// Segment / anomaly: reject when a region is longer than this (mm; needs --mm-per-px).
         #[arg(long)]
         reject_if_length_mm_over: Option<f32>,
-        /// Segment: reject when a region's area exceeds this (mm²; needs --mm-per-px).
+        /// Segment / anomaly: reject when a region's area exceeds this (mm²; needs --mm-per-px).
         #[arg(long)]
         reject_if_area_mm2_over: Option<f32>,
         /// Images (png, jpg, bmp; any size, converted to gray).
@@ -271,6 +271,25 @@ enum EvalTool {
         #[arg(long)]
         json: bool,
     },
+    /// Anomaly model (trained on good parts) over DIR/images/* with DIR/masks/<stem>.png, as `eval segment`:
+    /// image AUROC, pixel AUROC, AP, false rejects and misses at the threshold.
+    Anomaly {
+        /// Model manifest.
+        #[arg(long)]
+        model: PathBuf,
+        /// Dataset root holding images/ and masks/.
+        #[arg(long)]
+        data: PathBuf,
+        /// Evaluate only the images named in this file (file names in images/, one per line).
+        #[arg(long)]
+        list: Option<PathBuf>,
+        /// Which model file of the manifest to run.
+        #[arg(long, value_enum, default_value = "int8")]
+        precision: PrecisionArg,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -286,7 +305,7 @@ fn main() -> ExitCode {
             reject_if_area_mm2_over,
             images,
         } => match Manifest::load(&model) {
-            Ok(m) if m.model.tool == "segment" => {
+            Ok(m) if m.model.tool == "segment" || m.model.tool == "anomaly" => {
                 let rules = ferroscope::tools::segment::SegmentRules {
                     mm_per_px,
                     reject_if_length_mm_over,
@@ -296,7 +315,7 @@ fn main() -> ExitCode {
                 cli_segment::infer(&model, precision.into(), json, &images, overlay.as_deref(), rules)
             }
             Ok(_) if overlay.is_some() || mm_per_px.is_some() => Err(anyhow::anyhow!(
-                "{}: --overlay and --mm-per-px apply to segment models",
+                "{}: --overlay and --mm-per-px apply to segment and anomaly models",
                 model.display()
             )),
             Ok(_) => infer(&model, precision.into(), json, &images),
@@ -321,7 +340,17 @@ fn main() -> ExitCode {
                     precision,
                     json,
                 },
-        } => cli_segment::eval(&model, &data, list.as_deref(), precision.into(), json),
+        } => cli_segment::eval("segment", &model, &data, list.as_deref(), precision.into(), json),
+        Command::Eval {
+            tool:
+                EvalTool::Anomaly {
+                    model,
+                    data,
+                    list,
+                    precision,
+                    json,
+                },
+        } => cli_segment::eval("anomaly", &model, &data, list.as_deref(), precision.into(), json),
         Command::Grains(a) => cli_grains::grains(a),
         Command::Eval {
             tool: EvalTool::Grains(a),
@@ -935,7 +964,7 @@ struct StageStats {
     frames: u64,
 }
 
-/// `bench` for a tiled (segment) model: decode, tiling + stitching (`preprocess`), the model
+/// `bench` for a tiled (segment or anomaly) model: decode, tiling + stitching (`preprocess`), the model
 /// over every tile (`inference`), regions + measurements + decision (`decision`).
 fn bench_tiled_one(
     manifest: &Manifest,
@@ -949,7 +978,7 @@ fn bench_tiled_one(
         reject_if_length_mm_over: Some(2.0),
         ..Default::default()
     };
-    let mut seg = Segmenter::from_manifest(manifest.clone(), precision, rules)?;
+    let mut seg = Segmenter::from_tiled(manifest.clone(), precision, rules)?;
     let n = files.len() * passes;
     let mut st = StageStats {
         decode: Vec::with_capacity(n),

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduce every shipped model from the datasets (CPU; about 45 minutes on 2 cores):
+# Reproduce every shipped model from the datasets (CPU; about 85 minutes on 2 cores):
 #   bash models/training/train_all.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -9,5 +9,6 @@ python3 models/training/add_class.py --name red_iron --folder ../shared/datasets
 python3 models/training/reference.py models/neu_classify.toml models/neu7_classify.toml
 python3 models/training/kolektor_segment.py
 python3 models/training/grains_316l.py
+python3 models/training/kolektor_anomaly.py
 cargo build --release
-python3 models/training/stamp_metrics.py models/neu_classify.toml models/neu7_classify.toml models/kolektor_segment.toml
+python3 models/training/stamp_metrics.py models/neu_classify.toml models/neu7_classify.toml models/kolektor_segment.toml models/kolektor_anomaly.toml

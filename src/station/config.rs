@@ -125,7 +125,7 @@ fn one() -> u32 {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ToolSection {
-    /// `classify`.
+    /// `classify`, `segment` or `anomaly`.
     pub kind: String,
     /// Model manifest.
     pub manifest: PathBuf,
@@ -134,7 +134,7 @@ pub struct ToolSection {
     pub precision: Option<String>,
 }
 
-/// `[segment]` (segment tool only): calibration and region rules.
+/// `[segment]` (segment tool) or `[anomaly]` (anomaly tool): calibration and region rules.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SegmentSection {
@@ -398,6 +398,9 @@ pub struct StationConfig {
     /// `[segment]`.
     #[serde(default)]
     pub segment: Option<SegmentSection>,
+    /// `[anomaly]`: the same fields as `[segment]`, for the anomaly tool.
+    #[serde(default)]
+    pub anomaly: Option<SegmentSection>,
     /// `[records]`: counters and the decision log on disk.
     #[serde(default)]
     pub records: Option<crate::records::RecordsSection>,
@@ -424,10 +427,16 @@ fn action(v: &str, p: &Path, field: &str) -> Result<Action> {
 }
 
 impl StationConfig {
-    /// The segment tool's calibration and region rules (`[segment]`; defaults without it).
+    /// The map tools' calibration and region rules (`[segment]`, or `[anomaly]` for the
+    /// anomaly tool; defaults without it).
     pub fn segment_rules(&self) -> Result<crate::tools::segment::SegmentRules> {
         use crate::tools::segment::{DecideBy, SegmentRules};
-        let Some(s) = &self.segment else {
+        let (section, name) = if self.tool.kind == "anomaly" {
+            (&self.anomaly, "anomaly")
+        } else {
+            (&self.segment, "segment")
+        };
+        let Some(s) = section else {
             return Ok(SegmentRules::default());
         };
         let p = self.path.display();
@@ -435,7 +444,7 @@ impl StationConfig {
             "head" => DecideBy::Head,
             "rules" => DecideBy::Rules,
             "either" => DecideBy::Either,
-            other => bail!("{p}: field `segment.decide_by` is \"{other}\"; allowed: \"head\", \"rules\", \"either\""),
+            other => bail!("{p}: field `{name}.decide_by` is \"{other}\"; allowed: \"head\", \"rules\", \"either\""),
         };
         let r = SegmentRules {
             mm_per_px: s.mm_per_px,
@@ -443,7 +452,7 @@ impl StationConfig {
             reject_if_area_mm2_over: s.reject_if_area_mm2_over,
             decide_by,
         };
-        r.check(&format!("{p}: `[segment]`"))?;
+        r.check(&format!("{p}: `[{name}]`"))?;
         Ok(r)
     }
 
@@ -622,14 +631,17 @@ impl StationConfig {
         let p = path.display();
         c.check_camera()?;
         c.check_display()?;
-        if !matches!(c.tool.kind.as_str(), "classify" | "segment") {
+        if !matches!(c.tool.kind.as_str(), "classify" | "segment" | "anomaly") {
             bail!(
-                "{p}: field `tool.kind` is \"{}\"; allowed: \"classify\", \"segment\"",
+                "{p}: field `tool.kind` is \"{}\"; allowed: \"classify\", \"segment\", \"anomaly\"",
                 c.tool.kind
             );
         }
         if c.segment.is_some() && c.tool.kind != "segment" {
             bail!("{p}: `[segment]` applies to `tool.kind = \"segment\"` only");
+        }
+        if c.anomaly.is_some() && c.tool.kind != "anomaly" {
+            bail!("{p}: `[anomaly]` applies to `tool.kind = \"anomaly\"` only");
         }
         c.segment_rules()?;
         if !matches!(c.outputs.backend.as_str(), "recording" | "gpio") {

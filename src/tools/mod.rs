@@ -1,5 +1,6 @@
 //! Inspection tools: a model plus the maths around it. [`Tool`] is what the station runs.
 
+pub mod anomaly;
 pub mod classify;
 pub mod segment;
 pub mod tiled;
@@ -9,6 +10,7 @@ use anyhow::{bail, Result};
 use crate::core::frame::GrayFrame;
 use crate::model::engine::RunError;
 use crate::model::manifest::{Manifest, Precision};
+use anomaly::AnomalyDetector;
 use classify::{Classifier, ClassifyError};
 use segment::{SegmentRules, Segmenter};
 
@@ -19,6 +21,8 @@ pub enum Tool {
     Classify(Box<Classifier>),
     /// Defect map, regions in mm, image decision (one class, `defect`).
     Segment(Box<Segmenter>),
+    /// Anomaly map learnt from good parts, regions in mm, image decision (one class, `defect`).
+    Anomaly(Box<AnomalyDetector>),
 }
 
 /// Why a frame got no scores.
@@ -42,8 +46,8 @@ impl std::fmt::Display for ToolError {
 impl std::error::Error for ToolError {}
 
 impl Tool {
-    /// Load the manifest's model for `kind` (`classify` or `segment`); the manifest's
-    /// `model.tool` must match.
+    /// Load the manifest's model for `kind` (`classify`, `segment` or `anomaly`); the
+    /// manifest's `model.tool` must match. `segment` holds the map tools' calibration and rules.
     pub fn load(kind: &str, manifest: Manifest, precision: Precision, segment: SegmentRules) -> Result<Tool> {
         if manifest.model.tool != kind {
             bail!(
@@ -55,6 +59,7 @@ impl Tool {
         Ok(match kind {
             "classify" => Tool::Classify(Box::new(Classifier::from_manifest(manifest, precision)?)),
             "segment" => Tool::Segment(Box::new(Segmenter::from_manifest(manifest, precision, segment)?)),
+            "anomaly" => Tool::Anomaly(Box::new(AnomalyDetector::from_manifest(manifest, precision, segment)?)),
             other => bail!("tool kind \"{other}\" is not built into this station"),
         })
     }
@@ -64,6 +69,7 @@ impl Tool {
         match self {
             Tool::Classify(c) => c.manifest(),
             Tool::Segment(s) => s.manifest(),
+            Tool::Anomaly(a) => a.manifest(),
         }
     }
 
@@ -72,6 +78,7 @@ impl Tool {
         match self {
             Tool::Classify(c) => c.prepare(width, height),
             Tool::Segment(s) => s.prepare(width, height),
+            Tool::Anomaly(a) => a.prepare(width, height),
         }
     }
 
@@ -80,6 +87,7 @@ impl Tool {
         match self {
             Tool::Classify(c) => c.classify(frame).map_err(ToolError::Classify),
             Tool::Segment(s) => s.scores(frame).map_err(ToolError::Run),
+            Tool::Anomaly(a) => a.scores(frame).map_err(ToolError::Run),
         }
     }
 
@@ -88,6 +96,7 @@ impl Tool {
         let regions: &[segment::MeasuredRegion] = match self {
             Tool::Classify(_) => &[],
             Tool::Segment(s) => &s.result().regions,
+            Tool::Anomaly(a) => &a.result().regions,
         };
         regions.iter().map(|r| (r.px.x0, r.px.y0, r.px.x1, r.px.y1))
     }

@@ -85,10 +85,29 @@ pub struct MeasuredRegion {
     pub width_mm: f32,
 }
 
+impl MeasuredRegion {
+    /// Measure `reg` in millimetres at `scale` (`None`: pixel measurements only).
+    pub fn measure(reg: &Region, scale: Option<Scale>) -> MeasuredRegion {
+        match scale {
+            Some(s) => MeasuredRegion {
+                px: *reg,
+                area_mm2: s.px_area_to_mm2(reg.area_px as f32),
+                length_mm: s.px_to_mm(reg.length_px),
+                width_mm: s.px_to_mm(reg.width_px),
+            },
+            None => MeasuredRegion {
+                px: *reg,
+                ..Default::default()
+            },
+        }
+    }
+}
+
 /// What one frame gave.
 #[derive(Clone, Debug, Default)]
 pub struct SegmentResult {
-    /// The decision head's maximum over tiles (the image score).
+    /// The image score: the decision head's maximum over tiles, or for an anomaly model
+    /// (`score_blur_px`) the maximum of the box-blurred map.
     pub score: f32,
     /// The map's maximum.
     pub map_max: f32,
@@ -148,6 +167,13 @@ impl Segmenter {
                 manifest.model.tool
             );
         }
+        Segmenter::from_tiled(manifest, precision, rules)
+    }
+
+    /// Load any tiled map model (`[segment]` or `[anomaly]`): the anomaly tool and the bench
+    /// run through here. The image score is the blurred map maximum when the manifest sets
+    /// `score_blur_px`, else the decision output, else the map maximum.
+    pub fn from_tiled(manifest: Manifest, precision: Precision, rules: SegmentRules) -> Result<Segmenter> {
         rules.check(&manifest.path.display().to_string())?;
         let map = TiledMap::from_manifest(manifest, precision)?;
         Ok(Segmenter {
@@ -201,11 +227,15 @@ impl Segmenter {
             inference_us,
         } = self.map.run(frame)?;
         let map_us = t0.elapsed().as_micros() as u64;
-        let (pixel_threshold, decision_threshold) = {
+        let (pixel_threshold, decision_threshold, blur_px) = {
             let s = self.map.section();
-            (s.pixel_threshold, s.decision_threshold)
+            (s.pixel_threshold, s.decision_threshold, s.score_blur_px)
         };
-        let score = decision.unwrap_or(map_max);
+        let score = if blur_px > 0 {
+            self.map.blurred_max(blur_px)
+        } else {
+            decision.unwrap_or(map_max)
+        };
         let (summary, regions) = self.map.regions(pixel_threshold);
         let r = &mut self.result;
         r.score = score;
@@ -218,18 +248,7 @@ impl Segmenter {
         r.rule = None;
         let scale = self.rules.mm_per_px.map(|mm_per_px| Scale { mm_per_px });
         for reg in regions {
-            let m = match scale {
-                Some(s) => MeasuredRegion {
-                    px: *reg,
-                    area_mm2: s.px_area_to_mm2(reg.area_px as f32),
-                    length_mm: s.px_to_mm(reg.length_px),
-                    width_mm: s.px_to_mm(reg.width_px),
-                },
-                None => MeasuredRegion {
-                    px: *reg,
-                    ..Default::default()
-                },
-            };
+            let m = MeasuredRegion::measure(reg, scale);
             if scale.is_some() && r.rule.is_none() {
                 if self.rules.reject_if_length_mm_over.is_some_and(|l| m.length_mm > l) {
                     r.rule = Some("length");

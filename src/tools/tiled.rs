@@ -277,6 +277,16 @@ impl TiledMap {
     /// Replace the map by its box mean over `(2r+1)²` pixels (anomaly scores), using the
     /// label buffer as scratch; returns the new maximum.
     pub fn blur(&mut self, r: usize) -> f32 {
+        self.box_mean(r, true)
+    }
+
+    /// The maximum of the map's box mean over `(2r+1)²` pixels, leaving the map as it is
+    /// (the label buffer is scratch). Never above the map's own maximum.
+    pub fn blurred_max(&mut self, r: usize) -> f32 {
+        self.box_mean(r, false)
+    }
+
+    fn box_mean(&mut self, r: usize, write_back: bool) -> f32 {
         let (w, h) = (self.width, self.height);
         if r == 0 || w == 0 {
             return self.prob.iter().copied().fold(0.0, f32::max);
@@ -309,7 +319,9 @@ impl TiledMap {
             }
             for y in 0..h {
                 let v = sum / n as f32;
-                self.prob[y * w + x] = v;
+                if write_back {
+                    self.prob[y * w + x] = v;
+                }
                 max = max.max(v);
                 if y + r + 1 < h {
                     sum += f32::from_bits(tmp[(y + r + 1) * w + x]);
