@@ -18,15 +18,19 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 GLIBC_FLOOR=2.31
+# The emulated CPUs are the boards' cores (qemu's default "max" CPU offers SVE, whose emulation
+# is several times slower). Under qemu-arm, /proc/cpuinfo is the host's, so the BeagleBone
+# profile's NEON hint is given the way the profile gives it, to run tract's NEON kernels.
+export TRACT_CPU_ARM32_NEON=true
 TARGETS=("$@")
 [ ${#TARGETS[@]} -gt 0 ] || TARGETS=(aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf aarch64-unknown-linux-musl)
 TARGET_DIR=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 
 for T in "${TARGETS[@]}"; do
     case $T in
-        aarch64-unknown-linux-gnu) ZT=$T.$GLIBC_FLOOR; QEMU=(qemu-aarch64 -L /usr/aarch64-linux-gnu); TESTS=(arch_scores model conveyor_sim) ;;
-        armv7-unknown-linux-gnueabihf) ZT=$T.$GLIBC_FLOOR; QEMU=(qemu-arm -L /usr/arm-linux-gnueabihf); TESTS=(arch_scores model conveyor_sim) ;;
-        aarch64-unknown-linux-musl) ZT=$T; QEMU=(qemu-aarch64); TESTS=(arch_scores) ;;
+        aarch64-unknown-linux-gnu) ZT=$T.$GLIBC_FLOOR; QEMU=(qemu-aarch64 -cpu cortex-a72 -L /usr/aarch64-linux-gnu); TESTS=(arch_scores model conveyor_sim) ;;
+        armv7-unknown-linux-gnueabihf) ZT=$T.$GLIBC_FLOOR; QEMU=(qemu-arm -cpu cortex-a8 -L /usr/arm-linux-gnueabihf); TESTS=(arch_scores model conveyor_sim) ;;
+        aarch64-unknown-linux-musl) ZT=$T; QEMU=(qemu-aarch64 -cpu cortex-a72); TESTS=(arch_scores) ;;
         *) echo "unknown target $T"; exit 2 ;;
     esac
     echo "== $T: build (cargo zigbuild --release --target $ZT)"
