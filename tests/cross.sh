@@ -5,7 +5,7 @@
 #   aarch64-unknown-linux-musl     (static; the emulated board test boots it)
 # For each: `cargo zigbuild --release` of the binary and the test binaries, the binary's glibc
 # floor read from its symbol versions (or its being static), then under qemu-user:
-#   - tests/arch_scores.rs: the same images give the same scores as on x86_64 (exact for int8);
+#   - tests/arch_scores.rs: the same images give the same scores as on x86_64 (int8 within 1e-6);
 #   - tests/model.rs: the shipped models against onnxruntime's recorded outputs;
 #   - tests/conveyor_sim.rs: the reject-timing simulation, 200 000 items against the golden
 #     timeline recorded on x86_64;
