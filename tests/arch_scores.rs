@@ -100,17 +100,16 @@ fn measure() -> Value {
         )
         .unwrap();
         let mut segment = serde_json::Map::new();
-        for stem in ["091"] {
-            let img = format!("tests/data/kolektor_samples/images/{stem}.jpg");
-            let (w, h, px) = load(&img);
-            pixels.insert(img.clone(), json!(digest(&px)));
-            let f = GrayFrame::new(&px, w, h, w).unwrap();
-            seg.prepare(w, h);
-            let score = seg.segment(&f).unwrap().score;
-            let mut m = map_stats(seg.map().0);
-            m["score"] = json!(score);
-            segment.insert(img, m);
-        }
+        // One defective frame: emulation runs this model at about 22 s per frame.
+        let img = "tests/data/kolektor_samples/images/091.jpg".to_string();
+        let (w, h, px) = load(&img);
+        pixels.insert(img.clone(), json!(digest(&px)));
+        let f = GrayFrame::new(&px, w, h, w).unwrap();
+        seg.prepare(w, h);
+        let score = seg.segment(&f).unwrap().score;
+        let mut m = map_stats(seg.map().0);
+        m["score"] = json!(score);
+        segment.insert(img, m);
         let mut grains_model = GrainModel::load(&root().join("models/grains_316l.toml"), precision).unwrap();
         let mut grains = serde_json::Map::new();
         let img = "tests/data/grains_samples/images/RG17_2_2.jpg".to_string();
@@ -196,7 +195,11 @@ fn the_same_images_give_the_same_scores_as_on_x86_64() {
     let want = golden();
     let arch = std::env::consts::ARCH;
     let mut failures = Vec::new();
-    for (key, tol, skip_digests) in [("pixels", 0.0, false), ("int8", INT8_TOLERANCE, true), ("f32", F32_TOLERANCE, true)] {
+    for (key, tol, skip_digests) in [
+        ("pixels", 0.0, false),
+        ("int8", INT8_TOLERANCE, true),
+        ("f32", F32_TOLERANCE, true),
+    ] {
         let (mut worst, mut bad) = (0.0, Vec::new());
         compare(key, &got[key], &want[key], tol, skip_digests, &mut worst, &mut bad);
         println!("{arch} {key}: largest difference from x86_64 {worst:.3e} (allowed {tol:.0e})");
