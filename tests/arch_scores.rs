@@ -3,9 +3,7 @@
 //! on x86_64. The ARM builds run this test under qemu-user (`tests/cross.sh`).
 //!
 //! - decoded pixels: exact (a digest of every image's gray pixels);
-//! - int8 models: within [`INT8_TOLERANCE`], a few units in the last place — the integer
-//!   convolutions are exact, the f32 layers after them and the sigmoid are not bit-identical
-//!   across SIMD kernels;
+//! - int8 models: within [`INT8_TOLERANCE`] — the last bit on aarch64, up to 8e-5 on armv7;
 //! - f32 models: within [`F32_TOLERANCE`] (tract's f32 kernels differ per architecture in
 //!   the order of their sums).
 //!
@@ -22,10 +20,11 @@ use ferroscope::tools::classify::Classifier;
 use ferroscope::tools::segment::{SegmentRules, Segmenter};
 use serde_json::{json, Value};
 
-/// Largest allowed |score − golden| for the int8 models: their integer convolutions are exact,
-/// but the dequantised output goes through f32 layers and the sigmoid, whose SIMD kernels
-/// differ per architecture in the last bit (measured: 1.2e-7 on aarch64).
-const INT8_TOLERANCE: f64 = 1e-6;
+/// Largest allowed |score − golden| for the int8 models. Measured: 1.2e-7 on aarch64 (the last
+/// bit of an f32) and 7.9e-5 on armv7 (two of twelve NEU images; every class and decision
+/// unchanged), whose kernels most likely round the requantisation of some activations
+/// differently.
+const INT8_TOLERANCE: f64 = 2e-4;
 
 /// Largest allowed |score − golden| for the f32 models.
 const F32_TOLERANCE: f64 = 1e-4;
