@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Deserialize;
 
-use super::config::{GpioLineSection, StationConfig};
+use super::config::StationConfig;
+use crate::hal::OutputLine;
 use crate::model::manifest::Manifest;
 use crate::tools::Tool;
 
@@ -311,26 +312,23 @@ pub fn check(cfg: &StationConfig) -> Vec<Finding> {
             ));
         }
     }
-    let mut lines: Vec<(String, PathBuf, &GpioLineSection)> = Vec::new();
     if cfg.outputs.backend == "gpio" {
-        let chip = cfg.outputs.gpio_chip.clone().unwrap_or_default();
-        for e in &cfg.ejectors {
-            if let Some(g) = &e.gpio {
-                lines.push((format!("reject \"{}\"", e.name), chip.clone(), g));
+        match super::output_lines(cfg) {
+            Ok(lines) => {
+                for (role, spec) in lines {
+                    let what = match role {
+                        OutputLine::Reject(i) => format!("reject \"{}\"", cfg.ejectors[i as usize].name),
+                        OutputLine::Heartbeat => "heartbeat".into(),
+                        OutputLine::LineStop => "line stop".into(),
+                    };
+                    out.push(finding(
+                        format!("{what} {} line {}", spec.chip.display(), spec.line),
+                        gpio_line(&spec.chip, spec.line),
+                    ));
+                }
             }
+            Err(e) => out.push(finding("outputs", Err(e))),
         }
-        if let Some(g) = &cfg.outputs.heartbeat {
-            lines.push(("heartbeat".into(), chip.clone(), g));
-        }
-        if let Some(g) = &cfg.outputs.line_stop {
-            lines.push(("line stop".into(), chip.clone(), g));
-        }
-    }
-    for (what, chip, g) in lines {
-        out.push(finding(
-            format!("{what} {} line {}", chip.display(), g.line),
-            gpio_line(&chip, g.line),
-        ));
     }
     if cfg.inputs.backend.as_deref() != Some("sim") {
         let chip = cfg.inputs.gpio_chip.clone().unwrap_or_default();

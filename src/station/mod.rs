@@ -337,10 +337,8 @@ impl RejectOutput for Outputs {
     }
 }
 
-fn open_outputs(cfg: &StationConfig, clock: MonotonicClock) -> Result<Outputs> {
-    if cfg.outputs.backend != "gpio" {
-        return Ok(Outputs::Recording(RecordingOutput::new(clock, MAX_TIMELINE_EVENTS)));
-    }
+/// The GPIO output lines of a `gpio` backend: each ejector's, the heartbeat, the line stop.
+pub fn output_lines(cfg: &StationConfig) -> Result<Vec<(OutputLine, LineSpec)>> {
     let chip = cfg
         .outputs
         .gpio_chip
@@ -363,6 +361,14 @@ fn open_outputs(cfg: &StationConfig, clock: MonotonicClock) -> Result<Outputs> {
     if let Some(g) = &cfg.outputs.line_stop {
         lines.push((OutputLine::LineStop, spec(g)));
     }
+    Ok(lines)
+}
+
+fn open_outputs(cfg: &StationConfig, clock: MonotonicClock) -> Result<Outputs> {
+    if cfg.outputs.backend != "gpio" {
+        return Ok(Outputs::Recording(RecordingOutput::new(clock, MAX_TIMELINE_EVENTS)));
+    }
+    let lines = output_lines(cfg)?;
     Ok(Outputs::Gpio(
         GpioOutput::open(&lines, clock, MAX_TIMELINE_EVENTS)
             .with_context(|| format!("{}: `[outputs]`", cfg.path.display()))?,
