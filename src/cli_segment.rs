@@ -34,24 +34,9 @@ pub fn write_overlay(
     level: f32,
     boxes: &[(u32, u32, u32, u32)],
 ) -> Result<()> {
-    let mut img = image::RgbImage::new(w as u32, h as u32);
-    for (i, p) in img.pixels_mut().enumerate() {
-        let g = gray[i] as f32;
-        let v = map[i];
-        *p = if v >= level {
-            let a = 0.35 + 0.5 * v.clamp(0.0, 1.0);
-            image::Rgb([
-                (g * (1.0 - a) + 255.0 * a) as u8,
-                (g * (1.0 - a) + 40.0 * a) as u8,
-                (g * (1.0 - a) + 20.0 * a) as u8,
-            ])
-        } else {
-            image::Rgb([gray[i]; 3])
-        };
-    }
-    draw_boxes(&mut img, w, h, boxes);
-    img.save_with_format(path, image::ImageFormat::Png)
-        .with_context(|| format!("{}: cannot write overlay", path.display()))
+    write_blended(path, gray, w, h, map, boxes, |v| {
+        (v >= level).then(|| ([255, 40, 20], 0.35 + 0.5 * v.clamp(0.0, 1.0)))
+    })
 }
 
 /// Write `frame` in gray under the anomaly map as a heat map (more opaque where hotter;
@@ -65,21 +50,34 @@ pub fn write_heatmap(
     level: f32,
     boxes: &[(u32, u32, u32, u32)],
 ) -> Result<()> {
-    let mut img = image::RgbImage::new(w as u32, h as u32);
-    for (i, p) in img.pixels_mut().enumerate() {
-        let g = gray[i] as f32;
-        let v = map[i];
-        let c = heat_rgb(v);
+    write_blended(path, gray, w, h, map, boxes, |v| {
         let a = if v >= level {
             0.85
         } else {
             0.15 + 0.6 * (v / level.max(1e-6)).clamp(0.0, 1.0)
         };
-        *p = image::Rgb([
-            (g * (1.0 - a) + c[0] as f32 * a) as u8,
-            (g * (1.0 - a) + c[1] as f32 * a) as u8,
-            (g * (1.0 - a) + c[2] as f32 * a) as u8,
-        ]);
+        Some((heat_rgb(v), a))
+    })
+}
+
+/// The gray frame blended per pixel with `tint(map value)` (a colour and its opacity; `None`
+/// leaves the pixel gray), the region boxes drawn over it, saved as a PNG.
+fn write_blended(
+    path: &Path,
+    gray: &[u8],
+    w: usize,
+    h: usize,
+    map: &[f32],
+    boxes: &[(u32, u32, u32, u32)],
+    tint: impl Fn(f32) -> Option<([u8; 3], f32)>,
+) -> Result<()> {
+    let mut img = image::RgbImage::new(w as u32, h as u32);
+    for (i, p) in img.pixels_mut().enumerate() {
+        let g = gray[i] as f32;
+        *p = match tint(map[i]) {
+            Some((c, a)) => image::Rgb(c.map(|c| (g * (1.0 - a) + c as f32 * a) as u8)),
+            None => image::Rgb([gray[i]; 3]),
+        };
     }
     draw_boxes(&mut img, w, h, boxes);
     img.save_with_format(path, image::ImageFormat::Png)
