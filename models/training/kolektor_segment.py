@@ -11,6 +11,11 @@ over its tiles (a part is defective if any tile is, as in the seed). Compared wi
 a classification head this keeps the graph to plain Conv+ReLU blocks, which is what runs fast as
 int8 in tract, and the coarse map is enough to measure crack length in millimetres.
 
+Training: the one-cycle schedule runs on 80 % of the training pool while the other 20 % (the
+selection split, by duplicate group) scores the checkpoints; the best step's schedule is then
+replayed from scratch on the whole training pool (--no-refit ships the selected checkpoint as it
+is). The held-out images are scored once, at the end.
+
 Tiles are 512x512 frame pixels (the frames are ~500x1250: width reflect-padded to 512, three
 overlapping tiles down the frame); the graph averages 2x2 first, so the convolutions run at half
 resolution. Masks are dilated (the seed dilates before downscaling) and max-pooled to the map grid.
@@ -281,6 +286,10 @@ def main():
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--ship-only", action="store_true", help="export + quantise the saved checkpoint, no training")
+    ap.add_argument("--refit", action=argparse.BooleanOptionalAction, default=True,
+                    help="after choosing the step, train again from scratch on the whole training pool up to that step")
+    ap.add_argument("--chosen-step", type=int, default=None,
+                    help="skip the selection run and refit up to this step (the step an earlier full run chose)")
     args = ap.parse_args()
     torch.manual_seed(args.seed)
     torch.set_num_threads(os.cpu_count() or 1)
@@ -300,16 +309,41 @@ def main():
     # once, by ship(), with the chosen checkpoint
     fit, select = split(train, args.seed + 1, args.select_fraction)
     print(f"fit {len(fit)} ({sum(i['defect'] for i in fit)} defective), selection {len(select)} ({sum(i['defect'] for i in select)} defective)", flush=True)
+    ckpt = os.path.join(ROOT, "models", "training", "kolektor_segment.pt")
+    if args.chosen_step is None:
+        best = train_loop(model, fit, args, rng, args.steps, select, ckpt)
+        print(f"chosen checkpoint: step {best[1]} (selection AP {best[0][0]:.4f}, margin {best[0][1]:+.2f})", flush=True)
+        args.chosen_step = best[1]
+    else:
+        args.refit = True
+        best = (None, args.chosen_step)
+    if args.refit:
+        # the chosen schedule, replayed from scratch on the whole training pool (fit + selection):
+        # the selection split chose the step, then its images join training
+        print(f"refit on the whole training pool ({len(train)} frames) for {best[1]} steps", flush=True)
+        torch.manual_seed(args.seed)
+        model = SegDec()
+        train_loop(model, train, args, random.Random(args.seed), best[1])
+        torch.save(model.state_dict(), ckpt)
+    model.load_state_dict(torch.load(ckpt))
+    model.eval()
+    ship(model, train, held, args)
+
+
+def train_loop(model, pool, args, rng, stop, select=None, ckpt=None):
+    """The training schedule (one-cycle over args.steps) on `pool`, up to step `stop`. With
+    `select`, scores the selection frames every args.eval_every steps from 30 % on and saves
+    the best checkpoint to `ckpt`; returns ((AP, margin), step) of the best."""
     best = None
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps, pct_start=0.1)
     t0 = time.time()
     hard = None
-    for step in range(1, args.steps + 1):
+    for step in range(1, stop + 1):
         if step > 0.3 * args.steps and step % 250 == 1:
-            hard = hard_negatives(model, fit)
+            hard = hard_negatives(model, pool)
         model.train()
-        x, target, dlabel = sample_batch(fit, args.batch, rng, hard)
+        x, target, dlabel = sample_batch(pool, args.batch, rng, hard)
         m, d = model(x)
         pos = target.mean().clamp(min=1e-3)
         seg_loss = F.binary_cross_entropy_with_logits(m, target, pos_weight=((1 - pos) / pos).clamp(max=20).detach())
@@ -323,7 +357,7 @@ def main():
         sched.step()
         if step % 50 == 0:
             print(f"step {step} seg {seg_loss.item():.4f} dec {dec_loss.item():.4f} {time.time() - t0:.0f}s", flush=True)
-        if step >= 0.3 * args.steps and (step % args.eval_every == 0 or step == args.steps):
+        if select is not None and step >= 0.3 * args.steps and (step % args.eval_every == 0 or step == args.steps):
             model.eval()
             with torch.no_grad():
                 fn = lambda a: tuple(torch.sigmoid(t).numpy() for t in model(torch.from_numpy(a)))
@@ -337,14 +371,9 @@ def main():
             if best is None or key > best[0]:
                 best = (key, step)
                 mark = " *"
-                torch.save(model.state_dict(), os.path.join(ROOT, "models", "training", "kolektor_segment.pt"))
+                torch.save(model.state_dict(), ckpt)
             print(f"  selection AP {a:.4f} AUROC {u:.4f} margin {margin:+.2f}{mark}", flush=True)
-
-    print(f"chosen checkpoint: step {best[1]} (selection AP {best[0][0]:.4f}, margin {best[0][1]:+.2f})", flush=True)
-    model.load_state_dict(torch.load(os.path.join(ROOT, "models", "training", "kolektor_segment.pt")))
-    model.eval()
-    args.chosen_step = best[1]
-    ship(model, train, held, args)
+    return best
 
 
 def ship(model, train, held, args):
@@ -451,7 +480,7 @@ cell = {CELL}
 decision_threshold = {thr:.6f}
 # a map pixel belongs to a region at or above this probability
 pixel_threshold = {pixel_thr}
-threshold_rule = "decision: halfway in log-odds between the lowest defective and the highest good training frame (int8), so every defective training frame is rejected; pixel: the level with the best Dice over the training frames' masks"
+threshold_rule = "decision: halfway in log-odds between the lowest defective and the highest good training frame (int8) when they separate, else the lowest defective training frame's score; either way every defective training frame is rejected; pixel: the level with the best Dice over the training frames' masks"
 
 [quantisation]
 format = "onnx QDQ: int8 weights (per output channel, 7-bit range), uint8 activations (per-tensor) around each Conv+Relu; pooling and the decision layer f32"
@@ -467,7 +496,8 @@ train_images = {len(train)}
 heldout_images = {len(held)}
 steps = {args.steps}
 chosen_step = {getattr(args, "chosen_step", args.steps)}
-checkpoint_rule = "highest AP, then widest log-odds margin, on a selection split of the training pool ({args.select_fraction:.0%} of its duplicate groups, seed {args.seed + 1}), every {args.eval_every} steps from 30 % on"
+checkpoint_rule = "highest AP, then widest log-odds margin, on a selection split of the training pool ({args.select_fraction:.0%} of its duplicate groups, seed {args.seed + 1}), every {args.eval_every} steps from 30 % on{'; then the same schedule replayed from scratch on the whole training pool up to that step' if args.refit else ''}"
+refit = {str(bool(args.refit)).lower()}
 batch = {args.batch}
 seed = {args.seed}
 mask_dilation_px = {DILATE}
