@@ -311,19 +311,17 @@ def main():
     print(f"fit {len(fit)} ({sum(i['defect'] for i in fit)} defective), selection {len(select)} ({sum(i['defect'] for i in select)} defective)", flush=True)
     ckpt = os.path.join(ROOT, "models", "training", "kolektor_segment.pt")
     if args.chosen_step is None:
-        best = train_loop(model, fit, args, rng, args.steps, select, ckpt)
-        print(f"chosen checkpoint: step {best[1]} (selection AP {best[0][0]:.4f}, margin {best[0][1]:+.2f})", flush=True)
-        args.chosen_step = best[1]
+        (a, margin), args.chosen_step = train_loop(model, fit, args, rng, args.steps, select, ckpt)
+        print(f"chosen checkpoint: step {args.chosen_step} (selection AP {a:.4f}, margin {margin:+.2f})", flush=True)
     else:
-        args.refit = True
-        best = (None, args.chosen_step)
+        args.refit = True  # a given step has no selected checkpoint to ship
     if args.refit:
         # the chosen schedule, replayed from scratch on the whole training pool (fit + selection):
         # the selection split chose the step, then its images join training
-        print(f"refit on the whole training pool ({len(train)} frames) for {best[1]} steps", flush=True)
+        print(f"refit on the whole training pool ({len(train)} frames) for {args.chosen_step} steps", flush=True)
         torch.manual_seed(args.seed)
         model = SegDec()
-        train_loop(model, train, args, random.Random(args.seed), best[1])
+        train_loop(model, train, args, random.Random(args.seed), args.chosen_step)
         torch.save(model.state_dict(), ckpt)
     model.load_state_dict(torch.load(ckpt))
     model.eval()
@@ -495,7 +493,7 @@ heldout_list = "{stem}.heldout.txt"
 train_images = {len(train)}
 heldout_images = {len(held)}
 steps = {args.steps}
-chosen_step = {getattr(args, "chosen_step", args.steps)}
+chosen_step = {args.chosen_step or args.steps}
 checkpoint_rule = "highest AP, then widest log-odds margin, on a selection split of the training pool ({args.select_fraction:.0%} of its duplicate groups, seed {args.seed + 1}), every {args.eval_every} steps from 30 % on{'; then the same schedule replayed from scratch on the whole training pool up to that step' if args.refit else ''}"
 refit = {str(bool(args.refit)).lower()}
 batch = {args.batch}
