@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduce every shipped model from the datasets (CPU; about 85 minutes on 2 cores):
+# Reproduce every shipped model from the datasets (CPU; about 20 minutes on 2 cores):
 #   bash models/training/train_all.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
