@@ -46,7 +46,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import common
-from kolektor_anomaly import split_groups
+from kolektor_anomaly import blurred_max, split_groups
 from kolektor_segment import ap_auroc, load_set, pad_width, tile_origins
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -352,13 +352,6 @@ def focal(logits, target, gamma=2.0, alpha=0.75):
     pt = p * target + (1 - p) * (1 - target)
     at = alpha * target + (1 - alpha) * (1 - target)
     return (at * (1 - pt) ** gamma * ce).sum() / target.numel() * 10
-
-
-def blurred_max(pmap, r):
-    """Maximum of the map's (2r+1)^2 box mean (edges: mean over the pixels inside), as
-    TiledMap::blurred_max."""
-    blurred = F.avg_pool2d(torch.from_numpy(pmap)[None, None], 2 * r + 1, stride=1, padding=r, count_include_pad=False)
-    return float(blurred.max())
 
 
 def synthetic_frame(img_u8, pool, rng):
