@@ -629,7 +629,7 @@ fn tls_with_a_password_delivers_and_a_wrong_password_never_blocks_inspection() {
         .args(["-t", "ferroscope/rec-test/item/reject", "-C", "30", "-W", "60"])
         .stdout(Stdio::piped())
         .spawn()
-        .unwrap();
+        .expect("the Mosquitto client mosquitto_sub (Debian package `mosquitto-clients`; .ci/run installs it)");
     std::thread::sleep(Duration::from_millis(500));
     let mqtt = |pw: &str| {
         format!(
