@@ -102,17 +102,17 @@ def box(x, r):
 class LineMap(nn.Module):
     """[1, 1, 512, 512] normalised tile -> [1, 1, 128, 128] anomaly map (sigmoid)."""
 
-    def __init__(self):
+    def __init__(self, sigma_along=SIGMA_ALONG, angles=ANGLES):
         super().__init__()
-        k = len(ANGLES)
+        k = len(angles)
         r1 = int(math.ceil(2.5 * max(SIGMA_ACROSS, SIGMA_SHORT)))
         self.short = nn.Conv2d(1, k, 2 * r1 + 1, bias=False)
-        self.short.weight.data = torch.stack([oriented(SIGMA_ACROSS, SIGMA_SHORT, a, r1, True) for a in ANGLES])[:, None]
+        self.short.weight.data = torch.stack([oriented(SIGMA_ACROSS, SIGMA_SHORT, a, r1, True) for a in angles])[:, None]
         # the along-Gaussians compose: sigma_along^2 = sigma_short^2 + (2 sigma_line)^2
-        sigma_line = math.sqrt(SIGMA_ALONG**2 - SIGMA_SHORT**2) / 2
+        sigma_line = math.sqrt(sigma_along**2 - SIGMA_SHORT**2) / 2
         r2 = int(math.ceil(2.5 * sigma_line))
         self.line = nn.Conv2d(k, k, 2 * r2 + 1, groups=k, bias=False)
-        self.line.weight.data = torch.stack([oriented(0.5, sigma_line, a, r2, False) for a in ANGLES])[:, None]
+        self.line.weight.data = torch.stack([oriented(0.5, sigma_line, a, r2, False) for a in angles])[:, None]
         self.r1, self.r2 = r1, r2
         self.register_buffer("inv_spread", torch.ones(1, 1, 1, TILE // CELL))
         self.register_buffer("scored", torch.ones(1, 1, 1, TILE // CELL))
@@ -255,6 +255,14 @@ def main():
     torch.manual_seed(args.seed)
     torch.set_num_threads(os.cpu_count() or 1)
 
+    fit, val, held = splits(args)
+    model = LineMap().eval()
+    fit_normal(model, fit)
+    ship(model, fit, val, held, args)
+
+
+def splits(args):
+    """(fit, val, held): good training frames, good validation frames, held-out frames."""
     items = load_set(args.data)
     good = [it for it in items if not it["defect"]]
     defective = [it for it in items if it["defect"]]
@@ -263,10 +271,25 @@ def main():
     # a duplicate group never straddles good/defective here: duplicates are byte-identical
     held = sorted(held_good + defective, key=lambda i: i["name"])
     print(f"fit {len(fit)} good, validation {len(val)} good, held-out {len(held)} ({len(defective)} defective)", flush=True)
+    return fit, val, held
 
-    model = LineMap().eval()
-    fit_normal(model, fit)
-    ship(model, fit, val, held, args)
+
+def choose_blur(fn, val, seed):
+    """The score's blur radius, chosen without any defective image: the radius that best
+    separates the good validation frames from the same frames with one simulated crack each
+    (image AUROC; ties go to the larger radius, which is steadier on good parts).
+    Returns (radius, its AUROC, the good validation maps)."""
+    vrng = np.random.default_rng(seed + 2)
+    clean_maps = [frame_map(fn, it["img"], 0)[1] for it in val]
+    synth_maps = [frame_map(fn, crack(it["img"], vrng), 0)[1] for it in val for _ in range(2)]
+    best = None
+    for r in (2, 4, 8, 16):
+        sc = [blurred_max(m, r) for m in clean_maps] + [blurred_max(m, r) for m in synth_maps]
+        _, u = ap_auroc(sc, [0] * len(clean_maps) + [1] * len(synth_maps))
+        print(f"blur radius {r}: validation AUROC, good vs simulated cracks {u:.4f}", flush=True)
+        if best is None or u >= best[0]:
+            best = (u, r)
+    return best[1], best[0], clean_maps
 
 
 def ship(model, fit, val, held, args):
@@ -302,23 +325,10 @@ def ship(model, fit, val, held, args):
         sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
         return lambda a: sess.run(None, {"image": a.astype(np.float32)})[0]
 
-    # The score's blur radius, chosen without any defective image: the radius that best
-    # separates the good validation frames from the same frames with one simulated crack each
-    # (image AUROC; ties go to the larger radius, which is steadier on good parts).
+    # The score's blur radius, on the int8 model, without any defective image.
     fn = ort_fn(int8_path)
     global BLUR_PX
-    vrng = np.random.default_rng(args.seed + 2)
-    clean_maps = [frame_map(fn, it["img"], 0)[1] for it in val]
-    synth_maps = [frame_map(fn, crack(it["img"], vrng), 0)[1] for it in val for _ in range(2)]
-    best = None
-    for r in (2, 4, 8, 16):
-        sc = [blurred_max(m, r) for m in clean_maps] + [blurred_max(m, r) for m in synth_maps]
-        _, u = ap_auroc(sc, [0] * len(clean_maps) + [1] * len(synth_maps))
-        print(f"blur radius {r}: validation AUROC, good vs simulated cracks {u:.4f}", flush=True)
-        if best is None or u >= best[0]:
-            best = (u, r)
-    BLUR_PX = best[1]
-    args.synthetic_auroc = best[0]
+    BLUR_PX, args.synthetic_auroc, clean_maps = choose_blur(fn, val, args.seed)
     # Thresholds from the good validation images only (no defective image): the image
     # threshold is the highest good validation score (target: no false reject on the
     # validation set; raise it in the manifest for headroom, at the cost of misses); the pixel
@@ -345,6 +355,7 @@ def ship(model, fit, val, held, args):
         for it in val:
             fh.write(f"{it['name']}.jpg\n")
     angles = ", ".join(str(a) for a in ANGLES)
+    margin_text = f" raised by {THRESHOLD_MARGIN_LOGIT:g} in log-odds" if THRESHOLD_MARGIN_LOGIT else ", no margin"
     toml = f"""# Manifest of a ferroscope anomaly model. Paths are relative to this file.
 [model]
 name = "{stem}"
@@ -383,7 +394,7 @@ score_blur_px = {BLUR_PX}
 decision_threshold = {thr:.6f}
 # a map pixel belongs to a region at or above this
 pixel_threshold = {thr:.6f}
-threshold_rule = "the highest image score over the {len(val)} good validation images (int8, models/{stem}.validation.txt; not used to fit the normal) raised by {THRESHOLD_MARGIN_LOGIT:g} in log-odds: no false reject on validation; the pixel threshold equals it, so a rejected image always has a region"
+threshold_rule = "the highest image score over the {len(val)} good validation images (int8, models/{stem}.validation.txt; not used to fit the normal){margin_text}: no false reject on validation; the pixel threshold equals it, so a rejected image always has a region"
 
 [quantisation]
 format = "onnx QDQ: int8 weights (per output channel, 7-bit range), uint8 activations (per-tensor) around each Conv; normalisation, pooling, the normal and the sigmoid f32"
