@@ -20,9 +20,11 @@ PaDiM, with fixed line filters as the features instead of a pretrained network).
   border) weigh less; the outer 16 frame columns on each side, the part's rim and the tile
   padding, are not scored. The sigmoid's offset and scale are the median and the spread of the
   good training images' maxima.
-* The orientation range is a prior of this station: the surface cracks of these commutators
-  run along the frame rows. With all orientations (0-180 degrees) the same design scores lower
-  on the held-out images (see the README).
+* The filter length (SIGMA_ALONG) and the orientation range (ANGLES; the surface cracks of
+  these commutators run along the frame rows) are the two settings chosen with defective
+  frames, by 2-fold cross-validation over the held-out frames (kolektor_anomaly_sigma.py):
+  of sigma 8, 12, 16 and +-30 degrees or all orientations, both halves choose sigma 8 within
+  +-30 degrees (see the README).
 
 Why not the seed's reconstruction + discriminative network: trained here on the same good
 images with simulated Perlin and stroke anomalies (recipe kolektor_anomaly_draem.py, kept for
@@ -65,9 +67,9 @@ NORM_MEAN_R = 8  # local mean: (2r+1)^2 box, half-res px
 NORM_RMS_R = 16  # local RMS of the difference: (2r+1)^2 box, half-res px
 NORM_EPS = 0.02  # floor of the local RMS (gray levels / 255)
 SIGMA_ACROSS = 1.5  # half-res px
-SIGMA_ALONG = 8.0  # half-res px, of the whole filter (compared: 8, 12, 16; see the README)
+SIGMA_ALONG = 8.0  # half-res px, of the whole filter (chosen by kolektor_anomaly_sigma.py)
 SIGMA_SHORT = 3.0  # half-res px, the along-Gaussian of the first step
-ANGLES = tuple(range(-30, 31, 10))  # degrees from the frame rows
+ANGLES = tuple(range(-30, 31, 10))  # degrees from the frame rows (chosen by kolektor_anomaly_sigma.py)
 EDGE_PX = 16  # frame columns on each side that are not scored
 THRESHOLD_MARGIN_LOGIT = 0.0  # threshold above the highest good validation score, in log-odds
 BLUR_PX = 4  # image score: max of the map after a box blur of this radius (frame pixels); ship() picks it
