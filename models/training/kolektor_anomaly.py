@@ -284,14 +284,21 @@ def choose_blur(fn, val, seed):
     vrng = np.random.default_rng(seed + 2)
     clean_maps = [frame_map(fn, it["img"], 0)[1] for it in val]
     synth_maps = [frame_map(fn, crack(it["img"], vrng), 0)[1] for it in val for _ in range(2)]
+    r, u = best_blur(clean_maps, synth_maps, "simulated cracks")
+    return r, u, clean_maps
+
+
+def best_blur(clean_maps, synth_maps, what):
+    """Of 2, 4, 8, 16 px, the blur radius whose image score best separates the clean maps from
+    the simulated ones (AUROC; ties go to the larger radius). Returns (radius, AUROC)."""
     best = None
     for r in (2, 4, 8, 16):
         sc = [blurred_max(m, r) for m in clean_maps] + [blurred_max(m, r) for m in synth_maps]
         _, u = ap_auroc(sc, [0] * len(clean_maps) + [1] * len(synth_maps))
-        print(f"blur radius {r}: validation AUROC, good vs simulated cracks {u:.4f}", flush=True)
+        print(f"blur radius {r}: validation AUROC, good vs {what} {u:.4f}", flush=True)
         if best is None or u >= best[0]:
             best = (u, r)
-    return best[1], best[0], clean_maps
+    return best[1], best[0]
 
 
 def ship(model, fit, val, held, args):

@@ -46,7 +46,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import common
-from kolektor_anomaly import blurred_max, split_groups
+from kolektor_anomaly import best_blur, blurred_max, split_groups
 from kolektor_segment import ap_auroc, load_set, pad_width, tile_origins
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -517,15 +517,7 @@ def ship(model, fit, val, held, args):
     pool = [it["half"] for it in fit]
     clean_maps = [frame_map(fn, it["img"])[1] for it in val]
     synth_maps = [frame_map(fn, synthetic_frame(it["img"], pool, vrng))[1] for it in val]
-    best = None
-    for r in (2, 4, 8, 16):
-        sc = [blurred_max(m, r) for m in clean_maps] + [blurred_max(m, r) for m in synth_maps]
-        _, u = ap_auroc(sc, [0] * len(clean_maps) + [1] * len(synth_maps))
-        print(f"blur radius {r}: validation AUROC, good vs simulated anomalies {u:.4f}", flush=True)
-        if best is None or u >= best[0]:
-            best = (u, r)
-    BLUR_PX = best[1]
-    args.synthetic_auroc = best[0]
+    BLUR_PX, args.synthetic_auroc = best_blur(clean_maps, synth_maps, "simulated anomalies")
     # Thresholds from the good validation images only (never trained on, no defective image):
     # the image threshold is the highest good validation score raised by a margin of 1.0 in
     # log-odds (target: no false reject on the validation set, with headroom for good parts
