@@ -1,7 +1,7 @@
 """Choose the anomaly model's filter length and orientation range by 2-fold cross-validation,
 and measure the choice on images it did not see.
 
-    python3 models/training/kolektor_anomaly_sigma.py     # from the repository root (about 10 min on 2 cores)
+    python3 models/training/kolektor_anomaly_sigma.py     # from the repository root (about 20 min on 2 cores)
 
 The along-line sigma of the dark-ridge filters (kolektor_anomaly.py, SIGMA_ALONG) and their
 orientation range (ANGLES) are the settings of the anomaly model that the good frames choose
