@@ -25,7 +25,6 @@ Prints a table; writes nothing.
 
 import argparse
 import os
-import random
 
 import numpy as np
 import torch
@@ -43,18 +42,14 @@ def name(c):
 
 
 def halves(held, seed):
-    """Two halves of the held-out frames, by duplicate group, stratified by good/defective."""
-    groups = {}
-    for i, it in enumerate(held):
-        groups.setdefault(it["digest"], []).append(i)
+    """Two halves of the held-out frames (indices), by duplicate group (the recipe's seeded
+    split), stratified by good/defective."""
+    index = {it["name"]: i for i, it in enumerate(held)}
     a, b = [], []
     for defect in (True, False):
-        keys = sorted((k for k, g in groups.items() if held[g[0]]["defect"] == defect), key=lambda k: held[groups[k][0]]["name"])
-        rng = random.Random(f"{seed}:halves:{defect}")
-        rng.shuffle(keys)
-        n = len(keys) // 2
-        a += [i for k in keys[:n] for i in groups[k]]
-        b += [i for k in keys[n:] for i in groups[k]]
+        x, y = ka.split_groups([it for it in held if it["defect"] == defect], seed, 0.5, f"halves:{defect}")
+        a += [index[it["name"]] for it in x]
+        b += [index[it["name"]] for it in y]
     return sorted(a), sorted(b)
 
 
