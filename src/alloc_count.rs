@@ -4,6 +4,17 @@
 //! Each thread has a scope tag; allocations are counted per scope. Code that calls into tract
 //! wraps the call in [`scoped`] with [`Scope::Tract`]; everything else counts as ours.
 //! The binary and the allocation tests install it with `#[global_allocator]`.
+//!
+//! **tract's pool.** tract allocates each node's output afresh on every run. Inside
+//! [`Scope::Tract`] a block tract frees is kept in a per-thread pool keyed by its size and
+//! alignment instead of going back to the system, and the next request of that layout inside
+//! the scope takes it back: after the first runs have sized it, a run asks the system
+//! allocator for nothing. Guarantees: the pool holds only system blocks of exactly the layout
+//! it serves (a block may leave it by any path and is freed normally); it holds at most
+//! [`POOL_CLASSES`] layouts, [`POOL_BLOCKS_PER_CLASS`] blocks each and [`POOL_MAX_BYTES`] in
+//! all, beyond which blocks go back to the system; system calls and pool hits are counted
+//! apart ([`Snapshot::count`] and [`Snapshot::pool_hits`]), so a pool that keeps growing after
+//! warm-up shows as system calls.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -23,11 +34,127 @@ pub enum Scope {
 const SCOPES: usize = 3;
 
 static COUNTS: [AtomicU64; SCOPES] = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
+static POOL_HITS: AtomicU64 = AtomicU64::new(0);
+
+/// Layouts the pool tells apart: a model's distinct intermediate tensor sizes (the largest
+/// shipped model has a few dozen).
+pub const POOL_CLASSES: usize = 96;
+/// Blocks kept per layout: as many same-sized tensors as one run frees before it asks again.
+pub const POOL_BLOCKS_PER_CLASS: u32 = 64;
+/// Bytes the pool may hold per thread: a few times the largest model's live intermediates.
+pub const POOL_MAX_BYTES: usize = 256 << 20;
+
+/// One layout's free list: blocks linked through their first word.
+#[derive(Clone, Copy)]
+struct Class {
+    size: usize,
+    align: usize,
+    head: *mut u8,
+    len: u32,
+}
+
+const EMPTY: Class = Class {
+    size: 0,
+    align: 0,
+    head: std::ptr::null_mut(),
+    len: 0,
+};
+
 static BYTES: [AtomicU64; SCOPES] = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
 
 thread_local! {
     static CURRENT: Cell<u8> = const { Cell::new(0) };
     static LOCAL: [Cell<u64>; SCOPES] = const { [Cell::new(0), Cell::new(0), Cell::new(0)] };
+    static POOL: Cell<[Class; POOL_CLASSES]> = const { Cell::new([EMPTY; POOL_CLASSES]) };
+    static POOL_BYTES: Cell<usize> = const { Cell::new(0) };
+}
+
+fn in_tract() -> bool {
+    CURRENT.try_with(|c| c.get() == Scope::Tract as u8).unwrap_or(false)
+}
+
+/// Take a block of `layout` from this thread's pool.
+fn pool_take(layout: Layout) -> Option<*mut u8> {
+    POOL.try_with(|cell| {
+        // SAFETY: the pool is this thread's own and is not re-entered: nothing here allocates.
+        let pool = unsafe { &mut *cell.as_ptr() };
+        let class = pool
+            .iter_mut()
+            .find(|c| c.size == layout.size() && c.align == layout.align() && c.len > 0)?;
+        let block = class.head;
+        // SAFETY: a pooled block starts with the link written by `pool_put`.
+        class.head = unsafe { (block as *mut *mut u8).read() };
+        class.len -= 1;
+        let _ = POOL_BYTES.try_with(|b| b.set(b.get() - layout.size()));
+        Some(block)
+    })
+    .ok()
+    .flatten()
+}
+
+/// Keep `block` in this thread's pool; false when the pool is full for it.
+fn pool_put(block: *mut u8, layout: Layout) -> bool {
+    if layout.size() < std::mem::size_of::<*mut u8>() || layout.align() < std::mem::align_of::<*mut u8>() {
+        return false;
+    }
+    let held = POOL_BYTES.try_with(|b| b.get()).unwrap_or(usize::MAX);
+    if held.saturating_add(layout.size()) > POOL_MAX_BYTES {
+        return false;
+    }
+    POOL.try_with(|cell| {
+        // SAFETY: as in `pool_take`.
+        let pool = unsafe { &mut *cell.as_ptr() };
+        let at = pool
+            .iter()
+            .position(|c| c.size == layout.size() && c.align == layout.align())
+            .or_else(|| pool.iter().position(|c| c.size == 0))?;
+        let class = &mut pool[at];
+        if class.len >= POOL_BLOCKS_PER_CLASS {
+            return None;
+        }
+        class.size = layout.size();
+        class.align = layout.align();
+        // SAFETY: the block is at least one pointer long and aligned for one (checked above).
+        unsafe { (block as *mut *mut u8).write(class.head) };
+        class.head = block;
+        class.len += 1;
+        let _ = POOL_BYTES.try_with(|b| b.set(b.get() + layout.size()));
+        Some(())
+    })
+    .ok()
+    .flatten()
+    .is_some()
+}
+
+/// Give every block this thread's pool holds back to the system (an engine calls it when it
+/// is dropped).
+pub fn pool_release() {
+    let _ = POOL.try_with(|cell| {
+        // SAFETY: as in `pool_take`.
+        let pool = unsafe { &mut *cell.as_ptr() };
+        for class in pool.iter_mut() {
+            let layout = Layout::from_size_align(class.size.max(1), class.align.max(1));
+            while class.len > 0 {
+                let block = class.head;
+                // SAFETY: a pooled block starts with its link and came from `System` with
+                // this layout.
+                unsafe {
+                    class.head = (block as *mut *mut u8).read();
+                    if let Ok(layout) = layout {
+                        System.dealloc(block, layout);
+                    }
+                }
+                class.len -= 1;
+            }
+            *class = EMPTY;
+        }
+    });
+    let _ = POOL_BYTES.try_with(|b| b.set(0));
+}
+
+/// Bytes this thread's pool holds now.
+pub fn pool_bytes() -> usize {
+    POOL_BYTES.try_with(|b| b.get()).unwrap_or(0)
 }
 
 /// Wraps the system allocator and counts allocations per [`Scope`].
@@ -40,17 +167,35 @@ fn tally(size: usize) {
     let _ = LOCAL.try_with(|l| l[s].set(l[s].get() + 1));
 }
 
-// SAFETY: every call is forwarded unchanged to `System`; counting has no effect on memory.
+// SAFETY: every block comes from `System` with the layout it is used and freed with: either
+// directly, or from the pool, which holds only `System` blocks of exactly that layout.
 unsafe impl GlobalAlloc for CountingAlloc {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if in_tract() {
+            if let Some(block) = pool_take(layout) {
+                POOL_HITS.fetch_add(1, Ordering::Relaxed);
+                return block;
+            }
+        }
         tally(layout.size());
         unsafe { System.alloc(layout) }
     }
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        if in_tract() {
+            if let Some(block) = pool_take(layout) {
+                POOL_HITS.fetch_add(1, Ordering::Relaxed);
+                // SAFETY: the block is `layout.size()` bytes, ours until freed.
+                unsafe { std::ptr::write_bytes(block, 0, layout.size()) };
+                return block;
+            }
+        }
         tally(layout.size());
         unsafe { System.alloc_zeroed(layout) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        if in_tract() && pool_put(ptr, layout) {
+            return;
+        }
         unsafe { System.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
@@ -75,6 +220,8 @@ pub struct Snapshot {
     pub count: [u64; SCOPES],
     /// Bytes requested per scope.
     pub bytes: [u64; SCOPES],
+    /// Requests inside [`Scope::Tract`] served by the pool (all threads; not in `count`).
+    pub pool_hits: u64,
 }
 
 impl Snapshot {
@@ -85,6 +232,7 @@ impl Snapshot {
             s.count[i] = COUNTS[i].load(Ordering::Relaxed);
             s.bytes[i] = BYTES[i].load(Ordering::Relaxed);
         }
+        s.pool_hits = POOL_HITS.load(Ordering::Relaxed);
         s
     }
 

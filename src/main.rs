@@ -960,6 +960,7 @@ struct StageStats {
     total: Vec<f64>,
     allocs_ours: u64,
     allocs_tract: u64,
+    pool_hits_tract: u64,
     allocs_decode: u64,
     frames: u64,
 }
@@ -988,6 +989,7 @@ fn bench_tiled_one(
         total: Vec::with_capacity(n),
         allocs_ours: 0,
         allocs_tract: 0,
+        pool_hits_tract: 0,
         allocs_decode: 0,
         frames: 0,
     };
@@ -1018,6 +1020,7 @@ fn bench_tiled_one(
             let a1 = Snapshot::take();
             st.allocs_ours += a1.since(&a0, Scope::Ours);
             st.allocs_tract += a1.since(&a0, Scope::Tract);
+            st.pool_hits_tract += a1.pool_hits - a0.pool_hits;
             st.frames += 1;
             let ms = |a: StdInstant, b: StdInstant| (b - a).as_secs_f64() * 1000.0;
             st.decode.push(ms(t0, t1));
@@ -1047,6 +1050,7 @@ fn bench_one(
         total: vec![],
         allocs_ours: 0,
         allocs_tract: 0,
+        pool_hits_tract: 0,
         allocs_decode: 0,
         frames: 0,
     };
@@ -1087,6 +1091,7 @@ fn bench_one(
             let a1 = Snapshot::take();
             st.allocs_ours += a1.since(&a0, Scope::Ours);
             st.allocs_tract += a1.since(&a0, Scope::Tract);
+            st.pool_hits_tract += a1.pool_hits - a0.pool_hits;
             st.frames += 1;
             let ms = |a: StdInstant, b: StdInstant| (b - a).as_secs_f64() * 1000.0;
             st.decode.push(ms(t0, t1));
@@ -1146,6 +1151,7 @@ fn bench(model: &Path, images: Option<&Path>, passes: usize, json: bool) -> Resu
             "images_per_s_one_thread": 1000.0 / total_median,
             "allocations_per_frame_ours": st.allocs_ours as f64 / frames,
             "allocations_per_frame_tract": st.allocs_tract as f64 / frames,
+            "pool_hits_per_frame_tract": st.pool_hits_tract as f64 / frames,
             "allocations_per_frame_decode": decode_allocs as f64 / frames,
         });
         results.insert(p.name().to_string(), obj);

@@ -40,7 +40,49 @@ impl core::fmt::Display for RunError {
 
 impl std::error::Error for RunError {}
 
+/// One node of the optimised plan, as [`Engine::plan`] lists it.
+#[derive(Debug, Clone)]
+pub struct PlanNode {
+    /// tract's name of the operator (`QConvInt8` for the integer convolution).
+    pub op: String,
+    /// The node's name in the graph.
+    pub name: String,
+    /// The operator's own description (the kernel it picked, its geometry).
+    pub info: Vec<String>,
+    /// Indices (into the list) of the nodes whose outputs it reads.
+    pub inputs: Vec<usize>,
+    /// Datum type of its first output, as tract names it (`F32`, `U8`, `I32`…).
+    pub output_type: String,
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        // tract's pooled blocks on this thread are freed with the engine that used them.
+        crate::alloc_count::pool_release();
+    }
+}
+
 impl Engine {
+    /// The optimised plan this engine runs, node by node in evaluation order.
+    pub fn plan(&self) -> Vec<PlanNode> {
+        let model = self.state.plan().model();
+        model
+            .nodes()
+            .iter()
+            .map(|n| PlanNode {
+                op: n.op.name().to_string(),
+                name: n.name.clone(),
+                info: n.op.info().unwrap_or_default(),
+                inputs: n.inputs.iter().map(|i| i.node).collect(),
+                output_type: n
+                    .outputs
+                    .first()
+                    .map(|o| format!("{:?}", o.fact.datum_type))
+                    .unwrap_or_default(),
+            })
+            .collect()
+    }
+
     /// Load `path`, fix its single input to `input_shape` (f32) and optimise for this CPU.
     /// The model must have one output of `expected_outputs` values (one score per class).
     pub fn load(path: &Path, input_shape: &[usize], expected_outputs: usize) -> Result<Engine> {
@@ -68,8 +110,10 @@ impl Engine {
     /// after the other. The caller checks [`Engine::output_shapes`].
     pub fn load_outputs(path: &Path, input_shape: &[usize]) -> Result<Engine> {
         let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read model", path.display()))?;
-        let model = tract_onnx::onnx()
-            .model_for_read(&mut &bytes[..])
+        let (proto, _fused) = crate::model::qconv::read_fused(&bytes)
+            .with_context(|| format!("{}: not a loadable ONNX model", path.display()))?;
+        let model = crate::model::qconv::onnx()
+            .model_for_proto_model(&proto)
             .with_context(|| format!("{}: not a loadable ONNX model", path.display()))?;
         let declared = model
             .input_fact(0)

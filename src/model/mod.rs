@@ -4,3 +4,4 @@
 pub mod engine;
 pub mod manifest;
 pub mod preprocess;
+pub mod qconv;

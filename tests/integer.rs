@@ -1,0 +1,178 @@
+//! The int8 models run their convolutions on integer kernels: every convolution that the file
+//! places between a dequantise and a quantise is one integer operator in tract's optimised
+//! plan, and no convolution or matrix product in the plan runs in f32 between a dequantise and
+//! a quantise.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use ferroscope::model::engine::{Engine, PlanNode};
+use tract_onnx::prelude::*;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The int8 file and input shape a manifest names.
+fn int8_model(stem: &str) -> (PathBuf, Vec<usize>) {
+    let text = std::fs::read_to_string(root().join(format!("models/{stem}.toml"))).unwrap();
+    let v: toml::Value = toml::from_str(&text).unwrap();
+    let file = v["model"]["file"].as_str().unwrap();
+    let shape = v["input"]["shape"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_integer().unwrap() as usize)
+        .collect();
+    (root().join("models").join(file), shape)
+}
+
+/// Convolutions in the ONNX file whose input is dequantised and whose only consumer quantises.
+fn qdq_convs_in_file(path: &std::path::Path) -> usize {
+    let proto = tract_onnx::onnx().proto_model_for_path(path).unwrap();
+    let graph = proto.graph.unwrap();
+    let producer: HashMap<&str, &str> = graph
+        .node
+        .iter()
+        .flat_map(|n| n.output.iter().map(move |o| (o.as_str(), n.op_type.as_str())))
+        .collect();
+    graph
+        .node
+        .iter()
+        .filter(|n| n.op_type == "Conv" && producer.get(n.input[0].as_str()) == Some(&"DequantizeLinear"))
+        .filter(|n| {
+            let users: Vec<_> = graph.node.iter().filter(|u| u.input.contains(&n.output[0])).collect();
+            users.len() == 1 && users[0].op_type == "QuantizeLinear"
+        })
+        .count()
+}
+
+fn is_conv_like(op: &str) -> bool {
+    ["Conv", "Im2col", "MatMul", "Mmm", "EinSum", "Gemm"]
+        .iter()
+        .any(|k| op.contains(k))
+        && op != "QConvInt8"
+}
+
+fn is_dequantise(op: &str) -> bool {
+    op.contains("Dequantize") || op.contains("DeQuant")
+}
+
+fn is_quantise(op: &str) -> bool {
+    !is_dequantise(op) && op.contains("Quantize")
+}
+
+/// Within `hops` edges upstream (or downstream) of node `i`, is there a node satisfying `f`?
+fn near(plan: &[PlanNode], i: usize, hops: usize, upstream: bool, f: &dyn Fn(&str) -> bool) -> bool {
+    let mut frontier = vec![i];
+    for _ in 0..hops {
+        let next: Vec<usize> = if upstream {
+            frontier.iter().flat_map(|&n| plan[n].inputs.clone()).collect()
+        } else {
+            (0..plan.len())
+                .filter(|&u| plan[u].inputs.iter().any(|x| frontier.contains(x)))
+                .collect()
+        };
+        if next.iter().any(|&n| f(&plan[n].op)) {
+            return true;
+        }
+        frontier = next;
+    }
+    false
+}
+
+/// Check `stem`'s plan; `f32_deconvolutions` is how many transposed convolutions the file
+/// keeps with f32 weights (its exporter quantised only their inputs), which stay f32.
+fn check(stem: &str, f32_deconvolutions: usize) {
+    let (path, shape) = int8_model(stem);
+    let engine = Engine::load_outputs(&path, &shape).unwrap();
+    let plan = engine.plan();
+    let dump = || {
+        plan.iter()
+            .enumerate()
+            .map(|(i, n)| format!("{i} {} {} {:?} <- {:?}", n.op, n.output_type, n.info, n.inputs))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let integer = plan.iter().filter(|n| n.op == "QConvInt8").count();
+    let expected = qdq_convs_in_file(&path);
+    assert!(expected > 0, "{stem}: the file has no quantised convolution");
+    assert_eq!(
+        integer,
+        expected,
+        "{stem}: {expected} quantised convolutions in the file, {integer} integer operators in the plan:\n{}",
+        dump()
+    );
+    let between: Vec<usize> = (0..plan.len())
+        .filter(|&i| {
+            is_conv_like(&plan[i].op)
+                && plan[i].output_type.contains("F32")
+                && near(&plan, i, 3, true, &is_dequantise)
+                && near(&plan, i, 3, false, &is_quantise)
+        })
+        .collect();
+    assert!(
+        between.len() <= f32_deconvolutions,
+        "{stem}: nodes {between:?} run in f32 between a dequantise and a quantise:\n{}",
+        dump()
+    );
+    // Every integer operator names the kernel it runs.
+    for n in plan.iter().filter(|n| n.op == "QConvInt8") {
+        assert!(n.info.iter().any(|s| s.contains("kernel")), "{stem}: {:?}", n.info);
+    }
+}
+
+#[test]
+fn classify_convolutions_are_integer() {
+    check("neu_classify", 0);
+}
+
+#[test]
+fn segment_convolutions_are_integer() {
+    check("kolektor_segment", 0);
+}
+
+#[test]
+fn anomaly_convolutions_are_integer() {
+    check("kolektor_anomaly", 0);
+}
+
+/// The grains model's three transposed convolutions carry f32 weights in the file; its twelve
+/// convolutions are integer.
+#[test]
+fn grains_convolutions_are_integer() {
+    check("grains_316l", 3);
+}
+
+/// The checker itself: tract's own plan of the same file (no fusion) has f32 convolutions
+/// between dequantise and quantise, and the checker sees them.
+#[test]
+fn the_checker_sees_an_f32_convolution_between_dequantise_and_quantise() {
+    let (path, shape) = int8_model("neu_classify");
+    let model = tract_onnx::onnx()
+        .model_for_path(&path)
+        .unwrap()
+        .with_input_fact(0, f32::fact(&shape).into())
+        .unwrap()
+        .into_optimized()
+        .unwrap();
+    let plan: Vec<PlanNode> = model
+        .nodes()
+        .iter()
+        .map(|n| PlanNode {
+            op: n.op.name().to_string(),
+            name: n.name.clone(),
+            info: vec![],
+            inputs: n.inputs.iter().map(|i| i.node).collect(),
+            output_type: format!("{:?}", n.outputs[0].fact.datum_type),
+        })
+        .collect();
+    let ops: Vec<&str> = plan.iter().map(|n| n.op.as_str()).collect();
+    let flagged = (0..plan.len()).any(|i| {
+        is_conv_like(&plan[i].op)
+            && plan[i].output_type.contains("F32")
+            && near(&plan, i, 3, true, &is_dequantise)
+            && near(&plan, i, 3, false, &is_quantise)
+    });
+    assert!(flagged, "tract's plan of the QDQ file: {ops:?}");
+}
