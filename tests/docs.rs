@@ -54,12 +54,10 @@ fn prose(text: &str) -> String {
                     fence = None;
                 }
                 out.push_str(if line.ends_with('\n') { "\n" } else { "" });
-                continue;
             }
             None if marker.len() >= 3 && (marker.chars().all(|c| c == '`') || marker.chars().all(|c| c == '~')) => {
                 fence = Some(marker);
                 out.push_str(if line.ends_with('\n') { "\n" } else { "" });
-                continue;
             }
             None => out.push_str(line),
         }
@@ -113,7 +111,7 @@ fn blank_comments(text: &str) -> String {
     let mut rest = text;
     while let Some(start) = rest.find("<!--") {
         out.push_str(&rest[..start]);
-        let end = rest[start..].find("-->").map(|e| start + e + 3).unwrap_or(rest.len());
+        let end = rest[start..].find("-->").map_or(rest.len(), |e| start + e + 3);
         out.extend(rest[start..end].chars().map(|c| if c == '\n' { '\n' } else { ' ' }));
         rest = &rest[end..];
     }
@@ -188,7 +186,7 @@ fn links(text: &str) -> Vec<Link> {
     let mut from = 0;
     while let Some(at) = text[from..].find("<img") {
         let open = from + at;
-        let tag_end = text[open..].find('>').map(|e| open + e).unwrap_or(text.len());
+        let tag_end = text[open..].find('>').map_or(text.len(), |e| open + e);
         let tag = &text[open..tag_end];
         if let Some(s) = tag.find("src=") {
             let quoted = &tag[s + 4..];
