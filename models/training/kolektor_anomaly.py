@@ -24,7 +24,7 @@ PaDiM, with fixed line filters as the features instead of a pretrained network).
   these commutators run along the frame rows) are the two settings chosen with defective
   frames, by 2-fold cross-validation over the held-out frames (kolektor_anomaly_sigma.py):
   of sigma 8, 12, 16 and +-30 degrees or all orientations, both halves choose sigma 8 within
-  +-30 degrees (see the README).
+  +-30 degrees (see docs/models/kolektor_anomaly.md).
 
 Why not the seed's reconstruction + discriminative network: trained here on the same good
 images with simulated Perlin and stroke anomalies (recipe kolektor_anomaly_draem.py, kept for
