@@ -5,10 +5,39 @@ use std::process::ExitCode;
 use std::time::Instant as StdInstant;
 
 use anyhow::{anyhow, bail, Result};
+use clap::Args;
 use ferroscope::core::screen::{counters_region, draw, draw_counters, ScreenState};
 use ferroscope::display::{demo_state, render, write_png, Canvas, DemoState, PixelLayout};
 use ferroscope::model::manifest::Manifest;
 use ferroscope::station::config::{StationConfig, DEFAULT_CONFIG_PATH};
+
+/// `ferroscope screen`.
+#[derive(Args)]
+pub struct ScreenArgs {
+    /// Station config (station and model names, display size); default: boards/host-sim.toml.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// ok, reject, uncertain, fault, or demo (all four on one sheet).
+    #[arg(long, default_value = "demo")]
+    pub state: String,
+    /// Output PNG.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Size WIDTHxHEIGHT (default: the config's display, or 800x480).
+    #[arg(long)]
+    pub size: Option<String>,
+}
+
+/// `ferroscope bench-screen`.
+#[derive(Args)]
+pub struct BenchScreenArgs {
+    /// Timed passes.
+    #[arg(long, default_value_t = 100)]
+    pub passes: usize,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
 
 fn parse_size(s: &str) -> Result<(u32, u32)> {
     let (w, h) = s

@@ -1,10 +1,22 @@
 //! `ferroscope check`: is every device of a board profile there?
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Result;
+use clap::Args;
 use ferroscope::station::{board, config::StationConfig};
+
+/// `ferroscope check`.
+#[derive(Args)]
+pub struct CheckArgs {
+    /// Board profile / station config (boards/*.toml).
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
 
 /// Check the profile at `config`; exit 0 when everything is usable, 1 otherwise.
 pub fn check(config: &Path, json: bool) -> Result<ExitCode> {

@@ -4,13 +4,30 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 
 use ferroscope::core::decision::Action;
 use ferroscope::records::archive;
 use ferroscope::records::log::{self, FAULT_NAMES};
 use ferroscope::records::store::Store;
 use ferroscope::station::config::{StationConfig, DEFAULT_CONFIG_PATH};
+
+/// `ferroscope records`.
+#[derive(Args)]
+pub struct RecordsArgs {
+    /// Station config whose `[records] dir` to read (default: the host simulation's).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// The records folder itself, instead of a config.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// How many of the last decisions to list.
+    #[arg(long, default_value_t = 20)]
+    pub last: usize,
+    /// One JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
 
 #[derive(Subcommand)]
 pub enum ArchiveCmd {
