@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Args;
-use ferroscope::station::{board, config::StationConfig};
+use ferroscope::station::{self, config::StationConfig};
 
 /// `ferroscope check`.
 #[derive(Args)]
@@ -21,7 +21,7 @@ pub struct CheckArgs {
 /// Check the profile at `config`; exit 0 when everything is usable, 1 otherwise.
 pub fn check(config: &Path, json: bool) -> Result<ExitCode> {
     let cfg = StationConfig::load(config)?;
-    let findings = board::check(&cfg);
+    let findings = station::check::check(&cfg);
     let bad = findings.iter().filter(|f| !f.ok).count();
     if json {
         let rows: Vec<_> = findings
