@@ -3,6 +3,7 @@
 //! - every command returns its exit code or an error; `main` prints the error and exits 2;
 //! - a command that finds a problem in the data it was given (an image that failed, a check
 //!   that did not pass) exits 1 and says which;
+//! - commands that read a station profile find it by one documented order ([`profile`]).
 
 pub mod bench;
 pub mod camera;
@@ -16,7 +17,7 @@ pub mod screen;
 pub mod segment;
 pub mod simulate;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::ValueEnum;
@@ -24,6 +25,7 @@ use clap::ValueEnum;
 use ferroscope::core::decision::{Action, ClassRule, DecisionRules};
 use ferroscope::model::manifest::{Manifest, Precision};
 use ferroscope::sim::replay::decode_gray;
+use ferroscope::station::config::{find_profile, ProfileSource};
 
 /// `--precision`: which model file of a manifest to run.
 #[derive(Clone, Copy, ValueEnum)]
@@ -82,4 +84,19 @@ pub fn percentile(v: &mut [f64], p: f64) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     let i = ((p / 100.0) * v.len() as f64).ceil().max(1.0) as usize - 1;
     v[i.min(v.len() - 1)]
+}
+
+/// The station profile a command runs with: `config` (`--config`) or the first found in the
+/// documented order (`$FERROSCOPE_CONFIG`, `/etc/ferroscope/station.toml`,
+/// `boards/host-sim.toml` under the current directory). Says on stderr which file and why.
+pub fn profile(config: Option<&Path>) -> Result<PathBuf> {
+    let (path, source) = find_profile(config)?;
+    eprintln!("profile {} ({})", path.display(), source.describe());
+    if source == ProfileSource::Env && !path.is_file() {
+        anyhow::bail!(
+            "{}: named by $FERROSCOPE_CONFIG, but there is no such file",
+            path.display()
+        );
+    }
+    Ok(path)
 }

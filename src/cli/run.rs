@@ -1,6 +1,7 @@
 //! `ferroscope run`: the station loop, one line per item and a summary.
 //!
-//! - without `--config` it runs the shipped host simulation (`boards/host-sim.toml`);
+//! - the profile comes from the documented search order ([`super::profile`]); which file was
+//!   used is said on stderr;
 //! - item lines are written field by field into the locked stdout: logging allocates nothing
 //!   per item, so the station's zero-allocation frame path stays measurable from here;
 //! - `--json`: one JSON object per item line, then the summary as one JSON object.
@@ -12,14 +13,14 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::Args;
 
-use ferroscope::station::{self, config::StationConfig, config::DEFAULT_CONFIG_PATH, ItemReport};
+use ferroscope::station::{self, config::StationConfig, ItemReport};
 
 use super::action_name;
 
 /// `ferroscope run`.
 #[derive(Args)]
 pub struct RunArgs {
-    /// Station config; default: the shipped host simulation (boards/host-sim.toml).
+    /// Station config; default: the first found of $FERROSCOPE_CONFIG, /etc/ferroscope/station.toml, boards/host-sim.toml.
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Print one JSON line per item and end with the summary as one JSON object.
@@ -31,9 +32,7 @@ pub struct RunArgs {
 }
 
 pub fn run(config: Option<&Path>, json: bool, duration_s: Option<f64>) -> Result<ExitCode> {
-    let path = config
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
+    let path = super::profile(config)?;
     let cfg = StationConfig::load(&path)?;
     if !json {
         println!("station {} — config {}", cfg.station.name, path.display());
@@ -56,7 +55,8 @@ pub fn run(config: Option<&Path>, json: bool, duration_s: Option<f64>) -> Result
             write_item_text(&mut out, item)
         };
     })?;
-    let j = summary.to_json();
+    let mut j = summary.to_json();
+    j["config"] = path.display().to_string().into();
     if json {
         println!("{j}");
     } else {

@@ -14,7 +14,7 @@ use ferroscope::station::config::{StationConfig, DEFAULT_CONFIG_PATH};
 /// `ferroscope screen`.
 #[derive(Args)]
 pub struct ScreenArgs {
-    /// Station config (station and model names, display size); default: boards/host-sim.toml.
+    /// Station config (station and model names, display size); default: the first found of $FERROSCOPE_CONFIG, /etc/ferroscope/station.toml, boards/host-sim.toml.
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// ok, reject, uncertain, fault, or demo (all four on one sheet).
@@ -50,13 +50,10 @@ fn parse_size(s: &str) -> Result<(u32, u32)> {
     Ok((w, h))
 }
 
-/// The demo state for `kind`, named after the station and model of `config`.
-pub fn state_for(kind: DemoState, config: Option<&Path>) -> Result<ScreenState> {
+/// The demo state for `kind`, named after the station and model of the profile at `path`.
+pub fn state_for(kind: DemoState, path: &Path) -> Result<ScreenState> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let path = config
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
-    let cfg = StationConfig::load(&path)?;
+    let cfg = StationConfig::load(path)?;
     let m = Manifest::load(&cfg.resolve(&cfg.tool.manifest))?;
     let model = format!("{} {} {}", m.model.name, m.model.version, cfg.precision()?.name());
     let thumb = match kind.sample() {
@@ -75,13 +72,12 @@ pub fn state_for(kind: DemoState, config: Option<&Path>) -> Result<ScreenState> 
 }
 
 pub fn screen(config: Option<&Path>, state: &str, out: &Path, size: Option<&str>) -> Result<ExitCode> {
+    let path = super::profile(config)?;
+    let config = path.as_path();
     let (w, h) = match size {
         Some(s) => parse_size(s)?,
         None => {
-            let path = config
-                .map(Path::to_path_buf)
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
-            let cfg = StationConfig::load(&path)?;
+            let cfg = StationConfig::load(config)?;
             cfg.display.as_ref().map_or((800, 480), |d| (d.width, d.height))
         }
     };
@@ -126,7 +122,7 @@ pub fn bench_screen(passes: usize, json: bool) -> Result<ExitCode> {
         );
     }
     for (w, h) in [(800u32, 480u32), (320, 240)] {
-        let mut st = state_for(DemoState::Reject, None)?;
+        let mut st = state_for(DemoState::Reject, Path::new(DEFAULT_CONFIG_PATH))?;
         let mut canvas = Canvas::new(w, h);
         let (mut full, mut part, mut pack) = (Vec::new(), Vec::new(), Vec::new());
         let mut row = vec![0u8; w as usize * 4];

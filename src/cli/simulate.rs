@@ -37,7 +37,7 @@ pub struct SimulateArgs {
 /// `ferroscope bench-timing`.
 #[derive(Args)]
 pub struct BenchTimingArgs {
-    /// Station config (belt speed, ejectors, model); default: boards/host-sim.toml.
+    /// Station config (belt speed, ejectors, model); default: the first found of $FERROSCOPE_CONFIG, /etc/ferroscope/station.toml, boards/host-sim.toml.
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Items per run (every one rejected).
@@ -105,10 +105,8 @@ pub fn simulate(seed: u64, items: u32, encoder: bool, timeline: Option<&Path>, j
 }
 
 pub fn bench_timing(config: Option<&Path>, items: u32, rate_fps: f32, json: bool) -> Result<ExitCode> {
-    use ferroscope::station::{config::StationConfig, config::DEFAULT_CONFIG_PATH, timing_bench};
-    let path = config
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
+    use ferroscope::station::{config::StationConfig, timing_bench};
+    let path = super::profile(config)?;
     let cfg = StationConfig::load(&path)?;
     let idle = timing_bench(&cfg, items, rate_fps, false)?;
     let loaded = timing_bench(&cfg, items, rate_fps, true)?;

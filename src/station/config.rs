@@ -7,9 +7,13 @@
 //!   the station opens anything; each error names the file and the field;
 //! - relative paths in a profile resolve against the profile's folder, never the current
 //!   directory ([`StationConfig::resolve`]);
+//! - the profile a command runs with is found by one documented order ([`find_profile`]):
+//!   `--config`, `$FERROSCOPE_CONFIG`, [`SYSTEM_PROFILE`], then [`LOCAL_PROFILE`] under the
+//!   current directory; when none exists, the error names every place searched;
 //! - the sections ([`sections`]) and the `[board]` section ([`super::board`]) know nothing of
 //!   this file: the imports go one way.
 
+pub mod profile;
 pub mod sections;
 
 use std::path::{Path, PathBuf};
@@ -24,9 +28,12 @@ use crate::core::reject::{EjectorConfig, FailSafePolicy, MergePolicy, OutcomeSet
 use crate::drivers::v4l2::{TriggerMode, V4l2Config, MAX_V4L2_BUFFERS};
 use crate::model::manifest::{Manifest, Precision};
 use crate::sim::replay::FaultPlan;
+pub use profile::{find_profile, search_profile, ProfileSource, LOCAL_PROFILE, PROFILE_ENV, SYSTEM_PROFILE};
 pub use sections::*;
 
-/// The configuration `ferroscope run` uses with no `--config`: the host simulation.
+/// The shipped host simulation in this source tree, by its absolute path at build time: for
+/// tests and examples built from the tree. The binary does not use it; it finds its profile
+/// with [`find_profile`].
 pub const DEFAULT_CONFIG_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/boards/host-sim.toml");
 
 /// The whole file.
