@@ -6,6 +6,7 @@ fn ferroscope(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_ferroscope"))
         .args(args)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("FERROSCOPE_CONFIG")
         .output()
         .unwrap()
 }
@@ -171,4 +172,122 @@ fn the_fault_rehearsal_profile_runs_and_fails_safe() {
     assert_eq!(j["camera"]["reconnects"], 1);
     assert!(j["camera"]["blind_items"].as_u64().unwrap() > 10);
     assert_eq!(j["missed_rejects"], 0);
+}
+
+/// The binary copied into a fresh folder outside `target/`, as an installed one is.
+fn copied_binary(name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("ferroscope-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let bin = dir.join("ferroscope");
+    std::fs::copy(env!("CARGO_BIN_EXE_ferroscope"), &bin).unwrap();
+    (dir, bin)
+}
+
+const SYSTEM_PROFILE: &str = "/etc/ferroscope/station.toml";
+
+#[test]
+fn a_copied_binary_finds_the_host_simulation_from_the_repository_root() {
+    let (dir, bin) = copied_binary("copied");
+    let out = Command::new(&bin)
+        .args(["run", "--json"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("FERROSCOPE_CONFIG")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let expected = if std::path::Path::new(SYSTEM_PROFILE).exists() {
+        SYSTEM_PROFILE
+    } else {
+        "boards/host-sim.toml"
+    };
+    assert!(
+        err.contains(&format!("profile {expected} (")),
+        "stderr names the profile: {err}"
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let s: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert_eq!(s["config"], expected);
+    if expected != SYSTEM_PROFILE {
+        assert_eq!(s["items"], 36);
+        assert!(err.contains("under the current directory"), "{err}");
+    }
+    // Text mode says it too, on stderr, and keeps stdout as it was.
+    let out = Command::new(&bin)
+        .args(["run", "--duration-s", "0.5"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("FERROSCOPE_CONFIG")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("profile {expected}")));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("station "));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn ferroscope_config_names_the_profile_from_any_folder() {
+    let (dir, bin) = copied_binary("env");
+    let profile = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("boards/host-sim.toml");
+    let out = Command::new(&bin)
+        .args(["check", "--json"])
+        .current_dir(&dir)
+        .env("FERROSCOPE_CONFIG", &profile)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("from $FERROSCOPE_CONFIG"), "{err}");
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["config"], profile.display().to_string());
+    assert_eq!(j["station"], "host-sim");
+    assert_eq!(j["ok"], true);
+    // --config still wins over the variable.
+    let out = Command::new(&bin)
+        .args(["check", "--json", "--config"])
+        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("boards/host-sim-trigger.toml"))
+        .current_dir(&dir)
+        .env("FERROSCOPE_CONFIG", &profile)
+        .output()
+        .unwrap();
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(j["config"].as_str().unwrap().ends_with("host-sim-trigger.toml"), "{j}");
+    // A variable naming a file that is not there is an error naming it, not another profile.
+    let out = Command::new(&bin)
+        .args(["run"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("FERROSCOPE_CONFIG", dir.join("missing.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.toml"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn with_no_profile_anywhere_the_error_names_every_place_searched() {
+    if std::path::Path::new(SYSTEM_PROFILE).exists() {
+        eprintln!("skipped: {SYSTEM_PROFILE} exists on this machine");
+        return;
+    }
+    let (dir, bin) = copied_binary("none");
+    for cmd in [&["run"][..], &["check"], &["records"], &["screen", "--out", "s.png"]] {
+        let out = Command::new(&bin)
+            .args(cmd)
+            .current_dir(&dir)
+            .env_remove("FERROSCOPE_CONFIG")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{cmd:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        for place in ["--config", "$FERROSCOPE_CONFIG", SYSTEM_PROFILE, "boards/host-sim.toml"] {
+            assert!(err.contains(place), "{cmd:?}: {place} missing from: {err}");
+        }
+        assert!(
+            err.contains(&dir.display().to_string()),
+            "{cmd:?}: names the folder searched: {err}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -5,6 +5,9 @@
 //! Legible from a metre away: the outcome is the biggest thing on the screen (letters 60 px
 //! high on 320x240, 80 px on 800x480) in a colour that says it without reading — green OK,
 //! red REJECT, amber UNCERTAIN, magenta FAULT — and faults are words on a red strip, not codes.
+//!
+//! Why one file of ~600 lines: the state, both layouts' geometry and the drawing share one set
+//! of positions, so a change to what the screen shows stays in one place.
 
 use core::fmt::Write;
 

@@ -17,6 +17,10 @@
 //! own trigger input is enabled through a driver control named in the board profile; each
 //! frame then belongs to one trigger edge).
 //! See [`Reopen::capture_after`].
+//!
+//! Why one file of ~700 lines: opening, format negotiation, controls and the MMAP streaming
+//! loop share the open device and its mapped buffers; the list, probe and snap helpers reuse
+//! them.
 
 use std::os::raw::c_void;
 use std::path::{Path, PathBuf};

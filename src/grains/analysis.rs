@@ -24,6 +24,9 @@
 //! 7. **Histogram** of the GOST numbers of the grains that lie wholly inside the image (a grain
 //!    cut by the edge has an unknown area), one bin per integer number
 //!    ([`standards::G_MIN`]`..=`[`standards::G_MAX`]).
+//!
+//! Why one file of ~740 lines (~50 of tests): the steps share one label image and its
+//! buffers, kept between micrographs of one size.
 
 use super::standards::{self, G_BINS};
 

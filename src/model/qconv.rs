@@ -617,8 +617,9 @@ impl QConv {
         let [kh, kw] = g.kernel;
         let pixels = oh * ow;
         let signed = self.kernel.signed_input();
-        scratch.hwc.resize(h * w * cg, 0);
-        scratch.cols.resize(P_BLOCK * self.kp, 0);
+        // RUN_SLACK bytes past the end let `copy_run` move short runs 16 bytes at a time.
+        scratch.hwc.resize(h * w * cg + RUN_SLACK, 0);
+        scratch.cols.resize(P_BLOCK * self.kp + RUN_SLACK, 0);
         for b in 0..n {
             for gi in 0..group {
                 // The group's input, channels last, in the kernel's domain.
@@ -643,39 +644,39 @@ impl QConv {
                     for pi in 0..np {
                         let p = p0 + pi;
                         let (oy, ox) = (p / ow, p % ow);
-                        let row = &mut scratch.cols[pi * self.kp..][..self.kp];
+                        let row0 = pi * self.kp;
                         for ky in 0..kh {
                             let iy = (oy * g.strides[0] + ky * g.dilations[0]) as isize - g.pads[0] as isize;
                             if g.dilations[1] == 1 {
                                 // The taps of one kernel row are kw·cg contiguous bytes.
-                                let dst = &mut row[ky * kw * cg..][..kw * cg];
+                                let at = row0 + ky * kw * cg;
                                 if iy < 0 || iy >= h as isize {
-                                    dst.fill(self.pad_byte);
+                                    scratch.cols[at..at + kw * cg].fill(self.pad_byte);
                                     continue;
                                 }
                                 let ix0 = (ox * g.strides[1]) as isize - g.pads[1] as isize;
                                 let lo = (-ix0).clamp(0, kw as isize) as usize;
                                 let hi = (w as isize - ix0).clamp(lo as isize, kw as isize) as usize;
-                                dst[..lo * cg].fill(self.pad_byte);
-                                dst[hi * cg..].fill(self.pad_byte);
                                 if hi > lo {
-                                    let at = (iy as usize * w + (ix0 + lo as isize) as usize) * cg;
-                                    dst[lo * cg..hi * cg].copy_from_slice(&scratch.hwc[at..at + (hi - lo) * cg]);
+                                    let from = (iy as usize * w + (ix0 + lo as isize) as usize) * cg;
+                                    copy_run(&mut scratch.cols, at + lo * cg, &scratch.hwc, from, (hi - lo) * cg);
                                 }
+                                scratch.cols[at + hi * cg..at + kw * cg].fill(self.pad_byte);
+                                scratch.cols[at..at + lo * cg].fill(self.pad_byte);
                                 continue;
                             }
                             for kx in 0..kw {
                                 let ix = (ox * g.strides[1] + kx * g.dilations[1]) as isize - g.pads[1] as isize;
-                                let dst = &mut row[(ky * kw + kx) * cg..][..cg];
+                                let at = row0 + (ky * kw + kx) * cg;
                                 if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
-                                    dst.fill(self.pad_byte);
+                                    scratch.cols[at..at + cg].fill(self.pad_byte);
                                 } else {
-                                    let at = (iy as usize * w + ix as usize) * cg;
-                                    dst.copy_from_slice(&scratch.hwc[at..at + cg]);
+                                    let from = (iy as usize * w + ix as usize) * cg;
+                                    copy_run(&mut scratch.cols, at, &scratch.hwc, from, cg);
                                 }
                             }
                         }
-                        row[kh * kw * cg..].fill(0);
+                        scratch.cols[row0 + kh * kw * cg..row0 + self.kp].fill(0);
                     }
                     for pi in np..np.div_ceil(P_TILE) * P_TILE {
                         scratch.cols[pi * self.kp..][..self.kp].fill(0);
@@ -725,13 +726,29 @@ impl QConv {
                         break;
                     }
                     let (bias, mult) = (self.bias[mrow + mi], self.mult[mrow + mi]);
-                    let out = &mut yg[j * pixels + p0 + first..][..count];
-                    for (o, &a) in out.iter_mut().zip(row.iter()) {
-                        *o = requantise(a + bias, mult, self.zy);
-                    }
+                    // A fixed four lanes, so the compiler requantises them as one vector.
+                    let q: [u8; P_TILE] = core::array::from_fn(|p| requantise(row[p] + bias, mult, self.zy));
+                    yg[j * pixels + p0 + first..][..count].copy_from_slice(&q[..count]);
                 }
             }
         }
+    }
+}
+
+/// Bytes of slack after the scratch buffers for [`copy_run`]'s 16-byte moves.
+const RUN_SLACK: usize = 16;
+
+/// Copy `n` bytes from `src[from..]` to `dst[at..]`. Runs of at most 16 bytes move as one
+/// 16-byte load and store (a kernel row of a thin input is a few bytes; a call to `memcpy`
+/// would cost more than the move); the bytes written past the run are rewritten by the
+/// caller, which fills im2col rows in increasing order and its padding after the runs.
+#[inline(always)]
+fn copy_run(dst: &mut [u8], at: usize, src: &[u8], from: usize, n: usize) {
+    if n <= 16 && at + 16 <= dst.len() && from + 16 <= src.len() {
+        // SAFETY: both ranges are in bounds (checked just above) and the buffers are distinct.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr().add(from), dst.as_mut_ptr().add(at), 16) };
+    } else {
+        dst[at..at + n].copy_from_slice(&src[from..from + n]);
     }
 }
 

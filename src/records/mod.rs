@@ -5,6 +5,10 @@
 //! The frame path hands each decided item to a [`Recorder`], which never waits and never
 //! allocates: records, archive frames and events go through bounded queues to their own
 //! threads. A full queue drops the entry and counts it.
+//!
+//! Why one file of ~700 lines: the `[records]`, `[archive]` and `[mqtt]` sections, the
+//! [`Recorder`] that owns their queues and threads, and the shared [`Health`] counters are one
+//! start-up and shutdown order; the formats on disk and on the wire are in the submodules.
 
 pub mod archive;
 pub mod log;

@@ -7,6 +7,9 @@
 //!
 //! The random numbers come from SplitMix64 (a fixed, documented algorithm), so a seed gives
 //! the same timeline on every machine and every version — the timeline is a golden file.
+//!
+//! Why one file of ~680 lines: the seeded timeline, the simulated belt and every check against
+//! true arrival share one item record; apart, each would need the others' internals.
 
 use crate::core::belt::{mm_to_nm, Belt};
 use crate::core::decision::{Action, Decision, Outcome};

@@ -18,7 +18,7 @@ use ferroscope::sim::replay::list_images;
 use ferroscope::tools::anomaly::{heat_rgb, AnomalyDetector};
 use ferroscope::tools::segment::{SegmentResult, SegmentRules, Segmenter};
 
-use crate::{median, read_gray};
+use super::{median, read_gray};
 
 /// Bins of the pixel-score histograms (pixel AUROC over millions of pixels).
 const PIXEL_BINS: usize = 4096;

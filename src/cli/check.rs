@@ -1,15 +1,29 @@
 //! `ferroscope check`: is every device of a board profile there?
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Result;
-use ferroscope::station::{board, config::StationConfig};
+use clap::Args;
+use ferroscope::station::{self, config::StationConfig};
+
+/// `ferroscope check`.
+#[derive(Args)]
+pub struct CheckArgs {
+    /// Board profile / station config (boards/*.toml); default: the first found of
+    /// $FERROSCOPE_CONFIG, /etc/ferroscope/station.toml, boards/host-sim.toml.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
 
 /// Check the profile at `config`; exit 0 when everything is usable, 1 otherwise.
-pub fn check(config: &Path, json: bool) -> Result<ExitCode> {
+pub fn check(config: Option<&Path>, json: bool) -> Result<ExitCode> {
+    let config = &super::profile(config)?;
     let cfg = StationConfig::load(config)?;
-    let findings = board::check(&cfg);
+    let findings = station::check::check(&cfg);
     let bad = findings.iter().filter(|f| !f.ok).count();
     if json {
         let rows: Vec<_> = findings

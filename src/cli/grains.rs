@@ -16,8 +16,8 @@ use ferroscope::grains::render::{write_grain_map, write_histogram};
 use ferroscope::grains::standards::{self, bin_g, G_BINS};
 use ferroscope::model::manifest::Precision;
 
-use crate::cli_segment::gather_masked;
-use crate::{median, read_gray, PrecisionArg};
+use super::segment::gather_masked;
+use super::{median, read_gray, PrecisionArg};
 
 /// Which pixels of a boundary mask are the boundaries.
 #[derive(Clone, Copy, Debug, ValueEnum)]

@@ -4,19 +4,36 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 
 use ferroscope::core::decision::Action;
 use ferroscope::records::archive;
 use ferroscope::records::log::{self, FAULT_NAMES};
 use ferroscope::records::store::Store;
-use ferroscope::station::config::{StationConfig, DEFAULT_CONFIG_PATH};
+use ferroscope::station::config::StationConfig;
+
+/// `ferroscope records`.
+#[derive(Args)]
+pub struct RecordsArgs {
+    /// Station config whose `[records] dir` to read (default: the first found of $FERROSCOPE_CONFIG, /etc/ferroscope/station.toml, boards/host-sim.toml).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// The records folder itself, instead of a config.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// How many of the last decisions to list.
+    #[arg(long, default_value_t = 20)]
+    pub last: usize,
+    /// One JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
 
 #[derive(Subcommand)]
 pub enum ArchiveCmd {
     /// List the archived items, oldest first.
     Ls {
-        /// Station config whose `[archive] dir` to read (default: the host simulation's).
+        /// Station config whose `[archive] dir` to read (default: the first found of $FERROSCOPE_CONFIG, /etc/ferroscope/station.toml, boards/host-sim.toml).
         #[arg(long)]
         config: Option<PathBuf>,
         /// The archive folder itself, instead of a config.
@@ -53,9 +70,7 @@ fn folder(config: Option<&Path>, dir: Option<&Path>, what: &str) -> Result<PathB
     if let Some(d) = dir {
         return Ok(d.to_path_buf());
     }
-    let path = config
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
+    let path = super::profile(config)?;
     let cfg = StationConfig::load(&path)?;
     let (r, a, _) = cfg.record_sections();
     match what {

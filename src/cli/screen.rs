@@ -5,10 +5,39 @@ use std::process::ExitCode;
 use std::time::Instant as StdInstant;
 
 use anyhow::{anyhow, bail, Result};
+use clap::Args;
 use ferroscope::core::screen::{counters_region, draw, draw_counters, ScreenState};
 use ferroscope::display::{demo_state, render, write_png, Canvas, DemoState, PixelLayout};
 use ferroscope::model::manifest::Manifest;
 use ferroscope::station::config::{StationConfig, DEFAULT_CONFIG_PATH};
+
+/// `ferroscope screen`.
+#[derive(Args)]
+pub struct ScreenArgs {
+    /// Station config (station and model names, display size); default: the first found of $FERROSCOPE_CONFIG, /etc/ferroscope/station.toml, boards/host-sim.toml.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// ok, reject, uncertain, fault, or demo (all four on one sheet).
+    #[arg(long, default_value = "demo")]
+    pub state: String,
+    /// Output PNG.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Size WIDTHxHEIGHT (default: the config's display, or 800x480).
+    #[arg(long)]
+    pub size: Option<String>,
+}
+
+/// `ferroscope bench-screen`.
+#[derive(Args)]
+pub struct BenchScreenArgs {
+    /// Timed passes.
+    #[arg(long, default_value_t = 100)]
+    pub passes: usize,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
 
 fn parse_size(s: &str) -> Result<(u32, u32)> {
     let (w, h) = s
@@ -21,13 +50,10 @@ fn parse_size(s: &str) -> Result<(u32, u32)> {
     Ok((w, h))
 }
 
-/// The demo state for `kind`, named after the station and model of `config`.
-pub fn state_for(kind: DemoState, config: Option<&Path>) -> Result<ScreenState> {
+/// The demo state for `kind`, named after the station and model of the profile at `path`.
+pub fn state_for(kind: DemoState, path: &Path) -> Result<ScreenState> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let path = config
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
-    let cfg = StationConfig::load(&path)?;
+    let cfg = StationConfig::load(path)?;
     let m = Manifest::load(&cfg.resolve(&cfg.tool.manifest))?;
     let model = format!("{} {} {}", m.model.name, m.model.version, cfg.precision()?.name());
     let thumb = match kind.sample() {
@@ -46,13 +72,12 @@ pub fn state_for(kind: DemoState, config: Option<&Path>) -> Result<ScreenState> 
 }
 
 pub fn screen(config: Option<&Path>, state: &str, out: &Path, size: Option<&str>) -> Result<ExitCode> {
+    let path = super::profile(config)?;
+    let config = path.as_path();
     let (w, h) = match size {
         Some(s) => parse_size(s)?,
         None => {
-            let path = config
-                .map(Path::to_path_buf)
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
-            let cfg = StationConfig::load(&path)?;
+            let cfg = StationConfig::load(config)?;
             cfg.display.as_ref().map_or((800, 480), |d| (d.width, d.height))
         }
     };
@@ -97,7 +122,7 @@ pub fn bench_screen(passes: usize, json: bool) -> Result<ExitCode> {
         );
     }
     for (w, h) in [(800u32, 480u32), (320, 240)] {
-        let mut st = state_for(DemoState::Reject, None)?;
+        let mut st = state_for(DemoState::Reject, Path::new(DEFAULT_CONFIG_PATH))?;
         let mut canvas = Canvas::new(w, h);
         let (mut full, mut part, mut pack) = (Vec::new(), Vec::new(), Vec::new());
         let mut row = vec![0u8; w as usize * 4];

@@ -5,10 +5,24 @@ use std::process::ExitCode;
 use std::time::Instant as StdInstant;
 
 use anyhow::{anyhow, Context, Result};
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use ferroscope::camera::decode::decode_frame;
 use ferroscope::core::pixel::{rgb_to_gray, OutputFormat, PixelFormat};
 use ferroscope::drivers::v4l2::{self, TriggerMode, V4l2Config};
+
+/// `ferroscope bench-camera`.
+#[derive(Args)]
+pub struct BenchCameraArgs {
+    /// Picture the test frames are made from; default: a committed NEU sample.
+    #[arg(long)]
+    pub image: Option<PathBuf>,
+    /// Timed passes per format and size.
+    #[arg(long, default_value_t = 50)]
+    pub passes: usize,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
 
 #[derive(Subcommand)]
 pub enum CameraCmd {

@@ -1,0 +1,281 @@
+//! `ferroscope bench`: each stage of the frame path timed on one thread.
+//!
+//! - decode, preprocess, inference and decision timed per frame, median and p99, after a
+//!   warm-up pass that sizes every buffer;
+//! - allocations per frame counted apart: ours, tract's, and the decoder's;
+//! - int8 and, when the manifest has one, f32 side by side; peak RSS at the end.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant as StdInstant;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use serde_json::json;
+
+use ferroscope::alloc_count::{self, scoped, Scope, Snapshot};
+use ferroscope::core::frame::GrayFrame;
+use ferroscope::model::manifest::{Manifest, Precision};
+use ferroscope::sim::replay::{decode_gray, list_images};
+use ferroscope::tools::classify::Classifier;
+
+use super::{manifest_rules, median, percentile};
+
+/// `ferroscope bench`.
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Model manifest.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Folder of images (and its sub-folders); default: the committed sample set of the model's tool.
+    #[arg(long)]
+    pub images: Option<PathBuf>,
+    /// Timed passes over the images.
+    #[arg(long, default_value_t = 20)]
+    pub passes: usize,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+struct StageStats {
+    decode: Vec<f64>,
+    preprocess: Vec<f64>,
+    inference: Vec<f64>,
+    decision: Vec<f64>,
+    total: Vec<f64>,
+    allocs_ours: u64,
+    allocs_tract: u64,
+    pool_hits_tract: u64,
+    allocs_decode: u64,
+    frames: u64,
+}
+
+/// `bench` for a tiled (segment or anomaly) model: decode, tiling + stitching (`preprocess`), the model
+/// over every tile (`inference`), regions + measurements + decision (`decision`).
+fn bench_tiled_one(
+    manifest: &Manifest,
+    precision: Precision,
+    files: &[(PathBuf, Vec<u8>)],
+    passes: usize,
+) -> Result<StageStats> {
+    use ferroscope::tools::segment::{SegmentRules, Segmenter};
+    let rules = SegmentRules {
+        mm_per_px: Some(0.05),
+        reject_if_length_mm_over: Some(2.0),
+        ..Default::default()
+    };
+    let mut seg = Segmenter::from_tiled(manifest.clone(), precision, rules)?;
+    let n = files.len() * passes;
+    let mut st = StageStats {
+        decode: Vec::with_capacity(n),
+        preprocess: Vec::with_capacity(n),
+        inference: Vec::with_capacity(n),
+        decision: Vec::with_capacity(n),
+        total: Vec::with_capacity(n),
+        allocs_ours: 0,
+        allocs_tract: 0,
+        pool_hits_tract: 0,
+        allocs_decode: 0,
+        frames: 0,
+    };
+    // Warm-up pass: buffers grow to the largest frame, tract sizes its scratch.
+    for (path, bytes) in files {
+        let (w, h, px) = decode_gray(bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let frame = GrayFrame::new(&px, w, h, w).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        seg.segment(&frame)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    }
+    let mut sink = 0usize;
+    for _ in 0..passes {
+        for (path, bytes) in files {
+            let d0 = Snapshot::take();
+            let t0 = StdInstant::now();
+            let (w, h, px) =
+                scoped(Scope::Decode, || decode_gray(bytes)).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            let t1 = StdInstant::now();
+            let a0 = Snapshot::take();
+            st.allocs_decode += a0.since(&d0, Scope::Decode);
+            let frame = GrayFrame::new(&px, w, h, w).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            let r = seg
+                .segment(&frame)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            let t2 = StdInstant::now();
+            sink += r.regions.len() + r.reject as usize;
+            let (inference_ms, map_ms) = (r.inference_us as f64 / 1000.0, r.map_us as f64 / 1000.0);
+            let a1 = Snapshot::take();
+            st.allocs_ours += a1.since(&a0, Scope::Ours);
+            st.allocs_tract += a1.since(&a0, Scope::Tract);
+            st.pool_hits_tract += a1.pool_hits - a0.pool_hits;
+            st.frames += 1;
+            let ms = |a: StdInstant, b: StdInstant| (b - a).as_secs_f64() * 1000.0;
+            st.decode.push(ms(t0, t1));
+            st.preprocess.push(map_ms - inference_ms);
+            st.inference.push(inference_ms);
+            st.decision.push(ms(t1, t2) - map_ms);
+            st.total.push(ms(t0, t2));
+        }
+    }
+    std::hint::black_box(sink);
+    Ok(st)
+}
+
+fn bench_one(
+    manifest: &Manifest,
+    precision: Precision,
+    files: &[(PathBuf, Vec<u8>)],
+    passes: usize,
+) -> Result<StageStats> {
+    let mut clf = Classifier::from_manifest(manifest.clone(), precision)?;
+    let rules = manifest_rules(manifest)?;
+    let mut st = StageStats {
+        decode: vec![],
+        preprocess: vec![],
+        inference: vec![],
+        decision: vec![],
+        total: vec![],
+        allocs_ours: 0,
+        allocs_tract: 0,
+        pool_hits_tract: 0,
+        allocs_decode: 0,
+        frames: 0,
+    };
+    let n = files.len() * passes;
+    for v in [
+        &mut st.decode,
+        &mut st.preprocess,
+        &mut st.inference,
+        &mut st.decision,
+        &mut st.total,
+    ] {
+        v.reserve(n);
+    }
+    // Warm-up pass (sizes buffers and tract's scratch).
+    for (_, bytes) in files {
+        let (w, h, px) = decode_gray(bytes).map_err(anyhow::Error::msg)?;
+        let frame = GrayFrame::new(&px, w, h, w).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        clf.classify(&frame).map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    let mut sink = 0usize;
+    for _ in 0..passes {
+        for (path, bytes) in files {
+            let d0 = Snapshot::take();
+            let t0 = StdInstant::now();
+            let (w, h, px) =
+                scoped(Scope::Decode, || decode_gray(bytes)).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            let t1 = StdInstant::now();
+            let a0 = Snapshot::take();
+            st.allocs_decode += a0.since(&d0, Scope::Decode);
+            let frame = GrayFrame::new(&px, w, h, w).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            clf.preprocess(&frame).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let t2 = StdInstant::now();
+            let scores = clf.infer().map_err(|e| anyhow::anyhow!("{e}"))?;
+            let t3 = StdInstant::now();
+            let d = rules.decide(scores);
+            sink += d.class.unwrap_or(0) as usize;
+            let t4 = StdInstant::now();
+            let a1 = Snapshot::take();
+            st.allocs_ours += a1.since(&a0, Scope::Ours);
+            st.allocs_tract += a1.since(&a0, Scope::Tract);
+            st.pool_hits_tract += a1.pool_hits - a0.pool_hits;
+            st.frames += 1;
+            let ms = |a: StdInstant, b: StdInstant| (b - a).as_secs_f64() * 1000.0;
+            st.decode.push(ms(t0, t1));
+            st.preprocess.push(ms(t1, t2));
+            st.inference.push(ms(t2, t3));
+            st.decision.push(ms(t3, t4));
+            st.total.push(ms(t0, t4));
+        }
+    }
+    std::hint::black_box(sink);
+    Ok(st)
+}
+
+pub fn bench(model: &Path, images: Option<&Path>, passes: usize, json: bool) -> Result<ExitCode> {
+    let manifest = Manifest::load(model)?;
+    let dir = images.map(Path::to_path_buf).unwrap_or_else(|| {
+        PathBuf::from(if manifest.tiled.is_some() {
+            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/kolektor_samples/images")
+        } else {
+            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/neu_samples")
+        })
+    });
+    let files: Vec<(PathBuf, Vec<u8>)> = list_images(&dir)?
+        .into_iter()
+        .map(|p| {
+            std::fs::read(&p)
+                .map(|b| (p.clone(), b))
+                .with_context(|| format!("{}: cannot read", p.display()))
+        })
+        .collect::<Result<_>>()?;
+    if files.is_empty() {
+        bail!("{}: no images", dir.display());
+    }
+    let mut precisions = vec![Precision::Int8];
+    if manifest.model.f32_file.is_some() {
+        precisions.push(Precision::F32);
+    }
+    let mut results = serde_json::Map::new();
+    for p in precisions {
+        let mut st = if manifest.tiled.is_some() {
+            bench_tiled_one(&manifest, p, &files, passes.max(1))?
+        } else {
+            bench_one(&manifest, p, &files, passes.max(1))?
+        };
+        let frames = st.frames.max(1) as f64;
+        let decode_allocs = st.allocs_decode;
+        let stage = |v: &mut Vec<f64>| json!({"median_ms": median(v), "p99_ms": percentile(v, 99.0)});
+        let total_median = median(&mut st.total);
+        let obj = json!({
+            "file": manifest.model_path(p)?.display().to_string(),
+            "frames": st.frames,
+            "decode": stage(&mut st.decode),
+            "preprocess": stage(&mut st.preprocess),
+            "inference": stage(&mut st.inference),
+            "decision": stage(&mut st.decision),
+            "end_to_end": {"median_ms": total_median, "p99_ms": percentile(&mut st.total, 99.0)},
+            "images_per_s_one_thread": 1000.0 / total_median,
+            "allocations_per_frame_ours": st.allocs_ours as f64 / frames,
+            "allocations_per_frame_tract": st.allocs_tract as f64 / frames,
+            "pool_hits_per_frame_tract": st.pool_hits_tract as f64 / frames,
+            "allocations_per_frame_decode": decode_allocs as f64 / frames,
+        });
+        results.insert(p.name().to_string(), obj);
+    }
+    let rss = alloc_count::peak_rss_kib();
+    let out = json!({"model": manifest.model.name, "images": files.len(), "passes": passes, "threads": 1, "peak_rss_kib": rss, "results": results});
+    if json {
+        println!("{out}");
+    } else {
+        println!(
+            "model {} — {} images × {} passes, one thread",
+            manifest.model.name,
+            files.len(),
+            passes
+        );
+        for (p, r) in &results {
+            println!("\n[{p}] {}", r["file"].as_str().unwrap_or(""));
+            for s in ["decode", "preprocess", "inference", "decision", "end_to_end"] {
+                println!(
+                    "  {:<11} median {:>8.3} ms   p99 {:>8.3} ms",
+                    s,
+                    r[s]["median_ms"].as_f64().unwrap_or(0.0),
+                    r[s]["p99_ms"].as_f64().unwrap_or(0.0)
+                );
+            }
+            println!(
+                "  images/s (one thread): {:.0}",
+                r["images_per_s_one_thread"].as_f64().unwrap_or(0.0)
+            );
+            println!(
+                "  allocations per frame: ours {}, tract {}",
+                r["allocations_per_frame_ours"], r["allocations_per_frame_tract"]
+            );
+        }
+        println!(
+            "\npeak RSS {} KiB",
+            rss.map(|v| v.to_string()).unwrap_or_else(|| "?".into())
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

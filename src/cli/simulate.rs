@@ -1,0 +1,165 @@
+//! `ferroscope simulate` and `ferroscope bench-timing`: reject timing, in virtual time against
+//! the tracker and on this machine's real clock and threads.
+//!
+//! - `simulate` checks every pulse against every item's true arrival and exits 1 unless no
+//!   reject is missed, none is false, duplicated, on the wrong ejector or crowding the gap,
+//!   and the worst pulse centre is within 1 mm;
+//! - `bench-timing` runs the station's own actuator thread idle and with inference on the
+//!   frame thread, and reports both side by side.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::Args;
+
+/// `ferroscope simulate`.
+#[derive(Args)]
+pub struct SimulateArgs {
+    /// Seed.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Items.
+    #[arg(long, default_value_t = 100_000)]
+    pub items: u32,
+    /// Follow the belt with a simulated encoder (1 count/mm, ±50 µs jitter, speed ramps)
+    /// instead of reported speed steps.
+    #[arg(long)]
+    pub encoder: bool,
+    /// Write the output timeline (`<µs> <output> <on|off>` per line) to this file.
+    #[arg(long)]
+    pub timeline: Option<PathBuf>,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `ferroscope bench-timing`.
+#[derive(Args)]
+pub struct BenchTimingArgs {
+    /// Station config (belt speed, ejectors, model); default: the first found of $FERROSCOPE_CONFIG, /etc/ferroscope/station.toml, boards/host-sim.toml.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Items per run (every one rejected).
+    #[arg(long, default_value_t = 1000)]
+    pub items: u32,
+    /// Items per second.
+    #[arg(long, default_value_t = 50.0)]
+    pub rate_fps: f32,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn simulate(seed: u64, items: u32, encoder: bool, timeline: Option<&Path>, json: bool) -> Result<ExitCode> {
+    use ferroscope::sim::conveyor::{self, SimConfig};
+    let cfg = SimConfig::reference(seed, items, encoder);
+    let started = std::time::Instant::now();
+    let r = conveyor::run(&cfg);
+    let secs = started.elapsed().as_secs_f64();
+    if let Some(p) = timeline {
+        std::fs::write(p, conveyor::timeline_text(&r.timeline, usize::MAX))
+            .with_context(|| format!("{}: cannot write the timeline", p.display()))?;
+    }
+    let ok = r.missed_rejects == 0
+        && r.false_rejects == 0
+        && r.duplicate_fires == 0
+        && r.wrong_ejector == 0
+        && r.gap_violations == 0
+        && r.deadline_mismatches == 0
+        && r.error_mm_max <= 1.0;
+    if json {
+        let mut j = r.to_json();
+        j["seed"] = seed.into();
+        j["mode"] = if encoder { "encoder" } else { "speed" }.into();
+        j["ok"] = ok.into();
+        j["seconds"] = secs.into();
+        println!("{j}");
+    } else {
+        println!(
+            "{} items ({} mode, seed {seed}) simulated in {secs:.1} s",
+            r.items,
+            if encoder { "encoder" } else { "speed" }
+        );
+        println!(
+            "must reject {} (defective {}, fail-safe {}): rejected correctly {}, missed {}",
+            r.must_reject, r.defective, r.failsafe_rejects, r.rejected_ok, r.missed_rejects
+        );
+        println!(
+            "false rejects {}, duplicate fires {}, wrong ejector {}, pulses crowding the gap {}, deadline mismatches {}",
+            r.false_rejects, r.duplicate_fires, r.wrong_ejector, r.gap_violations, r.deadline_mismatches
+        );
+        println!(
+            "pulse centre vs true arrival: p50 {:.3} mm, p99 {:.3} mm, max {:.3} mm ({} / {} µs p50/p99)",
+            r.error_mm_p50, r.error_mm_p99, r.error_mm_max, r.error_us_p50, r.error_us_p99
+        );
+        println!(
+            "merged {}, overdue decisions {}, edges {}",
+            r.tracker.merged,
+            r.overdue,
+            r.timeline.len()
+        );
+        println!("{}", if ok { "OK" } else { "FAILED" });
+    }
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+pub fn bench_timing(config: Option<&Path>, items: u32, rate_fps: f32, json: bool) -> Result<ExitCode> {
+    use ferroscope::station::{config::StationConfig, timing_bench};
+    let path = super::profile(config)?;
+    let cfg = StationConfig::load(&path)?;
+    let idle = timing_bench(&cfg, items, rate_fps, false)?;
+    let loaded = timing_bench(&cfg, items, rate_fps, true)?;
+    let row = |r: &ferroscope::station::TimingReport| {
+        let a = &r.audit;
+        serde_json::json!({
+            "items": r.items,
+            "missed_rejects": a.missed_rejects,
+            "timing_error_us_p50": a.timing_error_us_p50,
+            "timing_error_us_p99": a.timing_error_us_p99,
+            "timing_error_us_max": a.timing_error_us_max,
+            "edge_error_us_p50": r.edge_error_us.0,
+            "edge_error_us_p99": r.edge_error_us.1,
+        })
+    };
+    let p99_loaded = loaded.audit.timing_error_us_p99.unwrap_or(0);
+    let p99_idle = idle.audit.timing_error_us_p99.unwrap_or(0).max(1);
+    let mm = |us: u64, m_per_s: f32| ferroscope::core::calibration::travel_distance_mm(us, m_per_s * 1000.0);
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "config": path.display().to_string(),
+                "rate_fps": rate_fps,
+                "idle": row(&idle),
+                "with_inference": row(&loaded),
+                "p99_ratio_loaded_over_idle": p99_loaded as f64 / p99_idle as f64,
+                "p99_mm_at_1_5_20_m_per_s": [mm(p99_loaded, 1.0), mm(p99_loaded, 5.0), mm(p99_loaded, 20.0)],
+            })
+        );
+    } else {
+        println!(
+            "reject scheduling, {items} items at {rate_fps} items/s, {}",
+            path.display()
+        );
+        println!("pulse centre vs true arrival (µs)     p50    p99    max   missed");
+        for (name, r) in [("idle", &idle), ("inference on the frame thread", &loaded)] {
+            let a = &r.audit;
+            println!(
+                "  {name:<34} {:>6} {:>6} {:>6} {:>6}",
+                a.timing_error_us_p50.unwrap_or(0),
+                a.timing_error_us_p99.unwrap_or(0),
+                a.timing_error_us_max.unwrap_or(0),
+                a.missed_rejects
+            );
+        }
+        println!(
+            "p99 under load / idle: {:.2}x; p99 under load in mm: {:.3} at 1 m/s, {:.3} at 5 m/s, {:.3} at 20 m/s",
+            p99_loaded as f64 / p99_idle as f64,
+            mm(p99_loaded, 1.0),
+            mm(p99_loaded, 5.0),
+            mm(p99_loaded, 20.0)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,214 @@
+//! Actuation: the thread that owns the outputs and fires the rejects.
+//!
+//! The actuator thread polls the shared [`Tracker`](crate::core::reject::Tracker), writes
+//! its edges to the output backend and sleeps until the next edge or heartbeat.
+//!
+//! Guarantees:
+//! - the actuator, not the frame loop, applies the deadlines: an item whose decision has not
+//!   come in time gets the configured fail-safe even while the frame loop is stuck in a model;
+//! - the heartbeat toggles only while the station is healthy: no line stop, no fault within
+//!   `outputs.fault_hold_ms`, not stopping; it is left inactive when the thread ends;
+//! - a failed output write is counted (and held as a fault), never fatal;
+//! - after the frame loop stops, items already on the belt still reach their ejectors: the
+//!   thread drains until the tracker is idle or the farthest ejector's travel time (plus 1 s)
+//!   has passed;
+//! - with an encoder, predictions are redone at least every millisecond; in speed mode the
+//!   thread sleeps at most one second.
+
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+
+use super::config::{self, StationConfig};
+use super::tracking::{FiredItem, Shared, SharedState};
+use crate::core::reject::{EjectorConfig, Output, TrackEvent};
+use crate::core::time::Instant;
+use crate::drivers::gpio::{GpioOutput, LineSpec};
+use crate::hal::{Clock, OutputError, OutputLine, RejectOutput};
+use crate::sim::clock::MonotonicClock;
+use crate::sim::recording::{Event, RecordingOutput, MAX_TIMELINE_EVENTS};
+
+/// The output backend chosen in the config.
+#[derive(Debug)]
+pub(super) enum Outputs {
+    Recording(RecordingOutput),
+    Gpio(GpioOutput),
+}
+
+impl Outputs {
+    pub(super) fn events(&self) -> &[Event] {
+        match self {
+            Outputs::Recording(r) => r.events(),
+            Outputs::Gpio(g) => g.events(),
+        }
+    }
+}
+
+impl RejectOutput for Outputs {
+    fn set(&mut self, line: OutputLine, active: bool, at: Instant) -> Result<(), OutputError> {
+        match self {
+            Outputs::Recording(r) => r.set(line, active, at),
+            Outputs::Gpio(g) => g.set(line, active, at),
+        }
+    }
+}
+
+/// The GPIO output lines of a `gpio` backend: each ejector's, the heartbeat, the line stop.
+pub fn output_lines(cfg: &StationConfig) -> Result<Vec<(OutputLine, LineSpec)>> {
+    let chip = cfg
+        .outputs
+        .gpio_chip
+        .as_ref()
+        .ok_or_else(|| anyhow!("{}: field `outputs.gpio_chip` is missing", cfg.path.display()))?;
+    let spec = |l: &config::GpioLineSection| LineSpec {
+        chip: chip.clone(),
+        line: l.line,
+        active_low: l.active_low,
+    };
+    let mut lines = Vec::new();
+    for (i, e) in cfg.ejectors.iter().enumerate() {
+        if let Some(g) = &e.gpio {
+            lines.push((OutputLine::Reject(i as u8), spec(g)));
+        }
+    }
+    if let Some(g) = &cfg.outputs.heartbeat {
+        lines.push((OutputLine::Heartbeat, spec(g)));
+    }
+    if let Some(g) = &cfg.outputs.line_stop {
+        lines.push((OutputLine::LineStop, spec(g)));
+    }
+    Ok(lines)
+}
+
+pub(super) fn open_outputs(cfg: &StationConfig, clock: MonotonicClock) -> Result<Outputs> {
+    if cfg.outputs.backend != "gpio" {
+        return Ok(Outputs::Recording(RecordingOutput::new(clock, MAX_TIMELINE_EVENTS)));
+    }
+    let lines = output_lines(cfg)?;
+    Ok(Outputs::Gpio(
+        GpioOutput::open(&lines, clock, MAX_TIMELINE_EVENTS)
+            .with_context(|| format!("{}: `[outputs]`", cfg.path.display()))?,
+    ))
+}
+
+fn line_of(o: Output) -> OutputLine {
+    match o {
+        Output::Ejector(n) => OutputLine::Reject(n),
+        Output::LineStop => OutputLine::LineStop,
+    }
+}
+
+pub(super) struct ActuatorTiming {
+    pub(super) heartbeat_us: u64,
+    pub(super) fault_hold_us: u64,
+    /// Longest sleep: with an encoder, predictions are redone at least this often.
+    pub(super) max_sleep_us: u64,
+    /// After the frame loop stops, how long items may still take to reach their ejectors.
+    pub(super) drain_us: u64,
+}
+
+/// Open the configured outputs and start the actuator thread on `shared`; it hands the
+/// outputs back when it ends (their timeline is the run's record of what was fired).
+pub(super) fn spawn(
+    cfg: &StationConfig,
+    shared: &SharedState,
+    ejectors: &[EjectorConfig],
+    speed: Option<f32>,
+    clock: MonotonicClock,
+) -> Result<JoinHandle<Outputs>> {
+    let out = open_outputs(cfg, clock)?;
+    let farthest = ejectors.iter().map(|e| e.ejector_distance_mm).fold(0.0f32, f32::max);
+    let timing = ActuatorTiming {
+        heartbeat_us: cfg.outputs.heartbeat_period_ms.max(1) as u64 * 1000,
+        fault_hold_us: cfg.outputs.fault_hold_ms as u64 * 1000,
+        max_sleep_us: if speed.is_some() { 1_000_000 } else { 1_000 },
+        drain_us: match speed {
+            Some(v) => (farthest as f64 / v as f64 * 1e6) as u64 + 1_000_000,
+            None => 10_000_000,
+        },
+    };
+    let shared = shared.clone();
+    Ok(std::thread::Builder::new()
+        .name("actuator".into())
+        .spawn(move || actuator(shared, out, clock, timing))?)
+}
+
+pub(super) fn actuator(shared: SharedState, mut out: Outputs, clock: MonotonicClock, t: ActuatorTiming) -> Outputs {
+    let (lock, cvar) = &*shared;
+    let mut hb_level = false;
+    let mut next_hb = clock.now();
+    let mut stop_at: Option<Instant> = None;
+    let Ok(mut g) = lock.lock() else { return out };
+    loop {
+        let now = clock.now();
+        let errors_before = g.output_errors;
+        {
+            let Shared {
+                tracker,
+                output_errors,
+                fired,
+                ..
+            } = &mut *g;
+            tracker.poll(now, |ev| match ev {
+                TrackEvent::Edge { output, active, at } => {
+                    if out.set(line_of(output), active, at).is_err() {
+                        *output_errors += 1;
+                    }
+                }
+                TrackEvent::Fired {
+                    id,
+                    ejector,
+                    merged,
+                    clipped,
+                    ..
+                } => {
+                    if fired.len() < fired.capacity() {
+                        fired.push(FiredItem {
+                            id,
+                            ejector,
+                            merged,
+                            clipped,
+                        });
+                    }
+                }
+                TrackEvent::Overdue { .. } => {}
+            });
+        }
+        if g.output_errors != errors_before {
+            g.fault_at = Some(now);
+        }
+        if now >= next_hb {
+            let healthy = !g.tracker.line_stop_active()
+                && g.fault_at.is_none_or(|f| now.us_since(f) >= t.fault_hold_us)
+                && !g.stop;
+            let level = healthy && !hb_level;
+            if level != hb_level {
+                hb_level = level;
+                if out.set(OutputLine::Heartbeat, level, next_hb).is_err() {
+                    g.output_errors += 1;
+                }
+            }
+            next_hb = next_hb.add_us(t.heartbeat_us).max(now);
+        }
+        if g.stop {
+            let s = *stop_at.get_or_insert(now);
+            if g.tracker.is_idle() || now.us_since(s) > t.drain_us {
+                if hb_level {
+                    let _ = out.set(OutputLine::Heartbeat, false, clock.now());
+                }
+                return out;
+            }
+        }
+        let next = g
+            .tracker
+            .next_event(now)
+            .map_or(next_hb, |e| e.min(next_hb))
+            .min(now.add_us(t.max_sleep_us));
+        let wait = next.us_since(clock.now()).max(1);
+        g = match cvar.wait_timeout(g, Duration::from_micros(wait)) {
+            Ok((g, _)) => g,
+            Err(_) => return out,
+        };
+    }
+}

@@ -1,0 +1,363 @@
+//! The sections of a station configuration, as they are in the file: one struct per
+//! `[section]`, field names and units as written.
+//!
+//! Guarantees:
+//! - every struct refuses unknown fields, so a typo is an error naming it, never a silent
+//!   default;
+//! - defaults are written once, here, next to the field they belong to;
+//! - nothing here checks values against each other: [`super::StationConfig::parse`] does.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// `[station]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StationSection {
+    /// Station name (shown on screen, used in event topics).
+    pub name: String,
+}
+
+/// `[camera]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CameraSection {
+    /// `replay` (a folder or list of images) or `v4l2` (a live camera).
+    pub source: String,
+    /// Replay: folder or list file.
+    #[serde(default)]
+    pub path: PathBuf,
+    /// Replay: frames per second.
+    #[serde(default)]
+    pub rate_fps: f32,
+    /// Replay: passes over the set; 0 = forever.
+    #[serde(default = "one")]
+    pub loops: u32,
+    /// Replay: faults to inject (`[camera.faults]`).
+    #[serde(default)]
+    pub faults: Option<ReplayFaultsSection>,
+    /// V4L2: device node, e.g. `/dev/video0`.
+    #[serde(default)]
+    pub device: Option<PathBuf>,
+    /// V4L2: pixel format, `grey`, `yuyv`, `rgb24` or `mjpeg`.
+    #[serde(default)]
+    pub format: Option<String>,
+    /// V4L2: width in pixels.
+    #[serde(default)]
+    pub width: Option<u32>,
+    /// V4L2: height in pixels.
+    #[serde(default)]
+    pub height: Option<u32>,
+    /// V4L2: frames per second to ask the driver for (default: the driver's).
+    #[serde(default)]
+    pub fps: Option<f32>,
+    /// V4L2: MMAP buffers (2..=8).
+    #[serde(default = "four")]
+    pub buffers: u32,
+    /// A capture with no frame for this long is a camera timeout fault.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u32,
+    /// `free_run`, `software` (each `[inputs.trigger]` edge takes the first frame after it)
+    /// or `external` (the camera's own trigger input; one frame per `[inputs.trigger]` edge).
+    #[serde(default = "free_run")]
+    pub trigger: String,
+    /// V4L2, `trigger = "external"`: the driver control that enables the camera's trigger.
+    #[serde(default)]
+    pub external_trigger_control: Option<String>,
+    /// Value written to `external_trigger_control`.
+    #[serde(default = "one_i64")]
+    pub external_trigger_value: i64,
+    /// V4L2: driver controls by name, e.g. `exposure_time_absolute = 100`, `gain = 8`
+    /// (`ferroscope camera probe` lists them).
+    #[serde(default)]
+    pub controls: std::collections::BTreeMap<String, i64>,
+}
+
+/// `[camera.faults]`: faults a replay injects, to rehearse the station's fail-safe.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayFaultsSection {
+    /// Seed of the fault sequence.
+    #[serde(default)]
+    pub seed: u64,
+    /// Fraction of frames dropped (a gap in the sequence numbers).
+    #[serde(default)]
+    pub drop_fraction: f32,
+    /// Fraction of frames delivered corrupt (a JPEG cut short or without its start marker).
+    #[serde(default)]
+    pub corrupt_fraction: f32,
+    /// Seconds after the first frame when the camera disconnects.
+    #[serde(default)]
+    pub disconnect_after_s: Option<f32>,
+    /// Seconds it stays away.
+    #[serde(default)]
+    pub disconnect_for_s: f32,
+}
+
+fn four() -> u32 {
+    4
+}
+
+fn default_timeout_ms() -> u32 {
+    500
+}
+
+fn free_run() -> String {
+    "free_run".into()
+}
+
+fn one_i64() -> i64 {
+    1
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// `[tool]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolSection {
+    /// `classify`, `segment` or `anomaly`.
+    pub kind: String,
+    /// Model manifest.
+    pub manifest: PathBuf,
+    /// `int8` (default) or `f32`.
+    #[serde(default)]
+    pub precision: Option<String>,
+}
+
+/// `[segment]` (segment tool) or `[anomaly]` (anomaly tool): calibration and region rules.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SegmentSection {
+    /// Millimetres on the part per frame pixel (the camera's calibration).
+    #[serde(default)]
+    pub mm_per_px: Option<f32>,
+    /// A region longer than this along its major axis rejects, mm.
+    #[serde(default)]
+    pub reject_if_length_mm_over: Option<f32>,
+    /// A region larger than this rejects, mm².
+    #[serde(default)]
+    pub reject_if_area_mm2_over: Option<f32>,
+    /// `head` (the model's decision), `rules` (the region rules) or `either` (default).
+    #[serde(default)]
+    pub decide_by: Option<String>,
+}
+
+/// `[decision]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecisionSection {
+    /// Classes whose detection rejects the item.
+    pub reject_classes: Vec<String>,
+    /// Classes whose detection accepts it.
+    #[serde(default)]
+    pub accept_classes: Vec<String>,
+    /// Per-class score thresholds overriding the manifest's.
+    #[serde(default)]
+    pub min_score: std::collections::BTreeMap<String, f32>,
+    /// `reject` or `accept` when no head is confident.
+    pub uncertain: String,
+    /// When no valid decision exists in time: `reject` (the ejector with `failsafe = true`),
+    /// `accept`, or `line_stop` (assert the line-stop output).
+    #[serde(default = "reject")]
+    pub failsafe: String,
+    /// A decision later than this after capture is void; the fail-safe applies.
+    pub decision_deadline_ms: u32,
+}
+
+fn reject() -> String {
+    "reject".into()
+}
+
+/// `[conveyor]`: how the belt's position is known.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConveyorSection {
+    /// Belt speed (speed mode). Leave out when an encoder reports the belt's travel.
+    #[serde(default)]
+    pub belt_speed_mm_per_s: Option<f32>,
+    /// Encoder counts per millimetre of belt travel (encoder mode; needs `inputs.encoder`).
+    #[serde(default)]
+    pub encoder_counts_per_mm: Option<f32>,
+}
+
+/// One GPIO line: offset on the section's chip, and polarity.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct GpioLineSection {
+    /// Line offset on the chip.
+    pub line: u32,
+    /// Active when low (e.g. a sinking driver or a normally-closed sensor).
+    #[serde(default)]
+    pub active_low: bool,
+}
+
+/// `[[ejectors]]`: one per actuator.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EjectorSection {
+    /// Name shown on screen and in logs.
+    pub name: String,
+    /// Camera optical axis (or trigger sensor) to this ejector, along the belt.
+    pub ejector_distance_mm: f32,
+    /// Actuator on-time per item, centred on the item's arrival.
+    pub pulse_width_ms: f32,
+    /// Shortest off-time between two pulses.
+    pub min_gap_ms: f32,
+    /// `extend` (closer rejects share one longer pulse) or `clip` (the later pulse starts
+    /// after the gap).
+    #[serde(default = "extend")]
+    pub merge: String,
+    /// Reject classes this ejector takes; `["*"]` (the default) takes every reject class not
+    /// taken by an earlier ejector.
+    #[serde(default = "star")]
+    pub classes: Vec<String>,
+    /// Takes items rejected as uncertain.
+    #[serde(default)]
+    pub uncertain: bool,
+    /// Takes items rejected by the fail-safe.
+    #[serde(default)]
+    pub failsafe: bool,
+    /// The actuator's GPIO line on `outputs.gpio_chip` (backend `gpio`).
+    #[serde(default)]
+    pub gpio: Option<GpioLineSection>,
+}
+
+fn extend() -> String {
+    "extend".into()
+}
+
+fn star() -> Vec<String> {
+    vec!["*".into()]
+}
+
+/// `[outputs]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputsSection {
+    /// `recording` (timeline in memory, no hardware) or `gpio` (character-device GPIO lines,
+    /// also recorded).
+    pub backend: String,
+    /// The GPIO chip of the output lines, e.g. `/dev/gpiochip0` (backend `gpio`).
+    #[serde(default)]
+    pub gpio_chip: Option<PathBuf>,
+    /// Heartbeat half-period while healthy.
+    pub heartbeat_period_ms: u32,
+    /// After a fault the heartbeat holds inactive this long.
+    #[serde(default = "fault_hold")]
+    pub fault_hold_ms: u32,
+    /// The heartbeat/ready line (backend `gpio`; optional).
+    #[serde(default)]
+    pub heartbeat: Option<GpioLineSection>,
+    /// The line-stop line (backend `gpio`; needed when `decision.failsafe = "line_stop"`).
+    #[serde(default)]
+    pub line_stop: Option<GpioLineSection>,
+}
+
+fn fault_hold() -> u32 {
+    2000
+}
+
+/// An input edge line.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct InputLineSection {
+    /// Line offset on `inputs.gpio_chip`.
+    pub line: u32,
+    /// Active when low.
+    #[serde(default)]
+    pub active_low: bool,
+    /// Count both edges (doubles the encoder resolution; `encoder_counts_per_mm` counts edges).
+    #[serde(default)]
+    pub both_edges: bool,
+    /// Kernel debounce period (0 = none).
+    #[serde(default)]
+    pub debounce_ms: f32,
+    /// `inputs.backend = "sim"` only: a simulated sensor with one edge every this many ms.
+    #[serde(default)]
+    pub period_ms: Option<f32>,
+}
+
+/// `[inputs]` (optional): encoder and part-present trigger.
+#[derive(Clone, Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct InputsSection {
+    /// `gpio` (default: character-device lines) or `sim` (a part-present sensor simulated
+    /// on the station's clock, one edge every `period_ms`, for rehearsing trigger modes).
+    #[serde(default)]
+    pub backend: Option<String>,
+    /// The GPIO chip of the input lines.
+    #[serde(default)]
+    pub gpio_chip: Option<PathBuf>,
+    /// Encoder channel A: each counted edge is `1 / encoder_counts_per_mm` of belt travel.
+    #[serde(default)]
+    pub encoder: Option<InputLineSection>,
+    /// Part-present sensor: each active edge starts an item (instead of each frame).
+    #[serde(default)]
+    pub trigger: Option<InputLineSection>,
+}
+
+/// `[display]` (optional; absent = headless): the technician's screen.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DisplaySection {
+    /// `none`, `png` (snapshots to `path`), `fb` (Linux framebuffer), `st7789` or `ili9341`
+    /// (SPI panels).
+    pub backend: String,
+    /// Width, pixels (png; fb and SPI panels report their own).
+    #[serde(default = "w800")]
+    pub width: u32,
+    /// Height, pixels.
+    #[serde(default = "h480")]
+    pub height: u32,
+    /// Redraws per second at most.
+    #[serde(default = "five")]
+    pub refresh_hz: f32,
+    /// png: the file written; fb: the device (default `/dev/fb0`).
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// SPI: spidev node, e.g. `/dev/spidev0.0`.
+    #[serde(default)]
+    pub spi_device: Option<PathBuf>,
+    /// SPI clock, Hz.
+    #[serde(default = "spi_hz")]
+    pub spi_hz: u32,
+    /// SPI: GPIO chip of the D/C and reset lines.
+    #[serde(default)]
+    pub gpio_chip: Option<PathBuf>,
+    /// SPI: D/C line offset.
+    #[serde(default)]
+    pub dc_line: Option<u32>,
+    /// SPI: reset line offset (absent: tied high).
+    #[serde(default)]
+    pub reset_line: Option<u32>,
+    /// SPI: rotation, degrees (90 or 270: landscape 320x240).
+    #[serde(default = "r90")]
+    pub rotation_deg: u32,
+    /// SPI: invert colours (most ST7789 IPS modules).
+    #[serde(default)]
+    pub invert: bool,
+}
+
+fn w800() -> u32 {
+    800
+}
+
+fn h480() -> u32 {
+    480
+}
+
+fn five() -> f32 {
+    5.0
+}
+
+fn spi_hz() -> u32 {
+    40_000_000
+}
+
+fn r90() -> u32 {
+    90
+}
