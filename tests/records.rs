@@ -126,8 +126,17 @@ fn spawn_run(cfg: &Path, json: bool) -> (Child, Arrivals, std::thread::JoinHandl
     (child, seen, reader)
 }
 
+/// The runs that keep a station busy at 400 items/s for tens of seconds (the `kill -9` test,
+/// which also measures what survives against the time of each kill, and the 10 000-item
+/// broker runs) take turns: on a small machine two at once starve each other's flush threads.
+fn busy_alone() -> std::sync::MutexGuard<'static, ()> {
+    static BUSY: Mutex<()> = Mutex::new(());
+    BUSY.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 #[test]
 fn kill_9_at_random_moments_never_corrupts_the_records_and_loses_at_most_one_interval() {
+    let _alone = busy_alone();
     let kills: usize = std::env::var("FERROSCOPE_KILLS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -404,10 +413,7 @@ fn reject_events_reach_the_broker_through_an_outage(
     consumer_port: u16,
     outage: impl FnOnce(Duration),
 ) {
-    // One such run at a time (the embedded broker's and Mosquitto's): each keeps a station
-    // busy at 400 items/s, and the other tests of this file measure time too.
-    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _alone = busy_alone();
     let items: u64 = std::env::var("FERROSCOPE_MQTT_ITEMS")
         .ok()
         .and_then(|v| v.parse().ok())
