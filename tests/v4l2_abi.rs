@@ -95,7 +95,10 @@ fn the_structs_the_camera_driver_passes_have_the_kernel_layout() {
 fn the_ioctl_numbers_the_camera_driver_sends_are_the_kernels() {
     // `as u32`: the request type is `c_ulong` on glibc and `c_int` on musl.
     let (format, buffer) = if cfg!(target_pointer_width = "64") {
-        ((0xc0d05604u32, 0xc0d05605u32), (0xc0585609u32, 0xc058560fu32, 0xc0585611u32))
+        (
+            (0xc0d05604u32, 0xc0d05605u32),
+            (0xc0585609u32, 0xc058560fu32, 0xc0585611u32),
+        )
     } else {
         ((0xc0cc5604, 0xc0cc5605), (0xc0445609, 0xc044560f, 0xc0445611))
     };
@@ -116,7 +119,11 @@ fn the_ioctl_numbers_the_camera_driver_sends_are_the_kernels() {
         ("VIDIOC_S_CTRL", VIDIOC_S_CTRL as u32, 0xc008561c),
         ("VIDIOC_QUERYCTRL", VIDIOC_QUERYCTRL as u32, 0xc0445624),
         ("VIDIOC_ENUM_FRAMESIZES", VIDIOC_ENUM_FRAMESIZES as u32, 0xc02c564a),
-        ("VIDIOC_ENUM_FRAMEINTERVALS", VIDIOC_ENUM_FRAMEINTERVALS as u32, 0xc034564b),
+        (
+            "VIDIOC_ENUM_FRAMEINTERVALS",
+            VIDIOC_ENUM_FRAMEINTERVALS as u32,
+            0xc034564b,
+        ),
     ];
     for (name, got, want) in expected {
         assert_eq!(got, want, "{name}: {got:#010x}, the kernel's is {want:#010x}");
