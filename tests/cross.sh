@@ -17,7 +17,8 @@
 #   bash tests/cross.sh                       # all three targets
 #   bash tests/cross.sh aarch64-unknown-linux-gnu
 # Needs: rustup targets, cargo-zigbuild and ziglang (pip), qemu-user, libc6-arm64-cross and
-# libc6-armhf-cross (the target's glibc for qemu's -L), the targets' kernel headers (bindgen).
+# libc6-armhf-cross (the target's glibc for qemu's -L). The V4L2 bindings come pre-generated
+# for each target (vendor/v4l2-sys): no kernel headers or libclang.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 GLIBC_FLOOR=2.31
