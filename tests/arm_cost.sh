@@ -6,8 +6,8 @@
 #   cortex-a8   (BeagleBone Black, NEON)   qemu-arm, the armv7-unknown-linux-gnueabihf binary
 # Time under emulation means nothing; the instructions a core retires are deterministic and
 # comparable between models, precisions and engine changes. Per inference: `ferroscope bench
-# --model-only` with 1, 2 and 3 runs, differenced, so load and optimisation cancel (and the two
-# steps must agree). Beside them: multiply-accumulates from the ONNX graph (tests/arm_cost/macs.py),
+# --model-only` with 1, 1 + k and 1 + 2k runs, differenced, so load and optimisation cancel (and
+# the two steps must agree; k from the model's size, see run.py). Beside them: multiply-accumulates from the ONNX graph (tests/arm_cost/macs.py),
 # instructions per MAC, int8 over f32, and the matrix kernels tract picked on each core. The
 # checks are tests/arm_cost/run.py's (counts positive, deterministic, plausible; dot-product
 # kernels exactly where the core has them; the JSON well-formed).

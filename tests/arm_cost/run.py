@@ -2,12 +2,15 @@
 """The ARM cost meter's measurement (tests/arm_cost.sh builds what it needs and calls this).
 
 For each model, precision and board core: `ferroscope bench --model-only --precision P --passes N
---json` runs under qemu-user with the instruction-counting plugin, for N = 1, 2 and 3. Each run
-pays the same load, optimisation and warm-up; the differences between runs are the model runs
-alone:
-    instructions per inference = (I(3) - I(1)) / 2
-and the two single steps I(2) - I(1), I(3) - I(2) must agree within --tolerance (a count that
-is not deterministic, or a run whose cost depends on how many came before it, fails).
+--json` runs under qemu-user with the instruction-counting plugin, for N = 1, 1 + k and 1 + 2k.
+Each run pays the same load, optimisation and warm-up; the differences between runs are the
+model runs alone:
+    instructions per inference = (I(1 + 2k) - I(1)) / 2k
+and the two steps I(1 + k) - I(1), I(1 + 2k) - I(1 + k) must agree within --tolerance (a count
+that is not deterministic, or a run whose cost depends on how many came before it, fails).
+Loading is not exactly repeatable (hash-map seeds differ from run to run: about 0.1 M
+instructions), so a step holds k runs, k chosen from the model's MACs to make each step at
+least STEP_MACS multiply-accumulates: the load's jitter stays below 0.1 % of a step.
 MACs per inference come from the ONNX graph (macs.py); the kernels are those bench lists from the
 optimised plan on that core.
 
@@ -43,7 +46,7 @@ QEMU = {
 }
 MODELS = ["neu_classify", "neu7_classify", "kolektor_segment", "kolektor_anomaly", "grains_316l"]
 QUICK_MODELS = ["neu_classify"]
-PASSES = (1, 2, 3)
+STEP_MACS = 200_000_000
 MAX_MACS_PER_INSN = 16
 
 
@@ -63,11 +66,13 @@ def run_counted(qemu, sysroot, cpu, env, plugin, binary, args):
 
 
 def measure(job):
-    model, precision, cpu, binary, plugin = job
+    model, precision, cpu, binary, plugin, macs = job
     core = CORES[cpu]
     qemu, sysroot = QEMU[core["arch"]]
+    k = max(1, round(STEP_MACS / macs))
+    passes = (1, 1 + k, 1 + 2 * k)
     counts, bench = [], None
-    for n in PASSES:
+    for n in passes:
         args = ["bench", "--model", f"models/{model}.toml", "--precision", precision,
                 "--model-only", "--passes", str(n), "--json"]
         insns, stdout = run_counted(qemu, sysroot, cpu, core["env"], plugin, binary, args)
@@ -80,9 +85,10 @@ def measure(job):
         "cpu": cpu,
         "boards": core["boards"],
         "arch": core["arch"],
-        "instructions_per_inference": (counts[-1] - counts[0]) // (PASSES[-1] - PASSES[0]),
-        "instruction_steps": [b - a for a, b in zip(counts, counts[1:])],
-        "instructions_load_and_warmup": counts[0] - (counts[-1] - counts[0]) // (PASSES[-1] - PASSES[0]),
+        "instructions_per_inference": (counts[-1] - counts[0]) // (2 * k),
+        "passes": list(passes),
+        "instructions_per_inference_by_step": [(b - a) // k for a, b in zip(counts, counts[1:])],
+        "instructions_load_and_warmup": counts[0] - (counts[-1] - counts[0]) // (2 * k),
         "kernels": r["kernels"],
         "ops": op_counts(r["plan"]),
         "allocations_per_run_tract": r["allocations_per_run_tract"],
@@ -108,7 +114,7 @@ def check(rows, tolerance):
     errors = []
     for r in rows:
         name = f"{r['model']} {r['precision']} on {r['cpu']}"
-        steps = r["instruction_steps"]
+        steps = r["instructions_per_inference_by_step"]
         if r["instructions_per_inference"] <= 0 or min(steps) <= 0 or r["instructions_load_and_warmup"] <= 0:
             errors.append(f"{name}: non-positive count {steps}")
             continue
@@ -144,7 +150,7 @@ def main():
     cpus = args.cpu or list(CORES)
     bins = {"aarch64": args.bin_aarch64, "armv7": args.bin_armv7}
     macs = {m: macs_of(m) for m in models}
-    jobs = [(m, p, c, bins[CORES[c]["arch"]], args.plugin)
+    jobs = [(m, p, c, bins[CORES[c]["arch"]], args.plugin, macs[m][p])
             for m in models for p in ("int8", "f32") if p in macs[m] for c in cpus]
     with concurrent.futures.ThreadPoolExecutor(max(1, args.jobs)) as pool:
         rows = list(pool.map(measure, jobs))
@@ -156,7 +162,7 @@ def main():
         base = f32.get((r["model"], r["cpu"]))
         r["over_f32"] = round(r["instructions_per_inference"] / base, 4) if base else None
 
-    out = {"passes": list(PASSES), "results": rows}
+    out = {"results": rows}
     text = json.dumps(out)
     if json.loads(text) != out:
         sys.exit("FAIL: the JSON report does not round-trip")
