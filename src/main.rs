@@ -233,7 +233,7 @@ enum Command {
         precision: Option<PrecisionArg>,
         /// The model alone: `passes` runs of tract's plan on one fixed input (no decode,
         /// preprocessing or decision), and the optimised plan with the kernels tract picked.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "images")]
         model_only: bool,
     },
 }
