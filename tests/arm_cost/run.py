@@ -153,7 +153,12 @@ def main():
     jobs = [(m, p, c, bins[CORES[c]["arch"]], args.plugin, macs[m][p])
             for m in models for p in ("int8", "f32") if p in macs[m] for c in cpus]
     with concurrent.futures.ThreadPoolExecutor(max(1, args.jobs)) as pool:
-        rows = list(pool.map(measure, jobs))
+        futures = [pool.submit(measure, job) for job in jobs]
+        for done in concurrent.futures.as_completed(futures):
+            r = done.result()
+            print(f"arm_cost: {r['model']} {r['precision']} on {r['cpu']}: "
+                  f"{r['instructions_per_inference']:,} instructions per inference", file=sys.stderr, flush=True)
+        rows = [f.result() for f in futures]
     for r in rows:
         r["macs_per_inference"] = macs[r["model"]][r["precision"]]
         r["instructions_per_mac"] = round(r["instructions_per_inference"] / r["macs_per_inference"], 4)
