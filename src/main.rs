@@ -1124,10 +1124,17 @@ fn bench(
     only: Option<Precision>,
     model_only: bool,
 ) -> Result<ExitCode> {
-    let manifest = Manifest::load(model)?;
     if model_only {
+        // any tool's model: grains manifests have a loader of their own
+        let manifest = match Manifest::load(model) {
+            Ok(m) => m,
+            Err(e) => ferroscope::grains::model::load_manifest(model)
+                .map(|(m, _)| m)
+                .map_err(|_| e)?,
+        };
         return bench_model_only(&manifest, only, passes.max(1), json);
     }
+    let manifest = Manifest::load(model)?;
     let dir = images.map(Path::to_path_buf).unwrap_or_else(|| {
         PathBuf::from(if manifest.tiled.is_some() {
             concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/kolektor_samples/images")

@@ -154,11 +154,17 @@ def main():
             for m in models for p in ("int8", "f32") if p in macs[m] for c in cpus]
     with concurrent.futures.ThreadPoolExecutor(max(1, args.jobs)) as pool:
         futures = [pool.submit(measure, job) for job in jobs]
+        failed = []
         for done in concurrent.futures.as_completed(futures):
-            r = done.result()
+            try:
+                r = done.result()
+            except RuntimeError as e:
+                failed.append(str(e))
+                print(f"arm_cost: FAIL {e}", file=sys.stderr, flush=True)
+                continue
             print(f"arm_cost: {r['model']} {r['precision']} on {r['cpu']}: "
                   f"{r['instructions_per_inference']:,} instructions per inference", file=sys.stderr, flush=True)
-        rows = [f.result() for f in futures]
+        rows = [f.result() for f in futures if f.exception() is None]
     for r in rows:
         r["macs_per_inference"] = macs[r["model"]][r["precision"]]
         r["instructions_per_mac"] = round(r["instructions_per_inference"] / r["macs_per_inference"], 4)
@@ -171,7 +177,7 @@ def main():
     text = json.dumps(out)
     if json.loads(text) != out:
         sys.exit("FAIL: the JSON report does not round-trip")
-    errors = check(rows, args.tolerance)
+    errors = failed + check(rows, args.tolerance)
     if args.json:
         print(text)
     else:
