@@ -163,6 +163,41 @@ fn bench_camera_times_every_format_at_both_sizes_and_agrees_with_its_peer() {
 }
 
 #[test]
+fn bench_model_only_runs_one_precision_and_lists_the_plan_and_its_kernels() {
+    let out = ferroscope(&[
+        "bench",
+        "--model",
+        "models/neu_classify.toml",
+        "--model-only",
+        "--precision",
+        "f32",
+        "--passes",
+        "2",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let results = j["results"].as_object().unwrap();
+    assert_eq!(results.keys().collect::<Vec<_>>(), ["f32"]);
+    let r = &results["f32"];
+    assert_eq!(r["runs"], 2);
+    assert!(r["inference"]["median_ms"].as_f64().unwrap() > 0.0);
+    let plan = r["plan"].as_array().unwrap();
+    // five convolutions and the heads' linear layer, each a matrix product
+    let products = plan.iter().filter(|op| op["op"] == "OptMatMul").count();
+    assert!(products >= 6, "{plan:?}");
+    let kernels = r["kernels"].as_array().unwrap();
+    assert!(!kernels.is_empty());
+    for k in kernels {
+        let k = k.as_str().unwrap();
+        assert!(
+            plan.iter().any(|op| op["info"].to_string().contains(k)),
+            "{k} not in the plan"
+        );
+    }
+}
+
+#[test]
 fn the_fault_rehearsal_profile_runs_and_fails_safe() {
     let out = ferroscope(&["run", "--config", "boards/host-sim-faults.toml", "--json"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

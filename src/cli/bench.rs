@@ -19,7 +19,7 @@ use ferroscope::model::manifest::{Manifest, Precision};
 use ferroscope::sim::replay::{decode_gray, list_images};
 use ferroscope::tools::classify::Classifier;
 
-use super::{manifest_rules, median, percentile};
+use super::{manifest_rules, median, percentile, PrecisionArg};
 
 /// `ferroscope bench`.
 #[derive(Args)]
@@ -36,6 +36,13 @@ pub struct BenchArgs {
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// Only this model file of the manifest (default: int8, then f32 when there is one).
+    #[arg(long, value_enum)]
+    pub precision: Option<PrecisionArg>,
+    /// The model alone: `passes` runs of tract's plan on one fixed input (no decode,
+    /// preprocessing or decision), and the optimised plan with the kernels it runs.
+    #[arg(long, conflicts_with = "images")]
+    pub model_only: bool,
 }
 
 struct StageStats {
@@ -191,7 +198,24 @@ fn bench_one(
     Ok(st)
 }
 
-pub fn bench(model: &Path, images: Option<&Path>, passes: usize, json: bool) -> Result<ExitCode> {
+pub fn bench(
+    model: &Path,
+    images: Option<&Path>,
+    passes: usize,
+    json: bool,
+    only: Option<Precision>,
+    model_only: bool,
+) -> Result<ExitCode> {
+    if model_only {
+        // any tool's model: grains manifests have a loader of their own
+        let manifest = match Manifest::load(model) {
+            Ok(m) => m,
+            Err(e) => ferroscope::grains::model::load_manifest(model)
+                .map(|(m, _)| m)
+                .map_err(|_| e)?,
+        };
+        return bench_model_only(&manifest, only, passes.max(1), json);
+    }
     let manifest = Manifest::load(model)?;
     let dir = images.map(Path::to_path_buf).unwrap_or_else(|| {
         PathBuf::from(if manifest.tiled.is_some() {
@@ -211,12 +235,8 @@ pub fn bench(model: &Path, images: Option<&Path>, passes: usize, json: bool) -> 
     if files.is_empty() {
         bail!("{}: no images", dir.display());
     }
-    let mut precisions = vec![Precision::Int8];
-    if manifest.model.f32_file.is_some() {
-        precisions.push(Precision::F32);
-    }
     let mut results = serde_json::Map::new();
-    for p in precisions {
+    for p in bench_precisions(&manifest, only)? {
         let mut st = if manifest.tiled.is_some() {
             bench_tiled_one(&manifest, p, &files, passes.max(1))?
         } else {
@@ -276,6 +296,112 @@ pub fn bench(model: &Path, images: Option<&Path>, passes: usize, json: bool) -> 
             "\npeak RSS {} KiB",
             rss.map(|v| v.to_string()).unwrap_or_else(|| "?".into())
         );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The manifest's model files `bench` runs: `only`, or int8 then f32 when there is one.
+fn bench_precisions(manifest: &Manifest, only: Option<Precision>) -> Result<Vec<Precision>> {
+    Ok(match only {
+        Some(p) => {
+            manifest.model_path(p)?;
+            vec![p]
+        }
+        None if manifest.model.f32_file.is_some() => vec![Precision::Int8, Precision::F32],
+        None => vec![Precision::Int8],
+    })
+}
+
+/// `bench --model-only`: the model file loaded as every tool loads it (the manifest's input
+/// shape), then `passes` runs on one fixed input, timed and with tract's allocations counted;
+/// and the optimised plan: each op with tract's description, and the matrix kernels named in
+/// them (tract picks them for the CPU it runs on).
+fn bench_model_only(manifest: &Manifest, only: Option<Precision>, passes: usize, json: bool) -> Result<ExitCode> {
+    use ferroscope::model::engine::Engine;
+    let mut results = serde_json::Map::new();
+    for p in bench_precisions(manifest, only)? {
+        let file = manifest.model_path(p)?;
+        let mut engine = Engine::load_outputs(&file, &manifest.input.shape)?;
+        // A fixed input: a ramp of grey levels, normalised as the manifest says.
+        let (mean, std) = (manifest.input.mean, manifest.input.std);
+        for (i, v) in engine.input_mut().iter_mut().enumerate() {
+            *v = ((i * 7 % 256) as f32 / 255.0 - mean) / std;
+        }
+        let mut out = vec![0.0f32; engine.output_len()];
+        let mut times = Vec::with_capacity(passes);
+        let (mut allocs_tract, mut allocs_ours) = (0u64, 0u64);
+        for _ in 0..passes {
+            let a0 = Snapshot::take();
+            let t0 = StdInstant::now();
+            scoped(Scope::Tract, || engine.run(&mut out)).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            times.push(t0.elapsed().as_secs_f64() * 1000.0);
+            let a1 = Snapshot::take();
+            allocs_tract += a1.since(&a0, Scope::Tract);
+            allocs_ours += a1.since(&a0, Scope::Ours);
+        }
+        std::hint::black_box(&out);
+        let plan = engine.plan_ops();
+        let mut kernels: Vec<String> = plan
+            .iter()
+            .filter(|(op, _)| op == "QConvInt8")
+            .flat_map(|(_, info)| info.iter())
+            .filter_map(|line| line.strip_prefix("kernel ").and_then(|k| k.split(',').next()))
+            .map(|k| format!("qconv_i8_{k}"))
+            .collect();
+        kernels.extend(
+            plan.iter()
+                .flat_map(|(_, info)| info.iter())
+                .flat_map(|line| line.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')))
+                // tract-linalg's kernel names: <isa>_mmm_<type>_<tile>[_<core>], generic_<type>_<tile>
+                .filter(|word| word.contains("_mmm_") || (word.starts_with("generic_") && word.contains('x')))
+                .map(str::to_string),
+        );
+        kernels.sort();
+        kernels.dedup();
+        let plan: Vec<_> = plan
+            .into_iter()
+            .map(|(op, info)| json!({"op": op, "info": info}))
+            .collect();
+        results.insert(
+            p.name().to_string(),
+            json!({
+                "file": file.display().to_string(),
+                "runs": passes,
+                "inference": {"median_ms": median(&mut times), "p99_ms": percentile(&mut times, 99.0)},
+                "allocations_per_run_tract": allocs_tract as f64 / passes as f64,
+                "allocations_per_run_ours": allocs_ours as f64 / passes as f64,
+                "kernels": kernels,
+                "plan": plan,
+            }),
+        );
+    }
+    if json {
+        println!(
+            "{}",
+            json!({"model": manifest.model.name, "input_shape": manifest.input.shape, "runs": passes, "threads": 1, "results": results})
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "model {} alone — {} runs on one fixed input, one thread",
+        manifest.model.name, passes
+    );
+    for (p, r) in &results {
+        println!("\n[{p}] {}", r["file"].as_str().unwrap_or(""));
+        println!(
+            "  inference   median {:>8.3} ms   p99 {:>8.3} ms",
+            r["inference"]["median_ms"].as_f64().unwrap_or(0.0),
+            r["inference"]["p99_ms"].as_f64().unwrap_or(0.0)
+        );
+        println!("  allocations per run: tract {}", r["allocations_per_run_tract"]);
+        println!("  matrix kernels: {}", r["kernels"]);
+        let ops: Vec<&str> = r["plan"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|op| op["op"].as_str())
+            .collect();
+        println!("  plan ({} ops): {}", ops.len(), ops.join(" "));
     }
     Ok(ExitCode::SUCCESS)
 }

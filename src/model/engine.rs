@@ -230,4 +230,19 @@ impl Engine {
         }
         Ok(())
     }
+
+    /// The optimised plan, in evaluation order (constants left out): each op's name and
+    /// tract's description of it, which names the matrix kernel tract picked for this CPU.
+    pub fn plan_ops(&self) -> Vec<(String, Vec<String>)> {
+        let model = self.state.model();
+        self.state
+            .plan()
+            .order_without_consts()
+            .iter()
+            .map(|&id| {
+                let op = model.nodes[id].op();
+                (op.name().to_string(), op.info().unwrap_or_default())
+            })
+            .collect()
+    }
 }
