@@ -69,9 +69,10 @@ CHANGELOG=$(sed -n '1s/^ferroscope (\([^)]*\)).*/\1/p' boards/debian/changelog)
 echo "changelog: its first entry is $CHANGELOG"
 
 # target triple, Debian architecture, the `file` word for it, environment variable
+# and how to run it here
 ARCHES=(
-    "aarch64-unknown-linux-gnu arm64 aarch64 FERROSCOPE_BIN_AARCH64"
-    "armv7-unknown-linux-gnueabihf armhf ARM FERROSCOPE_BIN_ARMV7"
+    "aarch64-unknown-linux-gnu arm64 aarch64 FERROSCOPE_BIN_AARCH64 qemu-aarch64 -cpu cortex-a72 -L /usr/aarch64-linux-gnu"
+    "armv7-unknown-linux-gnueabihf armhf ARM FERROSCOPE_BIN_ARMV7 qemu-arm -cpu cortex-a8 -L /usr/arm-linux-gnueabihf"
     "x86_64-unknown-linux-gnu amd64 x86-64 FERROSCOPE_BIN_X86_64"
 )
 WANT=("$@")
@@ -83,7 +84,8 @@ rm -rf "$OUT"
 mkdir -p "$OUT"
 HOST=$(rustc -vV | sed -n 's/^host: //p')
 for A in "${ARCHES[@]}"; do
-    read -r T DEB FILEWORD VAR <<<"$A"
+    read -r T DEB FILEWORD VAR EMU <<<"$A"
+    read -r -a EMU <<<"${EMU:-}"
     [[ " ${WANT[*]} " == *" $DEB "* ]] || continue
     echo "== $DEB ($T)"
     if [ "$T" = "$HOST" ]; then BUILT=$TARGET_DIR/release/ferroscope; STAGED=$STAGE/release/ferroscope; TARGET_ARGS=()
@@ -125,6 +127,9 @@ for A in "${ARCHES[@]}"; do
     grep -qx /etc/ferroscope/station.toml "$CTRL/conffiles" || fail "$PKG: station.toml is not a conffile"
     echo "conffiles: $(tr '\n' ' ' <"$CTRL/conffiles")"
     echo "maintainer scripts: $(cd "$CTRL" && ls | grep -E '^(pre|post)(inst|rm)$' | tr '\n' ' ')"
+    dpkg-deb --fsys-tarfile "$PKG" | tar -xO ./usr/bin/ferroscope >"$CTRL/ferroscope"
+    chmod +x "$CTRL/ferroscope"
+    echo "the packaged binary: $("${EMU[@]+"${EMU[@]}"}" "$CTRL/ferroscope" --version)${EMU[0]:+ (under ${EMU[0]})}"
     rm -rf "$CTRL"
 
     echo "-- lintian"
