@@ -346,7 +346,12 @@ fn bench_model_only(manifest: &Manifest, only: Option<Precision>, passes: usize,
             .filter(|(op, _)| op == "QConvInt8")
             .flat_map(|(_, info)| info.iter())
             .filter_map(|line| line.strip_prefix("kernel ").and_then(|k| k.split(',').next()))
-            .map(|k| format!("qconv_i8_{k}"))
+            .map(|k| match k {
+                // the integer convolution's kernels, named as tract names its own
+                "ArmDot" => "qconv_i8_dot".to_string(),
+                "X86Vnni" => "qconv_i8_vnni".to_string(),
+                _ => "qconv_i8_portable".to_string(),
+            })
             .collect();
         kernels.extend(
             plan.iter()

@@ -22,13 +22,21 @@
 //!   scratch buffers kept in the operator's state, sized at the first run.
 //! - Only what it can run exactly is rewritten (2-D, u8 activations with one scale, i8 weights
 //!   with zero zero points, constant scales); everything else stays as the file has it.
-
-use std::collections::HashMap;
+//!
+//! This file is the operator from wiring to requantisation (a little over 600 lines): the im2col
+//! block and the tile loop share one buffer contract ([`RUN_SLACK`], rows filled in order), so
+//! they stay together; the graph rewrite is in `fuse.rs`, the kernels in `kernels.rs`.
 
 use anyhow::{Context, Result};
-use tract_onnx::pb::{self, AttributeProto, ModelProto, NodeProto, TensorProto};
+use tract_onnx::pb::{ModelProto, NodeProto};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::internal::*;
+
+mod fuse;
+mod kernels;
+
+pub use fuse::fuse_qdq_convs;
+use kernels::tile_portable;
 
 /// The node type [`fuse_qdq_convs`] writes and [`onnx`] registers.
 pub const FUSED_OP: &str = "FerroscopeQConv";
@@ -59,251 +67,6 @@ pub fn read_fused(bytes: &[u8]) -> Result<(ModelProto, usize)> {
         .context("not a readable ONNX model")?;
     let fused = fuse_qdq_convs(&mut proto)?;
     Ok((proto, fused))
-}
-
-fn tensor_f32(t: &TensorProto) -> Option<Vec<f32>> {
-    let t = tract_onnx::tensor::load_tensor(&*tract_onnx::data_resolver::default(), t, None).ok()?;
-    let t = t.cast_to::<f32>().ok()?;
-    Some(t.try_as_plain_ram().ok()?.as_slice::<f32>().ok()?.to_vec())
-}
-
-fn tensor_dt(t: &TensorProto) -> Option<Tensor> {
-    tract_onnx::tensor::load_tensor(&*tract_onnx::data_resolver::default(), t, None).ok()
-}
-
-/// Rewrite every `DequantizeLinear → Conv → QuantizeLinear` triple that [`QConv`] runs exactly
-/// into one [`FUSED_OP`] node; the dequantise nodes left without a consumer are removed.
-pub fn fuse_qdq_convs(proto: &mut ModelProto) -> Result<usize> {
-    let Some(graph) = proto.graph.as_mut() else {
-        return Ok(0);
-    };
-    let inits: HashMap<String, usize> = graph
-        .initializer
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.name.clone(), i))
-        .collect();
-    let producer: HashMap<String, usize> = graph
-        .node
-        .iter()
-        .enumerate()
-        .flat_map(|(i, n)| n.output.iter().map(move |o| (o.clone(), i)))
-        .collect();
-    let mut consumers: HashMap<String, Vec<usize>> = HashMap::new();
-    for (i, n) in graph.node.iter().enumerate() {
-        for input in &n.input {
-            consumers.entry(input.clone()).or_default().push(i);
-        }
-    }
-    let graph_outputs: Vec<String> = graph.output.iter().map(|o| o.name.clone()).collect();
-
-    let init = |name: &str| inits.get(name).map(|&i| &graph.initializer[i]);
-    let dq_of = |name: &str| -> Option<usize> {
-        let &p = producer.get(name)?;
-        (graph.node[p].op_type == "DequantizeLinear" && graph.node[p].input.len() == 3).then_some(p)
-    };
-
-    let mut new_nodes: Vec<(usize, NodeProto)> = vec![];
-    let mut remove: Vec<usize> = vec![];
-    let mut new_inits: Vec<TensorProto> = vec![];
-    for (ci, conv) in graph.node.iter().enumerate() {
-        if conv.op_type != "Conv" || conv.input.len() < 2 {
-            continue;
-        }
-        let attr = |n: &str| conv.attribute.iter().find(|a| a.name == n);
-        if let Some(a) = attr("auto_pad") {
-            if a.s != b"NOTSET" && !a.s.is_empty() {
-                continue;
-            }
-        }
-        match attr("kernel_shape") {
-            Some(a) if a.ints.len() == 2 => {}
-            _ => continue,
-        }
-        if graph_outputs.contains(&conv.output[0]) {
-            continue;
-        }
-        let Some(users) = consumers.get(&conv.output[0]) else {
-            continue;
-        };
-        if users.len() != 1 || graph.node[users[0]].op_type != "QuantizeLinear" {
-            continue;
-        }
-        let q = &graph.node[users[0]];
-        if q.input.len() != 3 {
-            continue;
-        }
-        let (Some(dx), Some(dw)) = (dq_of(&conv.input[0]), dq_of(&conv.input[1])) else {
-            continue;
-        };
-        let (dx, dw) = (&graph.node[dx], &graph.node[dw]);
-        // Activations: u8, one scale, one zero point; the output the same.
-        let scalar_u8 = |scale: &str, zp: &str| -> Option<(f32, u8)> {
-            let s = tensor_f32(init(scale)?)?;
-            let z = tensor_dt(init(zp)?)?;
-            if s.len() != 1 || z.len() != 1 || z.datum_type() != u8::datum_type() {
-                return None;
-            }
-            Some((s[0], z.try_as_plain_ram().ok()?.as_slice::<u8>().ok()?[0]))
-        };
-        let Some((sx, _)) = scalar_u8(&dx.input[1], &dx.input[2]) else {
-            continue;
-        };
-        let Some((sy, _)) = scalar_u8(&q.input[1], &q.input[2]) else {
-            continue;
-        };
-        // Weights: an i8 constant, zero zero points, one scale or one per output channel.
-        let Some(w) = init(&dw.input[0]).and_then(tensor_dt) else {
-            continue;
-        };
-        if w.datum_type() != i8::datum_type() || w.rank() != 4 {
-            continue;
-        }
-        let m = w.shape()[0];
-        let Some(sw) = init(&dw.input[1]).and_then(tensor_f32) else {
-            continue;
-        };
-        let Some(zw) = init(&dw.input[2]).and_then(tensor_dt) else {
-            continue;
-        };
-        let zw_zero = zw.cast_to::<i32>().ok().and_then(|z| {
-            z.try_as_plain_ram()
-                .ok()
-                .map(|v| v.as_slice::<i32>().map(|s| s.iter().all(|&x| x == 0)).unwrap_or(false))
-        });
-        if zw_zero != Some(true) || !(sw.len() == 1 || sw.len() == m) {
-            continue;
-        }
-        if sw.len() > 1 {
-            let axis = dw.attribute.iter().find(|a| a.name == "axis").map(|a| a.i).unwrap_or(1);
-            if axis != 0 {
-                continue;
-            }
-        }
-        // Bias: an i32 constant dequantised with zero zero points, requantised to sx·sw if its
-        // scale differs.
-        let mut bias_name = None;
-        let mut bias_dq = None;
-        if conv.input.len() > 2 && !conv.input[2].is_empty() {
-            let Some(db) = dq_of(&conv.input[2]) else { continue };
-            let db_node = &graph.node[db];
-            let Some(b) = init(&db_node.input[0]).and_then(tensor_dt) else {
-                continue;
-            };
-            let Some(sb) = init(&db_node.input[1]).and_then(tensor_f32) else {
-                continue;
-            };
-            let Some(zb) = init(&db_node.input[2]).and_then(tensor_dt) else {
-                continue;
-            };
-            let zb_zero = zb.cast_to::<i32>().ok().and_then(|z| {
-                z.try_as_plain_ram()
-                    .ok()
-                    .map(|v| v.as_slice::<i32>().map(|s| s.iter().all(|&x| x == 0)).unwrap_or(false))
-            });
-            if b.datum_type() != i32::datum_type() || b.len() != m || zb_zero != Some(true) {
-                continue;
-            }
-            let b = b.try_as_plain_ram()?.as_slice::<i32>()?.to_vec();
-            let exact = (0..m).all(|j| {
-                let want = sx as f64 * sw[if sw.len() == 1 { 0 } else { j }] as f64;
-                let have = sb[if sb.len() == 1 { 0 } else { j }] as f64;
-                ((want - have) / want).abs() < 1e-6
-            });
-            if exact {
-                bias_name = Some(db_node.input[0].clone());
-            } else {
-                let rq: Vec<i32> = (0..m)
-                    .map(|j| {
-                        let want = sx as f64 * sw[if sw.len() == 1 { 0 } else { j }] as f64;
-                        let have = sb[if sb.len() == 1 { 0 } else { j }] as f64;
-                        (b[j] as f64 * have / want).round() as i32
-                    })
-                    .collect();
-                let name = format!("{}__bias_sxsw", conv.name);
-                new_inits.push(TensorProto {
-                    name: name.clone(),
-                    dims: vec![m as i64],
-                    data_type: pb::tensor_proto::DataType::Int32 as i32,
-                    int32_data: rq,
-                    ..Default::default()
-                });
-                bias_name = Some(name);
-            }
-            bias_dq = Some(db);
-        }
-        let _ = (sx, sy);
-        let mut inputs = vec![
-            dx.input[0].clone(),
-            dx.input[1].clone(),
-            dx.input[2].clone(),
-            dw.input[0].clone(),
-            dw.input[1].clone(),
-            dw.input[2].clone(),
-            q.input[1].clone(),
-            q.input[2].clone(),
-        ];
-        if let Some(b) = bias_name {
-            inputs.push(b);
-        }
-        let attributes: Vec<AttributeProto> = conv
-            .attribute
-            .iter()
-            .filter(|a| ["kernel_shape", "strides", "pads", "dilations", "group"].contains(&a.name.as_str()))
-            .cloned()
-            .collect();
-        new_nodes.push((
-            ci,
-            NodeProto {
-                name: format!("{}__int8", conv.name),
-                op_type: FUSED_OP.to_string(),
-                input: inputs,
-                output: vec![q.output[0].clone()],
-                attribute: attributes,
-                ..Default::default()
-            },
-        ));
-        remove.push(ci);
-        remove.push(users[0]);
-        let _ = bias_dq;
-    }
-    let fused = new_nodes.len();
-    if fused == 0 {
-        return Ok(0);
-    }
-    graph.initializer.extend(new_inits);
-    let mut replaced: HashMap<usize, NodeProto> = new_nodes.into_iter().collect();
-    let old = std::mem::take(&mut graph.node);
-    for (i, n) in old.into_iter().enumerate() {
-        if let Some(f) = replaced.remove(&i) {
-            graph.node.push(f);
-        } else if !remove.contains(&i) {
-            graph.node.push(n);
-        }
-    }
-    // Dequantise nodes whose every consumer was fused away.
-    loop {
-        let used: std::collections::HashSet<&str> = graph
-            .node
-            .iter()
-            .flat_map(|n| n.input.iter().map(|s| s.as_str()))
-            .chain(graph.output.iter().map(|o| o.name.as_str()))
-            .collect();
-        let dead: Vec<usize> = graph
-            .node
-            .iter()
-            .enumerate()
-            .filter(|(_, n)| n.op_type == "DequantizeLinear" && n.output.iter().all(|o| !used.contains(o.as_str())))
-            .map(|(i, _)| i)
-            .collect();
-        if dead.is_empty() {
-            break;
-        }
-        for i in dead.into_iter().rev() {
-            graph.node.remove(i);
-        }
-    }
-    Ok(fused)
 }
 
 /// Geometry of a 2-D convolution.
@@ -703,11 +466,11 @@ impl QConv {
                 match self.kernel {
                     #[cfg(target_arch = "x86_64")]
                     Kernel::X86Vnni => unsafe {
-                        x86::tile_vnni(&self.w_rows[mrow * kp..][..rows * kp], b, kp, rows, &mut acc)
+                        kernels::x86::tile_vnni(&self.w_rows[mrow * kp..][..rows * kp], b, kp, rows, &mut acc)
                     },
                     #[cfg(target_arch = "aarch64")]
                     Kernel::ArmDot => unsafe {
-                        arm::tile_sdot(&self.w_dot[mrow * kp..][..rows * kp], b, kp, rows / 4, &mut acc)
+                        kernels::arm::tile_sdot(&self.w_dot[mrow * kp..][..rows * kp], b, kp, rows / 4, &mut acc)
                     },
                     _ => {
                         if self.kernel.signed_input() {
@@ -761,168 +524,6 @@ fn requantise(acc: i32, mult: f32, zy: u8) -> u8 {
     let v = v.clamp(-1.0e6, 1.0e6);
     let r = (v + MAGIC) - MAGIC;
     (r + zy as f32).clamp(0.0, 255.0) as u8
-}
-
-/// A byte of the kernel's input domain.
-trait InputByte: Copy {
-    fn widen(self) -> i32;
-}
-impl InputByte for u8 {
-    #[inline(always)]
-    fn widen(self) -> i32 {
-        self as i32
-    }
-}
-impl InputByte for i8 {
-    #[inline(always)]
-    fn widen(self) -> i32 {
-        self as i32
-    }
-}
-
-/// Portable tile: M_TILE weight rows × P_TILE im2col rows, each `kp` long.
-#[inline(never)]
-fn tile_portable<T: InputByte>(w: &[i8], b: &[u8], kp: usize, rows: usize, acc: &mut [[i32; P_TILE]; M_TILE]) {
-    // SAFETY: u8 and i8 have the same size and alignment; the domain only changes how a byte
-    // widens.
-    let b: &[T] = unsafe { std::slice::from_raw_parts(b.as_ptr() as *const T, b.len()) };
-    for (mi, row) in acc.iter_mut().enumerate().take(rows) {
-        let wr = &w[mi * kp..][..kp];
-        for (pi, a) in row.iter_mut().enumerate() {
-            let br = &b[pi * kp..][..kp];
-            let mut lanes = [0i32; 16];
-            for (wc, bc) in wr.chunks_exact(16).zip(br.chunks_exact(16)) {
-                for l in 0..16 {
-                    lanes[l] += wc[l] as i32 * bc[l].widen();
-                }
-            }
-            *a = lanes.iter().sum();
-        }
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-mod x86 {
-    use super::{M_TILE, P_TILE};
-    use std::arch::x86_64::*;
-
-    /// VNNI tile: for each 32 bytes of k, 4 pixel rows × 8 weight rows of `vpdpbusd`.
-    ///
-    /// # Safety
-    /// The CPU has AVX-512 VNNI and VL; `w` holds M_TILE rows and `b` P_TILE rows of `kp`
-    /// bytes, `kp` a multiple of 32.
-    #[target_feature(enable = "avx2,avx512f,avx512vl,avx512vnni")]
-    pub unsafe fn tile_vnni(w: &[i8], b: &[u8], kp: usize, rows: usize, acc: &mut [[i32; P_TILE]; M_TILE]) {
-        for half in 0..rows / 4 {
-            let mut s = [[_mm256_setzero_si256(); P_TILE]; 4];
-            let mut k = 0;
-            while k + 32 <= kp {
-                let bv: [__m256i; P_TILE] = core::array::from_fn(|p| unsafe {
-                    _mm256_loadu_si256(b.as_ptr().add(p * kp + k) as *const __m256i)
-                });
-                for (mi, sm) in s.iter_mut().enumerate() {
-                    let wv = unsafe { _mm256_loadu_si256(w.as_ptr().add((half * 4 + mi) * kp + k) as *const __m256i) };
-                    for p in 0..P_TILE {
-                        sm[p] = _mm256_dpbusd_epi32(sm[p], bv[p], wv);
-                    }
-                }
-                k += 32;
-            }
-            if k < kp {
-                // The last 16 bytes, in the low half of the registers.
-                let bv: [__m256i; P_TILE] = core::array::from_fn(|p| unsafe {
-                    _mm256_zextsi128_si256(_mm_loadu_si128(b.as_ptr().add(p * kp + k) as *const __m128i))
-                });
-                for (mi, sm) in s.iter_mut().enumerate() {
-                    let wv = unsafe {
-                        _mm256_zextsi128_si256(_mm_loadu_si128(
-                            w.as_ptr().add((half * 4 + mi) * kp + k) as *const __m128i
-                        ))
-                    };
-                    for p in 0..P_TILE {
-                        sm[p] = _mm256_dpbusd_epi32(sm[p], bv[p], wv);
-                    }
-                }
-            }
-            for (mi, sm) in s.iter().enumerate() {
-                // Horizontal sums of the four pixels' accumulators.
-                let h01 = _mm256_hadd_epi32(sm[0], sm[1]);
-                let h23 = _mm256_hadd_epi32(sm[2], sm[3]);
-                let h = _mm256_hadd_epi32(h01, h23);
-                let r = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256::<1>(h));
-                let mut out = [0i32; 4];
-                _mm_storeu_si128(out.as_mut_ptr() as *mut __m128i, r);
-                acc[half * 4 + mi] = out;
-            }
-        }
-    }
-}
-
-#[cfg(target_arch = "aarch64")]
-mod arm {
-    use super::{M_TILE, P_TILE};
-    use std::arch::aarch64::*;
-    use std::arch::asm;
-
-    #[inline(always)]
-    unsafe fn sdot<const L: i32>(acc: int32x4_t, w: int8x16_t, b: int8x16_t) -> int32x4_t {
-        let mut acc = acc;
-        unsafe {
-            asm!(
-                "sdot {acc:v}.4s, {w:v}.16b, {b:v}.4b[{l}]",
-                acc = inout(vreg) acc,
-                w = in(vreg) w,
-                b = in(vreg) b,
-                l = const L,
-                options(pure, nomem, nostack, preserves_flags)
-            );
-        }
-        acc
-    }
-
-    /// SDOT tile: 8 output channels (two registers of 4) × 4 pixels; per 16 bytes of k, four
-    /// pixel loads, eight weight loads and 32 `SDOT`s (512 multiply-adds).
-    ///
-    /// # Safety
-    /// The CPU has the dot-product extension; `w` is in the `[m/4][k/4][4][4]` order for
-    /// M_TILE rows, `b` holds P_TILE rows of `kp` bytes, `kp` a multiple of 16.
-    #[target_feature(enable = "neon,dotprod")]
-    pub unsafe fn tile_sdot(w: &[i8], b: &[u8], kp: usize, halves: usize, acc: &mut [[i32; P_TILE]; M_TILE]) {
-        unsafe {
-            let mut s = [[vdupq_n_s32(0); P_TILE]; 2];
-            let wq = kp / 4 * 16; // bytes per 4 output channels
-            let mut k = 0;
-            while k < kp {
-                let bv: [int8x16_t; P_TILE] =
-                    core::array::from_fn(|p| vld1q_s8(b.as_ptr().add(p * kp + k) as *const i8));
-                for (h, sh) in s.iter_mut().enumerate().take(halves) {
-                    let base = w.as_ptr().add(h * wq + k / 4 * 16);
-                    let w0 = vld1q_s8(base);
-                    let w1 = vld1q_s8(base.add(16));
-                    let w2 = vld1q_s8(base.add(32));
-                    let w3 = vld1q_s8(base.add(48));
-                    for p in 0..P_TILE {
-                        let mut a = sh[p];
-                        a = sdot::<0>(a, w0, bv[p]);
-                        a = sdot::<1>(a, w1, bv[p]);
-                        a = sdot::<2>(a, w2, bv[p]);
-                        a = sdot::<3>(a, w3, bv[p]);
-                        sh[p] = a;
-                    }
-                }
-                k += 16;
-            }
-            for (h, sh) in s.iter().enumerate().take(halves) {
-                for p in 0..P_TILE {
-                    let mut lanes = [0i32; 4];
-                    vst1q_s32(lanes.as_mut_ptr(), sh[p]);
-                    for (mi, v) in lanes.iter().enumerate() {
-                        acc[h * 4 + mi][p] = *v;
-                    }
-                }
-            }
-        }
-    }
 }
 
 /// Scratch kept between runs: the channels-last input and one im2col block.

@@ -1,0 +1,172 @@
+//! The kernels: one tile of [`M_TILE`] output channels × [`P_TILE`] pixels, each summing the
+//! products of a weight row and an im2col row of `kp` bytes into 32 bits. Guarantee: every kernel
+//! computes the same exact integer sums; they differ only in the instructions they use.
+
+use super::{M_TILE, P_TILE};
+/// A byte of the kernel's input domain.
+pub(super) trait InputByte: Copy {
+    fn widen(self) -> i32;
+}
+impl InputByte for u8 {
+    #[inline(always)]
+    fn widen(self) -> i32 {
+        self as i32
+    }
+}
+impl InputByte for i8 {
+    #[inline(always)]
+    fn widen(self) -> i32 {
+        self as i32
+    }
+}
+
+/// Portable tile: M_TILE weight rows × P_TILE im2col rows, each `kp` long.
+#[inline(never)]
+pub(super) fn tile_portable<T: InputByte>(
+    w: &[i8],
+    b: &[u8],
+    kp: usize,
+    rows: usize,
+    acc: &mut [[i32; P_TILE]; M_TILE],
+) {
+    // SAFETY: u8 and i8 have the same size and alignment; the domain only changes how a byte
+    // widens.
+    let b: &[T] = unsafe { std::slice::from_raw_parts(b.as_ptr() as *const T, b.len()) };
+    for (mi, row) in acc.iter_mut().enumerate().take(rows) {
+        let wr = &w[mi * kp..][..kp];
+        for (pi, a) in row.iter_mut().enumerate() {
+            let br = &b[pi * kp..][..kp];
+            let mut lanes = [0i32; 16];
+            for (wc, bc) in wr.chunks_exact(16).zip(br.chunks_exact(16)) {
+                for l in 0..16 {
+                    lanes[l] += wc[l] as i32 * bc[l].widen();
+                }
+            }
+            *a = lanes.iter().sum();
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+pub(super) mod x86 {
+    use super::{M_TILE, P_TILE};
+    use std::arch::x86_64::*;
+
+    /// VNNI tile: for each 32 bytes of k, 4 pixel rows × 8 weight rows of `vpdpbusd`.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 VNNI and VL; `w` holds M_TILE rows and `b` P_TILE rows of `kp`
+    /// bytes, `kp` a multiple of 32.
+    #[target_feature(enable = "avx2,avx512f,avx512vl,avx512vnni")]
+    pub unsafe fn tile_vnni(w: &[i8], b: &[u8], kp: usize, rows: usize, acc: &mut [[i32; P_TILE]; M_TILE]) {
+        for half in 0..rows / 4 {
+            let mut s = [[_mm256_setzero_si256(); P_TILE]; 4];
+            let mut k = 0;
+            while k + 32 <= kp {
+                let bv: [__m256i; P_TILE] = core::array::from_fn(|p| unsafe {
+                    _mm256_loadu_si256(b.as_ptr().add(p * kp + k) as *const __m256i)
+                });
+                for (mi, sm) in s.iter_mut().enumerate() {
+                    let wv = unsafe { _mm256_loadu_si256(w.as_ptr().add((half * 4 + mi) * kp + k) as *const __m256i) };
+                    for p in 0..P_TILE {
+                        sm[p] = _mm256_dpbusd_epi32(sm[p], bv[p], wv);
+                    }
+                }
+                k += 32;
+            }
+            if k < kp {
+                // The last 16 bytes, in the low half of the registers.
+                let bv: [__m256i; P_TILE] = core::array::from_fn(|p| unsafe {
+                    _mm256_zextsi128_si256(_mm_loadu_si128(b.as_ptr().add(p * kp + k) as *const __m128i))
+                });
+                for (mi, sm) in s.iter_mut().enumerate() {
+                    let wv = unsafe {
+                        _mm256_zextsi128_si256(_mm_loadu_si128(
+                            w.as_ptr().add((half * 4 + mi) * kp + k) as *const __m128i
+                        ))
+                    };
+                    for p in 0..P_TILE {
+                        sm[p] = _mm256_dpbusd_epi32(sm[p], bv[p], wv);
+                    }
+                }
+            }
+            for (mi, sm) in s.iter().enumerate() {
+                // Horizontal sums of the four pixels' accumulators.
+                let h01 = _mm256_hadd_epi32(sm[0], sm[1]);
+                let h23 = _mm256_hadd_epi32(sm[2], sm[3]);
+                let h = _mm256_hadd_epi32(h01, h23);
+                let r = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256::<1>(h));
+                let mut out = [0i32; 4];
+                _mm_storeu_si128(out.as_mut_ptr() as *mut __m128i, r);
+                acc[half * 4 + mi] = out;
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "aarch64")]
+pub(super) mod arm {
+    use super::{M_TILE, P_TILE};
+    use std::arch::aarch64::*;
+    use std::arch::asm;
+
+    #[inline(always)]
+    unsafe fn sdot<const L: i32>(acc: int32x4_t, w: int8x16_t, b: int8x16_t) -> int32x4_t {
+        let mut acc = acc;
+        unsafe {
+            asm!(
+                "sdot {acc:v}.4s, {w:v}.16b, {b:v}.4b[{l}]",
+                acc = inout(vreg) acc,
+                w = in(vreg) w,
+                b = in(vreg) b,
+                l = const L,
+                options(pure, nomem, nostack, preserves_flags)
+            );
+        }
+        acc
+    }
+
+    /// SDOT tile: 8 output channels (two registers of 4) × 4 pixels; per 16 bytes of k, four
+    /// pixel loads, eight weight loads and 32 `SDOT`s (512 multiply-adds).
+    ///
+    /// # Safety
+    /// The CPU has the dot-product extension; `w` is in the `[m/4][k/4][4][4]` order for
+    /// M_TILE rows, `b` holds P_TILE rows of `kp` bytes, `kp` a multiple of 16.
+    #[target_feature(enable = "neon,dotprod")]
+    pub unsafe fn tile_sdot(w: &[i8], b: &[u8], kp: usize, halves: usize, acc: &mut [[i32; P_TILE]; M_TILE]) {
+        unsafe {
+            let mut s = [[vdupq_n_s32(0); P_TILE]; 2];
+            let wq = kp / 4 * 16; // bytes per 4 output channels
+            let mut k = 0;
+            while k < kp {
+                let bv: [int8x16_t; P_TILE] =
+                    core::array::from_fn(|p| vld1q_s8(b.as_ptr().add(p * kp + k) as *const i8));
+                for (h, sh) in s.iter_mut().enumerate().take(halves) {
+                    let base = w.as_ptr().add(h * wq + k / 4 * 16);
+                    let w0 = vld1q_s8(base);
+                    let w1 = vld1q_s8(base.add(16));
+                    let w2 = vld1q_s8(base.add(32));
+                    let w3 = vld1q_s8(base.add(48));
+                    for p in 0..P_TILE {
+                        let mut a = sh[p];
+                        a = sdot::<0>(a, w0, bv[p]);
+                        a = sdot::<1>(a, w1, bv[p]);
+                        a = sdot::<2>(a, w2, bv[p]);
+                        a = sdot::<3>(a, w3, bv[p]);
+                        sh[p] = a;
+                    }
+                }
+                k += 16;
+            }
+            for (h, sh) in s.iter().enumerate().take(halves) {
+                for p in 0..P_TILE {
+                    let mut lanes = [0i32; 4];
+                    vst1q_s32(lanes.as_mut_ptr(), sh[p]);
+                    for (mi, v) in lanes.iter().enumerate() {
+                        acc[h * 4 + mi][p] = *v;
+                    }
+                }
+            }
+        }
+    }
+}
