@@ -21,7 +21,7 @@ fn tensor_dt(t: &TensorProto) -> Option<Tensor> {
     tract_onnx::tensor::load_tensor(&*tract_onnx::data_resolver::default(), t, None).ok()
 }
 
-/// Rewrite every `DequantizeLinear → Conv → QuantizeLinear` triple that [`QConv`] runs exactly
+/// Rewrite every `DequantizeLinear → Conv → QuantizeLinear` triple that [`QConv`](super::QConv) runs exactly
 /// into one [`FUSED_OP`] node; the dequantise nodes left without a consumer are removed.
 pub fn fuse_qdq_convs(proto: &mut ModelProto) -> Result<usize> {
     let Some(graph) = proto.graph.as_mut() else {

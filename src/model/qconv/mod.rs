@@ -24,7 +24,7 @@
 //!   with zero zero points, constant scales); everything else stays as the file has it.
 //!
 //! This file is the operator from wiring to requantisation (a little over 600 lines): the im2col
-//! block and the tile loop share one buffer contract ([`RUN_SLACK`], rows filled in order), so
+//! block and the tile loop share one buffer contract (`RUN_SLACK`, rows filled in order), so
 //! they stay together; the graph rewrite is in `fuse.rs`, the kernels in `kernels.rs`.
 
 use anyhow::{Context, Result};
