@@ -34,8 +34,11 @@ TARGETS=("$@")
 TARGET_DIR=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 
 for T in "${TARGETS[@]}"; do
+    QEMU_DOT=()
     case $T in
-        aarch64-unknown-linux-gnu) ZT=$T.$GLIBC_FLOOR; QEMU=(qemu-aarch64 -cpu cortex-a72 -L /usr/aarch64-linux-gnu); TESTS=(arch_scores) ;;
+        aarch64-unknown-linux-gnu) ZT=$T.$GLIBC_FLOOR; QEMU=(qemu-aarch64 -cpu cortex-a72 -L /usr/aarch64-linux-gnu); TESTS=(arch_scores)
+            # the tests again on a core with the dot-product extension: the int8 models' SDOT kernel
+            QEMU_DOT=(qemu-aarch64 -cpu cortex-a76 -L /usr/aarch64-linux-gnu) ;;
         armv7-unknown-linux-gnueabihf) ZT=$T.$GLIBC_FLOOR; QEMU=(qemu-arm -cpu cortex-a8 -L /usr/arm-linux-gnueabihf); TESTS=(arch_scores) ;;
         # the same architecture as the gnu build: its binary is what the emulated board boots
         aarch64-unknown-linux-musl) ZT=$T; QEMU=(qemu-aarch64 -cpu cortex-a72); TESTS=() ;;
@@ -83,6 +86,13 @@ PY
         fi
         grep -E "^test |largest difference|^test result" "$LOG" || true
         echo "($(( $(date +%s) - TSTART )) s under emulation)"
+        if [ ${#QEMU_DOT[@]} -gt 0 ]; then
+            echo "-- $(basename "$exe") under ${QEMU_DOT[*]:0:3} (SDOT kernel)"
+            if ! "${QEMU_DOT[@]}" "$exe" --test-threads 2 --nocapture >"$LOG.dot" 2>&1; then
+                tail -40 "$LOG.dot"; echo "FAIL: $(basename "$exe") under ${QEMU_DOT[*]:0:3}"; exit 1
+            fi
+            grep -E "^test result" "$LOG.dot" || true
+        fi
     done
 
     echo "== $T: the binary under ${QEMU[0]}"
