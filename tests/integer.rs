@@ -84,6 +84,10 @@ fn near(plan: &[PlanNode], i: usize, hops: usize, upstream: bool, f: &dyn Fn(&st
 /// Check `stem`'s plan; `f32_deconvolutions` is how many transposed convolutions the file
 /// keeps with f32 weights (its exporter quantised only their inputs), which stay f32.
 fn check(stem: &str, f32_deconvolutions: usize) {
+    if !ferroscope::model::qconv::fused_on_this_cpu() {
+        // No dot-product kernel here: the portable one runs when asked for.
+        std::env::set_var("FERROSCOPE_PORTABLE_KERNEL", "1");
+    }
     let (path, shape) = int8_model(stem);
     let engine = Engine::load_outputs(&path, &shape).unwrap();
     let plan = engine.plan();

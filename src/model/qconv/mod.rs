@@ -61,12 +61,27 @@ pub fn onnx() -> tract_onnx::Onnx {
 
 /// Read an ONNX model and fuse its quantised convolutions (see the module doc). Returns the
 /// rewritten model and how many convolutions were fused.
+///
+/// The convolutions are fused only where [`fused_on_this_cpu`] says so; elsewhere the model is
+/// returned as read and tract runs it as before.
 pub fn read_fused(bytes: &[u8]) -> Result<(ModelProto, usize)> {
     let mut proto = tract_onnx::onnx()
         .proto_model_for_read(&mut &bytes[..])
         .context("not a readable ONNX model")?;
+    if !fused_on_this_cpu() {
+        return Ok((proto, 0));
+    }
     let fused = fuse_qdq_convs(&mut proto)?;
     Ok((proto, fused))
+}
+
+/// Whether this CPU runs the quantised convolutions as [`QConv`]: where it has a dot-product
+/// kernel (x86-64 VNNI, aarch64 `SDOT`), or where `FERROSCOPE_PORTABLE_KERNEL` asks for the
+/// portable kernel. The portable kernel retires more instructions than tract's f32 kernels on
+/// the ARM cores without the dot product (`tests/arm_cost.sh`), so there the QDQ graph stays
+/// as the file has it.
+pub fn fused_on_this_cpu() -> bool {
+    Kernel::detect() != Kernel::Portable || std::env::var_os("FERROSCOPE_PORTABLE_KERNEL").is_some()
 }
 
 /// Geometry of a 2-D convolution.
