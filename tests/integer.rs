@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use ferroscope::model::engine::{Engine, PlanNode};
+use ferroscope::model::engine::{plan_of, Engine, PlanNode};
 use tract_onnx::prelude::*;
 
 fn root() -> PathBuf {
@@ -160,17 +160,7 @@ fn the_checker_sees_an_f32_convolution_between_dequantise_and_quantise() {
         .unwrap()
         .into_optimized()
         .unwrap();
-    let plan: Vec<PlanNode> = model
-        .nodes()
-        .iter()
-        .map(|n| PlanNode {
-            op: n.op.name().to_string(),
-            name: n.name.clone(),
-            info: vec![],
-            inputs: n.inputs.iter().map(|i| i.node).collect(),
-            output_type: format!("{:?}", n.outputs[0].fact.datum_type),
-        })
-        .collect();
+    let plan = plan_of(&model);
     let ops: Vec<&str> = plan.iter().map(|n| n.op.as_str()).collect();
     let flagged = (0..plan.len()).any(|i| {
         is_conv_like(&plan[i].op)

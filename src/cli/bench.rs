@@ -329,7 +329,7 @@ fn bench_model_only(manifest: &Manifest, only: Option<Precision>, passes: usize,
         }
         let mut out = vec![0.0f32; engine.output_len()];
         let mut times = Vec::with_capacity(passes);
-        let (mut allocs_tract, mut allocs_ours) = (0u64, 0u64);
+        let (mut allocs_tract, mut allocs_ours, mut pool_hits) = (0u64, 0u64, 0u64);
         for _ in 0..passes {
             let a0 = Snapshot::take();
             let t0 = StdInstant::now();
@@ -338,9 +338,16 @@ fn bench_model_only(manifest: &Manifest, only: Option<Precision>, passes: usize,
             let a1 = Snapshot::take();
             allocs_tract += a1.since(&a0, Scope::Tract);
             allocs_ours += a1.since(&a0, Scope::Ours);
+            pool_hits += a1.pool_hits - a0.pool_hits;
         }
         std::hint::black_box(&out);
-        let plan = engine.plan_ops();
+        // the plan without its constants: each op's name and tract's description of it
+        let plan: Vec<(String, Vec<String>)> = engine
+            .plan()
+            .into_iter()
+            .filter(|n| n.op != "Const")
+            .map(|n| (n.op, n.info))
+            .collect();
         let mut kernels: Vec<String> = plan
             .iter()
             .filter(|(op, _)| op == "QConvInt8")
@@ -375,6 +382,7 @@ fn bench_model_only(manifest: &Manifest, only: Option<Precision>, passes: usize,
                 "inference": {"median_ms": median(&mut times), "p99_ms": percentile(&mut times, 99.0)},
                 "allocations_per_run_tract": allocs_tract as f64 / passes as f64,
                 "allocations_per_run_ours": allocs_ours as f64 / passes as f64,
+                "pool_hits_per_run_tract": pool_hits as f64 / passes as f64,
                 "kernels": kernels,
                 "plan": plan,
             }),
@@ -398,7 +406,10 @@ fn bench_model_only(manifest: &Manifest, only: Option<Precision>, passes: usize,
             r["inference"]["median_ms"].as_f64().unwrap_or(0.0),
             r["inference"]["p99_ms"].as_f64().unwrap_or(0.0)
         );
-        println!("  allocations per run: tract {}", r["allocations_per_run_tract"]);
+        println!(
+            "  allocations per run: tract {} (and {} served by the pool)",
+            r["allocations_per_run_tract"], r["pool_hits_per_run_tract"]
+        );
         println!("  matrix kernels: {}", r["kernels"]);
         let ops: Vec<&str> = r["plan"]
             .as_array()

@@ -55,6 +55,25 @@ pub struct PlanNode {
     pub output_type: String,
 }
 
+/// Each node of an optimised tract model, in evaluation order.
+pub fn plan_of(model: &TypedModel) -> Vec<PlanNode> {
+    model
+        .nodes()
+        .iter()
+        .map(|n| PlanNode {
+            op: n.op.name().to_string(),
+            name: n.name.clone(),
+            info: n.op.info().unwrap_or_default(),
+            inputs: n.inputs.iter().map(|i| i.node).collect(),
+            output_type: n
+                .outputs
+                .first()
+                .map(|o| format!("{:?}", o.fact.datum_type))
+                .unwrap_or_default(),
+        })
+        .collect()
+}
+
 impl Drop for Engine {
     fn drop(&mut self) {
         // tract's pooled blocks on this thread are freed with the engine that used them.
@@ -65,22 +84,7 @@ impl Drop for Engine {
 impl Engine {
     /// The optimised plan this engine runs, node by node in evaluation order.
     pub fn plan(&self) -> Vec<PlanNode> {
-        let model = self.state.plan().model();
-        model
-            .nodes()
-            .iter()
-            .map(|n| PlanNode {
-                op: n.op.name().to_string(),
-                name: n.name.clone(),
-                info: n.op.info().unwrap_or_default(),
-                inputs: n.inputs.iter().map(|i| i.node).collect(),
-                output_type: n
-                    .outputs
-                    .first()
-                    .map(|o| format!("{:?}", o.fact.datum_type))
-                    .unwrap_or_default(),
-            })
-            .collect()
+        plan_of(self.state.plan().model())
     }
 
     /// Load `path`, fix its single input to `input_shape` (f32) and optimise for this CPU.
@@ -229,20 +233,5 @@ impl Engine {
             at += view.len();
         }
         Ok(())
-    }
-
-    /// The optimised plan, in evaluation order (constants left out): each op's name and
-    /// tract's description of it, which names the matrix kernel tract picked for this CPU.
-    pub fn plan_ops(&self) -> Vec<(String, Vec<String>)> {
-        let model = self.state.model();
-        self.state
-            .plan()
-            .order_without_consts()
-            .iter()
-            .map(|&id| {
-                let op = model.nodes[id].op();
-                (op.name().to_string(), op.info().unwrap_or_default())
-            })
-            .collect()
     }
 }

@@ -17,6 +17,18 @@ fn tensor_f32(t: &TensorProto) -> Option<Vec<f32>> {
     Some(t.try_as_plain_ram().ok()?.as_slice::<f32>().ok()?.to_vec())
 }
 
+/// Every value of an integer tensor is zero (a zero point that adds nothing).
+fn all_zero(t: &Tensor) -> bool {
+    t.cast_to::<i32>()
+        .ok()
+        .and_then(|z| {
+            z.try_as_plain_ram()
+                .ok()
+                .and_then(|v| v.as_slice::<i32>().ok().map(|s| s.iter().all(|&x| x == 0)))
+        })
+        .unwrap_or(false)
+}
+
 fn tensor_dt(t: &TensorProto) -> Option<Tensor> {
     tract_onnx::tensor::load_tensor(&*tract_onnx::data_resolver::default(), t, None).ok()
 }
@@ -99,9 +111,9 @@ pub fn fuse_qdq_convs(proto: &mut ModelProto) -> Result<usize> {
         let Some((sx, _)) = scalar_u8(&dx.input[1], &dx.input[2]) else {
             continue;
         };
-        let Some((sy, _)) = scalar_u8(&q.input[1], &q.input[2]) else {
+        if scalar_u8(&q.input[1], &q.input[2]).is_none() {
             continue;
-        };
+        }
         // Weights: an i8 constant, zero zero points, one scale or one per output channel.
         let Some(w) = init(&dw.input[0]).and_then(tensor_dt) else {
             continue;
@@ -116,12 +128,7 @@ pub fn fuse_qdq_convs(proto: &mut ModelProto) -> Result<usize> {
         let Some(zw) = init(&dw.input[2]).and_then(tensor_dt) else {
             continue;
         };
-        let zw_zero = zw.cast_to::<i32>().ok().and_then(|z| {
-            z.try_as_plain_ram()
-                .ok()
-                .map(|v| v.as_slice::<i32>().map(|s| s.iter().all(|&x| x == 0)).unwrap_or(false))
-        });
-        if zw_zero != Some(true) || !(sw.len() == 1 || sw.len() == m) {
+        if !all_zero(&zw) || !(sw.len() == 1 || sw.len() == m) {
             continue;
         }
         if sw.len() > 1 {
@@ -133,7 +140,6 @@ pub fn fuse_qdq_convs(proto: &mut ModelProto) -> Result<usize> {
         // Bias: an i32 constant dequantised with zero zero points, requantised to sx·sw if its
         // scale differs.
         let mut bias_name = None;
-        let mut bias_dq = None;
         if conv.input.len() > 2 && !conv.input[2].is_empty() {
             let Some(db) = dq_of(&conv.input[2]) else { continue };
             let db_node = &graph.node[db];
@@ -146,12 +152,7 @@ pub fn fuse_qdq_convs(proto: &mut ModelProto) -> Result<usize> {
             let Some(zb) = init(&db_node.input[2]).and_then(tensor_dt) else {
                 continue;
             };
-            let zb_zero = zb.cast_to::<i32>().ok().and_then(|z| {
-                z.try_as_plain_ram()
-                    .ok()
-                    .map(|v| v.as_slice::<i32>().map(|s| s.iter().all(|&x| x == 0)).unwrap_or(false))
-            });
-            if b.datum_type() != i32::datum_type() || b.len() != m || zb_zero != Some(true) {
+            if b.datum_type() != i32::datum_type() || b.len() != m || !all_zero(&zb) {
                 continue;
             }
             let b = b.try_as_plain_ram()?.as_slice::<i32>()?.to_vec();
@@ -180,9 +181,7 @@ pub fn fuse_qdq_convs(proto: &mut ModelProto) -> Result<usize> {
                 });
                 bias_name = Some(name);
             }
-            bias_dq = Some(db);
         }
-        let _ = (sx, sy);
         let mut inputs = vec![
             dx.input[0].clone(),
             dx.input[1].clone(),
@@ -215,7 +214,6 @@ pub fn fuse_qdq_convs(proto: &mut ModelProto) -> Result<usize> {
         ));
         remove.push(ci);
         remove.push(users[0]);
-        let _ = bias_dq;
     }
     let fused = new_nodes.len();
     if fused == 0 {
