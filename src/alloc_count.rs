@@ -199,6 +199,31 @@ unsafe impl GlobalAlloc for CountingAlloc {
         unsafe { System.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if in_tract() {
+            // A growing vector inside tract: a new block (from the pool when it has one), the
+            // contents moved, the old block kept for the next request of its layout.
+            // SAFETY: `new_size` with the old alignment is a valid layout (the caller's
+            // contract for `realloc`).
+            let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
+            let block = match pool_take(new_layout) {
+                Some(block) => {
+                    POOL_HITS.fetch_add(1, Ordering::Relaxed);
+                    block
+                }
+                None => {
+                    tally(new_size);
+                    unsafe { System.alloc(new_layout) }
+                }
+            };
+            if !block.is_null() {
+                // SAFETY: both blocks are live, distinct and at least this long.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(ptr, block, layout.size().min(new_size));
+                    self.dealloc(ptr, layout);
+                }
+            }
+            return block;
+        }
         tally(new_size);
         unsafe { System.realloc(ptr, layout, new_size) }
     }

@@ -37,8 +37,9 @@ def tile_origins(length, tile, min_overlap):
 
 
 def bench_tiled(onnx_path, inp, section, files, passes):
-    """A tiled (segment) model: decode, reflect-pad, cut tiles, run every tile. The peer does no
-    stitching and no regions, which the ferroscope timing includes."""
+    """A tiled (segment, anomaly, grains) model: decode, reflect-pad, cut tiles, run every tile.
+    The peer does no stitching and no regions or grain analysis, which the ferroscope timing
+    includes."""
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1
     so.inter_op_num_threads = 1
@@ -126,9 +127,15 @@ def main():
     with open(args.model, "rb") as fh:
         man = tomllib.load(fh)
     base = os.path.dirname(os.path.abspath(args.model))
-    section = man.get("segment") or man.get("anomaly")
+    section = man.get("segment") or man.get("anomaly") or man.get("grains")
     if args.images is None:
-        args.images = os.path.join(ROOT, "tests", "data", "kolektor_samples", "images") if section else os.path.join(ROOT, "tests", "data", "neu_samples")
+        if "grains" in man:
+            samples = ("grains_samples", "images")
+        elif section:
+            samples = ("kolektor_samples", "images")
+        else:
+            samples = ("neu_samples",)
+        args.images = os.path.join(ROOT, "tests", "data", *samples)
     files = list_images(args.images)
     out = {"model": man["model"]["name"], "images": len(files), "passes": args.passes, "onnxruntime": ort.__version__, "results": {}}
     variants = {"int8": man["model"]["file"]}

@@ -127,6 +127,72 @@ fn bench_tiled_one(
     Ok(st)
 }
 
+/// `bench` for a grains model: decode, tiling + stitching (`preprocess`), the model over every
+/// tile (`inference`), threshold + grain analysis (`decision`).
+fn bench_grains_one(
+    model: &Path,
+    precision: Precision,
+    files: &[(PathBuf, Vec<u8>)],
+    passes: usize,
+) -> Result<StageStats> {
+    use ferroscope::grains::model::GrainModel;
+    let mut gm = GrainModel::load(model, precision)?;
+    let um_per_px = gm.section().um_per_px;
+    let n = files.len() * passes;
+    let mut st = StageStats {
+        decode: Vec::with_capacity(n),
+        preprocess: Vec::with_capacity(n),
+        inference: Vec::with_capacity(n),
+        decision: Vec::with_capacity(n),
+        total: Vec::with_capacity(n),
+        allocs_ours: 0,
+        allocs_tract: 0,
+        pool_hits_tract: 0,
+        allocs_decode: 0,
+        frames: 0,
+    };
+    // Warm-up pass: buffers grow to the largest micrograph, tract sizes its scratch.
+    for (path, bytes) in files {
+        let (w, h, px) = decode_gray(bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let frame = GrayFrame::new(&px, w, h, w).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        gm.grains(&frame, um_per_px).with_context(|| path.display().to_string())?;
+    }
+    let mut sink = 0usize;
+    for _ in 0..passes {
+        for (path, bytes) in files {
+            let d0 = Snapshot::take();
+            let t0 = StdInstant::now();
+            let (w, h, px) =
+                scoped(Scope::Decode, || decode_gray(bytes)).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            let t1 = StdInstant::now();
+            let a0 = Snapshot::take();
+            st.allocs_decode += a0.since(&d0, Scope::Decode);
+            let frame = GrayFrame::new(&px, w, h, w).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            let out = gm.boundary_map(&frame).with_context(|| path.display().to_string())?;
+            let t2 = StdInstant::now();
+            let params = gm.section().params(um_per_px);
+            let level = gm.section().pixel_threshold;
+            let report = gm.analyse_map(level, &params).with_context(|| path.display().to_string())?;
+            let t3 = StdInstant::now();
+            sink += report.whole;
+            let a1 = Snapshot::take();
+            st.allocs_ours += a1.since(&a0, Scope::Ours);
+            st.allocs_tract += a1.since(&a0, Scope::Tract);
+            st.pool_hits_tract += a1.pool_hits - a0.pool_hits;
+            st.frames += 1;
+            let ms = |a: StdInstant, b: StdInstant| (b - a).as_secs_f64() * 1000.0;
+            let inference_ms = out.inference_us as f64 / 1000.0;
+            st.decode.push(ms(t0, t1));
+            st.preprocess.push(ms(t1, t2) - inference_ms);
+            st.inference.push(inference_ms);
+            st.decision.push(ms(t2, t3));
+            st.total.push(ms(t0, t3));
+        }
+    }
+    std::hint::black_box(sink);
+    Ok(st)
+}
+
 fn bench_one(
     manifest: &Manifest,
     precision: Precision,
@@ -216,9 +282,18 @@ pub fn bench(
         };
         return bench_model_only(&manifest, only, passes.max(1), json);
     }
-    let manifest = Manifest::load(model)?;
+    // a grains manifest has a loader of its own
+    let (manifest, grains) = match Manifest::load(model) {
+        Ok(m) => (m, false),
+        Err(e) => match ferroscope::grains::model::load_manifest(model) {
+            Ok((m, _)) => (m, true),
+            Err(_) => return Err(e),
+        },
+    };
     let dir = images.map(Path::to_path_buf).unwrap_or_else(|| {
-        PathBuf::from(if manifest.tiled.is_some() {
+        PathBuf::from(if grains {
+            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/grains_samples/images")
+        } else if manifest.tiled.is_some() {
             concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/kolektor_samples/images")
         } else {
             concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/neu_samples")
@@ -237,7 +312,9 @@ pub fn bench(
     }
     let mut results = serde_json::Map::new();
     for p in bench_precisions(&manifest, only)? {
-        let mut st = if manifest.tiled.is_some() {
+        let mut st = if grains {
+            bench_grains_one(model, p, &files, passes.max(1))?
+        } else if manifest.tiled.is_some() {
             bench_tiled_one(&manifest, p, &files, passes.max(1))?
         } else {
             bench_one(&manifest, p, &files, passes.max(1))?
@@ -356,7 +433,7 @@ fn bench_model_only(manifest: &Manifest, only: Option<Precision>, passes: usize,
             .map(|k| match k {
                 // the integer convolution's kernels, named as tract names its own
                 "ArmDot" => "qconv_i8_dot".to_string(),
-                "X86Vnni" => "qconv_i8_vnni".to_string(),
+                "X86Vnni" | "X86AvxVnni" => "qconv_i8_vnni".to_string(),
                 _ => "qconv_i8_portable".to_string(),
             })
             .collect();

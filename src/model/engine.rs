@@ -1,5 +1,6 @@
-//! tract inference: load → declutter → optimise → plan once, then run the same state for
-//! every frame with the input written in place.
+//! tract inference: load (the quantised convolutions fused, [`crate::model::qconv`]) → declutter
+//! → reflect pads replaced ([`crate::model::pad`]) → optimise → plan once, then run the same
+//! state for every frame with the input written in place.
 //!
 //! Promise: after [`Engine::load`], [`Engine::run`] parses nothing and allocates nothing in our
 //! code; the input tensor is one buffer reused across frames (tract's own allocations inside
@@ -141,7 +142,18 @@ impl Engine {
                     input_shape
                 )
             })?;
-        let typed = model.into_optimized().with_context(|| {
+        let mut typed = model.into_typed().with_context(|| {
+            format!(
+                "{}: tract could not type the model for input {:?}",
+                path.display(),
+                input_shape
+            )
+        })?;
+        typed
+            .declutter()
+            .and_then(|_| crate::model::pad::replace_reflect_pads(&mut typed))
+            .with_context(|| format!("{}: tract could not simplify the model", path.display()))?;
+        let typed = typed.into_optimized().with_context(|| {
             format!(
                 "{}: tract could not optimise the model for input {:?}",
                 path.display(),

@@ -3,5 +3,6 @@
 
 pub mod engine;
 pub mod manifest;
+pub mod pad;
 pub mod preprocess;
 pub mod qconv;

@@ -52,55 +52,94 @@ pub(super) mod x86 {
     use super::{M_TILE, P_TILE};
     use std::arch::x86_64::*;
 
-    /// VNNI tile: for each 32 bytes of k, 4 pixel rows × 8 weight rows of `vpdpbusd`.
+    use std::arch::asm;
+
+    /// `vpdpbusd` in its AVX-VNNI (VEX) encoding: the same operation as AVX-512 VNNI's on 256
+    /// bits, for the cores that have AVX-VNNI without AVX-512 VNNI (Alder Lake and later).
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn dpbusd_vex(acc: __m256i, b: __m256i, w: __m256i) -> __m256i {
+        let mut acc = acc;
+        // SAFETY: register-only; the caller runs only where the CPU has AVX-VNNI.
+        unsafe {
+            asm!(
+                "{{vex}} vpdpbusd {acc}, {b}, {w}",
+                acc = inout(ymm_reg) acc,
+                b = in(ymm_reg) b,
+                w = in(ymm_reg) w,
+                options(pure, nomem, nostack, preserves_flags)
+            );
+        }
+        acc
+    }
+
+    /// One VNNI tile: for each 32 bytes of k, 4 pixel rows × 8 weight rows of `vpdpbusd`
+    /// (`$dp`, u8 pixels × i8 weights), inside a function with the features the encoding needs.
+    macro_rules! vnni_tile {
+        ($w:ident, $b:ident, $kp:ident, $rows:ident, $acc:ident, $dp:path) => {
+            for half in 0..$rows / 4 {
+                let mut s = [[_mm256_setzero_si256(); P_TILE]; 4];
+                let mut k = 0;
+                while k + 32 <= $kp {
+                    let bv: [__m256i; P_TILE] = core::array::from_fn(|p| unsafe {
+                        _mm256_loadu_si256($b.as_ptr().add(p * $kp + k) as *const __m256i)
+                    });
+                    for (mi, sm) in s.iter_mut().enumerate() {
+                        let wv =
+                            unsafe { _mm256_loadu_si256($w.as_ptr().add((half * 4 + mi) * $kp + k) as *const __m256i) };
+                        for p in 0..P_TILE {
+                            sm[p] = $dp(sm[p], bv[p], wv);
+                        }
+                    }
+                    k += 32;
+                }
+                if k < $kp {
+                    // The last 16 bytes, in the low half of the registers.
+                    let bv: [__m256i; P_TILE] = core::array::from_fn(|p| unsafe {
+                        _mm256_zextsi128_si256(_mm_loadu_si128($b.as_ptr().add(p * $kp + k) as *const __m128i))
+                    });
+                    for (mi, sm) in s.iter_mut().enumerate() {
+                        let wv = unsafe {
+                            _mm256_zextsi128_si256(_mm_loadu_si128(
+                                $w.as_ptr().add((half * 4 + mi) * $kp + k) as *const __m128i
+                            ))
+                        };
+                        for p in 0..P_TILE {
+                            sm[p] = $dp(sm[p], bv[p], wv);
+                        }
+                    }
+                }
+                for (mi, sm) in s.iter().enumerate() {
+                    // Horizontal sums of the four pixels' accumulators.
+                    let h01 = _mm256_hadd_epi32(sm[0], sm[1]);
+                    let h23 = _mm256_hadd_epi32(sm[2], sm[3]);
+                    let h = _mm256_hadd_epi32(h01, h23);
+                    let r = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256::<1>(h));
+                    let mut out = [0i32; 4];
+                    unsafe { _mm_storeu_si128(out.as_mut_ptr() as *mut __m128i, r) };
+                    $acc[half * 4 + mi] = out;
+                }
+            }
+        };
+    }
+
+    /// VNNI tile, AVX-512 VNNI encoding (EVEX, 256-bit registers).
     ///
     /// # Safety
     /// The CPU has AVX-512 VNNI and VL; `w` holds M_TILE rows and `b` P_TILE rows of `kp`
-    /// bytes, `kp` a multiple of 32.
+    /// bytes, `kp` a multiple of 16.
     #[target_feature(enable = "avx2,avx512f,avx512vl,avx512vnni")]
     pub unsafe fn tile_vnni(w: &[i8], b: &[u8], kp: usize, rows: usize, acc: &mut [[i32; P_TILE]; M_TILE]) {
-        for half in 0..rows / 4 {
-            let mut s = [[_mm256_setzero_si256(); P_TILE]; 4];
-            let mut k = 0;
-            while k + 32 <= kp {
-                let bv: [__m256i; P_TILE] = core::array::from_fn(|p| unsafe {
-                    _mm256_loadu_si256(b.as_ptr().add(p * kp + k) as *const __m256i)
-                });
-                for (mi, sm) in s.iter_mut().enumerate() {
-                    let wv = unsafe { _mm256_loadu_si256(w.as_ptr().add((half * 4 + mi) * kp + k) as *const __m256i) };
-                    for p in 0..P_TILE {
-                        sm[p] = _mm256_dpbusd_epi32(sm[p], bv[p], wv);
-                    }
-                }
-                k += 32;
-            }
-            if k < kp {
-                // The last 16 bytes, in the low half of the registers.
-                let bv: [__m256i; P_TILE] = core::array::from_fn(|p| unsafe {
-                    _mm256_zextsi128_si256(_mm_loadu_si128(b.as_ptr().add(p * kp + k) as *const __m128i))
-                });
-                for (mi, sm) in s.iter_mut().enumerate() {
-                    let wv = unsafe {
-                        _mm256_zextsi128_si256(_mm_loadu_si128(
-                            w.as_ptr().add((half * 4 + mi) * kp + k) as *const __m128i
-                        ))
-                    };
-                    for p in 0..P_TILE {
-                        sm[p] = _mm256_dpbusd_epi32(sm[p], bv[p], wv);
-                    }
-                }
-            }
-            for (mi, sm) in s.iter().enumerate() {
-                // Horizontal sums of the four pixels' accumulators.
-                let h01 = _mm256_hadd_epi32(sm[0], sm[1]);
-                let h23 = _mm256_hadd_epi32(sm[2], sm[3]);
-                let h = _mm256_hadd_epi32(h01, h23);
-                let r = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256::<1>(h));
-                let mut out = [0i32; 4];
-                _mm_storeu_si128(out.as_mut_ptr() as *mut __m128i, r);
-                acc[half * 4 + mi] = out;
-            }
-        }
+        vnni_tile!(w, b, kp, rows, acc, _mm256_dpbusd_epi32);
+    }
+
+    /// VNNI tile, AVX-VNNI encoding (VEX).
+    ///
+    /// # Safety
+    /// The CPU has AVX-VNNI; the buffers as for [`tile_vnni`].
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn tile_avx_vnni(w: &[i8], b: &[u8], kp: usize, rows: usize, acc: &mut [[i32; P_TILE]; M_TILE]) {
+        vnni_tile!(w, b, kp, rows, acc, dpbusd_vex);
     }
 }
 

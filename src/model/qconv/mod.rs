@@ -13,8 +13,8 @@
 //!   zy)` with `acc` the exact 32-bit sum of `(x − zx)·w` plus the bias; padding contributes
 //!   nothing (it holds the input's zero point). Only the rounding of ties in the f32 product can
 //!   differ from an f32 convolution's, by one step of the output's scale.
-//! - **Integer kernels on every architecture**: AVX-512 VNNI (`vpdpbusd`, 32 multiply-adds
-//!   per instruction at 256 bits) on x86-64 where the CPU has it; `SDOT` (16 per instruction)
+//! - **Integer kernels on every architecture**: VNNI (`vpdpbusd`, 32 multiply-adds per
+//!   instruction at 256 bits; AVX-512 VNNI or AVX-VNNI) on x86-64 where the CPU has it; `SDOT` (16 per instruction)
 //!   on aarch64 cores with the dot-product extension (Cortex-A55/A76/A78); a portable kernel
 //!   that the compiler vectorises (SMLAL/`pmaddwd`) everywhere else (Cortex-A72, armv7).
 //!   The choice is made once, at load, and named by [`QConv::kernel`].
@@ -231,6 +231,8 @@ impl Expansion for FusedExpansion {
 pub enum Kernel {
     /// AVX-512 VNNI, `vpdpbusd` on 256-bit registers: u8 × i8.
     X86Vnni,
+    /// AVX-VNNI, the same `vpdpbusd` in its VEX encoding (cores without AVX-512 VNNI).
+    X86AvxVnni,
     /// aarch64 `SDOT` by element: i8 × i8.
     ArmDot,
     /// Portable, vectorised by the compiler; u8 × i8 on x86-64, i8 × i8 elsewhere.
@@ -247,6 +249,9 @@ impl Kernel {
             if std::arch::is_x86_feature_detected!("avx512vnni") && std::arch::is_x86_feature_detected!("avx512vl") {
                 return Kernel::X86Vnni;
             }
+            if std::arch::is_x86_feature_detected!("avxvnni") {
+                return Kernel::X86AvxVnni;
+            }
         }
         #[cfg(target_arch = "aarch64")]
         {
@@ -260,7 +265,7 @@ impl Kernel {
     /// The input bytes are signed (sign bit flipped) for this kernel.
     fn signed_input(self) -> bool {
         match self {
-            Kernel::X86Vnni => false,
+            Kernel::X86Vnni | Kernel::X86AvxVnni => false,
             Kernel::ArmDot => true,
             Kernel::Portable => !cfg!(target_arch = "x86_64"),
         }
@@ -482,6 +487,10 @@ impl QConv {
                     #[cfg(target_arch = "x86_64")]
                     Kernel::X86Vnni => unsafe {
                         kernels::x86::tile_vnni(&self.w_rows[mrow * kp..][..rows * kp], b, kp, rows, &mut acc)
+                    },
+                    #[cfg(target_arch = "x86_64")]
+                    Kernel::X86AvxVnni => unsafe {
+                        kernels::x86::tile_avx_vnni(&self.w_rows[mrow * kp..][..rows * kp], b, kp, rows, &mut acc)
                     },
                     #[cfg(target_arch = "aarch64")]
                     Kernel::ArmDot => unsafe {
