@@ -155,7 +155,8 @@ fn bench_grains_one(
     for (path, bytes) in files {
         let (w, h, px) = decode_gray(bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         let frame = GrayFrame::new(&px, w, h, w).map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        gm.grains(&frame, um_per_px).with_context(|| path.display().to_string())?;
+        gm.grains(&frame, um_per_px)
+            .with_context(|| path.display().to_string())?;
     }
     let mut sink = 0usize;
     for _ in 0..passes {
@@ -172,7 +173,9 @@ fn bench_grains_one(
             let t2 = StdInstant::now();
             let params = gm.section().params(um_per_px);
             let level = gm.section().pixel_threshold;
-            let report = gm.analyse_map(level, &params).with_context(|| path.display().to_string())?;
+            let report = gm
+                .analyse_map(level, &params)
+                .with_context(|| path.display().to_string())?;
             let t3 = StdInstant::now();
             sink += report.whole;
             let a1 = Snapshot::take();
@@ -433,6 +436,7 @@ fn bench_model_only(manifest: &Manifest, only: Option<Precision>, passes: usize,
             .map(|k| match k {
                 // the integer convolution's kernels, named as tract names its own
                 "ArmDot" => "qconv_i8_dot".to_string(),
+                "ArmSmlal" => "qconv_i8_smlal".to_string(),
                 "X86Vnni" | "X86AvxVnni" => "qconv_i8_vnni".to_string(),
                 _ => "qconv_i8_portable".to_string(),
             })

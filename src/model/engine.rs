@@ -1,6 +1,8 @@
 //! tract inference: load (the quantised convolutions fused, [`crate::model::qconv`]) → declutter
-//! → reflect pads replaced ([`crate::model::pad`]) → optimise → plan once, then run the same
-//! state for every frame with the input written in place.
+//! → reflect pads and average pools replaced ([`crate::model::pad`], [`crate::model::pool`])
+//! → optimise → integer convolutions chained
+//! channels-last → plan once, then run the same state for every frame with the input written
+//! in place.
 //!
 //! Promise: after [`Engine::load`], [`Engine::run`] parses nothing and allocates nothing in our
 //! code; the input tensor is one buffer reused across frames (tract's own allocations inside
@@ -152,14 +154,17 @@ impl Engine {
         typed
             .declutter()
             .and_then(|_| crate::model::pad::replace_reflect_pads(&mut typed))
+            .and_then(|_| crate::model::pool::replace_average_pools(&mut typed))
             .with_context(|| format!("{}: tract could not simplify the model", path.display()))?;
-        let typed = typed.into_optimized().with_context(|| {
+        let mut typed = typed.into_optimized().with_context(|| {
             format!(
                 "{}: tract could not optimise the model for input {:?}",
                 path.display(),
                 input_shape
             )
         })?;
+        crate::model::qconv::chain_channels_last(&mut typed)
+            .with_context(|| format!("{}: cannot chain the integer convolutions", path.display()))?;
         let outputs = typed.output_outlets()?.len();
         if outputs == 0 {
             bail!("{}: model has no output", path.display());

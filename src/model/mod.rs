@@ -4,5 +4,6 @@
 pub mod engine;
 pub mod manifest;
 pub mod pad;
+pub mod pool;
 pub mod preprocess;
 pub mod qconv;

@@ -49,7 +49,11 @@ impl ReflectPad {
         }
         let (h, w) = (shape[r - 2], shape[r - 1]);
         if self.rows.0 >= h || self.rows.1 >= h || self.cols.0 >= w || self.cols.1 >= w {
-            bail!("ReflectPad: pads {:?} {:?} not shorter than the input {h}×{w}", self.rows, self.cols);
+            bail!(
+                "ReflectPad: pads {:?} {:?} not shorter than the input {h}×{w}",
+                self.rows,
+                self.cols
+            );
         }
         let mut out: TVec<usize> = shape.into();
         out[r - 2] = h + self.rows.0 + self.rows.1;
@@ -109,7 +113,10 @@ impl EvalOp for ReflectPad {
 
 impl TypedOp for ReflectPad {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        let shape = inputs[0].shape.as_concrete().context("ReflectPad: input shape not fixed")?;
+        let shape = inputs[0]
+            .shape
+            .as_concrete()
+            .context("ReflectPad: input shape not fixed")?;
         Ok(tvec!(f32::fact(self.output_shape(shape)?)))
     }
 
@@ -127,7 +134,9 @@ pub fn replace_reflect_pads(model: &mut TypedModel) -> TractResult<usize> {
             continue;
         }
         let fact = model.outlet_fact(node.inputs[0])?;
-        let Some(shape) = fact.shape.as_concrete() else { continue };
+        let Some(shape) = fact.shape.as_concrete() else {
+            continue;
+        };
         let r = shape.len();
         if fact.datum_type != f32::datum_type() || r < 2 || pad.pads.len() != r {
             continue;
@@ -197,7 +206,10 @@ mod tests {
 
     #[test]
     fn refuses_pads_as_long_as_the_axis() {
-        let op = ReflectPad { rows: (3, 0), cols: (0, 0) };
+        let op = ReflectPad {
+            rows: (3, 0),
+            cols: (0, 0),
+        };
         assert!(op.output_shape(&[1, 1, 3, 8]).is_err());
         assert!(op.output_shape(&[1, 1, 4, 8]).is_ok());
     }

@@ -1,6 +1,9 @@
 //! The kernels: one tile of [`M_TILE`] output channels × [`P_TILE`] pixels, each summing the
-//! products of a weight row and an im2col row of `kp` bytes into 32 bits. Guarantee: every kernel
-//! computes the same exact integer sums; they differ only in the instructions they use.
+//! products of a weight row and an im2col row of `kp` bytes into 32 bits, written pixel by pixel
+//! (`acc[pixel][channel]`, the order the requantisation stores channels-last). Guarantee: every
+//! kernel computes the same exact integer sums; they differ only in the instructions they use.
+//! No kernel builds closures or indexes its registers at run time: what the compiler cannot
+//! keep in registers costs a load and a store per multiply-add instruction.
 
 use super::{M_TILE, P_TILE};
 /// A byte of the kernel's input domain.
@@ -27,14 +30,14 @@ pub(super) fn tile_portable<T: InputByte>(
     b: &[u8],
     kp: usize,
     rows: usize,
-    acc: &mut [[i32; P_TILE]; M_TILE],
+    acc: &mut [[i32; M_TILE]; P_TILE],
 ) {
     // SAFETY: u8 and i8 have the same size and alignment; the domain only changes how a byte
     // widens.
     let b: &[T] = unsafe { std::slice::from_raw_parts(b.as_ptr() as *const T, b.len()) };
-    for (mi, row) in acc.iter_mut().enumerate().take(rows) {
+    for mi in 0..rows {
         let wr = &w[mi * kp..][..kp];
-        for (pi, a) in row.iter_mut().enumerate() {
+        for (pi, a) in acc.iter_mut().enumerate() {
             let br = &b[pi * kp..][..kp];
             let mut lanes = [0i32; 16];
             for (wc, bc) in wr.chunks_exact(16).zip(br.chunks_exact(16)) {
@@ -42,7 +45,7 @@ pub(super) fn tile_portable<T: InputByte>(
                     lanes[l] += wc[l] as i32 * bc[l].widen();
                 }
             }
-            *a = lanes.iter().sum();
+            a[mi] = lanes.iter().sum();
         }
     }
 }
@@ -81,9 +84,10 @@ pub(super) mod x86 {
                 let mut s = [[_mm256_setzero_si256(); P_TILE]; 4];
                 let mut k = 0;
                 while k + 32 <= $kp {
-                    let bv: [__m256i; P_TILE] = core::array::from_fn(|p| unsafe {
-                        _mm256_loadu_si256($b.as_ptr().add(p * $kp + k) as *const __m256i)
-                    });
+                    let mut bv = [_mm256_setzero_si256(); P_TILE];
+                    for (p, v) in bv.iter_mut().enumerate() {
+                        *v = unsafe { _mm256_loadu_si256($b.as_ptr().add(p * $kp + k) as *const __m256i) };
+                    }
                     for (mi, sm) in s.iter_mut().enumerate() {
                         let wv =
                             unsafe { _mm256_loadu_si256($w.as_ptr().add((half * 4 + mi) * $kp + k) as *const __m256i) };
@@ -95,9 +99,12 @@ pub(super) mod x86 {
                 }
                 if k < $kp {
                     // The last 16 bytes, in the low half of the registers.
-                    let bv: [__m256i; P_TILE] = core::array::from_fn(|p| unsafe {
-                        _mm256_zextsi128_si256(_mm_loadu_si128($b.as_ptr().add(p * $kp + k) as *const __m128i))
-                    });
+                    let mut bv = [_mm256_setzero_si256(); P_TILE];
+                    for (p, v) in bv.iter_mut().enumerate() {
+                        *v = unsafe {
+                            _mm256_zextsi128_si256(_mm_loadu_si128($b.as_ptr().add(p * $kp + k) as *const __m128i))
+                        };
+                    }
                     for (mi, sm) in s.iter_mut().enumerate() {
                         let wv = unsafe {
                             _mm256_zextsi128_si256(_mm_loadu_si128(
@@ -117,7 +124,9 @@ pub(super) mod x86 {
                     let r = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256::<1>(h));
                     let mut out = [0i32; 4];
                     unsafe { _mm_storeu_si128(out.as_mut_ptr() as *mut __m128i, r) };
-                    $acc[half * 4 + mi] = out;
+                    for (p, v) in out.into_iter().enumerate() {
+                        $acc[p][half * 4 + mi] = v;
+                    }
                 }
             }
         };
@@ -129,7 +138,7 @@ pub(super) mod x86 {
     /// The CPU has AVX-512 VNNI and VL; `w` holds M_TILE rows and `b` P_TILE rows of `kp`
     /// bytes, `kp` a multiple of 16.
     #[target_feature(enable = "avx2,avx512f,avx512vl,avx512vnni")]
-    pub unsafe fn tile_vnni(w: &[i8], b: &[u8], kp: usize, rows: usize, acc: &mut [[i32; P_TILE]; M_TILE]) {
+    pub unsafe fn tile_vnni(w: &[i8], b: &[u8], kp: usize, rows: usize, acc: &mut [[i32; M_TILE]; P_TILE]) {
         vnni_tile!(w, b, kp, rows, acc, _mm256_dpbusd_epi32);
     }
 
@@ -138,7 +147,7 @@ pub(super) mod x86 {
     /// # Safety
     /// The CPU has AVX-VNNI; the buffers as for [`tile_vnni`].
     #[target_feature(enable = "avx2")]
-    pub unsafe fn tile_avx_vnni(w: &[i8], b: &[u8], kp: usize, rows: usize, acc: &mut [[i32; P_TILE]; M_TILE]) {
+    pub unsafe fn tile_avx_vnni(w: &[i8], b: &[u8], kp: usize, rows: usize, acc: &mut [[i32; M_TILE]; P_TILE]) {
         vnni_tile!(w, b, kp, rows, acc, dpbusd_vex);
     }
 }
@@ -165,46 +174,109 @@ pub(super) mod arm {
         acc
     }
 
-    /// SDOT tile: 8 output channels (two registers of 4) × 4 pixels; per 16 bytes of k, four
-    /// pixel loads, eight weight loads and 32 `SDOT`s (512 multiply-adds).
+    /// SDOT tile over `H` groups of 4 output channels × 4 pixels; per 16 bytes of k, four
+    /// pixel loads, 4·`H` weight loads and 16·`H` `SDOT`s (256·`H` multiply-adds).
     ///
     /// # Safety
-    /// The CPU has the dot-product extension; `w` is in the `[m/4][k/4][4][4]` order for
-    /// M_TILE rows, `b` holds P_TILE rows of `kp` bytes, `kp` a multiple of 16.
+    /// The CPU has the dot-product extension; `w` is in the `[m/4][k/4][4][4]` order for `H`·4
+    /// rows, `b` holds P_TILE rows of `kp` bytes, `kp` a multiple of 16.
+    #[inline]
     #[target_feature(enable = "neon,dotprod")]
-    pub unsafe fn tile_sdot(w: &[i8], b: &[u8], kp: usize, halves: usize, acc: &mut [[i32; P_TILE]; M_TILE]) {
+    unsafe fn tile_sdot_h<const H: usize>(w: &[i8], b: &[u8], kp: usize, acc: &mut [[i32; M_TILE]; P_TILE]) {
+        debug_assert!(w.len() >= H * 4 * kp && b.len() >= P_TILE * kp && kp % 16 == 0);
         unsafe {
-            let mut s = [[vdupq_n_s32(0); P_TILE]; 2];
+            let zero = vdupq_n_s32(0);
+            let mut s = [[zero; P_TILE]; H];
             let wq = kp / 4 * 16; // bytes per 4 output channels
+            let bp = b.as_ptr() as *const i8;
             let mut k = 0;
             while k < kp {
-                let bv: [int8x16_t; P_TILE] =
-                    core::array::from_fn(|p| vld1q_s8(b.as_ptr().add(p * kp + k) as *const i8));
-                for (h, sh) in s.iter_mut().enumerate().take(halves) {
+                let b0 = vld1q_s8(bp.add(k));
+                let b1 = vld1q_s8(bp.add(kp + k));
+                let b2 = vld1q_s8(bp.add(2 * kp + k));
+                let b3 = vld1q_s8(bp.add(3 * kp + k));
+                for (h, sh) in s.iter_mut().enumerate() {
                     let base = w.as_ptr().add(h * wq + k / 4 * 16);
                     let w0 = vld1q_s8(base);
                     let w1 = vld1q_s8(base.add(16));
                     let w2 = vld1q_s8(base.add(32));
                     let w3 = vld1q_s8(base.add(48));
-                    for p in 0..P_TILE {
-                        let mut a = sh[p];
-                        a = sdot::<0>(a, w0, bv[p]);
-                        a = sdot::<1>(a, w1, bv[p]);
-                        a = sdot::<2>(a, w2, bv[p]);
-                        a = sdot::<3>(a, w3, bv[p]);
-                        sh[p] = a;
+                    for (a, bv) in sh.iter_mut().zip([b0, b1, b2, b3]) {
+                        *a = sdot::<0>(*a, w0, bv);
+                        *a = sdot::<1>(*a, w1, bv);
+                        *a = sdot::<2>(*a, w2, bv);
+                        *a = sdot::<3>(*a, w3, bv);
                     }
                 }
                 k += 16;
             }
-            for (h, sh) in s.iter().enumerate().take(halves) {
-                for p in 0..P_TILE {
-                    let mut lanes = [0i32; 4];
-                    vst1q_s32(lanes.as_mut_ptr(), sh[p]);
-                    for (mi, v) in lanes.iter().enumerate() {
-                        acc[h * 4 + mi][p] = *v;
+            for (h, sh) in s.iter().enumerate() {
+                for (p, a) in sh.iter().enumerate() {
+                    vst1q_s32(acc[p].as_mut_ptr().add(h * 4), *a);
+                }
+            }
+        }
+    }
+
+    /// SDOT tile: 8 output channels (two registers of 4, `halves` = 2) or 4 (`halves` = 1) ×
+    /// 4 pixels; per 16 bytes of k, four pixel loads, eight weight loads and 32 `SDOT`s
+    /// (512 multiply-adds).
+    ///
+    /// # Safety
+    /// As [`tile_sdot_h`], for `halves`·4 rows.
+    #[target_feature(enable = "neon,dotprod")]
+    pub unsafe fn tile_sdot(w: &[i8], b: &[u8], kp: usize, halves: usize, acc: &mut [[i32; M_TILE]; P_TILE]) {
+        unsafe {
+            if halves == 2 {
+                tile_sdot_h::<2>(w, b, kp, acc)
+            } else {
+                tile_sdot_h::<1>(w, b, kp, acc)
+            }
+        }
+    }
+
+    /// SMLAL tile for the aarch64 cores without the dot product (Cortex-A53/A72): for each 16
+    /// bytes of k and each of 4 output channels × 4 pixels, `SMULL` and `SMLAL2` multiply the
+    /// 8-bit pairs into 16-bit lanes (two products per lane) and `SADALP` adds the lanes pairwise
+    /// into 32-bit accumulators: 3 instructions per 16 multiply-adds. Two products of a lane fit
+    /// 16 bits unless both are −128 × −128, so the weights must not hold −128 (checked at load).
+    ///
+    /// # Safety
+    /// `w` holds `rows` rows (a multiple of 4) and `b` P_TILE rows of `kp` bytes, `kp` a
+    /// multiple of 16; no weight is −128.
+    #[target_feature(enable = "neon")]
+    pub unsafe fn tile_smlal(w: &[i8], b: &[u8], kp: usize, rows: usize, acc: &mut [[i32; M_TILE]; P_TILE]) {
+        debug_assert!(w.len() >= rows * kp && b.len() >= P_TILE * kp && kp % 16 == 0 && rows % 4 == 0);
+        unsafe {
+            let bp = b.as_ptr() as *const i8;
+            let mut m0 = 0;
+            while m0 < rows {
+                let zero = vdupq_n_s32(0);
+                let mut s = [[zero; P_TILE]; 4];
+                let mut k = 0;
+                while k < kp {
+                    let bv = [
+                        vld1q_s8(bp.add(k)),
+                        vld1q_s8(bp.add(kp + k)),
+                        vld1q_s8(bp.add(2 * kp + k)),
+                        vld1q_s8(bp.add(3 * kp + k)),
+                    ];
+                    for (mi, sm) in s.iter_mut().enumerate() {
+                        let wv = vld1q_s8(w.as_ptr().add((m0 + mi) * kp + k));
+                        let wl = vget_low_s8(wv);
+                        for (a, bq) in sm.iter_mut().zip(bv) {
+                            let prod = vmlal_high_s8(vmull_s8(wl, vget_low_s8(bq)), wv, bq);
+                            *a = vpadalq_s16(*a, prod);
+                        }
+                    }
+                    k += 16;
+                }
+                for (mi, sm) in s.iter().enumerate() {
+                    for (p, a) in sm.iter().enumerate() {
+                        acc[p][m0 + mi] = vaddvq_s32(*a);
                     }
                 }
+                m0 += 4;
             }
         }
     }

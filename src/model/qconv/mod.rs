@@ -84,6 +84,46 @@ pub fn fused_on_this_cpu() -> bool {
     Kernel::detect() != Kernel::Portable || std::env::var_os("FERROSCOPE_PORTABLE_KERNEL").is_some()
 }
 
+/// Hand activations from one [`QConv`] to the next channels-last, in the kernel's domain: where
+/// every consumer of a convolution's output is a one-group [`QConv`] (and the output is not
+/// the model's), the producer writes `[n][h][w][c]` with the sign bit already flipped for a
+/// signed kernel, and the consumers skip their transposition. The tensor between them keeps
+/// its NCHW shape for tract; only the two operators read its bytes, and both know the order.
+/// Run on the optimised model, after which no pass rewrites the graph. Returns how many
+/// outputs were handed over so.
+pub fn chain_channels_last(model: &mut TypedModel) -> TractResult<usize> {
+    let outputs = model.output_outlets()?.to_vec();
+    let mut chained = 0;
+    for id in 0..model.nodes().len() {
+        let node = model.node(id);
+        if node.op_as::<QConv>().is_none() || outputs.contains(&OutletId::new(id, 0)) {
+            continue;
+        }
+        let succs: Vec<InletId> = node.outputs[0].successors.iter().copied().collect();
+        let all_qconv = !succs.is_empty()
+            && succs.iter().all(|s| {
+                s.slot == 0
+                    && model
+                        .node(s.node)
+                        .op_as::<QConv>()
+                        .is_some_and(|c| c.geometry.group == 1)
+            });
+        if !all_qconv {
+            continue;
+        }
+        if let Some(op) = model.node_mut(id).op_as_mut::<QConv>() {
+            op.output_hwc = true;
+        }
+        for s in succs {
+            if let Some(op) = model.node_mut(s.node).op_as_mut::<QConv>() {
+                op.input_hwc = true;
+            }
+        }
+        chained += 1;
+    }
+    Ok(chained)
+}
+
 /// Geometry of a 2-D convolution.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Geometry {
@@ -235,6 +275,8 @@ pub enum Kernel {
     X86AvxVnni,
     /// aarch64 `SDOT` by element: i8 × i8.
     ArmDot,
+    /// aarch64 without the dot product: `SMULL`/`SMLAL2` into 16 bits, `SADALP` into 32: i8 × i8.
+    ArmSmlal,
     /// Portable, vectorised by the compiler; u8 × i8 on x86-64, i8 × i8 elsewhere.
     Portable,
 }
@@ -258,7 +300,9 @@ impl Kernel {
             if std::arch::is_aarch64_feature_detected!("dotprod") {
                 return Kernel::ArmDot;
             }
+            return Kernel::ArmSmlal;
         }
+        #[allow(unreachable_code)]
         Kernel::Portable
     }
 
@@ -266,7 +310,7 @@ impl Kernel {
     fn signed_input(self) -> bool {
         match self {
             Kernel::X86Vnni | Kernel::X86AvxVnni => false,
-            Kernel::ArmDot => true,
+            Kernel::ArmDot | Kernel::ArmSmlal => true,
             Kernel::Portable => !cfg!(target_arch = "x86_64"),
         }
     }
@@ -288,13 +332,20 @@ pub struct QConv {
     /// The same weights as `SDOT` reads them: per group, per 4 output channels, per 4 k,
     /// 16 bytes (channel-major).
     w_dot: Vec<i8>,
-    /// Bias with the zero points folded in, per padded output channel.
+    /// Bias with the zero points folded in, per padded output channel (and [`M_TILE`] more, so
+    /// every tile reads a whole [`M_TILE`] row).
     bias: Vec<i32>,
-    /// sx·sw/sy per padded output channel.
+    /// sx·sw/sy per padded output channel (and [`M_TILE`] more).
     mult: Vec<f32>,
     zy: u8,
     /// The byte that stands for zero input in the kernel's domain (padding).
     pad_byte: u8,
+    /// The input arrives channels-last and already in the kernel's domain, from a [`QConv`]
+    /// that wrote it so ([`chain_channels_last`]).
+    input_hwc: bool,
+    /// Write the output channels-last in the consumers' kernel domain: set only when every
+    /// consumer is a [`QConv`] reading it so ([`chain_channels_last`]).
+    output_hwc: bool,
 }
 
 impl Eq for QConv {}
@@ -313,7 +364,31 @@ impl QConv {
         zy: u8,
         bias: Option<&[i32]>,
     ) -> TractResult<QConv> {
-        let kernel = Kernel::detect();
+        QConv::with_kernel(Kernel::detect(), geometry, c_in, wshape, w, sx, zx, sw, sy, zy, bias)
+    }
+
+    /// [`QConv::new`] for a given kernel (which the CPU must run).
+    #[allow(clippy::too_many_arguments)]
+    fn with_kernel(
+        kernel: Kernel,
+        geometry: Geometry,
+        c_in: usize,
+        wshape: &[usize],
+        w: &[i8],
+        sx: f32,
+        zx: u8,
+        sw: &[f32],
+        sy: f32,
+        zy: u8,
+        bias: Option<&[i32]>,
+    ) -> TractResult<QConv> {
+        // SMLAL sums two products in 16 bits: no weight may be −128 (the portable kernel runs
+        // such a convolution instead).
+        let kernel = if kernel == Kernel::ArmSmlal && w.contains(&i8::MIN) {
+            Kernel::Portable
+        } else {
+            kernel
+        };
         let [m_out, cg, kh, kw] = [wshape[0], wshape[1], wshape[2], wshape[3]];
         let group = geometry.group;
         if group == 0 || c_in != cg * group || m_out % group != 0 || [kh, kw] != geometry.kernel {
@@ -325,8 +400,8 @@ impl QConv {
         let mgp = mg.div_ceil(4) * 4;
         let signed = kernel.signed_input();
         let mut w_rows = vec![0i8; group * mgp * kp];
-        let mut bias_f = vec![0i32; group * mgp];
-        let mut mult = vec![0f32; group * mgp];
+        let mut bias_f = vec![0i32; group * mgp + M_TILE];
+        let mut mult = vec![0f32; group * mgp + M_TILE];
         for g in 0..group {
             for j in 0..mg {
                 let m = g * mg + j;
@@ -381,6 +456,8 @@ impl QConv {
             mult,
             zy,
             pad_byte: if signed { zx ^ 0x80 } else { zx },
+            input_hwc: false,
+            output_hwc: false,
         })
     }
 
@@ -401,25 +478,33 @@ impl QConv {
         let pixels = oh * ow;
         let signed = self.kernel.signed_input();
         // RUN_SLACK bytes past the end let `copy_run` move short runs 16 bytes at a time.
-        scratch.hwc.resize(h * w * cg + RUN_SLACK, 0);
+        if !self.input_hwc {
+            scratch.hwc.resize(h * w * cg + RUN_SLACK, 0);
+        }
         scratch.cols.resize(P_BLOCK * self.kp + RUN_SLACK, 0);
         for b in 0..n {
             for gi in 0..group {
-                // The group's input, channels last, in the kernel's domain.
-                let xg = &x[(b * self.c_in + gi * cg) * h * w..][..cg * h * w];
-                let flip = if signed { 0x80 } else { 0 };
-                if cg == 1 {
-                    for (d, s) in scratch.hwc.iter_mut().zip(xg) {
-                        *d = s ^ flip;
-                    }
+                // The group's input, channels last, in the kernel's domain: as it arrives from a
+                // chained convolution (one group), or transposed here.
+                let hwc: &[u8] = if self.input_hwc {
+                    &x[b * h * w * cg..][..h * w * cg]
                 } else {
-                    for c in 0..cg {
-                        let plane = &xg[c * h * w..][..h * w];
-                        for (i, &v) in plane.iter().enumerate() {
-                            scratch.hwc[i * cg + c] = v ^ flip;
+                    let xg = &x[(b * self.c_in + gi * cg) * h * w..][..cg * h * w];
+                    let flip = if signed { 0x80 } else { 0 };
+                    if cg == 1 {
+                        for (d, s) in scratch.hwc.iter_mut().zip(xg) {
+                            *d = s ^ flip;
+                        }
+                    } else {
+                        for c in 0..cg {
+                            let plane = &xg[c * h * w..][..h * w];
+                            for (i, &v) in plane.iter().enumerate() {
+                                scratch.hwc[i * cg + c] = v ^ flip;
+                            }
                         }
                     }
-                }
+                    &scratch.hwc
+                };
                 let mut p0 = 0;
                 while p0 < pixels {
                     let np = P_BLOCK.min(pixels - p0);
@@ -434,38 +519,39 @@ impl QConv {
                                 // The taps of one kernel row are kw·cg contiguous bytes.
                                 let at = row0 + ky * kw * cg;
                                 if iy < 0 || iy >= h as isize {
-                                    scratch.cols[at..at + kw * cg].fill(self.pad_byte);
+                                    fill_run(&mut scratch.cols, at, kw * cg, self.pad_byte);
                                     continue;
                                 }
                                 let ix0 = (ox * g.strides[1]) as isize - g.pads[1] as isize;
                                 let lo = (-ix0).clamp(0, kw as isize) as usize;
                                 let hi = (w as isize - ix0).clamp(lo as isize, kw as isize) as usize;
+                                // In increasing order: each move may write past its run.
+                                fill_run(&mut scratch.cols, at, lo * cg, self.pad_byte);
                                 if hi > lo {
                                     let from = (iy as usize * w + (ix0 + lo as isize) as usize) * cg;
-                                    copy_run(&mut scratch.cols, at + lo * cg, &scratch.hwc, from, (hi - lo) * cg);
+                                    copy_run(&mut scratch.cols, at + lo * cg, hwc, from, (hi - lo) * cg);
                                 }
-                                scratch.cols[at + hi * cg..at + kw * cg].fill(self.pad_byte);
-                                scratch.cols[at..at + lo * cg].fill(self.pad_byte);
+                                fill_run(&mut scratch.cols, at + hi * cg, (kw - hi) * cg, self.pad_byte);
                                 continue;
                             }
                             for kx in 0..kw {
                                 let ix = (ox * g.strides[1] + kx * g.dilations[1]) as isize - g.pads[1] as isize;
                                 let at = row0 + (ky * kw + kx) * cg;
                                 if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
-                                    scratch.cols[at..at + cg].fill(self.pad_byte);
+                                    fill_run(&mut scratch.cols, at, cg, self.pad_byte);
                                 } else {
                                     let from = (iy as usize * w + ix as usize) * cg;
-                                    copy_run(&mut scratch.cols, at, &scratch.hwc, from, cg);
+                                    copy_run(&mut scratch.cols, at, hwc, from, cg);
                                 }
                             }
                         }
-                        scratch.cols[row0 + kh * kw * cg..row0 + self.kp].fill(0);
+                        fill_run(&mut scratch.cols, row0 + kh * kw * cg, self.kp - kh * kw * cg, 0);
                     }
                     for pi in np..np.div_ceil(P_TILE) * P_TILE {
                         scratch.cols[pi * self.kp..][..self.kp].fill(0);
                     }
-                    let yg = &mut y[(b * self.m_out + gi * mg) * pixels..][..mg * pixels];
-                    self.block(gi, &scratch.cols, np, p0, pixels, mg, yg);
+                    let yb = &mut y[b * self.m_out * pixels..][..self.m_out * pixels];
+                    self.block(gi, &scratch.cols, np, p0, pixels, mg, yb);
                     p0 += np;
                 }
             }
@@ -473,14 +559,25 @@ impl QConv {
         Ok(())
     }
 
-    /// The tiles of one im2col block: `np` pixels starting at pixel `p0` of the output plane.
+    /// The tiles of one im2col block: `np` pixels starting at pixel `p0` of the output plane,
+    /// requantised into `yb` (one image's output: channel-major planes, or channels-last when
+    /// [`QConv::output_hwc`]).
     #[allow(clippy::too_many_arguments)]
-    fn block(&self, gi: usize, cols: &[u8], np: usize, p0: usize, pixels: usize, mg: usize, yg: &mut [u8]) {
+    fn block(&self, gi: usize, cols: &[u8], np: usize, p0: usize, pixels: usize, mg: usize, yb: &mut [u8]) {
         let kp = self.kp;
-        let mut acc = [[0i32; P_TILE]; M_TILE];
+        let mut acc = [[0i32; M_TILE]; P_TILE];
+        // Channels-last output is written in the consumers' domain (they share this kernel).
+        let flip = if self.output_hwc && self.kernel.signed_input() {
+            0x80
+        } else {
+            0
+        };
         for mt in 0..self.mgp.div_ceil(M_TILE) {
             let mrow = gi * self.mgp + mt * M_TILE;
             let rows = M_TILE.min(self.mgp - mt * M_TILE);
+            let valid = M_TILE.min(mg - mt * M_TILE);
+            let bias: &[i32; M_TILE] = self.bias[mrow..mrow + M_TILE].try_into().expect("padded bias");
+            let mult: &[f32; M_TILE] = self.mult[mrow..mrow + M_TILE].try_into().expect("padded mult");
             for pt in 0..np.div_ceil(P_TILE) {
                 let b = &cols[pt * P_TILE * kp..][..P_TILE * kp];
                 match self.kernel {
@@ -496,6 +593,10 @@ impl QConv {
                     Kernel::ArmDot => unsafe {
                         kernels::arm::tile_sdot(&self.w_dot[mrow * kp..][..rows * kp], b, kp, rows / 4, &mut acc)
                     },
+                    #[cfg(target_arch = "aarch64")]
+                    Kernel::ArmSmlal => unsafe {
+                        kernels::arm::tile_smlal(&self.w_rows[mrow * kp..][..rows * kp], b, kp, rows, &mut acc)
+                    },
                     _ => {
                         if self.kernel.signed_input() {
                             tile_portable::<i8>(&self.w_rows[mrow * kp..][..rows * kp], b, kp, rows, &mut acc)
@@ -504,18 +605,24 @@ impl QConv {
                         }
                     }
                 }
-                // Requantise and store: channel-major, the tile's pixels contiguous.
                 let first = pt * P_TILE;
                 let count = P_TILE.min(np - first);
-                for (mi, row) in acc.iter().enumerate().take(rows) {
-                    let j = mt * M_TILE + mi;
-                    if j >= mg {
-                        break;
+                let c0 = gi * mg + mt * M_TILE;
+                for (pi, a) in acc.iter().enumerate().take(count) {
+                    let q = requantise(a, bias, mult, self.zy, flip);
+                    let p = p0 + first + pi;
+                    if self.output_hwc {
+                        let at = p * self.m_out + c0;
+                        if valid == M_TILE {
+                            yb[at..at + M_TILE].copy_from_slice(&q);
+                        } else {
+                            yb[at..at + valid].copy_from_slice(&q[..valid]);
+                        }
+                    } else {
+                        for (j, &v) in q.iter().enumerate().take(valid) {
+                            yb[(c0 + j) * pixels + p] = v;
+                        }
                     }
-                    let (bias, mult) = (self.bias[mrow + mi], self.mult[mrow + mi]);
-                    // A fixed four lanes, so the compiler requantises them as one vector.
-                    let q: [u8; P_TILE] = core::array::from_fn(|p| requantise(row[p] + bias, mult, self.zy));
-                    yg[j * pixels + p0 + first..][..count].copy_from_slice(&q[..count]);
                 }
             }
         }
@@ -525,29 +632,116 @@ impl QConv {
 /// Bytes of slack after the scratch buffers for [`copy_run`]'s 16-byte moves.
 const RUN_SLACK: usize = 16;
 
-/// Copy `n` bytes from `src[from..]` to `dst[at..]`. Runs of at most 16 bytes move as one
-/// 16-byte load and store (a kernel row of a thin input is a few bytes; a call to `memcpy`
-/// would cost more than the move); the bytes written past the run are rewritten by the
-/// caller, which fills im2col rows in increasing order and its padding after the runs.
+/// Copy `n` bytes from `src[from..]` to `dst[at..]`, 16 bytes at a time and inline (a call to
+/// `memcpy` costs more than the move for the runs of an im2col row: a kernel row of a few
+/// channels, or one tap of a few dozen). A run of at most 16 bytes moves as one 16-byte load and
+/// store when both buffers have room; the bytes written past the run are rewritten by the caller,
+/// which fills im2col rows in increasing order and its padding after the runs. A longer run ends
+/// with a 16-byte move that overlaps the one before.
 #[inline(always)]
 fn copy_run(dst: &mut [u8], at: usize, src: &[u8], from: usize, n: usize) {
-    if n <= 16 && at + 16 <= dst.len() && from + 16 <= src.len() {
-        // SAFETY: both ranges are in bounds (checked just above) and the buffers are distinct.
-        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr().add(from), dst.as_mut_ptr().add(at), 16) };
-    } else {
-        dst[at..at + n].copy_from_slice(&src[from..from + n]);
+    if n <= 16 {
+        if at + 16 <= dst.len() && from + 16 <= src.len() {
+            dst[at..at + 16].copy_from_slice(&src[from..from + 16]);
+        } else {
+            dst[at..at + n].copy_from_slice(&src[from..from + n]);
+        }
+        return;
+    }
+    let mut i = 0;
+    while i + 16 <= n {
+        dst[at + i..at + i + 16].copy_from_slice(&src[from + i..from + i + 16]);
+        i += 16;
+    }
+    if i < n {
+        let (a, f) = (at + n - 16, from + n - 16);
+        dst[a..a + 16].copy_from_slice(&src[f..f + 16]);
     }
 }
 
-/// `saturate(round_half_even(acc · mult) + zy)`, rounding by the f32 magic number (exact
-/// ties-to-even for |v| < 2^22, and vectorisable without SSE4.1).
+/// Set `n` bytes of `dst` from `at` to `byte`, 16 at a time and inline, under the same contract
+/// as [`copy_run`] (a short run may write 16 bytes; the caller writes in increasing order).
 #[inline(always)]
-fn requantise(acc: i32, mult: f32, zy: u8) -> u8 {
+fn fill_run(dst: &mut [u8], at: usize, n: usize, byte: u8) {
+    if n == 0 {
+        return;
+    }
+    if n < 16 {
+        if at + 16 <= dst.len() {
+            dst[at..at + 16].copy_from_slice(&[byte; 16]);
+        } else {
+            dst[at..at + n].fill(byte);
+        }
+        return;
+    }
+    let v = [byte; 16];
+    let mut i = 0;
+    while i + 16 <= n {
+        dst[at + i..at + i + 16].copy_from_slice(&v);
+        i += 16;
+    }
+    if i < n {
+        dst[at + n - 16..at + n].copy_from_slice(&v);
+    }
+}
+
+/// One pixel's [`M_TILE`] channels: `saturate(round_half_even((acc + bias) · mult) + zy)`, with
+/// the sign bit flipped by `flip` (the signed domain of a chained consumer). Rounding by the f32
+/// magic number (exact ties-to-even for |v| < 2^22, and vectorisable without SSE4.1); fixed-size
+/// arrays and no closure, so the compiler requantises the tile's channels as vectors.
+#[cfg(not(target_arch = "aarch64"))]
+#[inline(always)]
+fn requantise(acc: &[i32; M_TILE], bias: &[i32; M_TILE], mult: &[f32; M_TILE], zy: u8, flip: u8) -> [u8; M_TILE] {
     const MAGIC: f32 = 12_582_912.0; // 1.5 · 2^23
-    let v = acc as f32 * mult;
-    let v = v.clamp(-1.0e6, 1.0e6);
-    let r = (v + MAGIC) - MAGIC;
-    (r + zy as f32).clamp(0.0, 255.0) as u8
+    let zy = zy as f32;
+    let mut q = [0u8; M_TILE];
+    for m in 0..M_TILE {
+        let v = (acc[m].wrapping_add(bias[m])) as f32 * mult[m];
+        let v = v.clamp(-1.0e6, 1.0e6);
+        let r = (v + MAGIC) - MAGIC;
+        q[m] = ((r + zy).clamp(0.0, 255.0) as u8) ^ flip;
+    }
+    q
+}
+
+/// [`requantise`] in NEON (every aarch64 core has it): the same f32 product, `FCVTNS` rounds it
+/// half to even (saturating, as the clamp), then saturating narrowing to 16 and 8 bits.
+#[cfg(target_arch = "aarch64")]
+#[inline(always)]
+fn requantise(acc: &[i32; M_TILE], bias: &[i32; M_TILE], mult: &[f32; M_TILE], zy: u8, flip: u8) -> [u8; M_TILE] {
+    use std::arch::aarch64::*;
+    let mut q = [0u8; M_TILE];
+    // SAFETY: NEON is part of aarch64; every pointer reads or writes 4 or 8 elements of an
+    // array of M_TILE = 8.
+    unsafe {
+        let z = vdupq_n_s32(zy as i32);
+        let lo = requantise4(acc.as_ptr(), bias.as_ptr(), mult.as_ptr(), z);
+        let hi = requantise4(acc.as_ptr().add(4), bias.as_ptr().add(4), mult.as_ptr().add(4), z);
+        let u = vqmovun_s16(vcombine_s16(lo, hi));
+        vst1_u8(q.as_mut_ptr(), veor_u8(u, vdup_n_u8(flip)));
+    }
+    q
+}
+
+/// Four channels of [`requantise`]: `(acc + bias) · mult`, rounded half to even, `+ zy`, as
+/// saturated 16-bit lanes.
+///
+/// # Safety
+/// Each pointer reads four elements.
+#[cfg(target_arch = "aarch64")]
+#[inline(always)]
+unsafe fn requantise4(
+    acc: *const i32,
+    bias: *const i32,
+    mult: *const f32,
+    z: std::arch::aarch64::int32x4_t,
+) -> std::arch::aarch64::int16x4_t {
+    use std::arch::aarch64::*;
+    unsafe {
+        let a = vaddq_s32(vld1q_s32(acc), vld1q_s32(bias));
+        let v = vmulq_f32(vcvtq_f32_s32(a), vld1q_f32(mult));
+        vqmovn_s32(vqaddq_s32(vcvtnq_s32_f32(v), z))
+    }
 }
 
 /// Scratch kept between runs: the channels-last input and one im2col block.
@@ -602,8 +796,9 @@ impl Op for QConv {
     }
 
     fn info(&self) -> TractResult<Vec<String>> {
+        let layout = |hwc: bool| if hwc { "channels-last" } else { "NCHW" };
         Ok(vec![format!(
-            "kernel {:?}, {}x{} taps, {} → {} channels, group {}, strides {:?}, dilations {:?}",
+            "kernel {:?}, {}x{} taps, {} → {} channels, group {}, strides {:?}, dilations {:?}, in {}, out {}",
             self.kernel,
             self.geometry.kernel[0],
             self.geometry.kernel[1],
@@ -611,7 +806,9 @@ impl Op for QConv {
             self.m_out,
             self.geometry.group,
             self.geometry.strides,
-            self.geometry.dilations
+            self.geometry.dilations,
+            layout(self.input_hwc),
+            layout(self.output_hwc)
         )])
     }
 
@@ -642,4 +839,192 @@ impl TypedOp for QConv {
     }
 
     as_op!();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The kernels this CPU runs, the portable one first.
+    fn kernels_here() -> Vec<Kernel> {
+        let mut k = vec![Kernel::Portable];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512vnni") && std::arch::is_x86_feature_detected!("avx512vl") {
+                k.push(Kernel::X86Vnni);
+            }
+            if std::arch::is_x86_feature_detected!("avxvnni") {
+                k.push(Kernel::X86AvxVnni);
+            }
+        }
+        #[cfg(target_arch = "aarch64")]
+        {
+            if std::arch::is_aarch64_feature_detected!("dotprod") {
+                k.push(Kernel::ArmDot);
+            }
+            k.push(Kernel::ArmSmlal);
+        }
+        k
+    }
+
+    struct Rng(u32);
+    impl Rng {
+        fn byte(&mut self) -> u8 {
+            self.0 = self.0.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (self.0 >> 24) as u8
+        }
+    }
+
+    struct Case {
+        geometry: Geometry,
+        c_in: usize,
+        m_out: usize,
+        h: usize,
+        w: usize,
+        x: Vec<u8>,
+        wts: Vec<i8>,
+        bias: Vec<i32>,
+        sw: Vec<f32>,
+    }
+
+    const SX: f32 = 0.02;
+    const ZX: u8 = 119;
+    const SY: f32 = 0.05;
+    const ZY: u8 = 131;
+
+    fn case(
+        rng: &mut Rng,
+        c_in: usize,
+        m_out: usize,
+        k: usize,
+        stride: usize,
+        dil: usize,
+        group: usize,
+        hw: [usize; 2],
+    ) -> Case {
+        let pad = dil * (k - 1) / 2;
+        let geometry = Geometry {
+            kernel: [k, k],
+            strides: [stride, stride],
+            dilations: [dil, dil],
+            pads: [pad, pad, pad, pad],
+            group,
+        };
+        let cg = c_in / group;
+        Case {
+            geometry,
+            c_in,
+            m_out,
+            h: hw[0],
+            w: hw[1],
+            x: (0..c_in * hw[0] * hw[1]).map(|_| rng.byte()).collect(),
+            wts: (0..m_out * cg * k * k).map(|_| (rng.byte() as i8) / 2).collect(),
+            bias: (0..m_out).map(|i| (i as i32 - 3) * 97).collect(),
+            sw: (0..m_out).map(|i| 0.004 + 0.0005 * i as f32).collect(),
+        }
+    }
+
+    fn op(c: &Case, kernel: Kernel) -> QConv {
+        let k = c.geometry.kernel;
+        let wshape = [c.m_out, c.c_in / c.geometry.group, k[0], k[1]];
+        QConv::with_kernel(
+            kernel,
+            c.geometry.clone(),
+            c.c_in,
+            &wshape,
+            &c.wts,
+            SX,
+            ZX,
+            &c.sw,
+            SY,
+            ZY,
+            Some(&c.bias),
+        )
+        .unwrap()
+    }
+
+    /// The convolution by its definition: Σ (x − zx)·w + b, times sx·sw/sy, rounded half to
+    /// even, plus zy, saturated (NCHW).
+    fn reference(c: &Case) -> Vec<u8> {
+        let g = &c.geometry;
+        let [oh, ow] = g.output_hw(c.h, c.w).unwrap();
+        let cg = c.c_in / g.group;
+        let mg = c.m_out / g.group;
+        let mut y = vec![0u8; c.m_out * oh * ow];
+        for m in 0..c.m_out {
+            let gi = m / mg;
+            let mult = (SX as f64 * c.sw[m] as f64 / SY as f64) as f32;
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let mut acc = c.bias[m];
+                    for ci in 0..cg {
+                        for ky in 0..g.kernel[0] {
+                            for kx in 0..g.kernel[1] {
+                                let iy = (oy * g.strides[0] + ky * g.dilations[0]) as isize - g.pads[0] as isize;
+                                let ix = (ox * g.strides[1] + kx * g.dilations[1]) as isize - g.pads[1] as isize;
+                                if iy < 0 || ix < 0 || iy >= c.h as isize || ix >= c.w as isize {
+                                    continue;
+                                }
+                                let xv =
+                                    c.x[((gi * cg + ci) * c.h + iy as usize) * c.w + ix as usize] as i32 - ZX as i32;
+                                let wv = c.wts[((m * cg + ci) * g.kernel[0] + ky) * g.kernel[1] + kx] as i32;
+                                acc += xv * wv;
+                            }
+                        }
+                    }
+                    let v = (acc as f32 * mult).clamp(-1.0e6, 1.0e6).round_ties_even();
+                    y[(m * oh + oy) * ow + ox] = (v + ZY as f32).clamp(0.0, 255.0) as u8;
+                }
+            }
+        }
+        y
+    }
+
+    fn run(op: &QConv, c: &Case, x: &[u8]) -> Vec<u8> {
+        let [oh, ow] = c.geometry.output_hw(c.h, c.w).unwrap();
+        let mut y = vec![0u8; c.m_out * oh * ow];
+        op.run(&mut Scratch::default(), x, 1, c.h, c.w, &mut y).unwrap();
+        y
+    }
+
+    fn cases() -> Vec<Case> {
+        let mut rng = Rng(5);
+        vec![
+            case(&mut rng, 1, 16, 3, 1, 1, 1, [19, 23]),
+            case(&mut rng, 16, 32, 3, 2, 1, 1, [17, 12]),
+            case(&mut rng, 24, 12, 3, 1, 2, 1, [11, 14]),
+            case(&mut rng, 48, 9, 3, 1, 4, 1, [13, 13]),
+            case(&mut rng, 64, 1, 1, 1, 1, 1, [9, 7]),
+            case(&mut rng, 7, 7, 5, 1, 1, 7, [12, 10]),
+        ]
+    }
+
+    #[test]
+    fn every_kernel_computes_the_definition() {
+        for (i, c) in cases().iter().enumerate() {
+            let want = reference(c);
+            for kernel in kernels_here() {
+                assert_eq!(run(&op(c, kernel), c, &c.x), want, "case {i}, kernel {kernel:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_channels_last_hand_off_changes_no_byte() {
+        let mut rng = Rng(9);
+        let a = case(&mut rng, 8, 24, 3, 2, 1, 1, [21, 18]);
+        let [ah, aw] = a.geometry.output_hw(a.h, a.w).unwrap();
+        let b = case(&mut rng, 24, 16, 3, 1, 2, 1, [ah, aw]);
+        for kernel in kernels_here() {
+            let (op_a, op_b) = (op(&a, kernel), op(&b, kernel));
+            let mid = run(&op_a, &a, &a.x);
+            let want = run(&op_b, &b, &mid);
+            let (mut op_a, mut op_b) = (op_a, op_b);
+            op_a.output_hwc = true;
+            op_b.input_hwc = true;
+            let mid_hwc = run(&op_a, &a, &a.x);
+            assert_ne!(mid_hwc, mid, "the hand-off is channels-last");
+            assert_eq!(run(&op_b, &b, &mid_hwc), want, "kernel {kernel:?}");
+        }
+    }
 }
