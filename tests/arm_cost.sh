@@ -16,6 +16,9 @@
 #   bash tests/arm_cost.sh --json          # one object {"results": [{"model", "precision", "cpu", ...}]}
 #   bash tests/arm_cost.sh --quick         # CI: neu_classify only (about a minute)
 #   bash tests/arm_cost.sh --model kolektor_segment --cpu cortex-a76
+#   bash tests/arm_cost.sh --profile --model kolektor_segment [--precision f32] [--cpu cortex-a72]
+#                                          # where one inference spends them, function by function
+#                                          # (tests/arm_cost/profile.py; an unstripped static build)
 #
 # FERROSCOPE_BIN_AARCH64 / FERROSCOPE_BIN_ARMV7 name existing binaries (e.g. tests/cross.sh's);
 # otherwise they are built here as tests/cross.sh builds them (cargo zigbuild, glibc 2.31 floor;
@@ -46,6 +49,15 @@ CFLAGS=(-shared -fPIC -O2 -Wall -Wextra -Werror)
 cc "${CFLAGS[@]}" -o "$WORK/insn_count.so" tests/arm_cost/insn_count.c
 
 python3 -c 'import onnx' 2>/dev/null || pip install -q onnx
+
+if [ "${1:-}" = --profile ]; then
+    shift
+    # static (musl), so the C library's functions have names too; symbols kept
+    CARGO_PROFILE_RELEASE_STRIP=false CARGO_TARGET_DIR=$WORK/profile-build \
+        cargo zigbuild --release --target aarch64-unknown-linux-musl --bin ferroscope >&2
+    exec python3 tests/arm_cost/profile.py --plugin "$WORK/insn_count.so" \
+        --bin "$WORK/profile-build/aarch64-unknown-linux-musl/release/ferroscope" "$@"
+fi
 
 build() { # target → path of the release binary
     local t=$1

@@ -7,6 +7,9 @@
 # floor read from its symbol versions (or its being static), then under qemu-user:
 #   - tests/arch_scores.rs: the shipped classify, segment and grains models give the same
 #     scores on the same images as on x86_64 (pixels exact, int8 within 1e-6, f32 within 1e-4);
+#   - the library's tests of the model operators (`model::`): every integer-convolution kernel
+#     this architecture has (SDOT under a Cortex-A76, SMLAL under a Cortex-A72) against the
+#     convolution's definition, the requantisation, the pads and pools against tract's;
 #   - the reject-timing simulation through the binary itself: `ferroscope simulate` in speed
 #     and encoder mode must equal the x86_64 output field for field (timeline digest included),
 #     with no missed or false rejects;
@@ -48,6 +51,9 @@ for T in "${TARGETS[@]}"; do
     START=$(date +%s)
     ARGS=(--release --target "$ZT" --bin ferroscope)
     for t in "${TESTS[@]+"${TESTS[@]}"}"; do ARGS+=(--test "$t"); done
+    # and the library's own tests of the model operators (the integer kernels of this
+    # architecture against the definition, the requantisation, the pads and pools)
+    [ ${#TESTS[@]} -gt 0 ] && ARGS+=(--lib)
     cargo zigbuild "${ARGS[@]}" --message-format=json-render-diagnostics >"$TARGET_DIR/cross-$T.json"
     echo "built in $(( $(date +%s) - START )) s"
     BIN=$TARGET_DIR/$T/release/ferroscope
@@ -73,22 +79,26 @@ import json, sys
 for line in open(sys.argv[1]):
     m = json.loads(line)
     if m.get("reason") == "compiler-artifact" and m.get("profile", {}).get("test") and m.get("executable"):
-        print(m["executable"])
+        # the library's tests run the model operators' only ("model::")
+        print(("model:: " if "lib" in m["target"]["kind"] else "- ") + m["executable"])
 PY
 )
-    [ ${#EXES[@]} -eq ${#TESTS[@]} ] || { echo "FAIL: expected ${#TESTS[@]} test binaries, got ${#EXES[@]}"; exit 1; }
-    for exe in "${EXES[@]+"${EXES[@]}"}"; do
-        echo "-- $(basename "$exe")"
+    WANT=$(( ${#TESTS[@]} > 0 ? ${#TESTS[@]} + 1 : 0 ))
+    [ ${#EXES[@]} -eq $WANT ] || { echo "FAIL: expected $WANT test binaries, got ${#EXES[@]}"; exit 1; }
+    for line in "${EXES[@]+"${EXES[@]}"}"; do
+        FILTER=${line%% *}; exe=${line#* }
+        [ "$FILTER" = - ] && FILTER=
+        echo "-- $(basename "$exe") $FILTER"
         LOG=$TARGET_DIR/cross-$T-$(basename "$exe").log
         TSTART=$(date +%s)
-        if ! "${QEMU[@]}" "$exe" --test-threads 2 --nocapture >"$LOG" 2>&1; then
+        if ! "${QEMU[@]}" "$exe" $FILTER --test-threads 2 --nocapture >"$LOG" 2>&1; then
             tail -40 "$LOG"; echo "FAIL: $(basename "$exe") under ${QEMU[0]}"; exit 1
         fi
         grep -E "^test |largest difference|^test result" "$LOG" || true
         echo "($(( $(date +%s) - TSTART )) s under emulation)"
         if [ ${#QEMU_DOT[@]} -gt 0 ]; then
             echo "-- $(basename "$exe") under ${QEMU_DOT[*]:0:3} (SDOT kernel)"
-            if ! "${QEMU_DOT[@]}" "$exe" --test-threads 2 --nocapture >"$LOG.dot" 2>&1; then
+            if ! "${QEMU_DOT[@]}" "$exe" $FILTER --test-threads 2 --nocapture >"$LOG.dot" 2>&1; then
                 tail -40 "$LOG.dot"; echo "FAIL: $(basename "$exe") under ${QEMU_DOT[*]:0:3}"; exit 1
             fi
             grep -E "^test result" "$LOG.dot" || true

@@ -4,8 +4,8 @@
     python3 tests/arm_cost/profile.py --bin BINARY --plugin insn_count.so \\
         --model kolektor_segment [--precision int8] [--cpu cortex-a76] [--top 25] [--json]
 
-(`bash tests/arm_cost.sh --profile MODEL` builds the unstripped binary and the plugin and calls
-this.) The plugin's `syms=` output counts each function's instructions; `ferroscope bench
+(`bash tests/arm_cost.sh --profile --model MODEL ...` builds the plugin and an unstripped static
+aarch64 binary, so the C library's functions are named too, and calls this.) The plugin's `syms=` output counts each function's instructions; `ferroscope bench
 --model-only` runs with 1 and 1 + k passes and the per-function difference, divided by k, is one
 inference: loading and optimisation cancel. Functions are named as the binary's symbols,
 demangled, with Rust's hash suffix removed; code without a symbol (the C library) is `?`.
@@ -55,7 +55,8 @@ def main():
     ap.add_argument("--plugin", required=True)
     ap.add_argument("--model", required=True)
     ap.add_argument("--precision", default="int8", choices=["int8", "f32"])
-    ap.add_argument("--cpu", default="cortex-a76", choices=sorted(CORES))
+    ap.add_argument("--cpu", default="cortex-a76",
+                    choices=sorted(c for c in CORES if CORES[c]["arch"] == "aarch64"))
     ap.add_argument("--runs", type=int, default=2, help="inferences in the difference (k)")
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--json", action="store_true")

@@ -13,17 +13,24 @@
 //!   zy)` with `acc` the exact 32-bit sum of `(x − zx)·w` plus the bias; padding contributes
 //!   nothing (it holds the input's zero point). Only the rounding of ties in the f32 product can
 //!   differ from an f32 convolution's, by one step of the output's scale.
-//! - **Integer kernels on every architecture**: VNNI (`vpdpbusd`, 32 multiply-adds per
-//!   instruction at 256 bits; AVX-512 VNNI or AVX-VNNI) on x86-64 where the CPU has it; `SDOT` (16 per instruction)
-//!   on aarch64 cores with the dot-product extension (Cortex-A55/A76/A78); a portable kernel
-//!   that the compiler vectorises (SMLAL/`pmaddwd`) everywhere else (Cortex-A72, armv7).
-//!   The choice is made once, at load, and named by [`QConv::kernel`].
+//! - **Integer kernels where they pay**: VNNI (`vpdpbusd`, 32 multiply-adds per instruction at
+//!   256 bits; AVX-512 VNNI or AVX-VNNI) on x86-64; `SDOT` (16 per instruction) on aarch64 cores
+//!   with the dot-product extension (Cortex-A55/A76/A78); `SMULL`/`SMLAL2`/`SADALP` (16 per 3
+//!   instructions) on the other aarch64 cores (Cortex-A53/A72). The choice is made once, at
+//!   load, and named by [`QConv::kernel`]; elsewhere nothing is fused ([`fused_on_this_cpu`]).
+//!   A portable kernel computes the same sums, for the tests and `FERROSCOPE_PORTABLE_KERNEL`.
+//! - **Channels-last between convolutions**: a convolution whose every consumer is one hands
+//!   its output over channels-last and in the consumer's byte domain ([`chain_channels_last`]),
+//!   so only the model's first convolution transposes its input.
+//! - **Requantisation as vectors**: eight channels of one pixel at a time (NEON on aarch64).
 //! - **No allocation per run but the output**: the transposed input and the im2col block are
 //!   scratch buffers kept in the operator's state, sized at the first run.
+//! - Every kernel, the requantisation and the hand-off are tested against the convolution's
+//!   definition on random data (`tests` below; on ARM by `tests/cross.sh` under qemu).
 //! - Only what it can run exactly is rewritten (2-D, u8 activations with one scale, i8 weights
 //!   with zero zero points, constant scales); everything else stays as the file has it.
 //!
-//! This file is the operator from wiring to requantisation (a little over 600 lines): the im2col
+//! This file is the operator from wiring to requantisation, and its tests: the im2col
 //! block and the tile loop share one buffer contract (`RUN_SLACK`, rows filled in order), so
 //! they stay together; the graph rewrite is in `fuse.rs`, the kernels in `kernels.rs`.
 
@@ -75,11 +82,11 @@ pub fn read_fused(bytes: &[u8]) -> Result<(ModelProto, usize)> {
     Ok((proto, fused))
 }
 
-/// Whether this CPU runs the quantised convolutions as [`QConv`]: where it has a dot-product
-/// kernel (x86-64 VNNI, aarch64 `SDOT`), or where `FERROSCOPE_PORTABLE_KERNEL` asks for the
-/// portable kernel. The portable kernel retires more instructions than tract's f32 kernels on
-/// the ARM cores without the dot product (`tests/arm_cost.sh`), so there the QDQ graph stays
-/// as the file has it.
+/// Whether this CPU runs the quantised convolutions as [`QConv`]: where it has an integer
+/// kernel of its own (x86-64 VNNI; aarch64 `SDOT`, or `SMLAL` on the cores without the dot
+/// product), or where `FERROSCOPE_PORTABLE_KERNEL` asks for the portable kernel. The portable
+/// kernel retires more instructions than tract's f32 kernels (`tests/arm_cost.sh`), so elsewhere
+/// (x86-64 without VNNI, armv7) the QDQ graph stays as the file has it.
 pub fn fused_on_this_cpu() -> bool {
     Kernel::detect() != Kernel::Portable || std::env::var_os("FERROSCOPE_PORTABLE_KERNEL").is_some()
 }
@@ -614,7 +621,7 @@ impl QConv {
                     if self.output_hwc {
                         let at = p * self.m_out + c0;
                         if valid == M_TILE {
-                            yb[at..at + M_TILE].copy_from_slice(&q);
+                            *as_array_mut::<M_TILE>(yb, at) = q;
                         } else {
                             yb[at..at + valid].copy_from_slice(&q[..valid]);
                         }
@@ -642,7 +649,7 @@ const RUN_SLACK: usize = 16;
 fn copy_run(dst: &mut [u8], at: usize, src: &[u8], from: usize, n: usize) {
     if n <= 16 {
         if at + 16 <= dst.len() && from + 16 <= src.len() {
-            dst[at..at + 16].copy_from_slice(&src[from..from + 16]);
+            move16(dst, at, src, from);
         } else {
             dst[at..at + n].copy_from_slice(&src[from..from + n]);
         }
@@ -650,13 +657,27 @@ fn copy_run(dst: &mut [u8], at: usize, src: &[u8], from: usize, n: usize) {
     }
     let mut i = 0;
     while i + 16 <= n {
-        dst[at + i..at + i + 16].copy_from_slice(&src[from + i..from + i + 16]);
+        move16(dst, at + i, src, from + i);
         i += 16;
     }
     if i < n {
         let (a, f) = (at + n - 16, from + n - 16);
-        dst[a..a + 16].copy_from_slice(&src[f..f + 16]);
+        move16(dst, a, src, f);
     }
+}
+
+/// `N` bytes of `buf` from `at`, as an array: a move of a whole array compiles to vector loads
+/// and stores in place, where `copy_from_slice` calls out to `memcpy`.
+#[inline(always)]
+fn as_array_mut<const N: usize>(buf: &mut [u8], at: usize) -> &mut [u8; N] {
+    (&mut buf[at..at + N]).try_into().expect("N bytes")
+}
+
+/// Move 16 bytes from `src[from..]` to `dst[at..]` (see [`as_array_mut`]).
+#[inline(always)]
+fn move16(dst: &mut [u8], at: usize, src: &[u8], from: usize) {
+    let s: &[u8; 16] = src[from..from + 16].try_into().expect("16 bytes");
+    *as_array_mut::<16>(dst, at) = *s;
 }
 
 /// Set `n` bytes of `dst` from `at` to `byte`, 16 at a time and inline, under the same contract
@@ -668,7 +689,7 @@ fn fill_run(dst: &mut [u8], at: usize, n: usize, byte: u8) {
     }
     if n < 16 {
         if at + 16 <= dst.len() {
-            dst[at..at + 16].copy_from_slice(&[byte; 16]);
+            *as_array_mut::<16>(dst, at) = [byte; 16];
         } else {
             dst[at..at + n].fill(byte);
         }
@@ -677,11 +698,11 @@ fn fill_run(dst: &mut [u8], at: usize, n: usize, byte: u8) {
     let v = [byte; 16];
     let mut i = 0;
     while i + 16 <= n {
-        dst[at + i..at + i + 16].copy_from_slice(&v);
+        *as_array_mut::<16>(dst, at + i) = v;
         i += 16;
     }
     if i < n {
-        dst[at + n - 16..at + n].copy_from_slice(&v);
+        *as_array_mut::<16>(dst, at + n - 16) = v;
     }
 }
 
