@@ -9,7 +9,8 @@
 //! - a read error is counted as an input error and held as a fault for the heartbeat; the
 //!   thread waits 100 ms and reads on — an input never stops the station;
 //! - trigger items get ids from `0x8000_0001` up, apart from the free-run ids;
-//! - each thread ends within 100 ms of the station stopping.
+//! - the trigger thread ends within 100 ms of the frame loop stopping; the encoder thread
+//!   counts on while the actuator drains the belt, and ends within 100 ms after it.
 
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -67,7 +68,11 @@ fn input_thread(shared: SharedState, mut input: EdgeSource, role: InputRole, clo
     loop {
         let edge = input.next_edge(Duration::from_millis(100));
         let Ok(mut g) = lock.lock() else { return };
-        if g.stop {
+        let done = match role {
+            InputRole::Encoder => g.inputs_stop,
+            InputRole::Trigger => g.stop,
+        };
+        if done {
             return;
         }
         match edge {

@@ -87,6 +87,7 @@ pub fn timing_bench(cfg: &StationConfig, items: u32, rate_fps: f32, with_inferen
         fault_hold_us: cfg.outputs.fault_hold_ms as u64 * 1000,
         max_sleep_us: 1_000_000,
         drain_us: (farthest as f64 / speed as f64 * 1e6) as u64 + 1_000_000,
+        reject_lines: ejectors.len() as u8,
     };
     let out = Outputs::Recording(RecordingOutput::new(clock, MAX_TIMELINE_EVENTS));
     let act = {

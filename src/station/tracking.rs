@@ -82,7 +82,12 @@ pub(super) struct Shared {
     pub(super) tracker: Tracker,
     /// Last fault, for the heartbeat.
     pub(super) fault_at: Option<Instant>,
+    /// The frame loop ended: the actuator drains the belt, the trigger input stops.
     pub(super) stop: bool,
+    /// The actuator ended: the encoder input stops (it counts on while the belt drains).
+    pub(super) inputs_stop: bool,
+    /// The actuator's drain time ran out with items still on the belt.
+    pub(super) drain_timed_out: bool,
     pub(super) output_errors: u64,
     pub(super) input_errors: u64,
     pub(super) fired: Vec<FiredItem>,
@@ -101,6 +106,8 @@ impl Shared {
                 tracker,
                 fault_at: None,
                 stop: false,
+                inputs_stop: false,
+                drain_timed_out: false,
                 output_errors: 0,
                 input_errors: 0,
                 fired: Vec::with_capacity(fired_capacity),
@@ -240,6 +247,21 @@ impl Tracking {
             g.stop = true;
         }
         cvar.notify_all();
+    }
+
+    /// The actuator ended: stop the inputs too.
+    pub(super) fn stop_inputs(&self) {
+        let (lock, cvar) = &*self.state;
+        if let Ok(mut g) = lock.lock() {
+            g.inputs_stop = true;
+        }
+        cvar.notify_all();
+    }
+
+    /// Whether the actuator's drain time ran out with items still on the belt.
+    pub(super) fn drain_timed_out(&self) -> bool {
+        let (lock, _) = &*self.state;
+        lock.lock().map(|g| g.drain_timed_out).unwrap_or(false)
     }
 
     /// After the threads ended: output errors, input errors, the tracker's totals and the
