@@ -16,14 +16,19 @@
 //!   has passed; the heartbeat stays inactive from the stop on (the PLC sees the fault), and
 //!   when the drain time runs out the reject lines are released and the timeout is noted;
 //! - with an encoder, predictions are redone at least every millisecond; in speed mode the
-//!   thread sleeps at most one second.
+//!   thread sleeps at most one second;
+//! - it sleeps to each edge's absolute time (`clock_nanosleep`, `TIMER_ABSTIME`) and spins
+//!   only the last `realtime.spin_us` before it; it runs with the `[realtime]` priority and
+//!   CPUs when the process may ([`super::realtime`]).
 
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 
 use super::config::{self, StationConfig};
+use super::realtime::{setup_thread, RealtimeReport};
 use super::tracking::{FiredItem, Shared, SharedState};
 use crate::core::reject::{EjectorConfig, Output, TrackEvent, MAX_EJECTORS, MAX_ITEMS_IN_FLIGHT};
 use crate::core::time::Instant;
@@ -116,7 +121,15 @@ pub(super) struct ActuatorTiming {
     pub(super) drain_us: u64,
     /// Reject lines (one per ejector), released when the drain time runs out.
     pub(super) reject_lines: u8,
+    /// The last stretch before an edge is spun, not slept, µs.
+    pub(super) spin_us: u64,
 }
+
+/// Within this of its next edge the actuator stops waiting for news from the other threads
+/// and sleeps to the edge's absolute time (then spins the last `spin_us`). Longer than a
+/// thread's wake-up under load, so that last sleep starts in time; far shorter than any
+/// item's travel, so no decision that comes meanwhile has an edge sooner.
+const APPROACH_US: u64 = 2_000;
 
 /// Open the configured outputs and start the actuator thread on `shared`; it hands the
 /// outputs back when it ends (their timeline is the run's record of what was fired).
@@ -126,6 +139,7 @@ pub(super) fn spawn(
     ejectors: &[EjectorConfig],
     speed: Option<f32>,
     clock: MonotonicClock,
+    report: &Arc<RealtimeReport>,
 ) -> Result<JoinHandle<Outputs>> {
     let out = open_outputs(cfg, clock)?;
     let farthest = ejectors.iter().map(|e| e.ejector_distance_mm).fold(0.0f32, f32::max);
@@ -138,11 +152,15 @@ pub(super) fn spawn(
             None => 10_000_000,
         },
         reject_lines: ejectors.len() as u8,
+        spin_us: cfg.realtime.spin_us as u64,
     };
     let shared = shared.clone();
-    Ok(std::thread::Builder::new()
-        .name("actuator".into())
-        .spawn(move || actuator(shared, out, clock, timing))?)
+    let rt = cfg.realtime.clone();
+    let report = report.clone();
+    Ok(std::thread::Builder::new().name("actuator".into()).spawn(move || {
+        setup_thread("actuator", rt.actuator_priority, &rt, &report);
+        actuator(shared, out, clock, timing)
+    })?)
 }
 
 pub(super) fn actuator(shared: SharedState, mut out: Outputs, clock: MonotonicClock, t: ActuatorTiming) -> Outputs {
@@ -247,10 +265,24 @@ pub(super) fn actuator(shared: SharedState, mut out: Outputs, clock: MonotonicCl
             .next_event(now)
             .map_or(next_hb, |e| e.min(next_hb))
             .min(now.add_us(t.max_sleep_us));
-        let wait = next.us_since(clock.now()).max(1);
-        g = match cvar.wait_timeout(g2, Duration::from_micros(wait)) {
-            Ok((g, _)) => g,
-            Err(_) => return out,
-        };
+        let until = next.us_since(clock.now());
+        if until == 0 || until > APPROACH_US {
+            // Wait for news (a decision, a stop) until the approach to the next edge.
+            let wait = until.saturating_sub(APPROACH_US).max(1);
+            g = match cvar.wait_timeout(g2, Duration::from_micros(wait)) {
+                Ok((g, _)) => g,
+                Err(_) => return out,
+            };
+        } else {
+            // The edge is close: sleep to its absolute time less the spin, without the lock,
+            // then spin to it.
+            drop(g2);
+            clock.sleep_until(Instant::from_us(next.us.saturating_sub(t.spin_us)));
+            clock.spin_until(next);
+            g = match lock.lock() {
+                Ok(g) => g,
+                Err(_) => return out,
+            };
+        }
     }
 }

@@ -9,15 +9,19 @@
 //! - a read error is counted as an input error and held as a fault for the heartbeat; the
 //!   thread waits 100 ms and reads on — an input never stops the station;
 //! - trigger items get ids from `0x8000_0001` up, apart from the free-run ids;
+//! - each thread runs with `realtime.input_priority` and `realtime.cpus` when the process
+//!   may ([`super::realtime`]);
 //! - the trigger thread ends within 100 ms of the frame loop stopping; the encoder thread
 //!   counts on while the actuator drains the belt, and ends within 100 ms after it.
 
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 
 use super::config::{InputLineSection, StationConfig};
+use super::realtime::{setup_thread, RealtimeReport};
 use super::tracking::SharedState;
 use crate::core::time::Instant;
 use crate::drivers::gpio::EdgeInput;
@@ -126,25 +130,30 @@ fn open_input(cfg: &StationConfig, l: &InputLineSection, clock: MonotonicClock, 
 }
 
 /// Open the configured inputs (encoder, trigger) and start a thread for each on `shared`.
-pub(super) fn spawn(cfg: &StationConfig, shared: &SharedState, clock: MonotonicClock) -> Result<Vec<JoinHandle<()>>> {
+pub(super) fn spawn(
+    cfg: &StationConfig,
+    shared: &SharedState,
+    clock: MonotonicClock,
+    report: &Arc<RealtimeReport>,
+) -> Result<Vec<JoinHandle<()>>> {
     let mut inputs = Vec::new();
     if let Some(l) = &cfg.inputs.encoder {
         let input = open_input(cfg, l, clock, "encoder")?;
         let shared = shared.clone();
-        inputs.push(
-            std::thread::Builder::new()
-                .name("encoder".into())
-                .spawn(move || input_thread(shared, input, InputRole::Encoder, clock))?,
-        );
+        let (rt, report) = (cfg.realtime.clone(), report.clone());
+        inputs.push(std::thread::Builder::new().name("encoder".into()).spawn(move || {
+            setup_thread("encoder", rt.input_priority, &rt, &report);
+            input_thread(shared, input, InputRole::Encoder, clock)
+        })?);
     }
     if let Some(l) = &cfg.inputs.trigger {
         let input = open_input(cfg, l, clock, "trigger")?;
         let shared = shared.clone();
-        inputs.push(
-            std::thread::Builder::new()
-                .name("trigger".into())
-                .spawn(move || input_thread(shared, input, InputRole::Trigger, clock))?,
-        );
+        let (rt, report) = (cfg.realtime.clone(), report.clone());
+        inputs.push(std::thread::Builder::new().name("trigger".into()).spawn(move || {
+            setup_thread("trigger", rt.input_priority, &rt, &report);
+            input_thread(shared, input, InputRole::Trigger, clock)
+        })?);
     }
     Ok(inputs)
 }

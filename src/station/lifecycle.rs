@@ -199,6 +199,7 @@ pub fn changed_outside_decision(running: &StationConfig, new: &StationConfig) ->
         records => "`[records]`",
         archive => "`[archive]`",
         mqtt => "`[mqtt]`",
+        realtime => "`[realtime]`",
     );
     if running.decision.failsafe != new.decision.failsafe {
         return Some("field `decision.failsafe`");

@@ -25,7 +25,8 @@
 //! other threads) → [`actuate`] (the actuator thread and the outputs), fed by [`inputs`]
 //! (encoder and trigger threads); [`report`] hands every item to the log, the records and the
 //! screen, and [`summary`] is what a run returns. [`lifecycle`] is how a running station is
-//! stopped and reloaded and how it reports to a service manager. [`config`] reads a profile, [`board`] its
+//! stopped and reloaded and how it reports to a service manager; [`realtime`] gives the
+//! actuator and input threads their `[realtime]` priorities. [`config`] reads a profile, [`board`] its
 //! `[board]` section, [`check`] opens its devices without running; [`timing`] measures the
 //! actuator on this machine. This file is the assembly: start-up, the frame loop, shutdown.
 
@@ -37,6 +38,7 @@ pub mod config;
 pub mod inputs;
 pub mod inspect;
 pub mod lifecycle;
+pub mod realtime;
 pub mod report;
 pub mod summary;
 pub mod timing;
@@ -96,8 +98,10 @@ pub fn run_until(cfg: &StationConfig, control: &Control, mut on_item: impl FnMut
     let tracking = Tracking {
         state: Shared::new_state(tracker, audit_cap),
     };
-    let act = actuate::spawn(cfg, &tracking.state, &ejectors, speed, clock)?;
-    let inputs = inputs::spawn(cfg, &tracking.state, clock)?;
+    let rt_report = std::sync::Arc::new(realtime::RealtimeReport::default());
+    realtime::lock_memory(&cfg.realtime, &rt_report);
+    let act = actuate::spawn(cfg, &tracking.state, &ejectors, speed, clock, &rt_report)?;
+    let inputs = inputs::spawn(cfg, &tracking.state, clock, &rt_report)?;
     let mut report = Report::start(cfg, classes, inspect.model_line(), frame_bytes, audit_cap, clock)?;
     let mut capture = Capture::new(camera, frame_buf, cfg.trigger_mode(), period_us, report.run_start);
 
@@ -148,6 +152,7 @@ pub fn run_until(cfg: &StationConfig, control: &Control, mut on_item: impl FnMut
         drain_timed_out,
     };
     (summary.reloads, summary.reloads_refused) = control.reload_counts();
+    summary.realtime = rt_report.lines();
     Ok(summary)
 }
 

@@ -521,6 +521,7 @@ impl<'c> Report<'c> {
             stop: Default::default(),
             reloads: 0,
             reloads_refused: 0,
+            realtime: Vec::new(),
         }
     }
 }

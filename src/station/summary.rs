@@ -118,6 +118,8 @@ pub struct Summary {
     pub reloads: u64,
     /// Profile reloads refused (the running rules stayed).
     pub reloads_refused: u64,
+    /// What the `[realtime]` setup did, per thread, in words.
+    pub realtime: Vec<String>,
 }
 
 impl Summary {
@@ -227,6 +229,7 @@ impl Summary {
         });
         j["reloads"] = json!(self.reloads);
         j["reloads_refused"] = json!(self.reloads_refused);
+        j["realtime"] = json!(self.realtime);
         j
     }
 }

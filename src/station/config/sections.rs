@@ -361,3 +361,31 @@ fn spi_hz() -> u32 {
 fn r90() -> u32 {
     90
 }
+
+/// `[realtime]`: scheduling of the threads that place the reject pulses. Each setting the
+/// process is not allowed (no `CAP_SYS_NICE`, `RLIMIT_RTPRIO` or `RLIMIT_MEMLOCK`) is a
+/// warning, and the station runs without it.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RealtimeSection {
+    /// `SCHED_FIFO` priority of the actuator thread, 1–99 (none: normal scheduling).
+    #[serde(default)]
+    pub actuator_priority: Option<u8>,
+    /// `SCHED_FIFO` priority of the input (encoder, trigger) threads, 1–99.
+    #[serde(default)]
+    pub input_priority: Option<u8>,
+    /// CPUs the actuator and input threads run on (none: any).
+    #[serde(default)]
+    pub cpus: Vec<usize>,
+    /// Lock the process's memory (`mlockall`) once the model is loaded: no page fault on the
+    /// pulse path.
+    #[serde(default)]
+    pub lock_memory: bool,
+    /// The actuator sleeps to this long before an edge, then spins to it, µs (0–1000).
+    #[serde(default = "spin_us")]
+    pub spin_us: u32,
+}
+
+fn spin_us() -> u32 {
+    50
+}
