@@ -1,7 +1,8 @@
 //! The station: camera → tool → decision → reject tracking → outputs, with counters.
 //!
 //! Three kinds of thread share one [`Tracker`](crate::core::reject::Tracker) (the shift
-//! register) under a mutex:
+//! register) under a priority-inheriting mutex, held for microseconds and never while an
+//! output is written:
 //! - the frame loop (the calling thread) begins an item at each capture and hands it its
 //!   decision;
 //! - the actuator thread owns the outputs, polls the tracker and sleeps until its next edge or
@@ -38,6 +39,7 @@ pub mod config;
 pub mod inputs;
 pub mod inspect;
 pub mod lifecycle;
+mod pi_lock;
 pub mod realtime;
 pub mod report;
 pub mod summary;
