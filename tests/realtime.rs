@@ -44,7 +44,7 @@ fn realtime_settings_out_of_range_are_refused_naming_the_field() {
     }
     let ok = StationConfig::parse(&text, p).unwrap();
     assert_eq!(ok.realtime.actuator_priority, Some(80));
-    assert_eq!(ok.realtime.spin_us, 50, "the default spin");
+    assert_eq!(ok.realtime.spin_us, 300, "the default spin");
 }
 
 /// Whether this process runs as root (which may use SCHED_FIFO whatever the limits).

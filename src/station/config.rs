@@ -432,6 +432,9 @@ impl StationConfig {
                 }
             }
         }
+        if let Some(v) = r.cpu_latency_us.filter(|v| *v > 1_000_000) {
+            bail!("{p}: field `realtime.cpu_latency_us` is {v}; allowed: 0 to 1000000");
+        }
         if r.spin_us > 1000 {
             bail!("{p}: field `realtime.spin_us` is {}; allowed: 0 to 1000", r.spin_us);
         }

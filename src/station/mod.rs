@@ -102,6 +102,7 @@ pub fn run_until(cfg: &StationConfig, control: &Control, mut on_item: impl FnMut
     };
     let rt_report = std::sync::Arc::new(realtime::RealtimeReport::default());
     realtime::lock_memory(&cfg.realtime, &rt_report);
+    let _cpu_latency = realtime::hold_cpu_latency(&cfg.realtime, &rt_report);
     let act = actuate::spawn(cfg, &tracking.state, &ejectors, speed, clock, &rt_report)?;
     let inputs = inputs::spawn(cfg, &tracking.state, clock, &rt_report)?;
     let mut report = Report::start(cfg, classes, inspect.model_line(), frame_bytes, audit_cap, clock)?;

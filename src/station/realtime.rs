@@ -1,5 +1,5 @@
 //! Real-time setup of the threads that place the reject pulses (`[realtime]`): `SCHED_FIFO`
-//! priorities, CPU affinity, and locked memory.
+//! priorities, CPU affinity, locked memory, and a limit on the CPUs' wake-up latency.
 //!
 //! Guarantees:
 //! - each setting applies to the thread that asks for it (the actuator, an input thread) and
@@ -14,6 +14,10 @@
 use std::sync::Mutex;
 
 use super::config::RealtimeSection;
+
+/// The kernel's PM QoS device: while it is held open with a value written, no CPU enters an
+/// idle state whose wake-up takes longer than that many µs.
+pub const CPU_LATENCY_DEVICE: &str = "/dev/cpu_dma_latency";
 
 /// Highest CPU number `realtime.cpus` may name: the size of the kernel's `cpu_set_t`.
 pub const MAX_CPUS: usize = 1024;
@@ -120,9 +124,57 @@ pub fn lock_memory(rt: &RealtimeSection, report: &RealtimeReport) {
     }
 }
 
+/// The CPU wake-up latency limit, in force while this is alive.
+#[derive(Debug)]
+pub struct CpuLatencyHold {
+    _device: Option<std::fs::File>,
+}
+
+/// Hold the CPUs' wake-up latency at `rt.cpu_latency_us` (when set) until the hold is dropped;
+/// says what happened in `report`, and on stderr when refused.
+pub fn hold_cpu_latency(rt: &RealtimeSection, report: &RealtimeReport) -> CpuLatencyHold {
+    use std::io::Write;
+    let Some(us) = rt.cpu_latency_us else {
+        return CpuLatencyHold { _device: None };
+    };
+    let held = std::fs::OpenOptions::new()
+        .write(true)
+        .open(CPU_LATENCY_DEVICE)
+        .and_then(|mut f| f.write_all(&(us.min(i32::MAX as u32) as i32).to_ne_bytes()).map(|_| f));
+    match held {
+        Ok(f) => {
+            report.push(format!("CPU wake-up latency: held at {us} µs"));
+            CpuLatencyHold { _device: Some(f) }
+        }
+        Err(e) => {
+            let line = format!("CPU wake-up latency: not held ({CPU_LATENCY_DEVICE}: {e})");
+            eprintln!("realtime: {line}: the station runs on without it");
+            report.push(line);
+            CpuLatencyHold { _device: None }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cpu_latency_is_held_or_the_refusal_is_said() {
+        let rt = RealtimeSection {
+            cpu_latency_us: Some(20),
+            ..RealtimeSection::default()
+        };
+        let report = RealtimeReport::default();
+        let hold = hold_cpu_latency(&rt, &report);
+        let line = report.lines().pop().unwrap();
+        match &hold._device {
+            Some(_) => assert_eq!(line, "CPU wake-up latency: held at 20 µs"),
+            None => assert!(line.contains("not held") && line.contains(CPU_LATENCY_DEVICE), "{line}"),
+        }
+        let none = hold_cpu_latency(&RealtimeSection::default(), &report);
+        assert!(none._device.is_none());
+    }
 
     #[test]
     fn a_thread_gets_sched_fifo_or_says_why_not_and_runs_on() {

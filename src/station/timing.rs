@@ -13,7 +13,7 @@ use anyhow::{anyhow, Result};
 
 use super::actuate::{actuator, ActuatorTiming, Outputs};
 use super::config::StationConfig;
-use super::realtime::{setup_thread, RealtimeReport};
+use super::realtime::{hold_cpu_latency, setup_thread, RealtimeReport};
 use super::tracking::{audit, edge_error_us, AuditItem, RejectAudit, Shared};
 use crate::core::belt::Belt;
 use crate::core::decision::{Action, Decision, Outcome};
@@ -93,6 +93,7 @@ pub fn timing_bench(cfg: &StationConfig, items: u32, rate_fps: f32, with_inferen
         spin_us: cfg.realtime.spin_us as u64,
     };
     let out = Outputs::Recording(RecordingOutput::new(clock, MAX_TIMELINE_EVENTS));
+    let _cpu_latency = hold_cpu_latency(&cfg.realtime, &RealtimeReport::default());
     let act = {
         let shared = shared.clone();
         let rt = cfg.realtime.clone();
