@@ -101,8 +101,10 @@ fn without_the_privilege_the_station_runs_with_a_warning() {
     assert!(stderr.contains("memory: not locked"), "{stderr}");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let s: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    // It ran to the end and decided every item; its pulse timing is then what normal
+    // scheduling gives on this machine (a busy one can miss), so it is not asserted here.
     assert_eq!(s["items"], 36);
-    assert_eq!(s["missed_rejects"], 0);
+    assert_eq!(s["audited_items"], 36);
     let rt: Vec<&str> = s["realtime"]
         .as_array()
         .unwrap()
