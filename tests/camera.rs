@@ -338,12 +338,12 @@ fn a_camera_missing_at_boot_runs_the_station_blind_and_fail_safe() {
         "source = \"v4l2\"\ndevice = \"/dev/video-not-plugged\"\nformat = \"yuyv\"\nwidth = 640\nheight = 480\nfps = 20.0",
     );
     let cfg = StationConfig::parse(&live, Path::new(DEFAULT_CONFIG_PATH)).unwrap();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = std::sync::Arc::new(station::Control::new());
     let stopper = {
         let stop = stop.clone();
         std::thread::spawn(move || {
             std::thread::sleep(std::time::Duration::from_millis(1500));
-            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            stop.request_stop("requested");
         })
     };
     let mut lost = 0u64;

@@ -53,7 +53,7 @@ fn default_station_decides_every_sample_and_fires_one_pulse_per_reject() {
         s.correct
     );
     // Items are 40 ms apart and pulses 20 ms wide with a 10 ms gap: no merging, one pulse each.
-    assert_eq!(s.pulses() as u64, c.rejected);
+    assert_eq!(s.pulses() as u64, c.rejected, "{:?}", s.tracker);
     assert_eq!(s.tracker.fired.iter().sum::<u64>(), c.rejected);
     assert!(s.tracker.fired[0] > 0 && s.tracker.fired[1] > 0, "both ejectors fired");
     // Pulses on each reject line alternate on/off and never overlap.

@@ -2,9 +2,20 @@
 //!
 //! - the profile comes from the documented search order ([`super::profile`]); which file was
 //!   used is said on stderr;
-//! - item lines are written field by field into the locked stdout: logging allocates nothing
-//!   per item, so the station's zero-allocation frame path stays measurable from here;
-//! - `--json`: one JSON object per item line, then the summary as one JSON object.
+//! - item lines are formatted on the frame thread into a fixed buffer and handed to a writer
+//!   thread through a bounded single-producer queue ([`ITEM_LINE_QUEUE`]): a slow stdout
+//!   (a journal, a pipe nobody reads) never holds up a decision. A line that finds the queue
+//!   full is dropped and counted (`item_lines_dropped` in the summary), never waited for.
+//!   Logging allocates nothing per item, so the station's zero-allocation frame path stays
+//!   measurable from here;
+//! - `--json`: one JSON object per item line, then the summary as one JSON object;
+//! - SIGTERM and SIGINT stop the station as [`Control::request_stop`] promises (the belt is
+//!   drained, the summary printed, exit 0); a second one exits at once (128 + signal) without
+//!   draining. SIGHUP reloads the profile as [`Control::reload`] promises; what was applied
+//!   or why it was refused goes to stderr. Signals are taken on a thread of their own,
+//!   registered before the model loads;
+//! - under a service manager that sets `NOTIFY_SOCKET` (systemd `Type=notify`), the station
+//!   notifies it ([`NotifyTarget::from_env`]).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -13,7 +24,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::Args;
 
-use ferroscope::station::{self, config::StationConfig, ItemReport};
+use ferroscope::station::{self, config::StationConfig, Control, ItemReport, NotifyTarget};
 
 use super::action_name;
 
@@ -31,6 +42,78 @@ pub struct RunArgs {
     pub duration_s: Option<f64>,
 }
 
+/// Item lines waiting for stdout. At 10 to 100 items/s, 255 lines ride out 2.5 to 25 s of a
+/// stalled stdout before lines are dropped; 256 KiB in all.
+pub const ITEM_LINE_QUEUE: usize = 256;
+
+/// Longest item line: the fixed fields take about 200 bytes, the rest is room for the file
+/// name (255 bytes, more once escaped). A longer line is dropped and counted.
+pub const ITEM_LINE_MAX_BYTES: usize = 1024;
+
+/// One formatted item line.
+pub struct ItemLine {
+    len: usize,
+    bytes: [u8; ITEM_LINE_MAX_BYTES],
+}
+
+impl ItemLine {
+    fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+/// The frame thread's end of the item-line queue.
+pub struct ItemLines<'q> {
+    queue: heapless::spsc::Producer<'q, ItemLine, ITEM_LINE_QUEUE>,
+    writer: Option<std::thread::Thread>,
+    /// Lines dropped: the queue was full, or the line too long.
+    pub dropped: u64,
+}
+
+impl<'q> ItemLines<'q> {
+    /// Format a line with `f` and queue it; never waits. `false`: dropped (and counted).
+    pub fn offer(&mut self, f: impl FnOnce(&mut std::io::Cursor<&mut [u8]>) -> std::io::Result<()>) -> bool {
+        let mut line = ItemLine {
+            len: 0,
+            bytes: [0; ITEM_LINE_MAX_BYTES],
+        };
+        let mut w = std::io::Cursor::new(&mut line.bytes[..]);
+        if f(&mut w).is_err() {
+            self.dropped += 1;
+            return false;
+        }
+        line.len = w.position() as usize;
+        if self.queue.enqueue(line).is_err() {
+            self.dropped += 1;
+            return false;
+        }
+        if let Some(t) = &self.writer {
+            t.unpark();
+        }
+        true
+    }
+}
+
+/// Write queued lines to `out` until `done` is set and the queue is empty.
+fn write_lines(
+    mut queue: heapless::spsc::Consumer<'_, ItemLine, ITEM_LINE_QUEUE>,
+    done: &std::sync::atomic::AtomicBool,
+    mut out: impl Write,
+) {
+    loop {
+        // Read `done` first: lines queued before it was set are all written below.
+        let last = done.load(std::sync::atomic::Ordering::Acquire);
+        while let Some(line) = queue.dequeue() {
+            let _ = out.write_all(line.as_bytes());
+        }
+        let _ = out.flush();
+        if last {
+            return;
+        }
+        std::thread::park_timeout(std::time::Duration::from_millis(50));
+    }
+}
+
 pub fn run(config: Option<&Path>, json: bool, duration_s: Option<f64>) -> Result<ExitCode> {
     let path = super::profile(config)?;
     let cfg = StationConfig::load(&path)?;
@@ -38,25 +121,45 @@ pub fn run(config: Option<&Path>, json: bool, duration_s: Option<f64>) -> Result
         println!("station {} — config {}", cfg.station.name, path.display());
     }
     let stdout = std::io::stdout();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let control = std::sync::Arc::new(Control::with_notify(NotifyTarget::from_env()));
+    handle_signals(&control, &cfg)?;
     if let Some(d) = duration_s {
-        let stop = stop.clone();
+        let control = control.clone();
         std::thread::spawn(move || {
             std::thread::sleep(std::time::Duration::from_secs_f64(d.max(0.0)));
-            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            control.request_stop("duration");
         });
     }
-    let summary = station::run_until(&cfg, &stop, |item| {
-        // Written field by field into the locked stdout: logging must not allocate per item.
-        let mut out = stdout.lock();
-        let _ = if json {
-            write_item_json(&mut out, item)
-        } else {
-            write_item_text(&mut out, item)
+    let mut queue: Box<heapless::spsc::Queue<ItemLine, ITEM_LINE_QUEUE>> = Box::default();
+    let (producer, consumer) = queue.split();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let (summary, dropped) = std::thread::scope(|s| -> Result<_> {
+        let writer = std::thread::Builder::new()
+            .name("item-lines".into())
+            .spawn_scoped(s, || write_lines(consumer, &done, stdout.lock()))?;
+        let mut lines = ItemLines {
+            queue: producer,
+            writer: Some(writer.thread().clone()),
+            dropped: 0,
         };
+        let summary = station::run_until(&cfg, &control, |item| {
+            // Formatted field by field into a fixed buffer: logging must not allocate per item.
+            lines.offer(|w| {
+                if json {
+                    write_item_json(w, item)
+                } else {
+                    write_item_text(w, item)
+                }
+            });
+        });
+        done.store(true, std::sync::atomic::Ordering::Release);
+        writer.thread().unpark();
+        let _ = writer.join();
+        Ok((summary?, lines.dropped))
     })?;
     let mut j = summary.to_json();
     j["config"] = path.display().to_string().into();
+    j["item_lines_dropped"] = dropped.into();
     if json {
         println!("{j}");
     } else {
@@ -137,8 +240,61 @@ pub fn run(config: Option<&Path>, json: bool, duration_s: Option<f64>) -> Result
             "allocations after the first item: ours {}, tract {:.0} per item",
             summary.allocations_ours_after_warmup, summary.allocations_tract_per_item
         );
+        if dropped > 0 {
+            println!("item lines dropped (stdout too slow): {dropped}");
+        }
+        let st = &summary.stop;
+        println!(
+            "stopped by {}: belt drained in {:.0} ms, ended {:.0} ms after the last pulse{}; reloads {} ({} refused)",
+            st.cause,
+            st.drain_ms,
+            st.end_after_last_pulse_ms,
+            if st.drain_timed_out {
+                " (drain time ran out: reject lines released)"
+            } else {
+                ""
+            },
+            summary.reloads,
+            summary.reloads_refused
+        );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// SIGTERM, SIGINT: stop (a second one: exit at once); SIGHUP: reload the profile.
+fn handle_signals(control: &std::sync::Arc<Control>, cfg: &StationConfig) -> Result<()> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])?;
+    let control = control.clone();
+    let mut running = cfg.clone();
+    std::thread::Builder::new().name("signals".into()).spawn(move || {
+        for sig in signals.forever() {
+            let name = match sig {
+                SIGTERM => "SIGTERM",
+                SIGINT => "SIGINT",
+                _ => "SIGHUP",
+            };
+            if sig == SIGHUP {
+                match control.reload(&running) {
+                    Ok(new) => {
+                        eprintln!(
+                            "{}: reloaded on SIGHUP: `[decision]` applies from the next item",
+                            new.path.display()
+                        );
+                        running = new;
+                    }
+                    Err(e) => eprintln!("{e:#}\nreload on SIGHUP refused: the running profile stays"),
+                }
+            } else if control.stop_requested() {
+                eprintln!("second {name}: exiting at once, without draining the belt");
+                std::process::exit(128 + sig);
+            } else {
+                eprintln!("{name}: stopping: no new frames; the items on the belt get their pulses");
+                control.request_stop(name);
+            }
+        }
+    })?;
+    Ok(())
 }
 
 fn write_json_str(out: &mut impl Write, s: &str) -> std::io::Result<()> {
@@ -198,4 +354,41 @@ fn write_item_text(out: &mut impl Write, item: &ItemReport<'_>) -> std::io::Resu
         write!(out, "  FAULT: {f}")?;
     }
     out.write_all(b"\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_item_line_queue_drops_and_counts_without_waiting_and_keeps_the_order() {
+        let mut queue: Box<heapless::spsc::Queue<ItemLine, ITEM_LINE_QUEUE>> = Box::default();
+        let (producer, mut consumer) = queue.split();
+        let mut lines = ItemLines {
+            queue: producer,
+            writer: None,
+            dropped: 0,
+        };
+        // No writer: the queue fills, then every further line is dropped at once.
+        let offered = ITEM_LINE_QUEUE + 10;
+        let taken = (0..offered)
+            .filter(|i| lines.offer(|w| writeln!(w, "line {i}")))
+            .count();
+        assert!(taken < offered);
+        assert_eq!(lines.dropped as usize, offered - taken);
+        // A line longer than the buffer: dropped and counted, not cut.
+        let before = lines.dropped;
+        let _ = consumer.dequeue();
+        assert!(!lines.offer(|w| w.write_all(&[b'x'; ITEM_LINE_MAX_BYTES + 1])));
+        assert_eq!(lines.dropped, before + 1);
+        // What was queued comes out in order.
+        let mut out = Vec::new();
+        let done = std::sync::atomic::AtomicBool::new(true);
+        write_lines(consumer, &done, &mut out);
+        let text = String::from_utf8(out).unwrap();
+        let got: Vec<&str> = text.lines().collect();
+        assert_eq!(got.len(), taken - 1);
+        assert_eq!(got.first(), Some(&"line 1"));
+        assert_eq!(got.last().copied(), Some(format!("line {}", taken - 1).as_str()));
+    }
 }

@@ -29,11 +29,29 @@ impl Default for MonotonicClock {
 }
 
 impl MonotonicClock {
-    /// Sleep until `at` (returns at once if it has passed).
+    /// Sleep until `at` (returns at once if it has passed): `clock_nanosleep` to the absolute
+    /// time, so time lost before the call is not slept again.
     pub fn sleep_until(&self, at: Instant) {
-        let now = self.now();
-        if at > now {
-            std::thread::sleep(std::time::Duration::from_micros(at.us - now.us));
+        let ns = self.origin_ns + at.us * 1000;
+        let ts = libc::timespec {
+            tv_sec: (ns / 1_000_000_000) as libc::time_t,
+            tv_nsec: (ns % 1_000_000_000) as libc::c_long,
+        };
+        loop {
+            // SAFETY: a valid timespec; no remainder is asked for with TIMER_ABSTIME.
+            let rc =
+                unsafe { libc::clock_nanosleep(libc::CLOCK_MONOTONIC, libc::TIMER_ABSTIME, &ts, std::ptr::null_mut()) };
+            if rc != libc::EINTR {
+                return;
+            }
+        }
+    }
+
+    /// Spin until `at` without sleeping: for the last microseconds before an edge, which a
+    /// sleep would overshoot by the kernel's wake-up latency.
+    pub fn spin_until(&self, at: Instant) {
+        while self.now() < at {
+            std::hint::spin_loop();
         }
     }
 

@@ -9,25 +9,38 @@
 //! - the heartbeat toggles only while the station is healthy: no line stop, no fault within
 //!   `outputs.fault_hold_ms`, not stopping; it is left inactive when the thread ends;
 //! - a failed output write is counted (and held as a fault), never fatal;
+//! - no lock is held while an output is written: the edges due are taken from the tracker
+//!   under the lock, the lock is released, then they are written (GPIO ioctls included);
 //! - after the frame loop stops, items already on the belt still reach their ejectors: the
 //!   thread drains until the tracker is idle or the farthest ejector's travel time (plus 1 s)
-//!   has passed;
+//!   has passed; the heartbeat stays inactive from the stop on (the PLC sees the fault), and
+//!   when the drain time runs out the reject lines are released and the timeout is noted;
 //! - with an encoder, predictions are redone at least every millisecond; in speed mode the
-//!   thread sleeps at most one second.
+//!   thread sleeps at most one second;
+//! - it sleeps to each edge's absolute time (`clock_nanosleep`, `TIMER_ABSTIME`) and spins
+//!   only the last `realtime.spin_us` before it; it runs with the `[realtime]` priority and
+//!   CPUs when the process may ([`super::realtime`]).
 
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 
 use super::config::{self, StationConfig};
+use super::realtime::{setup_thread, RealtimeReport};
 use super::tracking::{FiredItem, Shared, SharedState};
-use crate::core::reject::{EjectorConfig, Output, TrackEvent};
+use crate::core::reject::{EjectorConfig, Output, TrackEvent, MAX_EJECTORS, MAX_ITEMS_IN_FLIGHT};
 use crate::core::time::Instant;
 use crate::drivers::gpio::{GpioOutput, LineSpec};
 use crate::hal::{Clock, OutputError, OutputLine, RejectOutput};
 use crate::sim::clock::MonotonicClock;
 use crate::sim::recording::{Event, RecordingOutput, MAX_TIMELINE_EVENTS};
+
+/// Edges one poll of the tracker can emit: an on and an off per item in flight when the
+/// actuator woke late, and the line stop. Preallocated (should a poll ever emit more, the
+/// buffer grows: no edge is dropped).
+const MAX_EDGES_PER_POLL: usize = 2 * MAX_ITEMS_IN_FLIGHT + 2 * MAX_EJECTORS + 1;
 
 /// The output backend chosen in the config.
 #[derive(Debug)]
@@ -106,7 +119,17 @@ pub(super) struct ActuatorTiming {
     pub(super) max_sleep_us: u64,
     /// After the frame loop stops, how long items may still take to reach their ejectors.
     pub(super) drain_us: u64,
+    /// Reject lines (one per ejector), released when the drain time runs out.
+    pub(super) reject_lines: u8,
+    /// The last stretch before an edge is spun, not slept, µs.
+    pub(super) spin_us: u64,
 }
+
+/// Within this of its next edge the actuator stops waiting for news from the other threads
+/// and sleeps to the edge's absolute time (then spins the last `spin_us`). Longer than a
+/// thread's wake-up under load, so that last sleep starts in time; far shorter than any
+/// item's travel, so no decision that comes meanwhile has an edge sooner.
+const APPROACH_US: u64 = 2_000;
 
 /// Open the configured outputs and start the actuator thread on `shared`; it hands the
 /// outputs back when it ends (their timeline is the run's record of what was fired).
@@ -116,6 +139,7 @@ pub(super) fn spawn(
     ejectors: &[EjectorConfig],
     speed: Option<f32>,
     clock: MonotonicClock,
+    report: &Arc<RealtimeReport>,
 ) -> Result<JoinHandle<Outputs>> {
     let out = open_outputs(cfg, clock)?;
     let farthest = ejectors.iter().map(|e| e.ejector_distance_mm).fold(0.0f32, f32::max);
@@ -127,11 +151,16 @@ pub(super) fn spawn(
             Some(v) => (farthest as f64 / v as f64 * 1e6) as u64 + 1_000_000,
             None => 10_000_000,
         },
+        reject_lines: ejectors.len() as u8,
+        spin_us: cfg.realtime.spin_us as u64,
     };
     let shared = shared.clone();
-    Ok(std::thread::Builder::new()
-        .name("actuator".into())
-        .spawn(move || actuator(shared, out, clock, timing))?)
+    let rt = cfg.realtime.clone();
+    let report = report.clone();
+    Ok(std::thread::Builder::new().name("actuator".into()).spawn(move || {
+        setup_thread("actuator", rt.actuator_priority, &rt, &report);
+        actuator(shared, out, clock, timing)
+    })?)
 }
 
 pub(super) fn actuator(shared: SharedState, mut out: Outputs, clock: MonotonicClock, t: ActuatorTiming) -> Outputs {
@@ -139,23 +168,19 @@ pub(super) fn actuator(shared: SharedState, mut out: Outputs, clock: MonotonicCl
     let mut hb_level = false;
     let mut next_hb = clock.now();
     let mut stop_at: Option<Instant> = None;
+    // Edges taken from the tracker under the lock and written to the outputs after it is
+    // released: a slow GPIO write never holds up the frame loop or the inputs. Preallocated
+    // for the most one poll can emit.
+    let mut edges: Vec<(OutputLine, bool, Instant)> = Vec::with_capacity(MAX_EDGES_PER_POLL);
+    let mut output_errors = 0u64;
     let Ok(mut g) = lock.lock() else { return out };
     loop {
         let now = clock.now();
-        let errors_before = g.output_errors;
+        edges.clear();
         {
-            let Shared {
-                tracker,
-                output_errors,
-                fired,
-                ..
-            } = &mut *g;
+            let Shared { tracker, fired, .. } = &mut *g;
             tracker.poll(now, |ev| match ev {
-                TrackEvent::Edge { output, active, at } => {
-                    if out.set(line_of(output), active, at).is_err() {
-                        *output_errors += 1;
-                    }
-                }
+                TrackEvent::Edge { output, active, at } => edges.push((line_of(output), active, at)),
                 TrackEvent::Fired {
                     id,
                     ejector,
@@ -175,9 +200,7 @@ pub(super) fn actuator(shared: SharedState, mut out: Outputs, clock: MonotonicCl
                 TrackEvent::Overdue { .. } => {}
             });
         }
-        if g.output_errors != errors_before {
-            g.fault_at = Some(now);
-        }
+        let mut heartbeat: Option<(bool, Instant)> = None;
         if now >= next_hb {
             let healthy = !g.tracker.line_stop_active()
                 && g.fault_at.is_none_or(|f| now.us_since(f) >= t.fault_hold_us)
@@ -185,30 +208,81 @@ pub(super) fn actuator(shared: SharedState, mut out: Outputs, clock: MonotonicCl
             let level = healthy && !hb_level;
             if level != hb_level {
                 hb_level = level;
-                if out.set(OutputLine::Heartbeat, level, next_hb).is_err() {
-                    g.output_errors += 1;
-                }
+                heartbeat = Some((level, next_hb));
             }
             next_hb = next_hb.add_us(t.heartbeat_us).max(now);
         }
+        let mut ending = false;
+        let mut drain_timed_out = false;
         if g.stop {
             let s = *stop_at.get_or_insert(now);
-            if g.tracker.is_idle() || now.us_since(s) > t.drain_us {
-                if hb_level {
-                    let _ = out.set(OutputLine::Heartbeat, false, clock.now());
+            let idle = g.tracker.is_idle();
+            if idle || now.us_since(s) > t.drain_us {
+                ending = true;
+                drain_timed_out = !idle;
+                if drain_timed_out {
+                    g.drain_timed_out = true;
                 }
-                return out;
             }
         }
-        let next = g
+
+        // The outputs, without the lock.
+        drop(g);
+        let errors_before = output_errors;
+        for &(line, active, at) in &edges {
+            if out.set(line, active, at).is_err() {
+                output_errors += 1;
+            }
+        }
+        if let Some((level, at)) = heartbeat {
+            if out.set(OutputLine::Heartbeat, level, at).is_err() {
+                output_errors += 1;
+            }
+        }
+        if ending {
+            if hb_level {
+                let _ = out.set(OutputLine::Heartbeat, false, clock.now());
+            }
+            if drain_timed_out {
+                for n in 0..t.reject_lines {
+                    let _ = out.set(OutputLine::Reject(n), false, clock.now());
+                }
+            }
+        }
+
+        let Ok(mut g2) = lock.lock() else { return out };
+        if output_errors != errors_before {
+            g2.output_errors += output_errors - errors_before;
+            g2.fault_at = Some(now);
+        }
+        if ending {
+            return out;
+        }
+        // Under the lock again: a decision that came while the outputs were written is in
+        // the tracker, so the next event is not missed.
+        let next = g2
             .tracker
             .next_event(now)
             .map_or(next_hb, |e| e.min(next_hb))
             .min(now.add_us(t.max_sleep_us));
-        let wait = next.us_since(clock.now()).max(1);
-        g = match cvar.wait_timeout(g, Duration::from_micros(wait)) {
-            Ok((g, _)) => g,
-            Err(_) => return out,
-        };
+        let until = next.us_since(clock.now());
+        if until == 0 || until > APPROACH_US {
+            // Wait for news (a decision, a stop) until the approach to the next edge.
+            let wait = until.saturating_sub(APPROACH_US).max(1);
+            g = match cvar.wait_timeout(g2, Duration::from_micros(wait)) {
+                Ok((g, _)) => g,
+                Err(_) => return out,
+            };
+        } else {
+            // The edge is close: sleep to its absolute time less the spin, without the lock,
+            // then spin to it.
+            drop(g2);
+            clock.sleep_until(Instant::from_us(next.us.saturating_sub(t.spin_us)));
+            clock.spin_until(next);
+            g = match lock.lock() {
+                Ok(g) => g,
+                Err(_) => return out,
+            };
+        }
     }
 }

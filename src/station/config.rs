@@ -78,6 +78,9 @@ pub struct StationConfig {
     /// `[mqtt]`: events to a broker.
     #[serde(default)]
     pub mqtt: Option<crate::records::MqttSection>,
+    /// `[realtime]`: scheduling of the actuator and input threads.
+    #[serde(default)]
+    pub realtime: RealtimeSection,
     /// Where it was read from; relative paths resolve against its folder.
     #[serde(skip)]
     pub path: PathBuf,
@@ -299,6 +302,7 @@ impl StationConfig {
         let p = path.display();
         c.check_camera()?;
         c.check_display()?;
+        c.check_realtime()?;
         if !matches!(c.tool.kind.as_str(), "classify" | "segment" | "anomaly") {
             bail!(
                 "{p}: field `tool.kind` is \"{}\"; allowed: \"classify\", \"segment\", \"anomaly\"",
@@ -412,6 +416,35 @@ impl StationConfig {
             b.check(path)?;
         }
         Ok(c)
+    }
+
+    /// `[realtime]`: priorities, CPUs and the spin within their ranges.
+    fn check_realtime(&self) -> Result<()> {
+        let p = self.path.display();
+        let r = &self.realtime;
+        for (name, v) in [
+            ("actuator_priority", r.actuator_priority),
+            ("input_priority", r.input_priority),
+        ] {
+            if let Some(v) = v {
+                if !(1..=99).contains(&v) {
+                    bail!("{p}: field `realtime.{name}` is {v}; allowed: 1 to 99 (SCHED_FIFO)");
+                }
+            }
+        }
+        if let Some(v) = r.cpu_latency_us.filter(|v| *v > 1_000_000) {
+            bail!("{p}: field `realtime.cpu_latency_us` is {v}; allowed: 0 to 1000000");
+        }
+        if r.spin_us > 1000 {
+            bail!("{p}: field `realtime.spin_us` is {}; allowed: 0 to 1000", r.spin_us);
+        }
+        if let Some(c) = r.cpus.iter().find(|c| **c >= super::realtime::MAX_CPUS) {
+            bail!(
+                "{p}: field `realtime.cpus` names CPU {c}; allowed: 0 to {}",
+                super::realtime::MAX_CPUS - 1
+            );
+        }
+        Ok(())
     }
 
     /// Read and parse a file.

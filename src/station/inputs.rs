@@ -9,14 +9,19 @@
 //! - a read error is counted as an input error and held as a fault for the heartbeat; the
 //!   thread waits 100 ms and reads on — an input never stops the station;
 //! - trigger items get ids from `0x8000_0001` up, apart from the free-run ids;
-//! - each thread ends within 100 ms of the station stopping.
+//! - each thread runs with `realtime.input_priority` and `realtime.cpus` when the process
+//!   may ([`super::realtime`]);
+//! - the trigger thread ends within 100 ms of the frame loop stopping; the encoder thread
+//!   counts on while the actuator drains the belt, and ends within 100 ms after it.
 
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 
 use super::config::{InputLineSection, StationConfig};
+use super::realtime::{setup_thread, RealtimeReport};
 use super::tracking::SharedState;
 use crate::core::time::Instant;
 use crate::drivers::gpio::EdgeInput;
@@ -67,7 +72,11 @@ fn input_thread(shared: SharedState, mut input: EdgeSource, role: InputRole, clo
     loop {
         let edge = input.next_edge(Duration::from_millis(100));
         let Ok(mut g) = lock.lock() else { return };
-        if g.stop {
+        let done = match role {
+            InputRole::Encoder => g.inputs_stop,
+            InputRole::Trigger => g.stop,
+        };
+        if done {
             return;
         }
         match edge {
@@ -121,25 +130,30 @@ fn open_input(cfg: &StationConfig, l: &InputLineSection, clock: MonotonicClock, 
 }
 
 /// Open the configured inputs (encoder, trigger) and start a thread for each on `shared`.
-pub(super) fn spawn(cfg: &StationConfig, shared: &SharedState, clock: MonotonicClock) -> Result<Vec<JoinHandle<()>>> {
+pub(super) fn spawn(
+    cfg: &StationConfig,
+    shared: &SharedState,
+    clock: MonotonicClock,
+    report: &Arc<RealtimeReport>,
+) -> Result<Vec<JoinHandle<()>>> {
     let mut inputs = Vec::new();
     if let Some(l) = &cfg.inputs.encoder {
         let input = open_input(cfg, l, clock, "encoder")?;
         let shared = shared.clone();
-        inputs.push(
-            std::thread::Builder::new()
-                .name("encoder".into())
-                .spawn(move || input_thread(shared, input, InputRole::Encoder, clock))?,
-        );
+        let (rt, report) = (cfg.realtime.clone(), report.clone());
+        inputs.push(std::thread::Builder::new().name("encoder".into()).spawn(move || {
+            setup_thread("encoder", rt.input_priority, &rt, &report);
+            input_thread(shared, input, InputRole::Encoder, clock)
+        })?);
     }
     if let Some(l) = &cfg.inputs.trigger {
         let input = open_input(cfg, l, clock, "trigger")?;
         let shared = shared.clone();
-        inputs.push(
-            std::thread::Builder::new()
-                .name("trigger".into())
-                .spawn(move || input_thread(shared, input, InputRole::Trigger, clock))?,
-        );
+        let (rt, report) = (cfg.realtime.clone(), report.clone());
+        inputs.push(std::thread::Builder::new().name("trigger".into()).spawn(move || {
+            setup_thread("trigger", rt.input_priority, &rt, &report);
+            input_thread(shared, input, InputRole::Trigger, clock)
+        })?);
     }
     Ok(inputs)
 }

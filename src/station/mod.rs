@@ -1,7 +1,8 @@
 //! The station: camera → tool → decision → reject tracking → outputs, with counters.
 //!
 //! Three kinds of thread share one [`Tracker`](crate::core::reject::Tracker) (the shift
-//! register) under a mutex:
+//! register) under a priority-inheriting mutex, held for microseconds and never while an
+//! output is written:
 //! - the frame loop (the calling thread) begins an item at each capture and hands it its
 //!   decision;
 //! - the actuator thread owns the outputs, polls the tracker and sleeps until its next edge or
@@ -24,7 +25,9 @@
 //! [`inspect`] (the tool and its decision) → [`tracking`] (the shift register shared with the
 //! other threads) → [`actuate`] (the actuator thread and the outputs), fed by [`inputs`]
 //! (encoder and trigger threads); [`report`] hands every item to the log, the records and the
-//! screen, and [`summary`] is what a run returns. [`config`] reads a profile, [`board`] its
+//! screen, and [`summary`] is what a run returns. [`lifecycle`] is how a running station is
+//! stopped and reloaded and how it reports to a service manager; [`realtime`] gives the
+//! actuator and input threads their `[realtime]` priorities. [`config`] reads a profile, [`board`] its
 //! `[board]` section, [`check`] opens its devices without running; [`timing`] measures the
 //! actuator on this machine. This file is the assembly: start-up, the frame loop, shutdown.
 
@@ -35,12 +38,13 @@ pub mod check;
 pub mod config;
 pub mod inputs;
 pub mod inspect;
+pub mod lifecycle;
+mod pi_lock;
+pub mod realtime;
 pub mod report;
 pub mod summary;
 pub mod timing;
 pub mod tracking;
-
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{anyhow, Result};
 
@@ -53,22 +57,26 @@ use crate::sim::clock::MonotonicClock;
 use capture::{CameraSetup, Capture};
 use config::StationConfig;
 use inspect::Inspect;
+use lifecycle::Notifier;
 use report::{Item, Report};
 use tracking::{Shared, Tracking};
 
 pub use actuate::output_lines;
 pub use capture::MAX_BLIND_ITEMS_PER_CAPTURE;
+pub use lifecycle::{Control, NotifyTarget, StopReport};
 pub use summary::{FaultCounts, ItemReport, Summary};
 pub use timing::{timing_bench, TimingReport};
 pub use tracking::{RejectAudit, MAX_AUDIT_ITEMS, MAX_PENDING_TRIGGERS};
 
 /// Run the station described by `cfg` until the replay ends; `on_item` sees every item.
 pub fn run(cfg: &StationConfig, on_item: impl FnMut(&ItemReport<'_>)) -> Result<Summary> {
-    run_until(cfg, &AtomicBool::new(false), on_item)
+    run_until(cfg, &Control::new(), on_item)
 }
 
-/// Run the station until the replay ends or `stop` is set (a live camera runs until then).
-pub fn run_until(cfg: &StationConfig, stop: &AtomicBool, mut on_item: impl FnMut(&ItemReport<'_>)) -> Result<Summary> {
+/// Run the station until the replay ends or `control` asks it to stop (a live camera runs
+/// until then), taking the decision rules of each reload `control` accepts; see
+/// [`lifecycle`] for what a stop and a reload promise.
+pub fn run_until(cfg: &StationConfig, control: &Control, mut on_item: impl FnMut(&ItemReport<'_>)) -> Result<Summary> {
     let clock = MonotonicClock::default();
     if let Some(b) = &cfg.board {
         b.apply_cpu_hints()?;
@@ -92,25 +100,37 @@ pub fn run_until(cfg: &StationConfig, stop: &AtomicBool, mut on_item: impl FnMut
     let tracking = Tracking {
         state: Shared::new_state(tracker, audit_cap),
     };
-    let act = actuate::spawn(cfg, &tracking.state, &ejectors, speed, clock)?;
-    let inputs = inputs::spawn(cfg, &tracking.state, clock)?;
+    let rt_report = std::sync::Arc::new(realtime::RealtimeReport::default());
+    realtime::lock_memory(&cfg.realtime, &rt_report);
+    let _cpu_latency = realtime::hold_cpu_latency(&cfg.realtime, &rt_report);
+    let act = actuate::spawn(cfg, &tracking.state, &ejectors, speed, clock, &rt_report)?;
+    let inputs = inputs::spawn(cfg, &tracking.state, clock, &rt_report)?;
     let mut report = Report::start(cfg, classes, inspect.model_line(), frame_bytes, audit_cap, clock)?;
     let mut capture = Capture::new(camera, frame_buf, cfg.trigger_mode(), period_us, report.run_start);
 
+    let mut notifier = Notifier::open(control.notify_target(), clock.now());
     frame_loop(
-        stop,
+        control,
         &mut capture,
         &mut inspect,
         &tracking,
         &mut report,
         clock,
+        &mut notifier,
         &mut on_item,
     );
+    let loop_end = clock.now();
+    if let Some(n) = &notifier {
+        n.stopping();
+    }
 
-    // Shutdown: the screen and records first, then the threads (the actuator drains the belt).
+    // Shutdown: the screen and records first, then the threads: the actuator drains the
+    // belt (the encoder counts on until it has), and the inputs stop last.
     report.close();
     tracking.stop();
     let out = act.join().map_err(|_| anyhow!("actuator thread panicked"))?;
+    let act_end = clock.now();
+    tracking.stop_inputs();
     for i in inputs {
         let _ = i.join();
     }
@@ -118,23 +138,51 @@ pub fn run_until(cfg: &StationConfig, stop: &AtomicBool, mut on_item: impl FnMut
     let model = format!("{} {} ({})", m.model.name, m.model.version, inspect.precision.name());
     let timeline = out.events().to_vec();
     let audit_on = speed.map(|v| (v, ejectors.as_slice()));
-    Ok(report.summary(tracking.totals(), timeline, audit_on, &capture.camera, model))
+    let drain_timed_out = tracking.drain_timed_out();
+    let mut summary = report.summary(tracking.totals(), timeline, audit_on, &capture.camera, model);
+    let last_pulse_end = summary
+        .timeline
+        .iter()
+        .filter(|e| matches!(e.line, crate::hal::OutputLine::Reject(_)) && !e.active)
+        .map(|e| e.actual)
+        .max()
+        .filter(|t| *t > loop_end)
+        .unwrap_or(loop_end);
+    summary.stop = StopReport {
+        cause: control.stop_cause().unwrap_or("end of input"),
+        drain_ms: act_end.us_since(loop_end) as f64 / 1000.0,
+        end_after_last_pulse_ms: act_end.us_since(last_pulse_end) as f64 / 1000.0,
+        drain_timed_out,
+    };
+    (summary.reloads, summary.reloads_refused) = control.reload_counts();
+    summary.realtime = rt_report.lines();
+    Ok(summary)
 }
 
 /// One item per capture until the replay ends or `stop` is set: capture → inspect → decide
 /// (the tracker) → report. Every error here is a decision (the fail-safe) and a fault.
+/// Between two items: new decision rules from a reload, and the service notifications.
+#[allow(clippy::too_many_arguments)]
 fn frame_loop(
-    stop: &AtomicBool,
+    control: &Control,
     capture: &mut Capture,
     inspect: &mut Inspect,
     tracking: &Tracking,
     report: &mut Report<'_>,
     clock: MonotonicClock,
+    notifier: &mut Option<Notifier>,
     on_item: &mut impl FnMut(&ItemReport<'_>),
 ) {
     loop {
-        if stop.load(Ordering::Relaxed) {
+        if control.stop_requested() {
             break;
+        }
+        if let Some(new) = control.take_rules() {
+            inspect.rules = new.rules;
+            inspect.deadline_us = new.deadline_us;
+        }
+        if let Some(n) = notifier.as_mut() {
+            n.tick(clock.now(), &report.counters, control.reload_counts());
         }
         // Software trigger: wait for an edge, then take the first frame exposed after it.
         let mut trigger: Option<(u32, Instant)> = None;
@@ -236,5 +284,8 @@ fn frame_loop(
             scores: inspect.scores(),
         };
         report.item(&it, &decided, &inspect.tool, on_item);
+        if let (Some(n), true) = (notifier.as_mut(), it.frame.is_some()) {
+            n.decided_frame();
+        }
     }
 }

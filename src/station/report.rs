@@ -518,6 +518,10 @@ impl<'c> Report<'c> {
             display,
             records,
             duration_s: self.started.elapsed().as_secs_f64(),
+            stop: Default::default(),
+            reloads: 0,
+            reloads_refused: 0,
+            realtime: Vec::new(),
         }
     }
 }

@@ -7,6 +7,7 @@
 
 use serde_json::json;
 
+use super::lifecycle::StopReport;
 use super::tracking::{edge_error_us, RejectAudit};
 use crate::camera::supervisor::CameraStats;
 use crate::core::calibration::travel_distance_mm;
@@ -111,6 +112,14 @@ pub struct Summary {
     pub records: Option<serde_json::Value>,
     /// Wall time of the run.
     pub duration_s: f64,
+    /// What ended the run and how the belt was drained.
+    pub stop: StopReport,
+    /// Profile reloads applied (new decision rules taken) during the run.
+    pub reloads: u64,
+    /// Profile reloads refused (the running rules stayed).
+    pub reloads_refused: u64,
+    /// What the `[realtime]` setup did, per thread, in words.
+    pub realtime: Vec<String>,
 }
 
 impl Summary {
@@ -164,7 +173,7 @@ impl Summary {
                 "dropped": i.dropped, "corrupted": i.corrupted, "disconnects": i.disconnects,
             })
         });
-        json!({
+        let mut j = json!({
             "station": self.station,
             "model": self.model,
             "items": c.inspected,
@@ -211,6 +220,16 @@ impl Summary {
             "display": display,
             "records": self.records,
             "duration_s": self.duration_s,
-        })
+        });
+        j["stop"] = json!({
+            "cause": self.stop.cause,
+            "drain_ms": self.stop.drain_ms,
+            "end_after_last_pulse_ms": self.stop.end_after_last_pulse_ms,
+            "drain_timed_out": self.stop.drain_timed_out,
+        });
+        j["reloads"] = json!(self.reloads);
+        j["reloads_refused"] = json!(self.reloads_refused);
+        j["realtime"] = json!(self.realtime);
+        j
     }
 }

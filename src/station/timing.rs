@@ -3,7 +3,8 @@
 //!
 //! Guarantees:
 //! - the actuator thread, the shared tracker state and the recording backend are the ones the
-//!   station runs, not copies: what is measured is what fires the rejects;
+//!   station runs, not copies, with the profile's `[realtime]` settings: what is measured is
+//!   what fires the rejects;
 //! - with inference on, the frame thread runs a real model on a real frame for every item, so
 //!   the two threads compete for the machine as they do in the station;
 //! - every item is decided reject (alternating ejectors), so every item is a pulse to place.
@@ -12,6 +13,7 @@ use anyhow::{anyhow, Result};
 
 use super::actuate::{actuator, ActuatorTiming, Outputs};
 use super::config::StationConfig;
+use super::realtime::{hold_cpu_latency, setup_thread, RealtimeReport};
 use super::tracking::{audit, edge_error_us, AuditItem, RejectAudit, Shared};
 use crate::core::belt::Belt;
 use crate::core::decision::{Action, Decision, Outcome};
@@ -87,13 +89,18 @@ pub fn timing_bench(cfg: &StationConfig, items: u32, rate_fps: f32, with_inferen
         fault_hold_us: cfg.outputs.fault_hold_ms as u64 * 1000,
         max_sleep_us: 1_000_000,
         drain_us: (farthest as f64 / speed as f64 * 1e6) as u64 + 1_000_000,
+        reject_lines: ejectors.len() as u8,
+        spin_us: cfg.realtime.spin_us as u64,
     };
     let out = Outputs::Recording(RecordingOutput::new(clock, MAX_TIMELINE_EVENTS));
+    let _cpu_latency = hold_cpu_latency(&cfg.realtime, &RealtimeReport::default());
     let act = {
         let shared = shared.clone();
-        std::thread::Builder::new()
-            .name("actuator".into())
-            .spawn(move || actuator(shared, out, clock, timing))?
+        let rt = cfg.realtime.clone();
+        std::thread::Builder::new().name("actuator".into()).spawn(move || {
+            setup_thread("actuator", rt.actuator_priority, &rt, &RealtimeReport::default());
+            actuator(shared, out, clock, timing)
+        })?
     };
     let period_us = (1e6 / rate_fps.max(0.1) as f64) as u64;
     let mut audit_items = Vec::with_capacity(items as usize);

@@ -1,9 +1,9 @@
 //! Decision and tracking: the shift register between the camera and the ejectors.
 //!
 //! One [`Tracker`] is shared by the frame loop, the actuator thread and the input threads,
-//! under one mutex with a condition variable (`Tracking`). This module holds that shared
-//! state and every step the frame loop takes on it; the locking is the same at every step:
-//! take the lock, change the tracker, release it, then wake the other threads.
+//! under one priority-inheriting mutex with a condition variable (`Tracking`). This module
+//! holds that shared state and every step the frame loop takes on it; the locking is the same
+//! at every step: take the lock, change the tracker, release it, then wake the other threads.
 //!
 //! Guarantees:
 //! - an item enters the register before inference (free-run: at its frame; trigger modes: at
@@ -13,15 +13,18 @@
 //!   oldest, and the drop is counted as an input error;
 //! - the reject audit keeps at most [`MAX_AUDIT_ITEMS`] items, preallocated; items beyond it
 //!   are decided and fired as usual and counted as left out;
-//! - a poisoned lock never panics the frame loop: the step is skipped (or the loop ends).
+//! - the lock inherits priority: a frame loop preempted while holding it runs on at the
+//!   actuator's priority until it lets go, so the actuator waits microseconds, not a
+//!   scheduling period; the lock never poisons.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, Result};
 
 use super::config::StationConfig;
+use super::pi_lock::{PiCondvar, PiMutex};
 use crate::core::belt::Belt;
 use crate::core::calibration::travel_time_us;
 use crate::core::decision::{Action, Decision};
@@ -82,7 +85,12 @@ pub(super) struct Shared {
     pub(super) tracker: Tracker,
     /// Last fault, for the heartbeat.
     pub(super) fault_at: Option<Instant>,
+    /// The frame loop ended: the actuator drains the belt, the trigger input stops.
     pub(super) stop: bool,
+    /// The actuator ended: the encoder input stops (it counts on while the belt drains).
+    pub(super) inputs_stop: bool,
+    /// The actuator's drain time ran out with items still on the belt.
+    pub(super) drain_timed_out: bool,
     pub(super) output_errors: u64,
     pub(super) input_errors: u64,
     pub(super) fired: Vec<FiredItem>,
@@ -90,23 +98,26 @@ pub(super) struct Shared {
     pub(super) triggered: heapless::Deque<(u32, Instant), MAX_PENDING_TRIGGERS>,
 }
 
-/// [`Shared`] under its mutex, with the condition variable that wakes the other threads.
-pub(super) type SharedState = Arc<(Mutex<Shared>, Condvar)>;
+/// [`Shared`] under its mutex, with the condition variable that wakes the other threads. The
+/// mutex inherits priority: the real-time actuator never waits on a preempted frame loop.
+pub(super) type SharedState = Arc<(PiMutex<Shared>, PiCondvar)>;
 
 impl Shared {
     /// Shared state around `tracker`, keeping up to `fired_capacity` fired items for the audit.
     pub(super) fn new_state(tracker: Tracker, fired_capacity: usize) -> SharedState {
         Arc::new((
-            Mutex::new(Shared {
+            PiMutex::new(Shared {
                 tracker,
                 fault_at: None,
                 stop: false,
+                inputs_stop: false,
+                drain_timed_out: false,
                 output_errors: 0,
                 input_errors: 0,
                 fired: Vec::with_capacity(fired_capacity),
                 triggered: heapless::Deque::new(),
             }),
-            Condvar::new(),
+            PiCondvar::new(),
         ))
     }
 }
@@ -240,6 +251,21 @@ impl Tracking {
             g.stop = true;
         }
         cvar.notify_all();
+    }
+
+    /// The actuator ended: stop the inputs too.
+    pub(super) fn stop_inputs(&self) {
+        let (lock, cvar) = &*self.state;
+        if let Ok(mut g) = lock.lock() {
+            g.inputs_stop = true;
+        }
+        cvar.notify_all();
+    }
+
+    /// Whether the actuator's drain time ran out with items still on the belt.
+    pub(super) fn drain_timed_out(&self) -> bool {
+        let (lock, _) = &*self.state;
+        lock.lock().map(|g| g.drain_timed_out).unwrap_or(false)
     }
 
     /// After the threads ended: output errors, input errors, the tracker's totals and the

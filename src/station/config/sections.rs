@@ -361,3 +361,39 @@ fn spi_hz() -> u32 {
 fn r90() -> u32 {
     90
 }
+
+/// `[realtime]`: scheduling of the threads that place the reject pulses. Each setting the
+/// process is not allowed (no `CAP_SYS_NICE`, `RLIMIT_RTPRIO` or `RLIMIT_MEMLOCK`) is a
+/// warning, and the station runs without it.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RealtimeSection {
+    /// `SCHED_FIFO` priority of the actuator thread, 1–99 (none: normal scheduling).
+    #[serde(default)]
+    pub actuator_priority: Option<u8>,
+    /// `SCHED_FIFO` priority of the input (encoder, trigger) threads, 1–99.
+    #[serde(default)]
+    pub input_priority: Option<u8>,
+    /// CPUs the actuator and input threads run on (none: any).
+    #[serde(default)]
+    pub cpus: Vec<usize>,
+    /// Lock the process's memory (`mlockall`) once the model is loaded: no page fault on the
+    /// pulse path.
+    #[serde(default)]
+    pub lock_memory: bool,
+    /// Hold the CPUs' wake-up latency at or under this while the station runs (PM QoS,
+    /// `/dev/cpu_dma_latency`): no deep idle state whose wake-up would delay an edge. 0 keeps
+    /// them awake, which costs power. None: the kernel's default.
+    #[serde(default)]
+    pub cpu_latency_us: Option<u32>,
+    /// The actuator sleeps to this long before an edge, then spins to it, µs (0–1000).
+    #[serde(default = "spin_us")]
+    pub spin_us: u32,
+}
+
+/// The default spin: longer than a CPU's wake-up from idle, which a sleep cannot beat (up to
+/// about 700 µs measured on a virtual machine, tens of µs on the boards); it costs that much
+/// CPU per edge (0.7 % at 10 items/s).
+fn spin_us() -> u32 {
+    300
+}
