@@ -7,7 +7,7 @@
 # floor read from its symbol versions (or its being static), then under qemu-user:
 #   - tests/arch_scores.rs: the shipped classify, segment and grains models give the same
 #     scores on the same images as on x86_64 (pixels exact, int8 within 1e-6, f32 within 1e-4);
-#   - the library's tests of the model operators (`model::`): every integer-convolution kernel
+#   - aarch64: the library's tests of the model operators (`model::`): every integer-convolution kernel
 #     this architecture has (SDOT under a Cortex-A76, SMLAL under a Cortex-A72) against the
 #     convolution's definition, the requantisation, the pads and pools against tract's;
 #   - the reject-timing simulation through the binary itself: `ferroscope simulate` in speed
@@ -38,10 +38,11 @@ TARGET_DIR=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import js
 
 for T in "${TARGETS[@]}"; do
     QEMU_DOT=()
+    LIB_TESTS=0
     case $T in
         aarch64-unknown-linux-gnu) ZT=$T.$GLIBC_FLOOR; QEMU=(qemu-aarch64 -cpu cortex-a72 -L /usr/aarch64-linux-gnu); TESTS=(arch_scores)
             # the tests again on a core with the dot-product extension: the int8 models' SDOT kernel
-            QEMU_DOT=(qemu-aarch64 -cpu cortex-a76 -L /usr/aarch64-linux-gnu) ;;
+            QEMU_DOT=(qemu-aarch64 -cpu cortex-a76 -L /usr/aarch64-linux-gnu); LIB_TESTS=1 ;;
         armv7-unknown-linux-gnueabihf) ZT=$T.$GLIBC_FLOOR; QEMU=(qemu-arm -cpu cortex-a8 -L /usr/arm-linux-gnueabihf); TESTS=(arch_scores) ;;
         # the same architecture as the gnu build: its binary is what the emulated board boots
         aarch64-unknown-linux-musl) ZT=$T; QEMU=(qemu-aarch64 -cpu cortex-a72); TESTS=() ;;
@@ -51,10 +52,13 @@ for T in "${TARGETS[@]}"; do
     START=$(date +%s)
     ARGS=(--release --target "$ZT" --bin ferroscope)
     for t in "${TESTS[@]+"${TESTS[@]}"}"; do ARGS+=(--test "$t"); done
-    # and the library's own tests of the model operators (the integer kernels of this
-    # architecture against the definition, the requantisation, the pads and pools)
-    [ ${#TESTS[@]} -gt 0 ] && ARGS+=(--lib)
     cargo zigbuild "${ARGS[@]}" --message-format=json-render-diagnostics >"$TARGET_DIR/cross-$T.json"
+    if [ "$LIB_TESTS" = 1 ]; then
+        # and the library's own tests of the model operators (the integer kernels of this
+        # architecture against the definition, the requantisation, the pads and pools)
+        cargo-zigbuild test --release --target "$ZT" --lib --no-run \
+            --message-format=json-render-diagnostics >>"$TARGET_DIR/cross-$T.json"
+    fi
     echo "built in $(( $(date +%s) - START )) s"
     BIN=$TARGET_DIR/$T/release/ferroscope
     file "$BIN"
@@ -83,7 +87,7 @@ for line in open(sys.argv[1]):
         print(("model:: " if "lib" in m["target"]["kind"] else "- ") + m["executable"])
 PY
 )
-    WANT=$(( ${#TESTS[@]} > 0 ? ${#TESTS[@]} + 1 : 0 ))
+    WANT=$(( ${#TESTS[@]} + LIB_TESTS ))
     [ ${#EXES[@]} -eq $WANT ] || { echo "FAIL: expected $WANT test binaries, got ${#EXES[@]}"; exit 1; }
     for line in "${EXES[@]+"${EXES[@]}"}"; do
         FILTER=${line%% *}; exe=${line#* }

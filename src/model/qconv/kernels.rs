@@ -23,26 +23,43 @@ impl InputByte for i8 {
     }
 }
 
-/// Portable tile: M_TILE weight rows × P_TILE im2col rows, each `kp` long.
+/// Where a tile reads its [`P_TILE`] input rows: the reduction is `segs.len()` segments of
+/// `seg_len` bytes, segment `s` of pixel `p` at `ptr[p] + segs[s]`. An im2col block is one
+/// segment of K bytes per pixel; a channels-last input read in place is one segment per kernel
+/// tap, `seg_len` its channels.
+#[derive(Clone, Copy)]
+pub(super) struct Rows<'a> {
+    pub ptr: [*const u8; P_TILE],
+    pub segs: &'a [usize],
+    pub seg_len: usize,
+}
+
+/// Portable tile: `rows` weight rows of `kp` bytes × the [`P_TILE`] input rows.
+///
+/// # Safety
+/// Every segment of every pixel is `seg_len` readable bytes; `seg_len` is a multiple of 16 and
+/// `kp` = segments × `seg_len`.
 #[inline(never)]
-pub(super) fn tile_portable<T: InputByte>(
+pub(super) unsafe fn tile_portable<T: InputByte>(
     w: &[i8],
-    b: &[u8],
+    b: Rows<'_>,
     kp: usize,
     rows: usize,
     acc: &mut [[i32; M_TILE]; P_TILE],
 ) {
-    // SAFETY: u8 and i8 have the same size and alignment; the domain only changes how a byte
-    // widens.
-    let b: &[T] = unsafe { std::slice::from_raw_parts(b.as_ptr() as *const T, b.len()) };
     for mi in 0..rows {
         let wr = &w[mi * kp..][..kp];
         for (pi, a) in acc.iter_mut().enumerate() {
-            let br = &b[pi * kp..][..kp];
             let mut lanes = [0i32; 16];
-            for (wc, bc) in wr.chunks_exact(16).zip(br.chunks_exact(16)) {
-                for l in 0..16 {
-                    lanes[l] += wc[l] as i32 * bc[l].widen();
+            for (si, &off) in b.segs.iter().enumerate() {
+                // SAFETY: the caller's contract; u8 and i8 have the same size and alignment, the
+                // domain only changes how a byte widens.
+                let br: &[T] = unsafe { std::slice::from_raw_parts(b.ptr[pi].add(off) as *const T, b.seg_len) };
+                let ws = &wr[si * b.seg_len..][..b.seg_len];
+                for (wc, bc) in ws.chunks_exact(16).zip(br.chunks_exact(16)) {
+                    for l in 0..16 {
+                        lanes[l] += wc[l] as i32 * bc[l].widen();
+                    }
                 }
             }
             a[mi] = lanes.iter().sum();
@@ -52,7 +69,7 @@ pub(super) fn tile_portable<T: InputByte>(
 
 #[cfg(target_arch = "x86_64")]
 pub(super) mod x86 {
-    use super::{M_TILE, P_TILE};
+    use super::{Rows, M_TILE, P_TILE};
     use std::arch::x86_64::*;
 
     use std::arch::asm;
@@ -83,38 +100,43 @@ pub(super) mod x86 {
             for half in 0..$rows / 4 {
                 let mut s = [[_mm256_setzero_si256(); P_TILE]; 4];
                 let mut k = 0;
-                while k + 32 <= $kp {
-                    let mut bv = [_mm256_setzero_si256(); P_TILE];
-                    for (p, v) in bv.iter_mut().enumerate() {
-                        *v = unsafe { _mm256_loadu_si256($b.as_ptr().add(p * $kp + k) as *const __m256i) };
+                for &off in $b.segs {
+                    let mut kk = 0;
+                    while kk + 32 <= $b.seg_len {
+                        let mut bv = [_mm256_setzero_si256(); P_TILE];
+                        for (p, v) in bv.iter_mut().enumerate() {
+                            *v = unsafe { _mm256_loadu_si256($b.ptr[p].add(off + kk) as *const __m256i) };
+                        }
+                        for (mi, sm) in s.iter_mut().enumerate() {
+                            let wv = unsafe {
+                                _mm256_loadu_si256($w.as_ptr().add((half * 4 + mi) * $kp + k + kk) as *const __m256i)
+                            };
+                            for p in 0..P_TILE {
+                                sm[p] = $dp(sm[p], bv[p], wv);
+                            }
+                        }
+                        kk += 32;
                     }
-                    for (mi, sm) in s.iter_mut().enumerate() {
-                        let wv =
-                            unsafe { _mm256_loadu_si256($w.as_ptr().add((half * 4 + mi) * $kp + k) as *const __m256i) };
-                        for p in 0..P_TILE {
-                            sm[p] = $dp(sm[p], bv[p], wv);
+                    if kk < $b.seg_len {
+                        // The last 16 bytes, in the low half of the registers.
+                        let mut bv = [_mm256_setzero_si256(); P_TILE];
+                        for (p, v) in bv.iter_mut().enumerate() {
+                            *v = unsafe {
+                                _mm256_zextsi128_si256(_mm_loadu_si128($b.ptr[p].add(off + kk) as *const __m128i))
+                            };
+                        }
+                        for (mi, sm) in s.iter_mut().enumerate() {
+                            let wv = unsafe {
+                                _mm256_zextsi128_si256(_mm_loadu_si128(
+                                    $w.as_ptr().add((half * 4 + mi) * $kp + k + kk) as *const __m128i
+                                ))
+                            };
+                            for p in 0..P_TILE {
+                                sm[p] = $dp(sm[p], bv[p], wv);
+                            }
                         }
                     }
-                    k += 32;
-                }
-                if k < $kp {
-                    // The last 16 bytes, in the low half of the registers.
-                    let mut bv = [_mm256_setzero_si256(); P_TILE];
-                    for (p, v) in bv.iter_mut().enumerate() {
-                        *v = unsafe {
-                            _mm256_zextsi128_si256(_mm_loadu_si128($b.as_ptr().add(p * $kp + k) as *const __m128i))
-                        };
-                    }
-                    for (mi, sm) in s.iter_mut().enumerate() {
-                        let wv = unsafe {
-                            _mm256_zextsi128_si256(_mm_loadu_si128(
-                                $w.as_ptr().add((half * 4 + mi) * $kp + k) as *const __m128i
-                            ))
-                        };
-                        for p in 0..P_TILE {
-                            sm[p] = $dp(sm[p], bv[p], wv);
-                        }
-                    }
+                    k += $b.seg_len;
                 }
                 for (mi, sm) in s.iter().enumerate() {
                     // Horizontal sums of the four pixels' accumulators.
@@ -135,10 +157,10 @@ pub(super) mod x86 {
     /// VNNI tile, AVX-512 VNNI encoding (EVEX, 256-bit registers).
     ///
     /// # Safety
-    /// The CPU has AVX-512 VNNI and VL; `w` holds M_TILE rows and `b` P_TILE rows of `kp`
-    /// bytes, `kp` a multiple of 16.
+    /// The CPU has AVX-512 VNNI and VL; `w` holds `rows` rows of `kp` bytes; `b` as for
+    /// [`super::tile_portable`].
     #[target_feature(enable = "avx2,avx512f,avx512vl,avx512vnni")]
-    pub unsafe fn tile_vnni(w: &[i8], b: &[u8], kp: usize, rows: usize, acc: &mut [[i32; M_TILE]; P_TILE]) {
+    pub unsafe fn tile_vnni(w: &[i8], b: Rows<'_>, kp: usize, rows: usize, acc: &mut [[i32; M_TILE]; P_TILE]) {
         vnni_tile!(w, b, kp, rows, acc, _mm256_dpbusd_epi32);
     }
 
@@ -147,14 +169,14 @@ pub(super) mod x86 {
     /// # Safety
     /// The CPU has AVX-VNNI; the buffers as for [`tile_vnni`].
     #[target_feature(enable = "avx2")]
-    pub unsafe fn tile_avx_vnni(w: &[i8], b: &[u8], kp: usize, rows: usize, acc: &mut [[i32; M_TILE]; P_TILE]) {
+    pub unsafe fn tile_avx_vnni(w: &[i8], b: Rows<'_>, kp: usize, rows: usize, acc: &mut [[i32; M_TILE]; P_TILE]) {
         vnni_tile!(w, b, kp, rows, acc, dpbusd_vex);
     }
 }
 
 #[cfg(target_arch = "aarch64")]
 pub(super) mod arm {
-    use super::{M_TILE, P_TILE};
+    use super::{Rows, M_TILE, P_TILE};
     use std::arch::aarch64::*;
     use std::arch::asm;
 
@@ -179,36 +201,45 @@ pub(super) mod arm {
     ///
     /// # Safety
     /// The CPU has the dot-product extension; `w` is in the `[m/4][k/4][4][4]` order for `H`·4
-    /// rows, `b` holds P_TILE rows of `kp` bytes, `kp` a multiple of 16.
+    /// rows of `kp`; `b` as for [`super::tile_portable`].
     #[inline]
     #[target_feature(enable = "neon,dotprod")]
-    unsafe fn tile_sdot_h<const H: usize>(w: &[i8], b: &[u8], kp: usize, acc: &mut [[i32; M_TILE]; P_TILE]) {
-        debug_assert!(w.len() >= H * 4 * kp && b.len() >= P_TILE * kp && kp % 16 == 0);
+    unsafe fn tile_sdot_h<const H: usize>(w: &[i8], b: Rows<'_>, kp: usize, acc: &mut [[i32; M_TILE]; P_TILE]) {
+        debug_assert!(w.len() >= H * 4 * kp && b.seg_len % 16 == 0);
         unsafe {
             let zero = vdupq_n_s32(0);
             let mut s = [[zero; P_TILE]; H];
             let wq = kp / 4 * 16; // bytes per 4 output channels
-            let bp = b.as_ptr() as *const i8;
             let mut k = 0;
-            while k < kp {
-                let b0 = vld1q_s8(bp.add(k));
-                let b1 = vld1q_s8(bp.add(kp + k));
-                let b2 = vld1q_s8(bp.add(2 * kp + k));
-                let b3 = vld1q_s8(bp.add(3 * kp + k));
-                for (h, sh) in s.iter_mut().enumerate() {
-                    let base = w.as_ptr().add(h * wq + k / 4 * 16);
-                    let w0 = vld1q_s8(base);
-                    let w1 = vld1q_s8(base.add(16));
-                    let w2 = vld1q_s8(base.add(32));
-                    let w3 = vld1q_s8(base.add(48));
-                    for (a, bv) in sh.iter_mut().zip([b0, b1, b2, b3]) {
-                        *a = sdot::<0>(*a, w0, bv);
-                        *a = sdot::<1>(*a, w1, bv);
-                        *a = sdot::<2>(*a, w2, bv);
-                        *a = sdot::<3>(*a, w3, bv);
+            for &off in b.segs {
+                let bp = [
+                    b.ptr[0].add(off) as *const i8,
+                    b.ptr[1].add(off) as *const i8,
+                    b.ptr[2].add(off) as *const i8,
+                    b.ptr[3].add(off) as *const i8,
+                ];
+                let mut kk = 0;
+                while kk < b.seg_len {
+                    let b0 = vld1q_s8(bp[0].add(kk));
+                    let b1 = vld1q_s8(bp[1].add(kk));
+                    let b2 = vld1q_s8(bp[2].add(kk));
+                    let b3 = vld1q_s8(bp[3].add(kk));
+                    for (h, sh) in s.iter_mut().enumerate() {
+                        let base = w.as_ptr().add(h * wq + (k + kk) / 4 * 16);
+                        let w0 = vld1q_s8(base);
+                        let w1 = vld1q_s8(base.add(16));
+                        let w2 = vld1q_s8(base.add(32));
+                        let w3 = vld1q_s8(base.add(48));
+                        for (a, bv) in sh.iter_mut().zip([b0, b1, b2, b3]) {
+                            *a = sdot::<0>(*a, w0, bv);
+                            *a = sdot::<1>(*a, w1, bv);
+                            *a = sdot::<2>(*a, w2, bv);
+                            *a = sdot::<3>(*a, w3, bv);
+                        }
                     }
+                    kk += 16;
                 }
-                k += 16;
+                k += b.seg_len;
             }
             for (h, sh) in s.iter().enumerate() {
                 for (p, a) in sh.iter().enumerate() {
@@ -225,7 +256,7 @@ pub(super) mod arm {
     /// # Safety
     /// As [`tile_sdot_h`], for `halves`·4 rows.
     #[target_feature(enable = "neon,dotprod")]
-    pub unsafe fn tile_sdot(w: &[i8], b: &[u8], kp: usize, halves: usize, acc: &mut [[i32; M_TILE]; P_TILE]) {
+    pub unsafe fn tile_sdot(w: &[i8], b: Rows<'_>, kp: usize, halves: usize, acc: &mut [[i32; M_TILE]; P_TILE]) {
         unsafe {
             if halves == 2 {
                 tile_sdot_h::<2>(w, b, kp, acc)
@@ -242,34 +273,37 @@ pub(super) mod arm {
     /// 16 bits unless both are −128 × −128, so the weights must not hold −128 (checked at load).
     ///
     /// # Safety
-    /// `w` holds `rows` rows (a multiple of 4) and `b` P_TILE rows of `kp` bytes, `kp` a
-    /// multiple of 16; no weight is −128.
+    /// `w` holds `rows` rows (a multiple of 4) of `kp` bytes, `b` as for
+    /// [`super::tile_portable`]; no weight is −128.
     #[target_feature(enable = "neon")]
-    pub unsafe fn tile_smlal(w: &[i8], b: &[u8], kp: usize, rows: usize, acc: &mut [[i32; M_TILE]; P_TILE]) {
-        debug_assert!(w.len() >= rows * kp && b.len() >= P_TILE * kp && kp % 16 == 0 && rows % 4 == 0);
+    pub unsafe fn tile_smlal(w: &[i8], b: Rows<'_>, kp: usize, rows: usize, acc: &mut [[i32; M_TILE]; P_TILE]) {
+        debug_assert!(w.len() >= rows * kp && b.seg_len % 16 == 0 && rows % 4 == 0);
         unsafe {
-            let bp = b.as_ptr() as *const i8;
             let mut m0 = 0;
             while m0 < rows {
                 let zero = vdupq_n_s32(0);
                 let mut s = [[zero; P_TILE]; 4];
                 let mut k = 0;
-                while k < kp {
-                    let bv = [
-                        vld1q_s8(bp.add(k)),
-                        vld1q_s8(bp.add(kp + k)),
-                        vld1q_s8(bp.add(2 * kp + k)),
-                        vld1q_s8(bp.add(3 * kp + k)),
-                    ];
-                    for (mi, sm) in s.iter_mut().enumerate() {
-                        let wv = vld1q_s8(w.as_ptr().add((m0 + mi) * kp + k));
-                        let wl = vget_low_s8(wv);
-                        for (a, bq) in sm.iter_mut().zip(bv) {
-                            let prod = vmlal_high_s8(vmull_s8(wl, vget_low_s8(bq)), wv, bq);
-                            *a = vpadalq_s16(*a, prod);
+                for &off in b.segs {
+                    let mut kk = 0;
+                    while kk < b.seg_len {
+                        let bv = [
+                            vld1q_s8(b.ptr[0].add(off + kk) as *const i8),
+                            vld1q_s8(b.ptr[1].add(off + kk) as *const i8),
+                            vld1q_s8(b.ptr[2].add(off + kk) as *const i8),
+                            vld1q_s8(b.ptr[3].add(off + kk) as *const i8),
+                        ];
+                        for (mi, sm) in s.iter_mut().enumerate() {
+                            let wv = vld1q_s8(w.as_ptr().add((m0 + mi) * kp + k + kk));
+                            let wl = vget_low_s8(wv);
+                            for (a, bq) in sm.iter_mut().zip(bv) {
+                                let prod = vmlal_high_s8(vmull_s8(wl, vget_low_s8(bq)), wv, bq);
+                                *a = vpadalq_s16(*a, prod);
+                            }
                         }
+                        kk += 16;
                     }
-                    k += 16;
+                    k += b.seg_len;
                 }
                 for (mi, sm) in s.iter().enumerate() {
                     for (p, a) in sm.iter().enumerate() {

@@ -43,7 +43,7 @@ mod fuse;
 mod kernels;
 
 pub use fuse::fuse_qdq_convs;
-use kernels::tile_portable;
+use kernels::{tile_portable, Rows};
 
 /// The node type [`fuse_qdq_convs`] writes and [`onnx`] registers.
 pub const FUSED_OP: &str = "FerroscopeQConv";
@@ -512,6 +512,47 @@ impl QConv {
                     }
                     &scratch.hwc
                 };
+                if cg % K_STEP == 0 && group == 1 {
+                    // Direct: the kernels read each tap's channels from the padded input in
+                    // place (no im2col), K = taps × channels already a multiple of K_STEP.
+                    let [pt, pl, pb, pr] = g.pads;
+                    let (hp, wp) = (h + pt + pb, w + pl + pr);
+                    let base: &[u8] = if g.pads == [0; 4] {
+                        hwc
+                    } else {
+                        if scratch.padded.len() != hp * wp * cg {
+                            // The border keeps the pad byte; only the inside is written per run.
+                            scratch.padded.clear();
+                            scratch.padded.resize(hp * wp * cg, self.pad_byte);
+                        }
+                        for yy in 0..h {
+                            scratch.padded[((yy + pt) * wp + pl) * cg..][..w * cg]
+                                .copy_from_slice(&hwc[yy * w * cg..][..w * cg]);
+                        }
+                        &scratch.padded
+                    };
+                    scratch.taps.clear();
+                    for ky in 0..kh {
+                        for kx in 0..kw {
+                            scratch.taps.push((ky * g.dilations[0] * wp + kx * g.dilations[1]) * cg);
+                        }
+                    }
+                    let src = Source::Direct {
+                        base,
+                        taps: &scratch.taps,
+                        wp,
+                        cg,
+                        ow,
+                    };
+                    let yb = &mut y[b * self.m_out * pixels..][..self.m_out * pixels];
+                    let mut p0 = 0;
+                    while p0 < pixels {
+                        let np = P_BLOCK.min(pixels - p0);
+                        self.block(0, src, np, p0, pixels, mg, yb);
+                        p0 += np;
+                    }
+                    continue;
+                }
                 let mut p0 = 0;
                 while p0 < pixels {
                     let np = P_BLOCK.min(pixels - p0);
@@ -558,7 +599,7 @@ impl QConv {
                         scratch.cols[pi * self.kp..][..self.kp].fill(0);
                     }
                     let yb = &mut y[b * self.m_out * pixels..][..self.m_out * pixels];
-                    self.block(gi, &scratch.cols, np, p0, pixels, mg, yb);
+                    self.block(gi, Source::Cols(&scratch.cols), np, p0, pixels, mg, yb);
                     p0 += np;
                 }
             }
@@ -570,7 +611,7 @@ impl QConv {
     /// requantised into `yb` (one image's output: channel-major planes, or channels-last when
     /// [`QConv::output_hwc`]).
     #[allow(clippy::too_many_arguments)]
-    fn block(&self, gi: usize, cols: &[u8], np: usize, p0: usize, pixels: usize, mg: usize, yb: &mut [u8]) {
+    fn block(&self, gi: usize, src: Source<'_>, np: usize, p0: usize, pixels: usize, mg: usize, yb: &mut [u8]) {
         let kp = self.kp;
         let mut acc = [[0i32; M_TILE]; P_TILE];
         // Channels-last output is written in the consumers' domain (they share this kernel).
@@ -586,7 +627,30 @@ impl QConv {
             let bias: &[i32; M_TILE] = self.bias[mrow..mrow + M_TILE].try_into().expect("padded bias");
             let mult: &[f32; M_TILE] = self.mult[mrow..mrow + M_TILE].try_into().expect("padded mult");
             for pt in 0..np.div_ceil(P_TILE) {
-                let b = &cols[pt * P_TILE * kp..][..P_TILE * kp];
+                let b = match src {
+                    Source::Cols(cols) => {
+                        let tile = &cols[pt * P_TILE * kp..][..P_TILE * kp];
+                        Rows {
+                            ptr: core::array::from_fn(|p| tile[p * kp..].as_ptr()),
+                            segs: &[0],
+                            seg_len: kp,
+                        }
+                    }
+                    Source::Direct { base, taps, wp, cg, ow } => {
+                        let [sy, sx] = self.geometry.strides;
+                        let last = p0 + np - 1;
+                        Rows {
+                            ptr: core::array::from_fn(|i| {
+                                // pixels past the block's end read its last one (discarded)
+                                let p = (p0 + pt * P_TILE + i).min(last);
+                                let (oy, ox) = (p / ow, p % ow);
+                                base[(oy * sy * wp + ox * sx) * cg..].as_ptr()
+                            }),
+                            segs: taps,
+                            seg_len: cg,
+                        }
+                    }
+                };
                 match self.kernel {
                     #[cfg(target_arch = "x86_64")]
                     Kernel::X86Vnni => unsafe {
@@ -604,13 +668,13 @@ impl QConv {
                     Kernel::ArmSmlal => unsafe {
                         kernels::arm::tile_smlal(&self.w_rows[mrow * kp..][..rows * kp], b, kp, rows, &mut acc)
                     },
-                    _ => {
+                    _ => unsafe {
                         if self.kernel.signed_input() {
                             tile_portable::<i8>(&self.w_rows[mrow * kp..][..rows * kp], b, kp, rows, &mut acc)
                         } else {
                             tile_portable::<u8>(&self.w_rows[mrow * kp..][..rows * kp], b, kp, rows, &mut acc)
                         }
-                    }
+                    },
                 }
                 let first = pt * P_TILE;
                 let count = P_TILE.min(np - first);
@@ -634,6 +698,24 @@ impl QConv {
             }
         }
     }
+}
+
+/// Where [`QConv::block`] reads its input rows (see [`Rows`]). Every row a tile reads lies inside
+/// the buffer: an im2col block holds whole rows for every tile (its tail rows zeroed); the
+/// padded input holds every tap of every output pixel, by the output geometry.
+#[derive(Clone, Copy)]
+enum Source<'a> {
+    /// An im2col block: one row of K bytes per pixel.
+    Cols(&'a [u8]),
+    /// The padded channels-last input, read in place: pixel `(oy, ox)` starts at
+    /// `(oy·sy·wp + ox·sx)·cg`, tap `t` at `taps[t]` from there.
+    Direct {
+        base: &'a [u8],
+        taps: &'a [usize],
+        wp: usize,
+        cg: usize,
+        ow: usize,
+    },
 }
 
 /// Bytes of slack after the scratch buffers for [`copy_run`]'s 16-byte moves.
@@ -765,11 +847,16 @@ unsafe fn requantise4(
     }
 }
 
-/// Scratch kept between runs: the channels-last input and one im2col block.
+/// Scratch kept between runs: the channels-last input, one im2col block, the padded input and
+/// the taps' offsets of the direct path.
 #[derive(Debug, Clone, Default)]
 struct Scratch {
     hwc: Vec<u8>,
     cols: Vec<u8>,
+    /// The channels-last input inside its padding, for the direct path.
+    padded: Vec<u8>,
+    /// Offset of each kernel tap in `padded`, from a pixel's first tap.
+    taps: Vec<usize>,
 }
 
 #[derive(Debug, Clone, Default)]
