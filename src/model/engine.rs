@@ -1,5 +1,6 @@
 //! tract inference: load (the quantised convolutions fused, [`crate::model::qconv`]) → declutter
-//! → reflect pads and average pools replaced ([`crate::model::pad`], [`crate::model::pool`])
+//! → reflect pads, average pools and channel maxima replaced ([`crate::model::pad`],
+//! [`crate::model::pool`], [`crate::model::reduce`])
 //! → optimise → integer convolutions chained
 //! channels-last → plan once, then run the same state for every frame with the input written
 //! in place.
@@ -155,6 +156,7 @@ impl Engine {
             .declutter()
             .and_then(|_| crate::model::pad::replace_reflect_pads(&mut typed))
             .and_then(|_| crate::model::pool::replace_average_pools(&mut typed))
+            .and_then(|_| crate::model::reduce::replace_channel_max(&mut typed))
             .with_context(|| format!("{}: tract could not simplify the model", path.display()))?;
         let mut typed = typed.into_optimized().with_context(|| {
             format!(

@@ -7,3 +7,4 @@ pub mod pad;
 pub mod pool;
 pub mod preprocess;
 pub mod qconv;
+pub mod reduce;
