@@ -89,7 +89,7 @@ pub fn replace_channel_max(model: &mut TypedModel) -> TractResult<usize> {
         let Some(shape) = fact.shape.as_concrete() else {
             continue;
         };
-        if fact.datum_type != f32::datum_type() || shape.len() != 4 || shape.iter().any(|&d| d == 0) {
+        if fact.datum_type != f32::datum_type() || shape.len() != 4 || shape.contains(&0) {
             continue;
         }
         let patch = TypedModelPatch::replace_single_op(model, node, &node.inputs, ChannelMax)?;

@@ -1000,6 +1000,7 @@ mod tests {
     const SY: f32 = 0.05;
     const ZY: u8 = 131;
 
+    #[allow(clippy::too_many_arguments)]
     fn case(
         rng: &mut Rng,
         c_in: usize,
