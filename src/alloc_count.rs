@@ -67,6 +67,13 @@ thread_local! {
     static LOCAL: [Cell<u64>; SCOPES] = const { [Cell::new(0), Cell::new(0), Cell::new(0)] };
     static POOL: Cell<[Class; POOL_CLASSES]> = const { Cell::new([EMPTY; POOL_CLASSES]) };
     static POOL_BYTES: Cell<usize> = const { Cell::new(0) };
+    static LOCAL_POOL_HITS: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Count one request served by the pool (all threads, and this thread's own).
+fn pool_hit() {
+    POOL_HITS.fetch_add(1, Ordering::Relaxed);
+    let _ = LOCAL_POOL_HITS.try_with(|h| h.set(h.get() + 1));
 }
 
 fn in_tract() -> bool {
@@ -173,7 +180,7 @@ unsafe impl GlobalAlloc for CountingAlloc {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         if in_tract() {
             if let Some(block) = pool_take(layout) {
-                POOL_HITS.fetch_add(1, Ordering::Relaxed);
+                pool_hit();
                 return block;
             }
         }
@@ -183,7 +190,7 @@ unsafe impl GlobalAlloc for CountingAlloc {
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         if in_tract() {
             if let Some(block) = pool_take(layout) {
-                POOL_HITS.fetch_add(1, Ordering::Relaxed);
+                pool_hit();
                 // SAFETY: the block is `layout.size()` bytes, ours until freed.
                 unsafe { std::ptr::write_bytes(block, 0, layout.size()) };
                 return block;
@@ -207,7 +214,7 @@ unsafe impl GlobalAlloc for CountingAlloc {
             let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
             let block = match pool_take(new_layout) {
                 Some(block) => {
-                    POOL_HITS.fetch_add(1, Ordering::Relaxed);
+                    pool_hit();
                     block
                 }
                 None => {
@@ -245,7 +252,8 @@ pub struct Snapshot {
     pub count: [u64; SCOPES],
     /// Bytes requested per scope.
     pub bytes: [u64; SCOPES],
-    /// Requests inside [`Scope::Tract`] served by the pool (all threads; not in `count`).
+    /// Requests inside [`Scope::Tract`] served by the pool (not in `count`; all threads, or the
+    /// calling thread's for [`Snapshot::take_thread`]).
     pub pool_hits: u64,
 }
 
@@ -261,7 +269,8 @@ impl Snapshot {
         s
     }
 
-    /// Allocation calls made by the calling thread only, per scope (bytes are not tracked).
+    /// Allocation calls and pool hits of the calling thread only, per scope (bytes are not
+    /// tracked).
     pub fn take_thread() -> Snapshot {
         let mut s = Snapshot::default();
         let _ = LOCAL.try_with(|l| {
@@ -269,7 +278,14 @@ impl Snapshot {
                 *c = v.get();
             }
         });
+        s.pool_hits = LOCAL_POOL_HITS.try_with(|h| h.get()).unwrap_or(0);
         s
+    }
+
+    /// Requests tract made between `earlier` and `self`: system-allocator calls in
+    /// [`Scope::Tract`] and pool hits.
+    pub fn tract_requests_since(&self, earlier: &Snapshot) -> u64 {
+        self.since(earlier, Scope::Tract) + (self.pool_hits - earlier.pool_hits)
     }
 
     /// Allocations in `scope` between `earlier` and `self`.
