@@ -58,6 +58,32 @@ struct StageStats {
     frames: u64,
 }
 
+impl StageStats {
+    /// Empty, with room for `n` frames' timings.
+    fn new(n: usize) -> StageStats {
+        StageStats {
+            decode: Vec::with_capacity(n),
+            preprocess: Vec::with_capacity(n),
+            inference: Vec::with_capacity(n),
+            decision: Vec::with_capacity(n),
+            total: Vec::with_capacity(n),
+            allocs_ours: 0,
+            allocs_tract: 0,
+            pool_hits_tract: 0,
+            allocs_decode: 0,
+            frames: 0,
+        }
+    }
+
+    /// Count one frame and the allocations made between `a0` and `a1`.
+    fn count_frame(&mut self, a0: &Snapshot, a1: &Snapshot) {
+        self.allocs_ours += a1.since(a0, Scope::Ours);
+        self.allocs_tract += a1.since(a0, Scope::Tract);
+        self.pool_hits_tract += a1.pool_hits - a0.pool_hits;
+        self.frames += 1;
+    }
+}
+
 /// `bench` for a tiled (segment or anomaly) model: decode, tiling + stitching (`preprocess`), the model
 /// over every tile (`inference`), regions + measurements + decision (`decision`).
 fn bench_tiled_one(
@@ -74,18 +100,7 @@ fn bench_tiled_one(
     };
     let mut seg = Segmenter::from_tiled(manifest.clone(), precision, rules)?;
     let n = files.len() * passes;
-    let mut st = StageStats {
-        decode: Vec::with_capacity(n),
-        preprocess: Vec::with_capacity(n),
-        inference: Vec::with_capacity(n),
-        decision: Vec::with_capacity(n),
-        total: Vec::with_capacity(n),
-        allocs_ours: 0,
-        allocs_tract: 0,
-        pool_hits_tract: 0,
-        allocs_decode: 0,
-        frames: 0,
-    };
+    let mut st = StageStats::new(n);
     // Warm-up pass: buffers grow to the largest frame, tract sizes its scratch.
     for (path, bytes) in files {
         let (w, h, px) = decode_gray(bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
@@ -111,10 +126,7 @@ fn bench_tiled_one(
             sink += r.regions.len() + r.reject as usize;
             let (inference_ms, map_ms) = (r.inference_us as f64 / 1000.0, r.map_us as f64 / 1000.0);
             let a1 = Snapshot::take();
-            st.allocs_ours += a1.since(&a0, Scope::Ours);
-            st.allocs_tract += a1.since(&a0, Scope::Tract);
-            st.pool_hits_tract += a1.pool_hits - a0.pool_hits;
-            st.frames += 1;
+            st.count_frame(&a0, &a1);
             let ms = |a: StdInstant, b: StdInstant| (b - a).as_secs_f64() * 1000.0;
             st.decode.push(ms(t0, t1));
             st.preprocess.push(map_ms - inference_ms);
@@ -139,18 +151,7 @@ fn bench_grains_one(
     let mut gm = GrainModel::load(model, precision)?;
     let um_per_px = gm.section().um_per_px;
     let n = files.len() * passes;
-    let mut st = StageStats {
-        decode: Vec::with_capacity(n),
-        preprocess: Vec::with_capacity(n),
-        inference: Vec::with_capacity(n),
-        decision: Vec::with_capacity(n),
-        total: Vec::with_capacity(n),
-        allocs_ours: 0,
-        allocs_tract: 0,
-        pool_hits_tract: 0,
-        allocs_decode: 0,
-        frames: 0,
-    };
+    let mut st = StageStats::new(n);
     // Warm-up pass: buffers grow to the largest micrograph, tract sizes its scratch.
     for (path, bytes) in files {
         let (w, h, px) = decode_gray(bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
@@ -179,10 +180,7 @@ fn bench_grains_one(
             let t3 = StdInstant::now();
             sink += report.whole;
             let a1 = Snapshot::take();
-            st.allocs_ours += a1.since(&a0, Scope::Ours);
-            st.allocs_tract += a1.since(&a0, Scope::Tract);
-            st.pool_hits_tract += a1.pool_hits - a0.pool_hits;
-            st.frames += 1;
+            st.count_frame(&a0, &a1);
             let ms = |a: StdInstant, b: StdInstant| (b - a).as_secs_f64() * 1000.0;
             let inference_ms = out.inference_us as f64 / 1000.0;
             st.decode.push(ms(t0, t1));
@@ -204,28 +202,8 @@ fn bench_one(
 ) -> Result<StageStats> {
     let mut clf = Classifier::from_manifest(manifest.clone(), precision)?;
     let rules = manifest_rules(manifest)?;
-    let mut st = StageStats {
-        decode: vec![],
-        preprocess: vec![],
-        inference: vec![],
-        decision: vec![],
-        total: vec![],
-        allocs_ours: 0,
-        allocs_tract: 0,
-        pool_hits_tract: 0,
-        allocs_decode: 0,
-        frames: 0,
-    };
     let n = files.len() * passes;
-    for v in [
-        &mut st.decode,
-        &mut st.preprocess,
-        &mut st.inference,
-        &mut st.decision,
-        &mut st.total,
-    ] {
-        v.reserve(n);
-    }
+    let mut st = StageStats::new(n);
     // Warm-up pass (sizes buffers and tract's scratch).
     for (_, bytes) in files {
         let (w, h, px) = decode_gray(bytes).map_err(anyhow::Error::msg)?;
@@ -251,10 +229,7 @@ fn bench_one(
             sink += d.class.unwrap_or(0) as usize;
             let t4 = StdInstant::now();
             let a1 = Snapshot::take();
-            st.allocs_ours += a1.since(&a0, Scope::Ours);
-            st.allocs_tract += a1.since(&a0, Scope::Tract);
-            st.pool_hits_tract += a1.pool_hits - a0.pool_hits;
-            st.frames += 1;
+            st.count_frame(&a0, &a1);
             let ms = |a: StdInstant, b: StdInstant| (b - a).as_secs_f64() * 1000.0;
             st.decode.push(ms(t0, t1));
             st.preprocess.push(ms(t1, t2));

@@ -126,36 +126,21 @@ impl TypedOp for ReflectPad {
 /// Replace every `Pad` of `model` that [`ReflectPad`] runs exactly (see the module doc).
 /// Returns how many were replaced.
 pub fn replace_reflect_pads(model: &mut TypedModel) -> TractResult<usize> {
-    let mut replaced = 0;
-    for id in model.eval_order()? {
-        let node = model.node(id);
-        let Some(pad) = node.op_as::<Pad>() else { continue };
-        if pad.mode != PadMode::Reflect {
-            continue;
-        }
-        let fact = model.outlet_fact(node.inputs[0])?;
-        let Some(shape) = fact.shape.as_concrete() else {
-            continue;
-        };
+    super::replace_f32_nodes(model, |node, shape| {
+        let pad = node.op_as::<Pad>()?;
         let r = shape.len();
-        if fact.datum_type != f32::datum_type() || r < 2 || pad.pads.len() != r {
-            continue;
+        if pad.mode != PadMode::Reflect || r < 2 || pad.pads.len() != r {
+            return None;
         }
         if pad.pads[..r - 2].iter().any(|&(a, b)| a != 0 || b != 0) {
-            continue;
+            return None;
         }
         let op = ReflectPad {
             rows: pad.pads[r - 2],
             cols: pad.pads[r - 1],
         };
-        if op.output_shape(shape).is_err() {
-            continue;
-        }
-        let patch = TypedModelPatch::replace_single_op(model, node, &node.inputs, op)?;
-        patch.apply(model)?;
-        replaced += 1;
-    }
-    Ok(replaced)
+        op.output_shape(shape).is_ok().then_some(op)
+    })
 }
 
 #[cfg(test)]

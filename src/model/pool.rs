@@ -153,10 +153,8 @@ impl TypedOp for BoxMean {
 /// Replace every average pool of `model` that [`BoxMean`] runs exactly (see the module doc).
 /// Returns how many were replaced.
 pub fn replace_average_pools(model: &mut TypedModel) -> TractResult<usize> {
-    let mut replaced = 0;
-    for id in model.eval_order()? {
-        let node = model.node(id);
-        let Some(pool) = node.op_as::<SumPool>() else { continue };
+    super::replace_f32_nodes(model, |node, shape| {
+        let pool = node.op_as::<SumPool>()?;
         let spec = &pool.pool_spec;
         let no_padding = match &spec.padding {
             PaddingSpec::Valid => true,
@@ -171,29 +169,16 @@ pub fn replace_average_pools(model: &mut TypedModel) -> TractResult<usize> {
             || spec.kernel_shape.len() != 2
             || !no_padding
             || !undilated
+            || shape.len() != 4
         {
-            continue;
+            return None;
         }
-        let fact = model.outlet_fact(node.inputs[0])?;
-        let Some(shape) = fact.shape.as_concrete() else {
-            continue;
-        };
-        if fact.datum_type != f32::datum_type() || shape.len() != 4 {
-            continue;
-        }
-        let strides = spec.strides.as_ref().map(|s| [s[0], s[1]]).unwrap_or([1, 1]);
         let op = BoxMean {
             kernel: [spec.kernel_shape[0], spec.kernel_shape[1]],
-            strides,
+            strides: spec.strides.as_ref().map(|s| [s[0], s[1]]).unwrap_or([1, 1]),
         };
-        if op.output_shape(shape).is_err() {
-            continue;
-        }
-        let patch = TypedModelPatch::replace_single_op(model, node, &node.inputs, op)?;
-        patch.apply(model)?;
-        replaced += 1;
-    }
-    Ok(replaced)
+        op.output_shape(shape).is_ok().then_some(op)
+    })
 }
 
 #[cfg(test)]

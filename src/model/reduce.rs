@@ -78,25 +78,11 @@ impl TypedOp for ChannelMax {
 
 /// Replace every `ReduceMax` over axis 1 of a 4-D f32 tensor in `model`. Returns how many.
 pub fn replace_channel_max(model: &mut TypedModel) -> TractResult<usize> {
-    let mut replaced = 0;
-    for id in model.eval_order()? {
-        let node = model.node(id);
-        let Some(reduce) = node.op_as::<Reduce>() else { continue };
-        if reduce.reducer != Reducer::Max || reduce.axes.as_slice() != [1] {
-            continue;
-        }
-        let fact = model.outlet_fact(node.inputs[0])?;
-        let Some(shape) = fact.shape.as_concrete() else {
-            continue;
-        };
-        if fact.datum_type != f32::datum_type() || shape.len() != 4 || shape.contains(&0) {
-            continue;
-        }
-        let patch = TypedModelPatch::replace_single_op(model, node, &node.inputs, ChannelMax)?;
-        patch.apply(model)?;
-        replaced += 1;
-    }
-    Ok(replaced)
+    super::replace_f32_nodes(model, |node, shape| {
+        let reduce = node.op_as::<Reduce>()?;
+        (reduce.reducer == Reducer::Max && reduce.axes.as_slice() == [1] && shape.len() == 4 && !shape.contains(&0))
+            .then_some(ChannelMax)
+    })
 }
 
 #[cfg(test)]

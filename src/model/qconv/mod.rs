@@ -256,7 +256,8 @@ impl Expansion for FusedExpansion {
         let wshape = w.shape().to_vec();
         let w = w.try_as_plain_ram()?.as_slice::<i8>()?.to_vec();
         let c_in = model.outlet_fact(inputs[0])?.shape[1].to_usize()?;
-        let op = QConv::new(
+        let op = QConv::with_kernel(
+            Kernel::detect(),
             self.geometry.clone(),
             c_in,
             &wshape,
@@ -358,23 +359,8 @@ pub struct QConv {
 impl Eq for QConv {}
 
 impl QConv {
-    #[allow(clippy::too_many_arguments)]
-    fn new(
-        geometry: Geometry,
-        c_in: usize,
-        wshape: &[usize],
-        w: &[i8],
-        sx: f32,
-        zx: u8,
-        sw: &[f32],
-        sy: f32,
-        zy: u8,
-        bias: Option<&[i32]>,
-    ) -> TractResult<QConv> {
-        QConv::with_kernel(Kernel::detect(), geometry, c_in, wshape, w, sx, zx, sw, sy, zy, bias)
-    }
-
-    /// [`QConv::new`] for a given kernel (which the CPU must run).
+    /// The operator for `kernel` (one the CPU runs: [`Kernel::detect`] at load, any for tests),
+    /// its weights packed for it.
     #[allow(clippy::too_many_arguments)]
     fn with_kernel(
         kernel: Kernel,
