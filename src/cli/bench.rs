@@ -395,10 +395,48 @@ fn bench_model_only(manifest: &Manifest, only: Option<Precision>, passes: usize,
             allocs_ours += a1.since(&a0, Scope::Ours);
             pool_hits += a1.pool_hits - a0.pool_hits;
         }
+        // Time by operator: as many runs again, each node timed (the clock read around every
+        // node costs a little; the shares are the figure).
+        let mut per_node = Vec::new();
+        for _ in 0..passes {
+            engine
+                .run_timed(&mut out, &mut per_node)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+        }
         std::hint::black_box(&out);
+        let nodes = engine.plan();
+        let mut by_op: Vec<(String, f64, usize)> = Vec::new();
+        for (node, secs) in nodes.iter().zip(&per_node) {
+            match by_op.iter_mut().find(|(op, _, _)| *op == node.op) {
+                Some(entry) => {
+                    entry.1 += secs;
+                    entry.2 += 1;
+                }
+                None => by_op.push((node.op.clone(), *secs, 1)),
+            }
+        }
+        if std::env::var_os("FERROSCOPE_NODE_TIMES").is_some() {
+            for (node, secs) in nodes.iter().zip(&per_node) {
+                eprintln!(
+                    "{:>9.3} ms {} {}",
+                    secs * 1000.0 / passes as f64,
+                    node.op,
+                    node.info.join("; ")
+                );
+            }
+        }
+        let timed: f64 = by_op.iter().map(|e| e.1).sum();
+        by_op.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let time_by_op: Vec<_> = by_op
+            .iter()
+            .filter(|e| e.1 > 0.0)
+            .map(|(op, secs, n)| {
+                json!({"op": op, "nodes": n, "ms_per_run": secs * 1000.0 / passes as f64,
+                       "share": if timed > 0.0 { secs / timed } else { 0.0 }})
+            })
+            .collect();
         // the plan without its constants: each op's name and tract's description of it
-        let plan: Vec<(String, Vec<String>)> = engine
-            .plan()
+        let plan: Vec<(String, Vec<String>)> = nodes
             .into_iter()
             .filter(|n| n.op != "Const")
             .map(|n| (n.op, n.info))
@@ -440,6 +478,7 @@ fn bench_model_only(manifest: &Manifest, only: Option<Precision>, passes: usize,
                 "allocations_per_run_ours": allocs_ours as f64 / passes as f64,
                 "pool_hits_per_run_tract": pool_hits as f64 / passes as f64,
                 "kernels": kernels,
+                "time_by_op": time_by_op,
                 "plan": plan,
             }),
         );
@@ -474,6 +513,16 @@ fn bench_model_only(manifest: &Manifest, only: Option<Precision>, passes: usize,
             .filter_map(|op| op["op"].as_str())
             .collect();
         println!("  plan ({} ops): {}", ops.len(), ops.join(" "));
+        println!("  time by operator (each node timed, per run):");
+        for e in r["time_by_op"].as_array().into_iter().flatten() {
+            println!(
+                "    {:<24} {:>3} nodes {:>9.3} ms {:>5.1} %",
+                e["op"].as_str().unwrap_or(""),
+                e["nodes"],
+                e["ms_per_run"].as_f64().unwrap_or(0.0),
+                e["share"].as_f64().unwrap_or(0.0) * 100.0
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -236,6 +236,31 @@ impl Engine {
             .state
             .run(tvec!(input))
             .map_err(|e| RunError::Inference(format!("{e:#}")))?;
+        self.copy_outputs(outputs, out)
+    }
+
+    /// [`Engine::run`], adding the time each plan node takes to `per_node[node id]` (seconds;
+    /// the vector grows to the plan's node count). For `bench --model-only`'s time by
+    /// operator, not for the frame path: it reads the clock twice per node.
+    pub fn run_timed(&mut self, out: &mut [f32], per_node: &mut Vec<f64>) -> Result<(), RunError> {
+        let input = TValue::from_const(self.input.clone());
+        let nodes = self.state.plan().model().nodes().len();
+        if per_node.len() < nodes {
+            per_node.resize(nodes, 0.0);
+        }
+        let outputs = self
+            .state
+            .run_plan_with_eval(tvec!(input), |ctx, state, node, inputs| {
+                let t0 = std::time::Instant::now();
+                let r = tract_onnx::tract_core::plan::eval(ctx, state, node, inputs);
+                per_node[node.id] += t0.elapsed().as_secs_f64();
+                r
+            })
+            .map_err(|e| RunError::Inference(format!("{e:#}")))?;
+        self.copy_outputs(outputs, out)
+    }
+
+    fn copy_outputs(&self, outputs: TVec<TValue>, out: &mut [f32]) -> Result<(), RunError> {
         if outputs.len() != self.output_shapes.len() || out.len() < self.output_len {
             return Err(RunError::BadOutput("has the wrong number of values"));
         }

@@ -28,8 +28,8 @@ impl InputByte for i8 {
 /// segment of K bytes per pixel; a channels-last input read in place is one segment per kernel
 /// tap, `seg_len` its channels.
 #[derive(Clone, Copy)]
-pub(super) struct Rows<'a> {
-    pub ptr: [*const u8; P_TILE],
+pub(super) struct Rows<'a, const P: usize = P_TILE> {
+    pub ptr: [*const u8; P],
     pub segs: &'a [usize],
     pub seg_len: usize,
 }
@@ -69,6 +69,7 @@ pub(super) unsafe fn tile_portable<T: InputByte>(
 
 #[cfg(target_arch = "x86_64")]
 pub(super) mod x86 {
+    use super::super::ZMM_CH;
     use super::{Rows, M_TILE, P_TILE};
     use std::arch::x86_64::*;
 
@@ -152,6 +153,87 @@ pub(super) mod x86 {
                 }
             }
         };
+    }
+
+    /// Broadcast VNNI tile, AVX-512 VNNI on 512-bit registers: `MV` registers of [`ZMM_CH`]
+    /// output channels (one channel per 32-bit lane, so no horizontal sums) × `P` pixels. For
+    /// each 4 bytes of k, each pixel's 4 input bytes are broadcast to every lane and multiplied
+    /// by the 4 weights of each lane's channel (`vpdpbusd`, 64 multiply-adds). `MV · P`
+    /// accumulators, `MV` weight registers and one broadcast stay in the 32 registers.
+    ///
+    /// `w` points at the first register's weights, packed per 4 k as 64 bytes (channel-major);
+    /// register `j`'s are `j · wstride` bytes further. `acc[p][j]` receives register `j`'s
+    /// channels of pixel `p`.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F and VNNI; each weight stream holds `kp` × [`ZMM_CH`] bytes, `kp` =
+    /// segments × `seg_len`; every segment of every pixel is `seg_len` readable bytes, `seg_len`
+    /// a multiple of 4.
+    #[inline(always)]
+    #[allow(clippy::needless_range_loop)] // registers indexed by constants the compiler unrolls
+    pub unsafe fn tile_bcast<const MV: usize, const P: usize>(
+        w: *const i8,
+        wstride: usize,
+        b: &Rows<'_, P>,
+        acc: &mut [[[i32; ZMM_CH]; MV]; P],
+    ) {
+        unsafe {
+            let mut s = [[_mm512_setzero_si512(); P]; MV];
+            let mut wk = w;
+            for &off in b.segs {
+                let mut kk = 0;
+                while kk < b.seg_len {
+                    let mut wv = [_mm512_setzero_si512(); MV];
+                    for (j, v) in wv.iter_mut().enumerate() {
+                        *v = _mm512_loadu_si512(wk.add(j * wstride) as *const _);
+                    }
+                    for p in 0..P {
+                        let x = _mm512_set1_epi32((b.ptr[p].add(off + kk) as *const i32).read_unaligned());
+                        for j in 0..MV {
+                            s[j][p] = _mm512_dpbusd_epi32(s[j][p], x, wv[j]);
+                        }
+                    }
+                    wk = wk.add(4 * ZMM_CH);
+                    kk += 4;
+                }
+            }
+            for (p, a) in acc.iter_mut().enumerate() {
+                for (j, aj) in a.iter_mut().enumerate() {
+                    _mm512_storeu_si512(aj.as_mut_ptr() as *mut _, s[j][p]);
+                }
+            }
+        }
+    }
+
+    /// [`ZMM_CH`] channels of one pixel requantised at once, as [`super::super::requantise`]
+    /// does eight: `(acc + bias) · mult` in f32, clamped to ±10⁶, rounded half to even
+    /// (`vcvtps2dq` under the default rounding mode), `+ zy`, saturated to 0..=255, sign bit
+    /// flipped by `flip`.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F.
+    #[inline(always)]
+    pub unsafe fn requantise16(
+        acc: &[i32; ZMM_CH],
+        bias: &[i32; ZMM_CH],
+        mult: &[f32; ZMM_CH],
+        zy: u8,
+        flip: u8,
+    ) -> [u8; ZMM_CH] {
+        unsafe {
+            let a = _mm512_add_epi32(
+                _mm512_loadu_si512(acc.as_ptr() as *const _),
+                _mm512_loadu_si512(bias.as_ptr() as *const _),
+            );
+            let v = _mm512_mul_ps(_mm512_cvtepi32_ps(a), _mm512_loadu_ps(mult.as_ptr()));
+            let v = _mm512_min_ps(_mm512_max_ps(v, _mm512_set1_ps(-1.0e6)), _mm512_set1_ps(1.0e6));
+            let r = _mm512_add_epi32(_mm512_cvtps_epi32(v), _mm512_set1_epi32(zy as i32));
+            let q = _mm512_cvtusepi32_epi8(_mm512_max_epi32(r, _mm512_setzero_si512()));
+            let q = _mm_xor_si128(q, _mm_set1_epi8(flip as i8));
+            let mut out = [0u8; ZMM_CH];
+            _mm_storeu_si128(out.as_mut_ptr() as *mut __m128i, q);
+            out
+        }
     }
 
     /// VNNI tile, AVX-512 VNNI encoding (EVEX, 256-bit registers).

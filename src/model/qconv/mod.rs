@@ -55,6 +55,15 @@ const K_STEP: usize = 16;
 const M_TILE: usize = 8;
 /// Output pixels per kernel tile.
 const P_TILE: usize = 4;
+/// Pixels per block of the channels-first → channels-last transposition: 256 pixels of up to
+/// 64 channels are 16 KiB, within every board's L1 data cache.
+const TRANSPOSE_BLOCK: usize = 256;
+/// Output channels per 512-bit register of the x86 broadcast kernel (16 lanes of i32).
+const ZMM_CH: usize = 16;
+/// Bias and multiplier entries past the last padded channel: a tile reads whole rows of
+/// [`M_TILE`] or [`ZMM_CH`] channels from its first one, at most `ZMM_CH - 4` past the end of
+/// `mgp` (a multiple of 4).
+const CH_SLACK: usize = ZMM_CH;
 /// Output pixels per im2col block: 64 rows of at most a few KiB stay in L1/L2 while the tile
 /// loops reuse them for every output channel.
 const P_BLOCK: usize = 64;
@@ -337,13 +346,14 @@ pub struct QConv {
     kernel: Kernel,
     /// Weights per group, per padded output channel: `kp` bytes in (ky, kx, c) order.
     w_rows: Vec<i8>,
-    /// The same weights as `SDOT` reads them: per group, per 4 output channels, per 4 k,
-    /// 16 bytes (channel-major).
-    w_dot: Vec<i8>,
-    /// Bias with the zero points folded in, per padded output channel (and [`M_TILE`] more, so
-    /// every tile reads a whole [`M_TILE`] row).
+    /// The same weights in the order the kernel reads them, where it has its own: `SDOT`
+    /// per group, per 4 output channels, per 4 k, 16 bytes (channel-major); the x86 broadcast
+    /// kernel per group, per [`ZMM_CH`] output channels, per 4 k, 64 bytes (channel-major).
+    w_packed: Vec<i8>,
+    /// Bias with the zero points folded in, per padded output channel (and [`CH_SLACK`] more,
+    /// so every tile reads whole rows).
     bias: Vec<i32>,
-    /// sx·sw/sy per padded output channel (and [`M_TILE`] more).
+    /// sx·sw/sy per padded output channel (and [`CH_SLACK`] more).
     mult: Vec<f32>,
     zy: u8,
     /// The byte that stands for zero input in the kernel's domain (padding).
@@ -393,8 +403,8 @@ impl QConv {
         let mgp = mg.div_ceil(4) * 4;
         let signed = kernel.signed_input();
         let mut w_rows = vec![0i8; group * mgp * kp];
-        let mut bias_f = vec![0i32; group * mgp + M_TILE];
-        let mut mult = vec![0f32; group * mgp + M_TILE];
+        let mut bias_f = vec![0i32; group * mgp + CH_SLACK];
+        let mut mult = vec![0f32; group * mgp + CH_SLACK];
         for g in 0..group {
             for j in 0..mg {
                 let m = g * mg + j;
@@ -420,22 +430,40 @@ impl QConv {
                 mult[g * mgp + j] = (sx as f64 * s as f64 / sy as f64) as f32;
             }
         }
-        let mut w_dot = vec![0i8; if kernel == Kernel::ArmDot { w_rows.len() } else { 0 }];
-        if kernel == Kernel::ArmDot {
-            // [g][m/4][k/4][4 m][4 k]
-            for g in 0..group {
-                for mq in 0..mgp / 4 {
-                    for kq in 0..kp / 4 {
-                        for mi in 0..4 {
-                            for ki in 0..4 {
-                                let src = w_rows[(g * mgp + mq * 4 + mi) * kp + kq * 4 + ki];
-                                w_dot[((g * (mgp / 4) + mq) * (kp / 4) + kq) * 16 + mi * 4 + ki] = src;
+        let w_packed = match kernel {
+            Kernel::ArmDot => {
+                // [g][m/4][k/4][4 m][4 k]
+                let mut p = vec![0i8; w_rows.len()];
+                for g in 0..group {
+                    for mq in 0..mgp / 4 {
+                        for kq in 0..kp / 4 {
+                            for mi in 0..4 {
+                                for ki in 0..4 {
+                                    let src = w_rows[(g * mgp + mq * 4 + mi) * kp + kq * 4 + ki];
+                                    p[((g * (mgp / 4) + mq) * (kp / 4) + kq) * 16 + mi * 4 + ki] = src;
+                                }
                             }
                         }
                     }
                 }
+                p
             }
-        }
+            Kernel::X86Vnni => {
+                // [g][m/16][k/4][16 m][4 k], channels past mgp zero
+                let nv = mgp.div_ceil(ZMM_CH);
+                let mut p = vec![0i8; group * nv * ZMM_CH * kp];
+                for g in 0..group {
+                    for j in 0..mgp {
+                        for k in 0..kp {
+                            let at = ((g * nv + j / ZMM_CH) * (kp / 4) + k / 4) * ZMM_CH * 4 + (j % ZMM_CH) * 4 + k % 4;
+                            p[at] = w_rows[(g * mgp + j) * kp + k];
+                        }
+                    }
+                }
+                p
+            }
+            _ => Vec::new(),
+        };
         Ok(QConv {
             geometry,
             c_in,
@@ -444,7 +472,7 @@ impl QConv {
             mgp,
             kernel,
             w_rows,
-            w_dot,
+            w_packed,
             bias: bias_f,
             mult,
             zy,
@@ -489,18 +517,28 @@ impl QConv {
                             *d = s ^ flip;
                         }
                     } else {
-                        for c in 0..cg {
-                            let plane = &xg[c * h * w..][..h * w];
-                            for (i, &v) in plane.iter().enumerate() {
-                                scratch.hwc[i * cg + c] = v ^ flip;
+                        // In blocks of TRANSPOSE_BLOCK pixels, so the block's channels-last
+                        // bytes stay in L1 while every channel plane writes into them.
+                        let hw = h * w;
+                        let mut i0 = 0;
+                        while i0 < hw {
+                            let n = TRANSPOSE_BLOCK.min(hw - i0);
+                            let out = &mut scratch.hwc[i0 * cg..][..n * cg];
+                            for c in 0..cg {
+                                let plane = &xg[c * hw + i0..][..n];
+                                for (i, &v) in plane.iter().enumerate() {
+                                    out[i * cg + c] = v ^ flip;
+                                }
                             }
+                            i0 += n;
                         }
                     }
                     &scratch.hwc
                 };
-                if cg % K_STEP == 0 && group == 1 {
+                if group == 1 && (cg % K_STEP == 0 || (self.kernel == Kernel::X86Vnni && cg % 4 == 0)) {
                     // Direct: the kernels read each tap's channels from the padded input in
-                    // place (no im2col), K = taps × channels already a multiple of K_STEP.
+                    // place (no im2col), K = taps × channels already a multiple of K_STEP (the
+                    // x86 broadcast kernel steps 4 bytes at a time: a multiple of 4 will do).
                     let [pt, pl, pb, pr] = g.pads;
                     let (hp, wp) = (h + pt + pb, w + pl + pr);
                     let base: &[u8] = if g.pads == [0; 4] {
@@ -598,6 +636,27 @@ impl QConv {
     /// [`QConv::output_hwc`]).
     #[allow(clippy::too_many_arguments)]
     fn block(&self, gi: usize, src: Source<'_>, np: usize, p0: usize, pixels: usize, mg: usize, yb: &mut [u8]) {
+        #[cfg(target_arch = "x86_64")]
+        if self.kernel == Kernel::X86Vnni {
+            // Up to 4 registers of 16 channels at a time, as many pixels as the 32 registers
+            // hold accumulators for (24 or 16).
+            let nv = self.mgp.div_ceil(ZMM_CH);
+            let mut v0 = 0;
+            while v0 < nv {
+                let mv = (nv - v0).min(4);
+                // SAFETY: X86Vnni is chosen (or tested) only where the CPU has AVX-512 VNNI.
+                unsafe {
+                    match mv {
+                        1 => self.chunk_bcast::<1, 16>(gi, v0, src, np, p0, pixels, mg, yb),
+                        2 => self.chunk_bcast::<2, 12>(gi, v0, src, np, p0, pixels, mg, yb),
+                        3 => self.chunk_bcast::<3, 8>(gi, v0, src, np, p0, pixels, mg, yb),
+                        _ => self.chunk_bcast::<4, 6>(gi, v0, src, np, p0, pixels, mg, yb),
+                    }
+                }
+                v0 += mv;
+            }
+            return;
+        }
         let kp = self.kp;
         let mut acc = [[0i32; M_TILE]; P_TILE];
         // Channels-last output is written in the consumers' domain (they share this kernel).
@@ -648,7 +707,7 @@ impl QConv {
                     },
                     #[cfg(target_arch = "aarch64")]
                     Kernel::ArmDot => unsafe {
-                        kernels::arm::tile_sdot(&self.w_dot[mrow * kp..][..rows * kp], b, kp, rows / 4, &mut acc)
+                        kernels::arm::tile_sdot(&self.w_packed[mrow * kp..][..rows * kp], b, kp, rows / 4, &mut acc)
                     },
                     #[cfg(target_arch = "aarch64")]
                     Kernel::ArmSmlal => unsafe {
@@ -678,6 +737,94 @@ impl QConv {
                     } else {
                         for (j, &v) in q.iter().enumerate().take(valid) {
                             yb[(c0 + j) * pixels + p] = v;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl QConv {
+    /// [`QConv::block`] for the x86 broadcast kernel: output channels `v0 · 16` to
+    /// `(v0 + MV) · 16` of group `gi`, `P` pixels a tile. Pixels past the block's end read its
+    /// last one and are discarded.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F and VNNI; the weights are packed for [`Kernel::X86Vnni`].
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512vnni")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn chunk_bcast<const MV: usize, const P: usize>(
+        &self,
+        gi: usize,
+        v0: usize,
+        src: Source<'_>,
+        np: usize,
+        p0: usize,
+        pixels: usize,
+        mg: usize,
+        yb: &mut [u8],
+    ) {
+        use kernels::x86::{requantise16, tile_bcast};
+        let kp = self.kp;
+        let nv = self.mgp.div_ceil(ZMM_CH);
+        let wstride = kp * ZMM_CH;
+        let w = self.w_packed[(gi * nv + v0) * wstride..][..MV * wstride].as_ptr();
+        let mut acc = [[[0i32; ZMM_CH]; MV]; P];
+        let flip = if self.output_hwc && self.kernel.signed_input() {
+            0x80
+        } else {
+            0
+        };
+        for pt in 0..np.div_ceil(P) {
+            let first = pt * P;
+            let b: Rows<'_, P> = match src {
+                Source::Cols(cols) => Rows {
+                    ptr: core::array::from_fn(|i| cols[(first + i).min(np - 1) * kp..][..kp].as_ptr()),
+                    segs: &[0],
+                    seg_len: kp,
+                },
+                Source::Direct { base, taps, wp, cg, ow } => {
+                    let [sy, sx] = self.geometry.strides;
+                    Rows {
+                        ptr: core::array::from_fn(|i| {
+                            let p = p0 + (first + i).min(np - 1);
+                            let (oy, ox) = (p / ow, p % ow);
+                            base[(oy * sy * wp + ox * sx) * cg..].as_ptr()
+                        }),
+                        segs: taps,
+                        seg_len: cg,
+                    }
+                }
+            };
+            // SAFETY: the caller's contract; every row lies inside its buffer (see Source).
+            unsafe { tile_bcast::<MV, P>(w, wstride, &b, &mut acc) };
+            let count = P.min(np - first);
+            for j in 0..MV {
+                let m0 = (v0 + j) * ZMM_CH;
+                if m0 >= mg {
+                    break;
+                }
+                let valid = ZMM_CH.min(mg - m0);
+                let at = gi * self.mgp + m0;
+                let bias: &[i32; ZMM_CH] = self.bias[at..at + ZMM_CH].try_into().expect("padded bias");
+                let mult: &[f32; ZMM_CH] = self.mult[at..at + ZMM_CH].try_into().expect("padded mult");
+                let c0 = gi * mg + m0;
+                for (pi, a) in acc.iter().enumerate().take(count) {
+                    // SAFETY: AVX-512 F, the caller's contract.
+                    let q = unsafe { requantise16(&a[j], bias, mult, self.zy, flip) };
+                    let p = p0 + first + pi;
+                    if self.output_hwc {
+                        let at = p * self.m_out + c0;
+                        if valid == ZMM_CH {
+                            *as_array_mut::<ZMM_CH>(yb, at) = q;
+                        } else {
+                            yb[at..at + valid].copy_from_slice(&q[..valid]);
+                        }
+                    } else {
+                        for (c, &v) in q.iter().enumerate().take(valid) {
+                            yb[(c0 + c) * pixels + p] = v;
                         }
                     }
                 }
@@ -1091,6 +1238,9 @@ mod tests {
             case(&mut rng, 48, 9, 3, 1, 4, 1, [13, 13]),
             case(&mut rng, 64, 1, 1, 1, 1, 1, [9, 7]),
             case(&mut rng, 7, 7, 5, 1, 1, 7, [12, 10]),
+            case(&mut rng, 32, 80, 3, 1, 1, 1, [9, 11]),
+            case(&mut rng, 16, 48, 3, 2, 2, 1, [15, 13]),
+            case(&mut rng, 12, 24, 3, 1, 1, 1, [10, 9]),
         ]
     }
 
