@@ -43,6 +43,9 @@ pub struct FaultCounts {
     pub output: u64,
     /// Input (encoder, trigger) read errors.
     pub input: u64,
+    /// Commands, answers and sensor edges dropped because their queue to or from the
+    /// actuator was full.
+    pub queue_overflow: u64,
 }
 
 /// One decided item, for the log.
@@ -189,6 +192,7 @@ impl Summary {
                 "dropped_frame": f.dropped_frame,
                 "model": f.model, "decision_overrun": f.decision_overrun, "tracking_overflow": f.tracking_overflow,
                 "untriggered_frame": f.untriggered_frame, "output": f.output, "input": f.input,
+                "queue_overflow": f.queue_overflow,
             },
             "yield_percent": c.yield_percent(),
             "latency_ms_p50": self.latency.percentile_us(50.0).unwrap_or(0) as f64 / 1000.0,
