@@ -98,11 +98,15 @@ pub mod fault {
     pub const DISPLAY_ERROR: u16 = 1 << 8;
     /// The MQTT broker is not reachable (events wait in the on-board queue).
     pub const BROKER_OFFLINE: u16 = 1 << 9;
+    /// The encoder lost events or stood still while items arrived: the items in flight got
+    /// the fail-safe.
+    pub const ENCODER_FAULT: u16 = 1 << 10;
 
     /// Each bit with its words, in the order shown.
-    pub const WORDS: [(u16, &str); 10] = [
+    pub const WORDS: [(u16, &str); 11] = [
         (CAMERA_LOST, "CAMERA LOST"),
         (LINE_STOPPED, "LINE STOPPED"),
+        (ENCODER_FAULT, "ENCODER FAULT"),
         (BAD_FRAMES, "BAD FRAMES"),
         (DECISION_OVERRUN, "DECISION OVERRUN"),
         (MODEL_ERROR, "MODEL ERROR"),

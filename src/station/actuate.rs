@@ -218,7 +218,7 @@ pub(super) fn actuator(
     let mut edges: Vec<(OutputLine, bool, Instant)> = Vec::with_capacity(MAX_EDGES_PER_POLL);
     let mut fired: Vec<FiredItem> = Vec::with_capacity(fired_capacity);
     loop {
-        ends.take_edges(&mut tracker);
+        ends.take_edges(&mut tracker, signals);
         if ends.take_commands(&mut tracker, signals) {
             frame.unpark();
         }
@@ -302,7 +302,7 @@ pub(super) fn actuator(
         }
         // News that came while the outputs were written is taken before the next edge is
         // chosen, so no decision's edge is missed.
-        ends.take_edges(&mut tracker);
+        ends.take_edges(&mut tracker, signals);
         if ends.take_commands(&mut tracker, signals) {
             frame.unpark();
             continue;

@@ -103,7 +103,13 @@ pub fn run_until(cfg: &StationConfig, control: &Control, mut on_item: impl FnMut
     let timing = actuate::timing_of(cfg, &ejectors, speed);
     let signals = Signals::default();
     let mut queues = Queues::new();
-    let ends = queues.split();
+    let mut ends = queues.split();
+    ends.actuator.standstill = cfg
+        .inputs
+        .encoder
+        .as_ref()
+        .and_then(|e| e.standstill_ms)
+        .map(|ms| ((ms as f64 * 1000.0) as u64, clock.now()));
     let frame_thread = std::thread::current();
 
     let (end, loop_end, act_end, mut report, capture) = std::thread::scope(|scope| -> Result<_> {
@@ -178,8 +184,14 @@ pub fn run_until(cfg: &StationConfig, control: &Control, mut on_item: impl FnMut
     let timeline = end.out.events().to_vec();
     let audit_on = speed.map(|v| (v, ejectors.as_slice()));
     let drain_timed_out = signals.drain_timed_out.load(std::sync::atomic::Ordering::Relaxed);
-    report.faults.queue_overflow = signals.queue_overflows.load(std::sync::atomic::Ordering::Relaxed);
-    report.counters.faults += report.faults.queue_overflow;
+    {
+        use std::sync::atomic::Ordering::Relaxed;
+        let f = &mut report.faults;
+        f.queue_overflow = signals.queue_overflows.load(Relaxed);
+        f.encoder_lost_events = signals.encoder_lost.load(Relaxed);
+        f.encoder_standstill = signals.encoder_standstill.load(Relaxed);
+        report.counters.faults += f.queue_overflow + f.encoder_lost_events + f.encoder_standstill;
+    }
     let totals = tracking::totals(&signals, &end.tracker, end.fired);
     let mut summary = report.summary(Some(totals), timeline, audit_on, &capture.camera, model);
     let last_pulse_end = summary
@@ -225,6 +237,9 @@ fn frame_loop(
         }
         if let Some(n) = notifier.as_mut() {
             n.tick(clock.now(), &report.counters, control.reload_counts());
+        }
+        if tracking.new_encoder_fault() {
+            report.note(screen_fault::ENCODER_FAULT, clock.now());
         }
         // Software trigger: wait for an edge, then take the first frame exposed after it.
         let mut trigger: Option<(u32, Instant)> = None;

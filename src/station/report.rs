@@ -79,12 +79,13 @@ pub(super) fn open_display(cfg: &StationConfig) -> (Option<Display>, bool) {
 /// When each kind of fault last happened, for the screen's fault strip.
 #[derive(Default)]
 struct RecentFaults {
-    at: [Option<Instant>; 9],
+    /// One slot per bit of the fault word (`u16`).
+    at: [Option<Instant>; 16],
 }
 
 impl RecentFaults {
     fn note(&mut self, bit: u16, now: Instant) {
-        self.at[bit.trailing_zeros() as usize % 9] = Some(now);
+        self.at[bit.trailing_zeros() as usize % 16] = Some(now);
     }
 
     /// Bits of faults seen within `hold_us` of `now`.

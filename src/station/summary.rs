@@ -46,6 +46,12 @@ pub struct FaultCounts {
     /// Commands, answers and sensor edges dropped because their queue to or from the
     /// actuator was full.
     pub queue_overflow: u64,
+    /// Encoder faults from lost events: gaps in the kernel's sequence numbers, quadrature
+    /// edges that changed nothing. Each gave the items in flight the fail-safe.
+    pub encoder_lost_events: u64,
+    /// Part-present edges that found the encoder standing still
+    /// (`inputs.encoder.standstill_ms`). Each gave the items in flight the fail-safe.
+    pub encoder_standstill: u64,
 }
 
 /// One decided item, for the log.
@@ -192,7 +198,8 @@ impl Summary {
                 "dropped_frame": f.dropped_frame,
                 "model": f.model, "decision_overrun": f.decision_overrun, "tracking_overflow": f.tracking_overflow,
                 "untriggered_frame": f.untriggered_frame, "output": f.output, "input": f.input,
-                "queue_overflow": f.queue_overflow,
+                "queue_overflow": f.queue_overflow, "encoder_lost_events": f.encoder_lost_events,
+                "encoder_standstill": f.encoder_standstill,
             },
             "yield_percent": c.yield_percent(),
             "latency_ms_p50": self.latency.percentile_us(50.0).unwrap_or(0) as f64 / 1000.0,

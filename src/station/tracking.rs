@@ -20,6 +20,9 @@
 //!   [`ANSWER_WAIT_US`]; the actuator answers every time it wakes;
 //! - an input edge and a frame command are applied in the order they happened: before each
 //!   command, the actuator takes every edge already queued;
+//! - an encoder fault (events lost, or a part-present edge that finds the encoder standing
+//!   still for `inputs.encoder.standstill_ms`) gives every item in flight the fail-safe and
+//!   is counted (`encoder_lost_events`, `encoder_standstill`) and held for the heartbeat;
 //! - at most [`MAX_PENDING_TRIGGERS`] trigger edges wait for their frame; one more is dropped
 //!   (its item is in the register and gets the fail-safe at its deadline) and counted as an
 //!   input error;
@@ -38,6 +41,7 @@ use super::config::StationConfig;
 use crate::core::belt::Belt;
 use crate::core::calibration::travel_time_us;
 use crate::core::decision::{Action, Decision};
+use crate::core::encoder::{standing_still, EncoderFault};
 use crate::core::latency::LatencyHistogram;
 use crate::core::reject::{DecideError, EjectorConfig, Tracker, TrackerStats};
 use crate::core::time::Instant;
@@ -140,6 +144,8 @@ pub(super) enum InputEvent {
     Encoder { count: i64, at: Instant },
     /// A part-present edge at `at` begins item `id`.
     Trigger { id: u32, at: Instant },
+    /// The encoder's count can no longer be trusted from `at` on.
+    EncoderFault { fault: EncoderFault, at: Instant },
 }
 
 /// What the threads share besides the queues, all of it atomics.
@@ -155,6 +161,10 @@ pub(super) struct Signals {
     pub(super) input_errors: AtomicU64,
     /// Commands, answers and edges dropped because their queue was full.
     pub(super) queue_overflows: AtomicU64,
+    /// Encoder events the kernel lost (sequence gaps, missed edges).
+    pub(super) encoder_lost: AtomicU64,
+    /// Part-present edges that found the encoder standing still.
+    pub(super) encoder_standstill: AtomicU64,
     /// The line-stop output was asserted.
     pub(super) line_stopped: AtomicBool,
     /// The actuator's drain time ran out with items still on the belt.
@@ -216,6 +226,7 @@ impl Queues {
                 answers: ap,
                 encoder: ec,
                 trigger: tc,
+                standstill: None,
             },
             encoder: ep,
             trigger: (tp, wp),
@@ -247,16 +258,18 @@ pub(super) struct ActuatorEnds<'q> {
     pub(super) answers: Producer<'q, Answer, COMMAND_QUEUE>,
     pub(super) encoder: Consumer<'q, InputEvent, EDGE_QUEUE>,
     pub(super) trigger: Consumer<'q, InputEvent, EDGE_QUEUE>,
+    /// Encoder mode with `inputs.encoder.standstill_ms`: the limit, µs, and the run's start.
+    pub(super) standstill: Option<(u64, Instant)>,
 }
 
 impl ActuatorEnds<'_> {
     /// Apply every edge the inputs queued.
-    pub(super) fn take_edges(&mut self, tracker: &mut Tracker) {
+    pub(super) fn take_edges(&mut self, tracker: &mut Tracker, signals: &Signals) {
         while let Some(ev) = self.encoder.dequeue() {
-            apply_edge(tracker, ev);
+            apply_edge(tracker, ev, self.standstill, signals);
         }
         while let Some(ev) = self.trigger.dequeue() {
-            apply_edge(tracker, ev);
+            apply_edge(tracker, ev, self.standstill, signals);
         }
     }
 
@@ -265,7 +278,7 @@ impl ActuatorEnds<'_> {
     pub(super) fn take_commands(&mut self, tracker: &mut Tracker, signals: &Signals) -> bool {
         let mut answered = false;
         while let Some(cmd) = self.commands.dequeue() {
-            self.take_edges(tracker);
+            self.take_edges(tracker, signals);
             let answer = match cmd {
                 Command::Begin { seq, id, at } => Answer {
                     seq,
@@ -299,11 +312,27 @@ impl ActuatorEnds<'_> {
     }
 }
 
-fn apply_edge(tracker: &mut Tracker, ev: InputEvent) {
+fn apply_edge(tracker: &mut Tracker, ev: InputEvent, standstill: Option<(u64, Instant)>, signals: &Signals) {
     match ev {
         InputEvent::Encoder { count, at } => tracker.belt_mut().on_encoder(count, at),
         InputEvent::Trigger { id, at } => {
             tracker.begin(id, at);
+            if let Some((limit_us, started)) = standstill {
+                if standing_still(tracker.belt().last_count_at(), started, at, limit_us) {
+                    tracker.fail_safe_in_flight(at);
+                    signals.encoder_standstill.fetch_add(1, Ordering::Relaxed);
+                    signals.note_fault(at);
+                }
+            }
+        }
+        InputEvent::EncoderFault { fault, at } => {
+            tracker.fail_safe_in_flight(at);
+            let count = match fault {
+                EncoderFault::Standstill => &signals.encoder_standstill,
+                EncoderFault::LostEvents { .. } | EncoderFault::MissedEdge => &signals.encoder_lost,
+            };
+            count.fetch_add(1, Ordering::Relaxed);
+            signals.note_fault(at);
         }
     }
 }
@@ -351,6 +380,7 @@ pub(super) struct Tracking<'q> {
     actuator: Thread,
     clock: MonotonicClock,
     seq: Cell<u32>,
+    encoder_faults_seen: Cell<u64>,
 }
 
 impl<'q> Tracking<'q> {
@@ -361,6 +391,7 @@ impl<'q> Tracking<'q> {
             actuator,
             clock,
             seq: Cell::new(0),
+            encoder_faults_seen: Cell::new(0),
         }
     }
 
@@ -412,6 +443,13 @@ impl<'q> Tracking<'q> {
     /// The oldest trigger edge waiting for its frame.
     pub(super) fn pop_trigger(&self) -> Option<(u32, Instant)> {
         self.ends.borrow_mut().triggered.dequeue()
+    }
+
+    /// Whether the encoder had a fault (lost events, standstill) since the last call.
+    pub(super) fn new_encoder_fault(&self) -> bool {
+        let n =
+            self.signals.encoder_lost.load(Ordering::Relaxed) + self.signals.encoder_standstill.load(Ordering::Relaxed);
+        n > self.encoder_faults_seen.replace(n)
     }
 
     /// Note a fault at `at`, for the heartbeat.
