@@ -65,7 +65,7 @@ pub use capture::MAX_BLIND_ITEMS_PER_CAPTURE;
 pub use lifecycle::{Control, NotifyTarget, StopReport};
 pub use summary::{FaultCounts, ItemReport, Summary};
 pub use timing::{timing_bench, TimingReport};
-pub use tracking::{RejectAudit, MAX_AUDIT_ITEMS, MAX_PENDING_TRIGGERS};
+pub use tracking::{RejectAudit, LATE_PULSE_US, MAX_AUDIT_ITEMS, MAX_PENDING_TRIGGERS};
 
 /// Run the station described by `cfg` until the replay ends; `on_item` sees every item.
 pub fn run(cfg: &StationConfig, on_item: impl FnMut(&ItemReport<'_>)) -> Result<Summary> {

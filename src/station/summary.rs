@@ -241,6 +241,7 @@ impl Summary {
         j["reloads"] = json!(self.reloads);
         j["reloads_refused"] = json!(self.reloads_refused);
         j["realtime"] = json!(self.realtime);
+        j["pulses_over_100_us"] = json!(self.audit.as_ref().map(|a| a.pulses_over_late_limit));
         j
     }
 }

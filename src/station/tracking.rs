@@ -54,6 +54,10 @@ use crate::sim::recording::Event;
 /// left out of the audit (`audit_truncated` in the summary).
 pub const MAX_AUDIT_ITEMS: usize = 1 << 16;
 
+/// A pulse centre farther than this from its item's arrival is counted as late in the audit:
+/// 0.1 mm at 1 m/s, a tenth of the ±1 mm a reject window is sized to absorb.
+pub const LATE_PULSE_US: u64 = 100;
+
 /// Trigger edges waiting for their frame. More means the camera is far behind the sensor;
 /// the edge that does not fit is dropped (its item, already in the register, gets the
 /// fail-safe from the tracker) and counted.
@@ -91,6 +95,10 @@ pub struct RejectAudit {
     pub timing_error_us_p99: Option<u64>,
     /// Same, maximum.
     pub timing_error_us_max: Option<u64>,
+    /// Pulses timed (items alone in their pulse).
+    pub pulses_timed: u64,
+    /// Of those, pulses whose centre was more than [`LATE_PULSE_US`] from the arrival.
+    pub pulses_over_late_limit: u64,
     /// The belt speed the errors convert to mm with.
     pub belt_speed_mm_per_s: f32,
 }
@@ -554,8 +562,19 @@ pub(super) fn audit(
         let travel = travel_time_us(ejectors[e].ejector_distance_mm, speed_mm_per_s);
         it.captured.add_us(travel.unwrap_or(u64::MAX)).us
     };
-    let covering = |e: usize, t: u64| pulses[e].iter().find(|(a, b)| *a <= t && t <= *b).copied();
+    let covering_at = |e: usize, t: u64| pulses[e].iter().position(|(a, b)| *a <= t && t <= *b);
+    let covering = |e: usize, t: u64| covering_at(e, t).map(|k| pulses[e][k]);
     let by_id: HashMap<u32, FiredItem> = fired.iter().map(|f| (f.id, *f)).collect();
+    // Items fired into each pulse: a pulse held on for a later item is not centred on either.
+    let mut sharing: HashMap<(usize, usize), u32> = HashMap::new();
+    for it in items.iter().filter(|it| it.action == Action::Reject) {
+        if let Some(f) = by_id.get(&it.id) {
+            let e = f.ejector as usize;
+            if let Some(k) = covering_at(e, arrival(it, e)) {
+                *sharing.entry((e, k)).or_default() += 1;
+            }
+        }
+    }
     let mut a = RejectAudit {
         items: items.len() as u64,
         belt_speed_mm_per_s: speed_mm_per_s,
@@ -571,12 +590,19 @@ pub(super) fn audit(
                 };
                 let e = f.ejector as usize;
                 let t = arrival(it, e);
-                match covering(e, t) {
+                match covering_at(e, t) {
                     None => a.missed_rejects += 1,
-                    Some((on, off)) => {
-                        if !f.merged && !f.clipped {
+                    Some(k) => {
+                        let alone = sharing.get(&(e, k)) == Some(&1);
+                        if alone && !f.merged && !f.clipped {
+                            let (on, off) = pulses[e][k];
                             let centre = (on + off) / 2;
-                            h.record(centre.abs_diff(t));
+                            let err = centre.abs_diff(t);
+                            h.record(err);
+                            a.pulses_timed += 1;
+                            if err > LATE_PULSE_US {
+                                a.pulses_over_late_limit += 1;
+                            }
                         }
                     }
                 }
@@ -707,5 +733,65 @@ mod tests {
             Some(Instant::from_us(0)),
             "the fault is held for the heartbeat"
         );
+    }
+
+    #[test]
+    fn the_audit_times_items_alone_in_their_pulse_and_counts_the_late_ones() {
+        // 400 mm at 500 mm/s: 800 ms of travel.
+        let e = EjectorConfig {
+            ejector_distance_mm: 400.0,
+            pulse_width_us: 20_000,
+            min_gap_us: 10_000,
+            merge: MergePolicy::Extend,
+            takes: OutcomeSet::ALL,
+        };
+        let item = |id, captured_us| AuditItem {
+            id,
+            captured: Instant::from_us(captured_us),
+            action: Action::Reject,
+        };
+        let fired = |id| FiredItem {
+            id,
+            ejector: 0,
+            merged: false,
+            clipped: false,
+        };
+        let edge = |active, us| Event {
+            line: OutputLine::Reject(0),
+            active,
+            planned: Instant::from_us(us),
+            actual: Instant::from_us(us),
+        };
+        // Item 1: pulse centred 30 µs late. Item 2: 150 µs late. Items 3 and 4 share one
+        // pulse held on from 3's window to 4's (neither is centred on it).
+        let items = [item(1, 0), item(2, 100_000), item(3, 200_000), item(4, 225_000)];
+        let timeline = [
+            edge(true, 790_030),
+            edge(false, 810_030),
+            edge(true, 890_150),
+            edge(false, 910_150),
+            edge(true, 990_000),
+            edge(false, 1_035_000),
+        ];
+        let a = audit(
+            &items,
+            &[fired(1), fired(2), fired(3), fired(4)],
+            &timeline,
+            &[e],
+            500.0,
+        );
+        assert_eq!((a.missed_rejects, a.false_rejects), (0, 0));
+        assert_eq!(a.pulses_timed, 2);
+        assert_eq!(a.pulses_over_late_limit, 1);
+        assert_eq!(a.timing_error_us_max, Some(150));
+        // Without item 2's pulse, it is missed.
+        let a = audit(
+            &items,
+            &[fired(1), fired(2), fired(3), fired(4)],
+            &[timeline[0], timeline[1], timeline[4], timeline[5]],
+            &[e],
+            500.0,
+        );
+        assert_eq!(a.missed_rejects, 1);
     }
 }
