@@ -7,7 +7,9 @@
 //!   what fires the rejects;
 //! - with inference on, the frame thread runs a real model on a real frame for every item, so
 //!   the two threads compete for the machine as they do in the station;
-//! - every item is decided reject (alternating ejectors), so every item is a pulse to place.
+//! - every item is decided reject (alternating ejectors), so every item is a pulse to place;
+//! - items pass the camera at exact times (as a camera stamps frames at exposure): a frame
+//!   thread that wakes late delays a decision, never moves an item.
 
 use anyhow::{anyhow, Result};
 
@@ -105,8 +107,10 @@ pub fn timing_bench(cfg: &StationConfig, items: u32, rate_fps: f32, with_inferen
         let tracking = Tracking::new(ends.frame, &signals, act.thread().clone(), clock);
         let start = clock.now().add_us(10_000);
         for i in 0..items {
-            clock.sleep_until(start.add_us(i as u64 * period_us));
-            let captured = clock.now();
+            // The item passes the camera at its time whenever this thread wakes: a camera
+            // stamps its frames at exposure, not when the frame thread gets to them.
+            let captured = start.add_us(i as u64 * period_us);
+            clock.sleep_until(captured);
             let class = class_for[i as usize % class_for.len()];
             if with_inference {
                 let (w, h, px) = &frames[i as usize % frames.len()];
