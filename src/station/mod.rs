@@ -137,7 +137,15 @@ pub fn run_until(cfg: &StationConfig, control: &Control, mut on_item: impl FnMut
             &rt_report,
         )
         .and_then(|inputs| {
-            let report = Report::start(cfg, classes, inspect.model_line(), frame_bytes, audit_cap, clock)?;
+            let report = Report::start(
+                cfg,
+                classes,
+                inspect.model_line(),
+                frame_bytes,
+                audit_cap,
+                rt_report.clone(),
+                clock,
+            )?;
             Ok((inputs, report))
         });
         let (inputs, mut report) = match started {
