@@ -1,9 +1,8 @@
 //! Actuation: the thread that owns the outputs and fires the rejects.
 //!
-//! The actuator thread owns the [`Tracker`](crate::core::reject::Tracker) and the outputs: it
-//! takes the edges and commands the other threads queued ([`super::tracking`]), polls the
-//! tracker, writes its edges to the output backend and sleeps until the next edge or
-//! heartbeat.
+//! The actuator thread owns the [`Tracker`] and the outputs: it takes the edges and commands
+//! the other threads queued ([`super::tracking`]), polls the tracker, writes its edges to the
+//! output backend and sleeps until the next edge or heartbeat.
 //!
 //! Guarantees:
 //! - the actuator, not the frame loop, applies the deadlines: an item whose decision has not
@@ -216,7 +215,18 @@ pub(super) fn actuator(
     // Edges taken from the tracker and written to the outputs after; preallocated for the
     // most one poll can emit.
     let mut edges: Vec<(OutputLine, bool, Instant)> = Vec::with_capacity(MAX_EDGES_PER_POLL);
+    edges.resize(MAX_EDGES_PER_POLL, (OutputLine::Heartbeat, false, Instant::from_us(0)));
+    edges.clear();
     let mut fired: Vec<FiredItem> = Vec::with_capacity(fired_capacity);
+    // Written once, so that no item fired takes a page fault.
+    let blank = FiredItem {
+        id: 0,
+        ejector: 0,
+        merged: false,
+        clipped: false,
+    };
+    fired.resize(fired_capacity, blank);
+    fired.clear();
     loop {
         ends.take_edges(&mut tracker, signals);
         if ends.take_commands(&mut tracker, signals) {

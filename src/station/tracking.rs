@@ -4,7 +4,7 @@
 //! input threads reach it through fixed-capacity single-producer queues
 //! (`heapless::spsc`), and nothing on the way from a sensor edge or a decision to a reject
 //! pulse takes a lock. This module holds the queues, the counters the threads share as
-//! atomics, and every step the frame loop takes on the register ([`Tracking`]).
+//! atomics, and every step the frame loop takes on the register (`Tracking`).
 //!
 //! Guarantees:
 //! - an item enters the register before inference (free-run: at its frame; trigger modes: at
