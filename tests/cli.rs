@@ -326,3 +326,48 @@ fn with_no_profile_anywhere_the_error_names_every_place_searched() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn bench_timing_reports_every_run_idle_and_under_load_with_the_share_of_late_pulses() {
+    let out = ferroscope(&[
+        "bench-timing",
+        "--items",
+        "30",
+        "--rate-fps",
+        "40",
+        "--load",
+        "cpu",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["late_pulse_us"], 100);
+    let runs = j["runs"].as_array().unwrap();
+    let loads: Vec<Option<&str>> = runs.iter().map(|r| r["load"].as_str()).collect();
+    assert_eq!(loads, [None, None, Some("cpu"), Some("cpu")]);
+    let inference: Vec<bool> = runs.iter().map(|r| r["with_inference"].as_bool().unwrap()).collect();
+    assert_eq!(inference, [false, true, false, true]);
+    for r in runs {
+        assert_eq!(r["items"], 30, "{r}");
+        // Items 25 ms apart alternate between two ejectors: 50 ms between pulses 20 ms wide
+        // with a 10 ms gap, so each item has a pulse of its own to time.
+        assert!(r["pulses_timed"].as_u64().unwrap() >= 25, "{r}");
+        let share = r["share_over_100_us"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&share), "{r}");
+        for k in ["timing_error_us_p50", "timing_error_us_p99", "timing_error_us_max"] {
+            assert!(r[k].is_u64(), "{k}: {r}");
+        }
+        assert!(
+            r["timing_error_us_p50"].as_u64() <= r["timing_error_us_max"].as_u64(),
+            "{r}"
+        );
+    }
+    // A load that does not exist is refused with the ones that do.
+    let out = ferroscope(&["bench-timing", "--load", "disk"]);
+    assert_eq!(out.status.code(), Some(2));
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        e.contains("cpu") && e.contains("memory") && e.contains("io") && e.contains("all"),
+        "{e}"
+    );
+}

@@ -63,11 +63,17 @@ fn without_the_privilege_the_station_runs_with_a_warning() {
         "ulimit -r 0 && ulimit -l 64 && exec {bin} run --json --config {}",
         profile.display()
     );
-    let text = std::fs::read_to_string(&profile)
-        .unwrap()
-        .replace("input_priority = 70", "input_priority = 70\nlock_memory = true");
     let dir = std::env::temp_dir().join(format!("ferroscope-rt-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
+    // The screen drawn to a PNG: its fault strip must say the settings were refused.
+    let screen = dir.join("screen.png");
+    let text = std::fs::read_to_string(&profile)
+        .unwrap()
+        .replace("input_priority = 70", "input_priority = 70\nlock_memory = true")
+        + &format!(
+            "\n[display]\nbackend = \"png\"\npath = \"{}\"\nwidth = 320\nheight = 240\n",
+            screen.display()
+        );
     let boards = root().join("boards").display().to_string();
     let locked = dir.join("station.toml");
     std::fs::write(&locked, text.replace("\"../", &format!("\"{boards}/../"))).unwrap();
@@ -115,5 +121,31 @@ fn without_the_privilege_the_station_runs_with_a_warning() {
         rt.iter().any(|l| l.starts_with("actuator: normal scheduling")),
         "{rt:?}"
     );
+    // The fault strip (the bottom rows) is red, and nothing else went wrong: it is the
+    // refusal that the screen shows.
+    assert_eq!(s["faults"], 0, "{s}");
+    assert!(strip_is_red(&screen), "REALTIME OFF on the screen");
+    if is_root() {
+        // With the privilege, the same profile runs with a healthy strip.
+        let out = Command::new(bin)
+            .args(["run", "--json", "--config"])
+            .arg(&locked)
+            .env_remove("NOTIFY_SOCKET")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let s: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+        if s["faults"] == 0 {
+            assert!(!strip_is_red(&screen), "no refusal, no REALTIME OFF: {s}");
+        }
+    }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Whether the screen's fault strip (its bottom rows) is the fault red.
+fn strip_is_red(png: &Path) -> bool {
+    let img = image::open(png).unwrap().into_rgb8();
+    let p = img.get_pixel(2, img.height() - 2).0;
+    p[0] > 150 && p[1] < 40 && p[2] < 40
 }

@@ -11,6 +11,7 @@ pub mod check;
 pub mod eval;
 pub mod grains;
 pub mod infer;
+pub mod load;
 pub mod records;
 pub mod run;
 pub mod screen;

@@ -5,13 +5,17 @@
 //!   reject is missed, none is false, duplicated, on the wrong ejector or crowding the gap,
 //!   and the worst pulse centre is within 1 mm;
 //! - `bench-timing` runs the station's own actuator thread idle and with inference on the
-//!   frame thread, and reports both side by side.
+//!   frame thread, and with `--load` both again beside a background load ([`super::load`]),
+//!   and reports per run the pulse timing error (p50, p99, max) and the share of pulses
+//!   more than 100 µs off.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Args;
+
+use super::load::{Load, LoadKind};
 
 /// `ferroscope simulate`.
 #[derive(Args)]
@@ -46,6 +50,11 @@ pub struct BenchTimingArgs {
     /// Items per second.
     #[arg(long, default_value_t = 50.0)]
     pub rate_fps: f32,
+    /// Also run under this background load (threads of this process at normal priority):
+    /// one busy thread per CPU, one thread per CPU streaming through 64 MiB, writes synced
+    /// to disk, or all three.
+    #[arg(long, value_enum)]
+    pub load: Option<LoadKind>,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -104,24 +113,56 @@ pub fn simulate(seed: u64, items: u32, encoder: bool, timeline: Option<&Path>, j
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
-pub fn bench_timing(config: Option<&Path>, items: u32, rate_fps: f32, json: bool) -> Result<ExitCode> {
-    use ferroscope::station::{config::StationConfig, timing_bench};
+pub fn bench_timing(
+    config: Option<&Path>,
+    items: u32,
+    rate_fps: f32,
+    load: Option<LoadKind>,
+    json: bool,
+) -> Result<ExitCode> {
+    use ferroscope::station::{config::StationConfig, timing_bench, LATE_PULSE_US};
     let path = super::profile(config)?;
     let cfg = StationConfig::load(&path)?;
-    let idle = timing_bench(&cfg, items, rate_fps, false)?;
-    let loaded = timing_bench(&cfg, items, rate_fps, true)?;
-    let row = |r: &ferroscope::station::TimingReport| {
+    // (name, load, with inference)
+    let mut plan: Vec<(String, Option<LoadKind>, bool)> = vec![
+        ("idle".into(), None, false),
+        ("inference on the frame thread".into(), None, true),
+    ];
+    if let Some(k) = load {
+        plan.push((format!("{} load", k.name()), Some(k), false));
+        plan.push((format!("{} load + inference", k.name()), Some(k), true));
+    }
+    let mut runs = Vec::with_capacity(plan.len());
+    for (name, kind, inference) in plan {
+        let background = kind.map(Load::start).transpose()?;
+        let r = timing_bench(&cfg, items, rate_fps, inference);
+        if let Some(b) = background {
+            b.stop();
+        }
+        runs.push((name, kind, r?));
+    }
+    let share = |r: &ferroscope::station::TimingReport| {
+        let a = &r.audit;
+        a.pulses_over_late_limit as f64 / a.pulses_timed.max(1) as f64
+    };
+    let row = |name: &str, kind: Option<LoadKind>, r: &ferroscope::station::TimingReport| {
         let a = &r.audit;
         serde_json::json!({
+            "run": name,
+            "load": kind.map(LoadKind::name),
+            "with_inference": r.with_inference,
             "items": r.items,
             "missed_rejects": a.missed_rejects,
             "timing_error_us_p50": a.timing_error_us_p50,
             "timing_error_us_p99": a.timing_error_us_p99,
             "timing_error_us_max": a.timing_error_us_max,
+            "pulses_timed": a.pulses_timed,
+            "share_over_100_us": share(r),
             "edge_error_us_p50": r.edge_error_us.0,
             "edge_error_us_p99": r.edge_error_us.1,
         })
     };
+    let (idle, loaded) = (&runs[0].2, &runs[1].2);
     let p99_loaded = loaded.audit.timing_error_us_p99.unwrap_or(0);
     let p99_idle = idle.audit.timing_error_us_p99.unwrap_or(0).max(1);
     let mm = |us: u64, m_per_s: f32| ferroscope::core::calibration::travel_distance_mm(us, m_per_s * 1000.0);
@@ -131,30 +172,33 @@ pub fn bench_timing(config: Option<&Path>, items: u32, rate_fps: f32, json: bool
             serde_json::json!({
                 "config": path.display().to_string(),
                 "rate_fps": rate_fps,
-                "idle": row(&idle),
-                "with_inference": row(&loaded),
+                "late_pulse_us": LATE_PULSE_US,
+                "idle": row(&runs[0].0, None, idle),
+                "with_inference": row(&runs[1].0, None, loaded),
+                "runs": runs.iter().map(|(n, k, r)| row(n, *k, r)).collect::<Vec<_>>(),
                 "p99_ratio_loaded_over_idle": p99_loaded as f64 / p99_idle as f64,
                 "p99_mm_at_1_5_20_m_per_s": [mm(p99_loaded, 1.0), mm(p99_loaded, 5.0), mm(p99_loaded, 20.0)],
             })
         );
     } else {
         println!(
-            "reject scheduling, {items} items at {rate_fps} items/s, {}",
+            "reject scheduling, {items} items at {rate_fps} items/s per run, {}",
             path.display()
         );
-        println!("pulse centre vs true arrival (µs)     p50    p99    max   missed");
-        for (name, r) in [("idle", &idle), ("inference on the frame thread", &loaded)] {
+        println!("pulse centre vs true arrival (µs)     p50    p99    max  > {LATE_PULSE_US} µs  missed");
+        for (name, _, r) in &runs {
             let a = &r.audit;
             println!(
-                "  {name:<34} {:>6} {:>6} {:>6} {:>6}",
+                "  {name:<34} {:>6} {:>6} {:>6} {:>8.1}% {:>6}",
                 a.timing_error_us_p50.unwrap_or(0),
                 a.timing_error_us_p99.unwrap_or(0),
                 a.timing_error_us_max.unwrap_or(0),
+                share(r) * 100.0,
                 a.missed_rejects
             );
         }
         println!(
-            "p99 under load / idle: {:.2}x; p99 under load in mm: {:.3} at 1 m/s, {:.3} at 5 m/s, {:.3} at 20 m/s",
+            "p99 with inference / idle: {:.2}x; p99 with inference in mm: {:.3} at 1 m/s, {:.3} at 5 m/s, {:.3} at 20 m/s",
             p99_loaded as f64 / p99_idle as f64,
             mm(p99_loaded, 1.0),
             mm(p99_loaded, 5.0),

@@ -11,7 +11,9 @@
 //! - *Encoder mode*: each encoder edge (with its kernel timestamp) fixes the position exactly;
 //!   between edges the position is extrapolated at the measured speed, but never past the next
 //!   count, and the speed used for prediction decays when edges stop coming — a stopped belt
-//!   holds items where they are, as a PLC shift register does.
+//!   holds items where they are, as a PLC shift register does. A count that goes down (a
+//!   quadrature encoder on a belt running backwards) moves the position, and so every item on
+//!   the belt, back.
 
 use super::num::{ceil_i64, round_i64};
 use super::time::Instant;
@@ -112,6 +114,11 @@ impl Belt {
                 self.speed_mm_per_s = (count - c0) as f64 * nm_per_count / dt as f64;
             }
         }
+    }
+
+    /// Encoder mode: the time of the last count (`None` before the first, and in speed mode).
+    pub fn last_count_at(&self) -> Option<Instant> {
+        self.edges.back().map(|&(at, _)| at)
     }
 
     /// The speed used for prediction at `now`, in mm/s. In encoder mode it is the measured

@@ -9,6 +9,7 @@ pub mod belt;
 pub mod calibration;
 pub mod counters;
 pub mod decision;
+pub mod encoder;
 pub mod frame;
 pub mod latency;
 pub mod num;

@@ -505,6 +505,25 @@ impl Tracker {
         Ok(())
     }
 
+    /// The belt position can no longer be trusted (an encoder fault at `now`): every item in
+    /// flight that is neither fired nor accepted gets the fail-safe, whatever its decision
+    /// (an undecided item when its decision or its deadline comes).
+    pub fn fail_safe_in_flight(&mut self, now: Instant) {
+        for idx in 0..self.items.len() {
+            let Some(item) = self.items.iter_mut().nth(idx) else {
+                break;
+            };
+            match item.state {
+                State::Undecided => item.forced_failsafe = true,
+                State::Routed { failsafe: false, .. } => {
+                    item.forced_failsafe = true;
+                    self.apply_failsafe(idx, now);
+                }
+                _ => {}
+            }
+        }
+    }
+
     fn mark_overdue(&mut self, idx: usize, now: Instant, emit: &mut impl FnMut(TrackEvent)) -> bool {
         let Some(item) = self.items.iter_mut().nth(idx) else {
             return false;

@@ -98,11 +98,18 @@ pub mod fault {
     pub const DISPLAY_ERROR: u16 = 1 << 8;
     /// The MQTT broker is not reachable (events wait in the on-board queue).
     pub const BROKER_OFFLINE: u16 = 1 << 9;
+    /// The encoder lost events or stood still while items arrived: the items in flight got
+    /// the fail-safe.
+    pub const ENCODER_FAULT: u16 = 1 << 10;
+    /// The process may not use its `[realtime]` settings (SCHED_FIFO, locked memory, CPU
+    /// wake-up latency): pulses may be late on a busy board. Shown for the whole run.
+    pub const REALTIME_OFF: u16 = 1 << 11;
 
     /// Each bit with its words, in the order shown.
-    pub const WORDS: [(u16, &str); 10] = [
+    pub const WORDS: [(u16, &str); 12] = [
         (CAMERA_LOST, "CAMERA LOST"),
         (LINE_STOPPED, "LINE STOPPED"),
+        (ENCODER_FAULT, "ENCODER FAULT"),
         (BAD_FRAMES, "BAD FRAMES"),
         (DECISION_OVERRUN, "DECISION OVERRUN"),
         (MODEL_ERROR, "MODEL ERROR"),
@@ -111,6 +118,7 @@ pub mod fault {
         (TOO_MANY_ITEMS, "TOO MANY ITEMS"),
         (DISPLAY_ERROR, "DISPLAY ERROR"),
         (BROKER_OFFLINE, "BROKER OFFLINE"),
+        (REALTIME_OFF, "REALTIME OFF"),
     ];
 }
 

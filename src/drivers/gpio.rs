@@ -155,3 +155,101 @@ impl EdgeInput {
         Ok(Some(self.clock.from_kernel_ns(ev.timestamp_ns)))
     }
 }
+
+/// An encoder's lines (channel A, and B for quadrature) in one request, so that the kernel
+/// numbers their events in one sequence and a lost event shows as a gap.
+#[derive(Debug)]
+pub struct EncoderInput {
+    req: Request,
+    clock: MonotonicClock,
+    chip: PathBuf,
+    a: u32,
+    b: Option<u32>,
+}
+
+impl EncoderInput {
+    /// Request `a` (and `b`, quadrature) on `chip` as inputs. Quadrature reports both edges of
+    /// both lines; a single channel its rising edges, or both when `both_edges`.
+    pub fn open(
+        chip: &Path,
+        a: u32,
+        b: Option<u32>,
+        active_low: bool,
+        both_edges: bool,
+        debounce: Option<Duration>,
+        clock: MonotonicClock,
+    ) -> Result<Self> {
+        let mut builder = Request::builder();
+        builder.on_chip(chip).with_consumer("ferroscope").with_line(a);
+        if let Some(b) = b {
+            builder.with_line(b);
+        }
+        builder.as_input();
+        if active_low {
+            builder.as_active_low();
+        }
+        builder
+            .with_edge_detection(if both_edges || b.is_some() {
+                EdgeDetection::BothEdges
+            } else {
+                EdgeDetection::RisingEdge
+            })
+            .with_event_clock(EventClock::Monotonic);
+        if let Some(d) = debounce {
+            builder.with_debounce_period(d);
+        }
+        let lines = match b {
+            Some(b) => format!("lines {a} (A) and {b} (B)"),
+            None => format!("line {a}"),
+        };
+        let req = builder
+            .request()
+            .with_context(|| format!("{}: cannot request {lines} as encoder inputs", chip.display()))?;
+        Ok(EncoderInput {
+            req,
+            clock,
+            chip: chip.to_path_buf(),
+            a,
+            b,
+        })
+    }
+
+    /// Wait up to `timeout` for the next event; `Ok(None)` on timeout.
+    pub fn next_event(&self, timeout: Duration) -> Result<Option<crate::core::encoder::LineEvent>> {
+        use crate::core::encoder::{Channel, LineEvent};
+        use gpiocdev::line::EdgeKind;
+        let ready = self
+            .req
+            .wait_edge_event(timeout)
+            .with_context(|| format!("{}: line {}: waiting for encoder edges", self.chip.display(), self.a))?;
+        if !ready {
+            return Ok(None);
+        }
+        let ev = self
+            .req
+            .read_edge_event()
+            .with_context(|| format!("{}: line {}: reading an encoder edge", self.chip.display(), self.a))?;
+        Ok(Some(LineEvent {
+            channel: if Some(ev.offset) == self.b {
+                Channel::B
+            } else {
+                Channel::A
+            },
+            rising: ev.kind == EdgeKind::Rising,
+            seqno: ev.seqno,
+            at: self.clock.from_kernel_ns(ev.timestamp_ns),
+        }))
+    }
+
+    /// The levels of A and B now (B: `false` for a single channel), active as `true`.
+    pub fn levels(&self) -> Result<(bool, bool)> {
+        let read = |line: u32| -> Result<bool> {
+            Ok(self
+                .req
+                .value(line)
+                .with_context(|| format!("{}: line {line}: reading the encoder level", self.chip.display()))?
+                == Value::Active)
+        };
+        Ok((read(self.a)?, self.b.map(read).transpose()?.unwrap_or(false)))
+    }
+}

@@ -30,11 +30,22 @@ pub struct RecordingOutput {
 }
 
 impl RecordingOutput {
-    /// A recorder reading `clock`, holding up to `capacity` events (preallocated).
+    /// A recorder reading `clock`, holding up to `capacity` events (preallocated and written
+    /// once, so that recording an edge never takes a page fault: the actuator thread records
+    /// its edges, and a page fault can wait on another thread's memory mapping).
     pub fn new(clock: MonotonicClock, capacity: usize) -> Self {
+        let mut events = Vec::with_capacity(capacity);
+        let blank = Event {
+            line: OutputLine::Heartbeat,
+            active: false,
+            planned: Instant::from_us(0),
+            actual: Instant::from_us(0),
+        };
+        events.resize(capacity, blank);
+        events.clear();
         RecordingOutput {
             clock,
-            events: Vec::with_capacity(capacity),
+            events,
             capacity,
         }
     }

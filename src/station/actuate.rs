@@ -1,7 +1,8 @@
 //! Actuation: the thread that owns the outputs and fires the rejects.
 //!
-//! The actuator thread polls the shared [`Tracker`](crate::core::reject::Tracker), writes
-//! its edges to the output backend and sleeps until the next edge or heartbeat.
+//! The actuator thread owns the [`Tracker`] and the outputs: it takes the edges and commands
+//! the other threads queued ([`super::tracking`]), polls the tracker, writes its edges to the
+//! output backend and sleeps until the next edge or heartbeat.
 //!
 //! Guarantees:
 //! - the actuator, not the frame loop, applies the deadlines: an item whose decision has not
@@ -9,8 +10,9 @@
 //! - the heartbeat toggles only while the station is healthy: no line stop, no fault within
 //!   `outputs.fault_hold_ms`, not stopping; it is left inactive when the thread ends;
 //! - a failed output write is counted (and held as a fault), never fatal;
-//! - no lock is held while an output is written: the edges due are taken from the tracker
-//!   under the lock, the lock is released, then they are written (GPIO ioctls included);
+//! - it takes no lock and waits for no other thread: what the others send comes through
+//!   single-producer queues and atomics, so a GPIO ioctl never holds anyone up and no one
+//!   holds up a pulse;
 //! - after the frame loop stops, items already on the belt still reach their ejectors: the
 //!   thread drains until the tracker is idle or the farthest ejector's travel time (plus 1 s)
 //!   has passed; the heartbeat stays inactive from the stop on (the PLC sees the fault), and
@@ -21,16 +23,17 @@
 //!   only the last `realtime.spin_us` before it; it runs with the `[realtime]` priority and
 //!   CPUs when the process may ([`super::realtime`]).
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::thread::JoinHandle;
+use std::thread::{Scope, ScopedJoinHandle, Thread};
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 
 use super::config::{self, StationConfig};
 use super::realtime::{setup_thread, RealtimeReport};
-use super::tracking::{FiredItem, Shared, SharedState};
-use crate::core::reject::{EjectorConfig, Output, TrackEvent, MAX_EJECTORS, MAX_ITEMS_IN_FLIGHT};
+use super::tracking::{ActuatorEnds, FiredItem, Signals};
+use crate::core::reject::{EjectorConfig, Output, TrackEvent, Tracker, MAX_EJECTORS, MAX_ITEMS_IN_FLIGHT};
 use crate::core::time::Instant;
 use crate::drivers::gpio::{GpioOutput, LineSpec};
 use crate::hal::{Clock, OutputError, OutputLine, RejectOutput};
@@ -131,19 +134,10 @@ pub(super) struct ActuatorTiming {
 /// item's travel, so no decision that comes meanwhile has an edge sooner.
 const APPROACH_US: u64 = 2_000;
 
-/// Open the configured outputs and start the actuator thread on `shared`; it hands the
-/// outputs back when it ends (their timeline is the run's record of what was fired).
-pub(super) fn spawn(
-    cfg: &StationConfig,
-    shared: &SharedState,
-    ejectors: &[EjectorConfig],
-    speed: Option<f32>,
-    clock: MonotonicClock,
-    report: &Arc<RealtimeReport>,
-) -> Result<JoinHandle<Outputs>> {
-    let out = open_outputs(cfg, clock)?;
+/// The actuator's timing for `cfg` (`speed`: the belt speed, `None` with an encoder).
+pub(super) fn timing_of(cfg: &StationConfig, ejectors: &[EjectorConfig], speed: Option<f32>) -> ActuatorTiming {
     let farthest = ejectors.iter().map(|e| e.ejector_distance_mm).fold(0.0f32, f32::max);
-    let timing = ActuatorTiming {
+    ActuatorTiming {
         heartbeat_us: cfg.outputs.heartbeat_period_ms.max(1) as u64 * 1000,
         fault_hold_us: cfg.outputs.fault_hold_ms as u64 * 1000,
         max_sleep_us: if speed.is_some() { 1_000_000 } else { 1_000 },
@@ -153,58 +147,122 @@ pub(super) fn spawn(
         },
         reject_lines: ejectors.len() as u8,
         spin_us: cfg.realtime.spin_us as u64,
-    };
-    let shared = shared.clone();
-    let rt = cfg.realtime.clone();
-    let report = report.clone();
-    Ok(std::thread::Builder::new().name("actuator".into()).spawn(move || {
-        setup_thread("actuator", rt.actuator_priority, &rt, &report);
-        actuator(shared, out, clock, timing)
-    })?)
+    }
 }
 
-pub(super) fn actuator(shared: SharedState, mut out: Outputs, clock: MonotonicClock, t: ActuatorTiming) -> Outputs {
-    let (lock, cvar) = &*shared;
+/// The actuator thread's share of a run: the register it owns and its queue ends.
+pub(super) struct ActuatorParts<'q> {
+    pub(super) tracker: Tracker,
+    pub(super) fired_capacity: usize,
+    pub(super) ends: ActuatorEnds<'q>,
+    pub(super) signals: &'q Signals,
+    /// The frame loop's thread, woken when its commands are answered.
+    pub(super) frame: Thread,
+}
+
+/// Start the actuator thread in `scope` on `out` (see [`open_outputs`]); it hands back the
+/// outputs, the register and the fired items when it ends.
+pub(super) fn spawn<'scope, 'q: 'scope>(
+    scope: &'scope Scope<'scope, '_>,
+    cfg: &StationConfig,
+    parts: ActuatorParts<'q>,
+    out: Outputs,
+    timing: ActuatorTiming,
+    clock: MonotonicClock,
+    report: &Arc<RealtimeReport>,
+) -> Result<ScopedJoinHandle<'scope, ActuatorEnd>> {
+    let rt = cfg.realtime.clone();
+    let report = report.clone();
+    Ok(std::thread::Builder::new()
+        .name("actuator".into())
+        .spawn_scoped(scope, move || {
+            setup_thread("actuator", rt.actuator_priority, &rt, &report);
+            let ActuatorParts {
+                tracker,
+                fired_capacity,
+                ends,
+                signals,
+                frame,
+            } = parts;
+            actuator(tracker, fired_capacity, ends, signals, frame, out, clock, timing)
+        })?)
+}
+
+/// What the actuator thread hands back when it ends: the outputs (their timeline is the
+/// run's record of what was fired), the register (its totals) and the fired items.
+pub(super) struct ActuatorEnd {
+    pub(super) out: Outputs,
+    pub(super) tracker: Tracker,
+    pub(super) fired: Vec<FiredItem>,
+}
+
+/// The actuator loop: owns `tracker` and `out`; takes edges and commands from `ends`, fires,
+/// answers, sleeps. It never takes a lock and never waits for another thread.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn actuator(
+    mut tracker: Tracker,
+    fired_capacity: usize,
+    mut ends: ActuatorEnds<'_>,
+    signals: &Signals,
+    frame: Thread,
+    mut out: Outputs,
+    clock: MonotonicClock,
+    t: ActuatorTiming,
+) -> ActuatorEnd {
     let mut hb_level = false;
     let mut next_hb = clock.now();
     let mut stop_at: Option<Instant> = None;
-    // Edges taken from the tracker under the lock and written to the outputs after it is
-    // released: a slow GPIO write never holds up the frame loop or the inputs. Preallocated
-    // for the most one poll can emit.
+    // Edges taken from the tracker and written to the outputs after; preallocated for the
+    // most one poll can emit.
     let mut edges: Vec<(OutputLine, bool, Instant)> = Vec::with_capacity(MAX_EDGES_PER_POLL);
-    let mut output_errors = 0u64;
-    let Ok(mut g) = lock.lock() else { return out };
+    edges.resize(MAX_EDGES_PER_POLL, (OutputLine::Heartbeat, false, Instant::from_us(0)));
+    edges.clear();
+    let mut fired: Vec<FiredItem> = Vec::with_capacity(fired_capacity);
+    // Written once, so that no item fired takes a page fault.
+    let blank = FiredItem {
+        id: 0,
+        ejector: 0,
+        merged: false,
+        clipped: false,
+    };
+    fired.resize(fired_capacity, blank);
+    fired.clear();
     loop {
+        ends.take_edges(&mut tracker, signals);
+        if ends.take_commands(&mut tracker, signals) {
+            frame.unpark();
+        }
         let now = clock.now();
         edges.clear();
-        {
-            let Shared { tracker, fired, .. } = &mut *g;
-            tracker.poll(now, |ev| match ev {
-                TrackEvent::Edge { output, active, at } => edges.push((line_of(output), active, at)),
-                TrackEvent::Fired {
-                    id,
-                    ejector,
-                    merged,
-                    clipped,
-                    ..
-                } => {
-                    if fired.len() < fired.capacity() {
-                        fired.push(FiredItem {
-                            id,
-                            ejector,
-                            merged,
-                            clipped,
-                        });
-                    }
+        tracker.poll(now, |ev| match ev {
+            TrackEvent::Edge { output, active, at } => edges.push((line_of(output), active, at)),
+            TrackEvent::Fired {
+                id,
+                ejector,
+                merged,
+                clipped,
+                ..
+            } => {
+                if fired.len() < fired.capacity() {
+                    fired.push(FiredItem {
+                        id,
+                        ejector,
+                        merged,
+                        clipped,
+                    });
                 }
-                TrackEvent::Overdue { .. } => {}
-            });
+            }
+            TrackEvent::Overdue { .. } => {}
+        });
+        if tracker.stats().line_stops > 0 {
+            signals.line_stopped.store(true, Ordering::Relaxed);
         }
+        let stopping = signals.stop.load(Ordering::Acquire);
         let mut heartbeat: Option<(bool, Instant)> = None;
         if now >= next_hb {
-            let healthy = !g.tracker.line_stop_active()
-                && g.fault_at.is_none_or(|f| now.us_since(f) >= t.fault_hold_us)
-                && !g.stop;
+            let healthy = !tracker.line_stop_active()
+                && signals.fault_at().is_none_or(|f| now.us_since(f) >= t.fault_hold_us)
+                && !stopping;
             let level = healthy && !hb_level;
             if level != hb_level {
                 hb_level = level;
@@ -214,21 +272,19 @@ pub(super) fn actuator(shared: SharedState, mut out: Outputs, clock: MonotonicCl
         }
         let mut ending = false;
         let mut drain_timed_out = false;
-        if g.stop {
+        if stopping {
             let s = *stop_at.get_or_insert(now);
-            let idle = g.tracker.is_idle();
+            let idle = tracker.is_idle();
             if idle || now.us_since(s) > t.drain_us {
                 ending = true;
                 drain_timed_out = !idle;
                 if drain_timed_out {
-                    g.drain_timed_out = true;
+                    signals.drain_timed_out.store(true, Ordering::Relaxed);
                 }
             }
         }
 
-        // The outputs, without the lock.
-        drop(g);
-        let errors_before = output_errors;
+        let mut output_errors = 0;
         for &(line, active, at) in &edges {
             if out.set(line, active, at).is_err() {
                 output_errors += 1;
@@ -239,6 +295,10 @@ pub(super) fn actuator(shared: SharedState, mut out: Outputs, clock: MonotonicCl
                 output_errors += 1;
             }
         }
+        if output_errors > 0 {
+            signals.output_errors.fetch_add(output_errors, Ordering::Relaxed);
+            signals.note_fault(now);
+        }
         if ending {
             if hb_level {
                 let _ = out.set(OutputLine::Heartbeat, false, clock.now());
@@ -248,41 +308,30 @@ pub(super) fn actuator(shared: SharedState, mut out: Outputs, clock: MonotonicCl
                     let _ = out.set(OutputLine::Reject(n), false, clock.now());
                 }
             }
+            return ActuatorEnd { out, tracker, fired };
         }
-
-        let Ok(mut g2) = lock.lock() else { return out };
-        if output_errors != errors_before {
-            g2.output_errors += output_errors - errors_before;
-            g2.fault_at = Some(now);
+        // News that came while the outputs were written is taken before the next edge is
+        // chosen, so no decision's edge is missed.
+        ends.take_edges(&mut tracker, signals);
+        if ends.take_commands(&mut tracker, signals) {
+            frame.unpark();
+            continue;
         }
-        if ending {
-            return out;
-        }
-        // Under the lock again: a decision that came while the outputs were written is in
-        // the tracker, so the next event is not missed.
-        let next = g2
-            .tracker
+        let next = tracker
             .next_event(now)
             .map_or(next_hb, |e| e.min(next_hb))
             .min(now.add_us(t.max_sleep_us));
         let until = next.us_since(clock.now());
-        if until == 0 || until > APPROACH_US {
-            // Wait for news (a decision, a stop) until the approach to the next edge.
-            let wait = until.saturating_sub(APPROACH_US).max(1);
-            g = match cvar.wait_timeout(g2, Duration::from_micros(wait)) {
-                Ok((g, _)) => g,
-                Err(_) => return out,
-            };
+        if until == 0 {
+            continue;
+        }
+        if until > APPROACH_US {
+            // Wait for news (a decision, an edge, a stop) until the approach to the next edge.
+            std::thread::park_timeout(Duration::from_micros(until - APPROACH_US));
         } else {
-            // The edge is close: sleep to its absolute time less the spin, without the lock,
-            // then spin to it.
-            drop(g2);
+            // The edge is close: sleep to its absolute time less the spin, then spin to it.
             clock.sleep_until(Instant::from_us(next.us.saturating_sub(t.spin_us)));
             clock.spin_until(next);
-            g = match lock.lock() {
-                Ok(g) => g,
-                Err(_) => return out,
-            };
         }
     }
 }

@@ -377,13 +377,33 @@ impl StationConfig {
             Some("sim") => true,
             Some(other) => bail!("{p}: field `inputs.backend` is \"{other}\"; allowed: \"gpio\", \"sim\""),
         };
-        if sim_inputs {
-            if c.inputs.encoder.is_some() {
-                bail!("{p}: `inputs.backend = \"sim\"` simulates the trigger only; remove `[inputs.encoder]`");
+        if let Some(t) = &c.inputs.trigger {
+            for (field, set) in [
+                ("line_b", t.line_b.is_some()),
+                ("standstill_ms", t.standstill_ms.is_some()),
+            ] {
+                if set {
+                    bail!("{p}: field `inputs.trigger.{field}` belongs to `[inputs.encoder]`");
+                }
             }
-            if let Some(t) = &c.inputs.trigger {
-                if !t.period_ms.is_some_and(|v| v > 0.0 && v.is_finite()) {
-                    bail!("{p}: `inputs.backend = \"sim\"` needs field `inputs.trigger.period_ms` > 0");
+        }
+        if let Some(e) = &c.inputs.encoder {
+            if e.line_b == Some(e.line) {
+                bail!(
+                    "{p}: field `inputs.encoder.line_b` is line {}, channel A's line; channel B needs a line of its own",
+                    e.line
+                );
+            }
+            if e.standstill_ms.is_some_and(|v| !(v > 0.0 && v.is_finite())) {
+                bail!("{p}: field `inputs.encoder.standstill_ms` must be > 0 (or left out: not checked)");
+            }
+        }
+        if sim_inputs {
+            for (what, l) in [("encoder", &c.inputs.encoder), ("trigger", &c.inputs.trigger)] {
+                if let Some(l) = l {
+                    if !l.period_ms.is_some_and(|v| v > 0.0 && v.is_finite()) {
+                        bail!("{p}: `inputs.backend = \"sim\"` needs field `inputs.{what}.period_ms` > 0");
+                    }
                 }
             }
         } else if (c.inputs.encoder.is_some() || c.inputs.trigger.is_some()) && c.inputs.gpio_chip.is_none() {

@@ -1,8 +1,8 @@
 //! The station: camera → tool → decision → reject tracking → outputs, with counters.
 //!
-//! Three kinds of thread share one [`Tracker`](crate::core::reject::Tracker) (the shift
-//! register) under a priority-inheriting mutex, held for microseconds and never while an
-//! output is written:
+//! Three kinds of thread work on one [`Tracker`](crate::core::reject::Tracker) (the shift
+//! register), which the actuator thread owns; the others reach it through single-producer
+//! queues, so no thread on the way to a reject pulse takes a lock:
 //! - the frame loop (the calling thread) begins an item at each capture and hands it its
 //!   decision;
 //! - the actuator thread owns the outputs, polls the tracker and sleeps until its next edge or
@@ -39,7 +39,6 @@ pub mod config;
 pub mod inputs;
 pub mod inspect;
 pub mod lifecycle;
-mod pi_lock;
 pub mod realtime;
 pub mod report;
 pub mod summary;
@@ -59,14 +58,14 @@ use config::StationConfig;
 use inspect::Inspect;
 use lifecycle::Notifier;
 use report::{Item, Report};
-use tracking::{Shared, Tracking};
+use tracking::{Queues, Signals, Tracking};
 
 pub use actuate::output_lines;
 pub use capture::MAX_BLIND_ITEMS_PER_CAPTURE;
 pub use lifecycle::{Control, NotifyTarget, StopReport};
 pub use summary::{FaultCounts, ItemReport, Summary};
 pub use timing::{timing_bench, TimingReport};
-pub use tracking::{RejectAudit, MAX_AUDIT_ITEMS, MAX_PENDING_TRIGGERS};
+pub use tracking::{RejectAudit, LATE_PULSE_US, MAX_AUDIT_ITEMS, MAX_PENDING_TRIGGERS};
 
 /// Run the station described by `cfg` until the replay ends; `on_item` sees every item.
 pub fn run(cfg: &StationConfig, on_item: impl FnMut(&ItemReport<'_>)) -> Result<Summary> {
@@ -97,49 +96,112 @@ pub fn run_until(cfg: &StationConfig, control: &Control, mut on_item: impl FnMut
     }
     let (tracker, speed) = tracking::open_tracker(cfg, &ejectors, clock)?;
     let audit_cap = tracking::audit_capacity(expected_items);
-    let tracking = Tracking {
-        state: Shared::new_state(tracker, audit_cap),
-    };
     let rt_report = std::sync::Arc::new(realtime::RealtimeReport::default());
     realtime::lock_memory(&cfg.realtime, &rt_report);
     let _cpu_latency = realtime::hold_cpu_latency(&cfg.realtime, &rt_report);
-    let act = actuate::spawn(cfg, &tracking.state, &ejectors, speed, clock, &rt_report)?;
-    let inputs = inputs::spawn(cfg, &tracking.state, clock, &rt_report)?;
-    let mut report = Report::start(cfg, classes, inspect.model_line(), frame_bytes, audit_cap, clock)?;
-    let mut capture = Capture::new(camera, frame_buf, cfg.trigger_mode(), period_us, report.run_start);
+    let out = actuate::open_outputs(cfg, clock)?;
+    let timing = actuate::timing_of(cfg, &ejectors, speed);
+    let signals = Signals::default();
+    let mut queues = Queues::new();
+    let mut ends = queues.split();
+    ends.actuator.standstill = cfg
+        .inputs
+        .encoder
+        .as_ref()
+        .and_then(|e| e.standstill_ms)
+        .map(|ms| ((ms as f64 * 1000.0) as u64, clock.now()));
+    let frame_thread = std::thread::current();
 
-    let mut notifier = Notifier::open(control.notify_target(), clock.now());
-    frame_loop(
-        control,
-        &mut capture,
-        &mut inspect,
-        &tracking,
-        &mut report,
-        clock,
-        &mut notifier,
-        &mut on_item,
-    );
-    let loop_end = clock.now();
-    if let Some(n) = &notifier {
-        n.stopping();
-    }
+    let (end, loop_end, act_end, mut report, capture) = std::thread::scope(|scope| -> Result<_> {
+        let parts = actuate::ActuatorParts {
+            tracker,
+            fired_capacity: audit_cap,
+            ends: ends.actuator,
+            signals: &signals,
+            frame: frame_thread.clone(),
+        };
+        let act = actuate::spawn(scope, cfg, parts, out, timing, clock, &rt_report)?;
+        let wake = inputs::Wake {
+            actuator: act.thread().clone(),
+            frame: frame_thread.clone(),
+        };
+        let tracking = Tracking::new(ends.frame, &signals, act.thread().clone(), clock);
+        let started = inputs::spawn(
+            scope,
+            cfg,
+            &signals,
+            ends.encoder,
+            ends.trigger,
+            wake,
+            clock,
+            &rt_report,
+        )
+        .and_then(|inputs| {
+            let report = Report::start(
+                cfg,
+                classes,
+                inspect.model_line(),
+                frame_bytes,
+                audit_cap,
+                rt_report.clone(),
+                clock,
+            )?;
+            Ok((inputs, report))
+        });
+        let (inputs, mut report) = match started {
+            Ok(s) => s,
+            Err(e) => {
+                // Start-up failed after the actuator started: let it end before the error.
+                tracking.stop();
+                signals.inputs_stop.store(true, std::sync::atomic::Ordering::Release);
+                return Err(e);
+            }
+        };
+        let mut capture = Capture::new(camera, frame_buf, cfg.trigger_mode(), period_us, report.run_start);
 
-    // Shutdown: the screen and records first, then the threads: the actuator drains the
-    // belt (the encoder counts on until it has), and the inputs stop last.
-    report.close();
-    tracking.stop();
-    let out = act.join().map_err(|_| anyhow!("actuator thread panicked"))?;
-    let act_end = clock.now();
-    tracking.stop_inputs();
-    for i in inputs {
-        let _ = i.join();
-    }
+        let mut notifier = Notifier::open(control.notify_target(), clock.now());
+        frame_loop(
+            control,
+            &mut capture,
+            &mut inspect,
+            &tracking,
+            &mut report,
+            clock,
+            &mut notifier,
+            &mut on_item,
+        );
+        let loop_end = clock.now();
+        if let Some(n) = &notifier {
+            n.stopping();
+        }
+
+        // Shutdown: the screen and records first, then the threads: the actuator drains the
+        // belt (the encoder counts on until it has), and the inputs stop last.
+        report.close();
+        tracking.stop();
+        let end = act.join().map_err(|_| anyhow!("actuator thread panicked"))?;
+        let act_end = clock.now();
+        signals.inputs_stop.store(true, std::sync::atomic::Ordering::Release);
+        for i in inputs {
+            let _ = i.join();
+        }
+        Ok((end, loop_end, act_end, report, capture))
+    })?;
     let m = inspect.tool.manifest();
     let model = format!("{} {} ({})", m.model.name, m.model.version, inspect.precision.name());
-    let timeline = out.events().to_vec();
+    let timeline = end.out.events().to_vec();
     let audit_on = speed.map(|v| (v, ejectors.as_slice()));
-    let drain_timed_out = tracking.drain_timed_out();
-    let mut summary = report.summary(tracking.totals(), timeline, audit_on, &capture.camera, model);
+    let drain_timed_out = signals.drain_timed_out.load(std::sync::atomic::Ordering::Relaxed);
+    {
+        use std::sync::atomic::Ordering::Relaxed;
+        let f = &mut report.faults;
+        f.queue_overflow = signals.queue_overflows.load(Relaxed);
+        f.encoder_lost_events = signals.encoder_lost.load(Relaxed);
+        f.encoder_standstill = signals.encoder_standstill.load(Relaxed);
+        report.counters.faults += f.queue_overflow + f.encoder_lost_events + f.encoder_standstill;
+    }
+    let totals = tracking::totals(&signals, &end.tracker, end.fired);
+    let mut summary = report.summary(Some(totals), timeline, audit_on, &capture.camera, model);
     let last_pulse_end = summary
         .timeline
         .iter()
@@ -167,7 +229,7 @@ fn frame_loop(
     control: &Control,
     capture: &mut Capture,
     inspect: &mut Inspect,
-    tracking: &Tracking,
+    tracking: &Tracking<'_>,
     report: &mut Report<'_>,
     clock: MonotonicClock,
     notifier: &mut Option<Notifier>,
@@ -183,6 +245,9 @@ fn frame_loop(
         }
         if let Some(n) = notifier.as_mut() {
             n.tick(clock.now(), &report.counters, control.reload_counts());
+        }
+        if tracking.new_encoder_fault() {
+            report.note(screen_fault::ENCODER_FAULT, clock.now());
         }
         // Software trigger: wait for an edge, then take the first frame exposed after it.
         let mut trigger: Option<(u32, Instant)> = None;

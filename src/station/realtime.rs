@@ -9,8 +9,11 @@
 //!   `RLIMIT_MEMLOCK` too small) is never fatal: the thread runs without it, and what was
 //!   refused and why is written to stderr (the journal) once and reported in the run's
 //!   summary (`realtime`);
-//! - what did apply is read back from the kernel, not assumed.
+//! - what did apply is read back from the kernel, not assumed;
+//! - a refusal also stays on the technician's screen for the whole run (`REALTIME OFF` on
+//!   the fault strip, [`RealtimeReport::refused`]).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use super::config::RealtimeSection;
@@ -27,6 +30,7 @@ pub const MAX_CPUS: usize = 1024;
 #[derive(Debug, Default)]
 pub struct RealtimeReport {
     lines: Mutex<Vec<String>>,
+    refused: AtomicBool,
 }
 
 impl RealtimeReport {
@@ -34,6 +38,16 @@ impl RealtimeReport {
         if let Ok(mut l) = self.lines.lock() {
             l.push(line);
         }
+    }
+
+    fn push_refused(&self, line: String) {
+        self.refused.store(true, Ordering::Relaxed);
+        self.push(line);
+    }
+
+    /// Whether any setting was refused (read from the frame loop: an atomic, never waits).
+    pub fn refused(&self) -> bool {
+        self.refused.load(Ordering::Relaxed)
     }
 
     /// The lines so far.
@@ -100,11 +114,13 @@ pub fn setup_thread(role: &str, priority: Option<u8>, rt: &RealtimeSection, repo
     };
     parts.insert(0, sched);
     let mut line = format!("{role}: {}", parts.join(", "));
-    if !refused.is_empty() {
+    if refused.is_empty() {
+        report.push(line);
+    } else {
         line.push_str(&format!(" ({})", refused.join("; ")));
         eprintln!("realtime: {line}: the station runs on without it");
+        report.push_refused(line);
     }
-    report.push(line);
 }
 
 /// `mlockall(MCL_CURRENT | MCL_FUTURE)` when `rt.lock_memory`; says what happened in
@@ -120,7 +136,7 @@ pub fn lock_memory(rt: &RealtimeSection, report: &RealtimeReport) {
     } else {
         let line = format!("memory: not locked (mlockall refused: {})", errno_text());
         eprintln!("realtime: {line}: the station runs on without it");
-        report.push(line);
+        report.push_refused(line);
     }
 }
 
@@ -149,7 +165,7 @@ pub fn hold_cpu_latency(rt: &RealtimeSection, report: &RealtimeReport) -> CpuLat
         Err(e) => {
             let line = format!("CPU wake-up latency: not held ({CPU_LATENCY_DEVICE}: {e})");
             eprintln!("realtime: {line}: the station runs on without it");
-            report.push(line);
+            report.push_refused(line);
             CpuLatencyHold { _device: None }
         }
     }
@@ -169,8 +185,14 @@ mod tests {
         let hold = hold_cpu_latency(&rt, &report);
         let line = report.lines().pop().unwrap();
         match &hold._device {
-            Some(_) => assert_eq!(line, "CPU wake-up latency: held at 20 µs"),
-            None => assert!(line.contains("not held") && line.contains(CPU_LATENCY_DEVICE), "{line}"),
+            Some(_) => {
+                assert_eq!(line, "CPU wake-up latency: held at 20 µs");
+                assert!(!report.refused());
+            }
+            None => {
+                assert!(line.contains("not held") && line.contains(CPU_LATENCY_DEVICE), "{line}");
+                assert!(report.refused(), "a refusal is kept for the screen");
+            }
         }
         let none = hold_cpu_latency(&RealtimeSection::default(), &report);
         assert!(none._device.is_none());
@@ -184,16 +206,18 @@ mod tests {
             ..RealtimeSection::default()
         };
         let report = RealtimeReport::default();
-        let (policy, line) = std::thread::spawn(move || {
+        let (policy, line, refused) = std::thread::spawn(move || {
             setup_thread("actuator", rt.actuator_priority, &rt, &report);
-            (current_policy(), report.lines().pop().unwrap())
+            (current_policy(), report.lines().pop().unwrap(), report.refused())
         })
         .join()
         .unwrap();
         if policy.0 == libc::SCHED_FIFO {
             assert_eq!(policy.1, 10);
             assert!(line.starts_with("actuator: SCHED_FIFO 10"), "{line}");
+            assert_eq!(refused, line.contains("refused"), "{line}");
         } else {
+            assert!(refused, "a refusal is kept for the screen: {line}");
             assert!(
                 line.contains("normal scheduling") && line.contains("SCHED_FIFO 10 refused"),
                 "{line}"

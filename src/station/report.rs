@@ -11,10 +11,13 @@
 //!   least 2 s) after it last happened;
 //! - records, archive and MQTT are handed each item without blocking (`Recorder::item`).
 
+use std::sync::Arc;
+
 use anyhow::Result;
 
 use super::capture::StationCamera;
 use super::config::StationConfig;
+use super::realtime::RealtimeReport;
 use super::summary::{FaultCounts, ItemReport, Summary};
 use super::tracking::{audit, AuditItem, Decided, FiredItem, Tracking};
 use crate::alloc_count::{Scope, Snapshot};
@@ -79,12 +82,13 @@ pub(super) fn open_display(cfg: &StationConfig) -> (Option<Display>, bool) {
 /// When each kind of fault last happened, for the screen's fault strip.
 #[derive(Default)]
 struct RecentFaults {
-    at: [Option<Instant>; 9],
+    /// One slot per bit of the fault word (`u16`).
+    at: [Option<Instant>; 16],
 }
 
 impl RecentFaults {
     fn note(&mut self, bit: u16, now: Instant) {
-        self.at[bit.trailing_zeros() as usize % 9] = Some(now);
+        self.at[bit.trailing_zeros() as usize % 16] = Some(now);
     }
 
     /// Bits of faults seen within `hold_us` of `now`.
@@ -165,6 +169,8 @@ pub(super) struct Report<'c> {
     fault_hold_us: u64,
     recorder: Option<Recorder>,
     display: Option<Display>,
+    /// What the `[realtime]` setup was refused: shown on the screen for the whole run.
+    realtime: Arc<RealtimeReport>,
     seen_io_errors: u64,
     clock: MonotonicClock,
     started: std::time::Instant,
@@ -180,6 +186,7 @@ impl<'c> Report<'c> {
         model_line: String,
         frame_bytes: usize,
         audit_cap: usize,
+        realtime: Arc<RealtimeReport>,
         clock: MonotonicClock,
     ) -> Result<Report<'c>> {
         let (display, display_failed_at_start) = open_display(cfg);
@@ -221,6 +228,7 @@ impl<'c> Report<'c> {
             fault_hold_us,
             recorder,
             display,
+            realtime,
             seen_io_errors: 0,
             clock,
             started,
@@ -248,6 +256,7 @@ impl<'c> Report<'c> {
             fault_hold_us,
             recorder,
             display,
+            realtime,
             clock,
             run_start,
             ..
@@ -259,7 +268,14 @@ impl<'c> Report<'c> {
             }
             .or(or_text);
             let now = clock.now();
-            let faults_now = recent.active(now, *fault_hold_us) | recorder.as_ref().map(Recorder::faults).unwrap_or(0);
+            let realtime_off = if realtime.refused() {
+                screen_fault::REALTIME_OFF
+            } else {
+                0
+            };
+            let faults_now = recent.active(now, *fault_hold_us)
+                | recorder.as_ref().map(Recorder::faults).unwrap_or(0)
+                | realtime_off;
             let uptime_s = now.us_since(*run_start) / 1_000_000;
             let elapsed_min = (now.us_since(*run_start) as f32 / 60e6).max(1.0 / 60.0);
             d.offer(|st: &mut ScreenState| {

@@ -43,6 +43,15 @@ pub struct FaultCounts {
     pub output: u64,
     /// Input (encoder, trigger) read errors.
     pub input: u64,
+    /// Commands, answers and sensor edges dropped because their queue to or from the
+    /// actuator was full.
+    pub queue_overflow: u64,
+    /// Encoder faults from lost events: gaps in the kernel's sequence numbers, quadrature
+    /// edges that changed nothing. Each gave the items in flight the fail-safe.
+    pub encoder_lost_events: u64,
+    /// Part-present edges that found the encoder standing still
+    /// (`inputs.encoder.standstill_ms`). Each gave the items in flight the fail-safe.
+    pub encoder_standstill: u64,
 }
 
 /// One decided item, for the log.
@@ -189,6 +198,8 @@ impl Summary {
                 "dropped_frame": f.dropped_frame,
                 "model": f.model, "decision_overrun": f.decision_overrun, "tracking_overflow": f.tracking_overflow,
                 "untriggered_frame": f.untriggered_frame, "output": f.output, "input": f.input,
+                "queue_overflow": f.queue_overflow, "encoder_lost_events": f.encoder_lost_events,
+                "encoder_standstill": f.encoder_standstill,
             },
             "yield_percent": c.yield_percent(),
             "latency_ms_p50": self.latency.percentile_us(50.0).unwrap_or(0) as f64 / 1000.0,
@@ -230,6 +241,7 @@ impl Summary {
         j["reloads"] = json!(self.reloads);
         j["reloads_refused"] = json!(self.reloads_refused);
         j["realtime"] = json!(self.realtime);
+        j["pulses_over_100_us"] = json!(self.audit.as_ref().map(|a| a.pulses_over_late_limit));
         j
     }
 }

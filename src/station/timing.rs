@@ -2,19 +2,21 @@
 //! monotonic clock, against each item's true arrival (`ferroscope bench-timing`).
 //!
 //! Guarantees:
-//! - the actuator thread, the shared tracker state and the recording backend are the ones the
+//! - the actuator thread, the queues to it and the recording backend are the ones the
 //!   station runs, not copies, with the profile's `[realtime]` settings: what is measured is
 //!   what fires the rejects;
 //! - with inference on, the frame thread runs a real model on a real frame for every item, so
 //!   the two threads compete for the machine as they do in the station;
-//! - every item is decided reject (alternating ejectors), so every item is a pulse to place.
+//! - every item is decided reject (alternating ejectors), so every item is a pulse to place;
+//! - items pass the camera at exact times (as a camera stamps frames at exposure): a frame
+//!   thread that wakes late delays a decision, never moves an item.
 
 use anyhow::{anyhow, Result};
 
-use super::actuate::{actuator, ActuatorTiming, Outputs};
+use super::actuate::{spawn, timing_of, ActuatorParts, ActuatorTiming, Outputs};
 use super::config::StationConfig;
-use super::realtime::{hold_cpu_latency, setup_thread, RealtimeReport};
-use super::tracking::{audit, edge_error_us, AuditItem, RejectAudit, Shared};
+use super::realtime::{hold_cpu_latency, RealtimeReport};
+use super::tracking::{audit, edge_error_us, AuditItem, Queues, RejectAudit, Signals, Tracking};
 use crate::core::belt::Belt;
 use crate::core::decision::{Action, Decision, Outcome};
 use crate::core::frame::GrayFrame;
@@ -82,66 +84,58 @@ pub fn timing_bench(cfg: &StationConfig, items: u32, rate_fps: f32, with_inferen
         .collect();
     let tracker = Tracker::new(&ejectors, cfg.failsafe_policy(), Belt::from_speed(speed, clock.now()))
         .map_err(|e| anyhow!("{}: `[[ejectors]]`: {e:?}", cfg.path.display()))?;
-    let shared = Shared::new_state(tracker, items as usize);
-    let farthest = ejectors.iter().map(|e| e.ejector_distance_mm).fold(0.0f32, f32::max);
     let timing = ActuatorTiming {
-        heartbeat_us: cfg.outputs.heartbeat_period_ms.max(1) as u64 * 1000,
-        fault_hold_us: cfg.outputs.fault_hold_ms as u64 * 1000,
         max_sleep_us: 1_000_000,
-        drain_us: (farthest as f64 / speed as f64 * 1e6) as u64 + 1_000_000,
-        reject_lines: ejectors.len() as u8,
-        spin_us: cfg.realtime.spin_us as u64,
+        ..timing_of(cfg, &ejectors, Some(speed))
     };
     let out = Outputs::Recording(RecordingOutput::new(clock, MAX_TIMELINE_EVENTS));
     let _cpu_latency = hold_cpu_latency(&cfg.realtime, &RealtimeReport::default());
-    let act = {
-        let shared = shared.clone();
-        let rt = cfg.realtime.clone();
-        std::thread::Builder::new().name("actuator".into()).spawn(move || {
-            setup_thread("actuator", rt.actuator_priority, &rt, &RealtimeReport::default());
-            actuator(shared, out, clock, timing)
-        })?
-    };
+    let signals = Signals::default();
+    let mut queues = Queues::new();
+    let ends = queues.split();
     let period_us = (1e6 / rate_fps.max(0.1) as f64) as u64;
     let mut audit_items = Vec::with_capacity(items as usize);
-    let start = clock.now().add_us(10_000);
-    let (lock, cvar) = &*shared;
-    for i in 0..items {
-        clock.sleep_until(start.add_us(i as u64 * period_us));
-        let captured = clock.now();
-        let class = class_for[i as usize % class_for.len()];
-        if with_inference {
-            let (w, h, px) = &frames[i as usize % frames.len()];
-            let f = GrayFrame::new(px, *w, *h, *w).map_err(|e| anyhow!("frame {i}: {e:?}"))?;
-            classifier.scores(&f)?;
-        }
-        let d = Decision {
-            outcome: Outcome::Reject,
-            action: Action::Reject,
-            class: Some(class),
-            score: 1.0,
+    let end = std::thread::scope(|scope| -> Result<_> {
+        let parts = ActuatorParts {
+            tracker,
+            fired_capacity: items as usize,
+            ends: ends.actuator,
+            signals: &signals,
+            frame: std::thread::current(),
         };
-        let now = clock.now();
-        if let Ok(mut g) = lock.lock() {
-            g.tracker.begin(i, captured);
-            let _ = g.tracker.decide(i, &d, now);
+        let act = spawn(scope, cfg, parts, out, timing, clock, &Default::default())?;
+        let tracking = Tracking::new(ends.frame, &signals, act.thread().clone(), clock);
+        let start = clock.now().add_us(10_000);
+        for i in 0..items {
+            // The item passes the camera at its time whenever this thread wakes: a camera
+            // stamps its frames at exposure, not when the frame thread gets to them.
+            let captured = start.add_us(i as u64 * period_us);
+            clock.sleep_until(captured);
+            let class = class_for[i as usize % class_for.len()];
+            if with_inference {
+                let (w, h, px) = &frames[i as usize % frames.len()];
+                let f = GrayFrame::new(px, *w, *h, *w).map_err(|e| anyhow!("frame {i}: {e:?}"))?;
+                classifier.scores(&f)?;
+            }
+            let d = Decision {
+                outcome: Outcome::Reject,
+                action: Action::Reject,
+                class: Some(class),
+                score: 1.0,
+            };
+            tracking.begin(i, captured);
+            let _ = tracking.decide(i, &d, clock.now(), false);
+            audit_items.push(AuditItem {
+                id: i,
+                captured,
+                action: Action::Reject,
+            });
         }
-        cvar.notify_all();
-        audit_items.push(AuditItem {
-            id: i,
-            captured,
-            action: Action::Reject,
-        });
-    }
-    if let Ok(mut g) = lock.lock() {
-        g.stop = true;
-    }
-    cvar.notify_all();
-    let out = act.join().map_err(|_| anyhow!("actuator thread panicked"))?;
-    let fired = match lock.lock() {
-        Ok(mut g) => std::mem::take(&mut g.fired),
-        Err(_) => Vec::new(),
-    };
+        tracking.stop();
+        act.join().map_err(|_| anyhow!("actuator thread panicked"))
+    })?;
+    let fired = end.fired;
+    let out = end.out;
     let timeline = out.events();
     Ok(TimingReport {
         items: items as u64,

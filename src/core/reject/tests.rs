@@ -242,3 +242,98 @@ fn configurations_without_a_fail_safe_ejector_are_refused() {
         TrackerError::EjectorCount(0)
     );
 }
+
+/// Edges of the tracker on an encoder belt (1 count/mm), fed `counts` (count, µs) one by one,
+/// polling at each count and at every predicted event in between.
+fn run_encoder(t: &mut Tracker, counts: &[(i64, u64)], edges: &mut Vec<(Output, bool, u64)>) {
+    let mut fired = Vec::new();
+    for w in counts.windows(2) {
+        let ((c, at), (_, next)) = (w[0], w[1]);
+        t.belt_mut().on_encoder(c, Instant::from_us(at));
+        run(t, at, next - 1, edges, &mut fired);
+    }
+}
+
+#[test]
+fn a_belt_running_backwards_moves_its_items_back_and_they_fire_when_they_come_round_again() {
+    // One ejector 20 mm downstream, 1 count/mm, pulses 2 ms.
+    let e = EjectorConfig {
+        pulse_width_us: 2_000,
+        min_gap_us: 1_000,
+        ..ejector(20.0, MergePolicy::Extend, ALL)
+    };
+    let mut t = Tracker::new(&[e], FailSafePolicy::Reject, Belt::from_encoder(1.0).unwrap()).unwrap();
+    let mut counts = Vec::new();
+    let mut us = 1_000;
+    // Forward to 15 mm at 1 mm/ms …
+    for c in 0..=15 {
+        counts.push((c, us));
+        us += 1_000;
+    }
+    // … the item is begun and decided at 0 mm (count 0 at 1 ms) …
+    t.begin(1, Instant::from_us(1_000));
+    t.decide(1, &reject(0), Instant::from_us(1_500)).unwrap();
+    // … back to 5 mm, then forward to 30 mm.
+    for c in (5..15).rev() {
+        counts.push((c, us));
+        us += 1_000;
+    }
+    let back_at = us;
+    for c in 6..=30 {
+        counts.push((c, us));
+        us += 1_000;
+    }
+    let mut edges = Vec::new();
+    run_encoder(&mut t, &counts, &mut edges);
+    let on: Vec<u64> = edges.iter().filter(|(_, a, _)| *a).map(|(_, _, at)| *at).collect();
+    assert_eq!(on.len(), 1, "one pulse: {edges:?}");
+    // The item reaches 20 mm only on the second forward run, after the belt came back to
+    // 5 mm and ran 15 mm on: at back_at + 14 ms (count 20) less half the pulse.
+    assert!(
+        on[0] > back_at,
+        "fired before the belt came back: {on:?}, back at {back_at}"
+    );
+    let arrival = back_at + 14_000;
+    assert!(
+        on[0].abs_diff(arrival - 1_000) <= 1_000,
+        "on at {} for arrival {arrival}",
+        on[0]
+    );
+}
+
+#[test]
+fn an_encoder_fault_gives_every_item_in_flight_the_fail_safe() {
+    let a = OutcomeSet {
+        classes: 0b01,
+        ..Default::default()
+    };
+    let fs = OutcomeSet { classes: 0, ..ALL };
+    let mut t = tracker(
+        &[
+            ejector(100.0, MergePolicy::Extend, a),
+            ejector(200.0, MergePolicy::Extend, fs),
+        ],
+        FailSafePolicy::Reject,
+    );
+    t.begin(1, Instant::from_us(0));
+    t.begin(2, Instant::from_us(10_000));
+    t.begin(3, Instant::from_us(20_000));
+    t.decide(1, &reject(0), Instant::from_us(5_000)).unwrap();
+    t.decide(2, &accept(), Instant::from_us(15_000)).unwrap();
+    t.fail_safe_in_flight(Instant::from_us(25_000));
+    // Item 3 was undecided: its accept is overruled by the fail-safe.
+    t.decide(3, &accept(), Instant::from_us(30_000)).unwrap();
+    let (mut edges, mut fired) = (Vec::new(), Vec::new());
+    run(&mut t, 25_000, 1_000_000, &mut edges, &mut fired);
+    let by_item: Vec<(u32, u8, bool)> = fired
+        .iter()
+        .filter_map(|f| match f {
+            TrackEvent::Fired {
+                id, ejector, failsafe, ..
+            } => Some((*id, *ejector, *failsafe)),
+            _ => None,
+        })
+        .collect();
+    // 1 (a reject for ejector 0) and 3 go to the fail-safe ejector; 2 stays accepted.
+    assert_eq!(by_item, vec![(1, 1, true), (3, 1, true)], "{edges:?}");
+}

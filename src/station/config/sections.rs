@@ -276,9 +276,21 @@ pub struct InputLineSection {
     /// Kernel debounce period (0 = none).
     #[serde(default)]
     pub debounce_ms: f32,
-    /// `inputs.backend = "sim"` only: a simulated sensor with one edge every this many ms.
+    /// `inputs.backend = "sim"` only: a simulated sensor (or encoder) with one edge every
+    /// this many ms.
     #[serde(default)]
     pub period_ms: Option<f32>,
+    /// `[inputs.encoder]` only: channel B's line. With it the encoder is quadrature: every
+    /// edge of either channel is one count, forward or back by the direction (A leading B is
+    /// forward). Without it (the default), single channel: each counted edge of A is one
+    /// count forward.
+    #[serde(default)]
+    pub line_b: Option<u32>,
+    /// `[inputs.encoder]` only: a part-present edge after this long without a count finds
+    /// the encoder standing still: a fault, and the fail-safe for every item in flight.
+    /// None (the default): not checked.
+    #[serde(default)]
+    pub standstill_ms: Option<f32>,
 }
 
 /// `[inputs]` (optional): encoder and part-present trigger.
