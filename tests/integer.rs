@@ -59,7 +59,8 @@ fn is_dequantise(op: &str) -> bool {
 }
 
 fn is_quantise(op: &str) -> bool {
-    !is_dequantise(op) && op.contains("Quantize")
+    // tract's QuantizeLinear ops, and ferroscope's one-pass `QuantiseU8` that replaces them
+    !is_dequantise(op) && (op.contains("Quantize") || op.contains("Quantise"))
 }
 
 /// Within `hops` edges upstream (or downstream) of node `i`, is there a node satisfying `f`?

@@ -415,16 +415,6 @@ fn bench_model_only(manifest: &Manifest, only: Option<Precision>, passes: usize,
                 None => by_op.push((node.op.clone(), *secs, 1)),
             }
         }
-        if std::env::var_os("FERROSCOPE_NODE_TIMES").is_some() {
-            for (node, secs) in nodes.iter().zip(&per_node) {
-                eprintln!(
-                    "{:>9.3} ms {} {}",
-                    secs * 1000.0 / passes as f64,
-                    node.op,
-                    node.info.join("; ")
-                );
-            }
-        }
         let timed: f64 = by_op.iter().map(|e| e.1).sum();
         by_op.sort_by(|a, b| b.1.total_cmp(&a.1));
         let time_by_op: Vec<_> = by_op

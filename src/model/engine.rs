@@ -157,6 +157,7 @@ impl Engine {
             .and_then(|_| crate::model::pad::replace_reflect_pads(&mut typed))
             .and_then(|_| crate::model::pool::replace_average_pools(&mut typed))
             .and_then(|_| crate::model::reduce::replace_channel_max(&mut typed))
+            .and_then(|_| crate::model::quant::replace_quantise(&mut typed))
             .with_context(|| format!("{}: tract could not simplify the model", path.display()))?;
         let mut typed = typed.into_optimized().with_context(|| {
             format!(

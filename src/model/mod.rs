@@ -7,13 +7,14 @@ pub mod pad;
 pub mod pool;
 pub mod preprocess;
 pub mod qconv;
+pub mod quant;
 pub mod reduce;
 
 use tract_onnx::prelude::*;
 
 /// Replace, in evaluation order, each node of `model` whose first input is an f32 tensor of
 /// fixed shape and for which `pick(node, shape)` gives an operator; the new operator takes the
-/// node's inputs and outputs. The one-pass operators ([`pad`], [`pool`], [`reduce`]) go in
+/// node's inputs and outputs. The one-pass operators ([`pad`], [`pool`], [`reduce`], [`quant`]) go in
 /// through it. Returns how many nodes were replaced.
 pub(crate) fn replace_f32_nodes<O: TypedOp>(
     model: &mut TypedModel,
