@@ -98,6 +98,7 @@ fn main() -> ExitCode {
             a.json,
             a.precision.map(Into::into),
             a.model_only,
+            a.by_operator,
         ),
     };
     match r {

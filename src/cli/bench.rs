@@ -43,6 +43,11 @@ pub struct BenchArgs {
     /// preprocessing or decision), and the optimised plan with the kernels it runs.
     #[arg(long, conflicts_with = "images")]
     pub model_only: bool,
+    /// With --model-only: as many runs again, each plan node timed, and the time by operator
+    /// (`time_by_op`). Off by default, so the runs `--model-only` makes are exactly `passes`
+    /// (the ARM cost meter differences them).
+    #[arg(long, requires = "model_only")]
+    pub by_operator: bool,
 }
 
 struct StageStats {
@@ -249,6 +254,7 @@ pub fn bench(
     json: bool,
     only: Option<Precision>,
     model_only: bool,
+    by_operator: bool,
 ) -> Result<ExitCode> {
     if model_only {
         // any tool's model: grains manifests have a loader of their own
@@ -258,7 +264,7 @@ pub fn bench(
                 .map(|(m, _)| m)
                 .map_err(|_| e)?,
         };
-        return bench_model_only(&manifest, only, passes.max(1), json);
+        return bench_model_only(&manifest, only, passes.max(1), json, by_operator);
     }
     // a grains manifest has a loader of its own
     let (manifest, grains) = match Manifest::load(model) {
@@ -371,7 +377,13 @@ fn bench_precisions(manifest: &Manifest, only: Option<Precision>) -> Result<Vec<
 /// shape), then `passes` runs on one fixed input, timed and with tract's allocations counted;
 /// and the optimised plan: each op with tract's description, and the matrix kernels named in
 /// them (tract picks them for the CPU it runs on).
-fn bench_model_only(manifest: &Manifest, only: Option<Precision>, passes: usize, json: bool) -> Result<ExitCode> {
+fn bench_model_only(
+    manifest: &Manifest,
+    only: Option<Precision>,
+    passes: usize,
+    json: bool,
+    by_operator: bool,
+) -> Result<ExitCode> {
     use ferroscope::model::engine::Engine;
     let mut results = serde_json::Map::new();
     for p in bench_precisions(manifest, only)? {
@@ -398,7 +410,7 @@ fn bench_model_only(manifest: &Manifest, only: Option<Precision>, passes: usize,
         // Time by operator: as many runs again, each node timed (the clock read around every
         // node costs a little; the shares are the figure).
         let mut per_node = Vec::new();
-        for _ in 0..passes {
+        for _ in 0..if by_operator { passes } else { 0 } {
             engine
                 .run_timed(&mut out, &mut per_node)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
@@ -503,7 +515,9 @@ fn bench_model_only(manifest: &Manifest, only: Option<Precision>, passes: usize,
             .filter_map(|op| op["op"].as_str())
             .collect();
         println!("  plan ({} ops): {}", ops.len(), ops.join(" "));
-        println!("  time by operator (each node timed, per run):");
+        if by_operator {
+            println!("  time by operator (each node timed, per run):");
+        }
         for e in r["time_by_op"].as_array().into_iter().flatten() {
             println!(
                 "    {:<24} {:>3} nodes {:>9.3} ms {:>5.1} %",
