@@ -726,19 +726,7 @@ impl QConv {
                 let c0 = gi * mg + mt * M_TILE;
                 for (pi, a) in acc.iter().enumerate().take(count) {
                     let q = requantise(a, bias, mult, self.zy, flip);
-                    let p = p0 + first + pi;
-                    if self.output_hwc {
-                        let at = p * self.m_out + c0;
-                        if valid == M_TILE {
-                            *as_array_mut::<M_TILE>(yb, at) = q;
-                        } else {
-                            yb[at..at + valid].copy_from_slice(&q[..valid]);
-                        }
-                    } else {
-                        for (j, &v) in q.iter().enumerate().take(valid) {
-                            yb[(c0 + j) * pixels + p] = v;
-                        }
-                    }
+                    self.store(yb, &q, valid, c0, p0 + first + pi, pixels);
                 }
             }
         }
@@ -746,6 +734,25 @@ impl QConv {
 }
 
 impl QConv {
+    /// Store the first `valid` of one pixel's requantised channels `q` (output channels `c0..`
+    /// of pixel `p`) into the image's output `yb`: channels-last when [`QConv::output_hwc`],
+    /// else one byte per channel plane of `pixels`.
+    #[inline(always)]
+    fn store<const N: usize>(&self, yb: &mut [u8], q: &[u8; N], valid: usize, c0: usize, p: usize, pixels: usize) {
+        if self.output_hwc {
+            let at = p * self.m_out + c0;
+            if valid == N {
+                *as_array_mut::<N>(yb, at) = *q;
+            } else {
+                yb[at..at + valid].copy_from_slice(&q[..valid]);
+            }
+        } else {
+            for (c, &v) in q.iter().enumerate().take(valid) {
+                yb[(c0 + c) * pixels + p] = v;
+            }
+        }
+    }
+
     /// [`QConv::block`] for the x86 broadcast kernel: output channels `v0 · 16` to
     /// `(v0 + MV) · 16` of group `gi`, `P` pixels a tile. Pixels past the block's end read its
     /// last one and are discarded.
@@ -814,19 +821,7 @@ impl QConv {
                 for (pi, a) in acc.iter().enumerate().take(count) {
                     // SAFETY: AVX-512 F, the caller's contract.
                     let q = unsafe { requantise16(&a[j], bias, mult, self.zy, flip) };
-                    let p = p0 + first + pi;
-                    if self.output_hwc {
-                        let at = p * self.m_out + c0;
-                        if valid == ZMM_CH {
-                            *as_array_mut::<ZMM_CH>(yb, at) = q;
-                        } else {
-                            yb[at..at + valid].copy_from_slice(&q[..valid]);
-                        }
-                    } else {
-                        for (c, &v) in q.iter().enumerate().take(valid) {
-                            yb[(c0 + c) * pixels + p] = v;
-                        }
-                    }
+                    self.store(yb, &q, valid, c0, p0 + first + pi, pixels);
                 }
             }
         }
