@@ -1,6 +1,7 @@
 //! tract inference: load (the quantised convolutions fused, [`crate::model::qconv`]) → declutter
 //! → reflect pads, average pools and channel maxima replaced ([`crate::model::pad`],
-//! [`crate::model::pool`], [`crate::model::reduce`])
+//! [`crate::model::pool`], [`crate::model::reduce`]), max-pools and concatenations of quantised
+//! maps kept in bytes ([`crate::model::u8ops`]), quantisation in one pass ([`crate::model::quant`])
 //! → optimise → integer convolutions chained
 //! channels-last → plan once, then run the same state for every frame with the input written
 //! in place.
@@ -157,6 +158,7 @@ impl Engine {
             .and_then(|_| crate::model::pad::replace_reflect_pads(&mut typed))
             .and_then(|_| crate::model::pool::replace_average_pools(&mut typed))
             .and_then(|_| crate::model::reduce::replace_channel_max(&mut typed))
+            .and_then(|_| crate::model::u8ops::replace_u8_pools_and_concats(&mut typed))
             .and_then(|_| crate::model::quant::replace_quantise(&mut typed))
             .with_context(|| format!("{}: tract could not simplify the model", path.display()))?;
         let mut typed = typed.into_optimized().with_context(|| {

@@ -9,6 +9,7 @@ pub mod preprocess;
 pub mod qconv;
 pub mod quant;
 pub mod reduce;
+pub mod u8ops;
 
 use tract_onnx::prelude::*;
 

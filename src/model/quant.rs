@@ -32,7 +32,7 @@ pub struct QuantiseU8 {
 impl Eq for QuantiseU8 {}
 
 /// Quantise `xs` into `ys` (same length).
-fn quantise(xs: &[f32], ys: &mut [u8], scale: f32, zero_point: u8) {
+pub(crate) fn quantise(xs: &[f32], ys: &mut [u8], scale: f32, zero_point: u8) {
     // 1.5 · 2²³: adding and subtracting it rounds half to even any |v| < 2²².
     const MAGIC: f32 = 12_582_912.0;
     let zp = zero_point as f32;
