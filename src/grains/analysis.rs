@@ -25,7 +25,21 @@
 //!    cut by the edge has an unknown area), one bin per integer number
 //!    ([`standards::G_MIN`]`..=`[`standards::G_MAX`]).
 //!
-//! Why one file of ~740 lines (~50 of tests): the steps share one label image and its
+//! Guarantees:
+//! - **No allocation after warm-up**: every buffer (masks, skeleton, label image, queues, runs,
+//!   per-grain sums) is kept in the [`GrainAnalyzer`] and reused; with
+//!   [`GrainAnalyzer::analyse_into`] the report's grain list is reused too. Once an image of
+//!   a size, with as many grains, runs and skeleton pixels, has been analysed, an analysis
+//!   asks the allocator for nothing.
+//! - **Results fixed by the steps above, not by how they are computed**: labels, boundary
+//!   and every number of the report are those of the first, pixel-by-pixel implementation
+//!   (whole-image Zhang–Suen sweeps, breadth-first labelling), which the tests keep and
+//!   compare with bit for bit on random and drawn masks and on model maps.
+//! - The cost is linear in the image: thinning looks only at pixels whose neighbourhood
+//!   changed (one table look-up each), labelling works on runs of pixels, and the sharing-out
+//!   search starts from the grains' edges only.
+//!
+//! Why one file of ~1230 lines (~290 of tests): the steps share one label image and its
 //! buffers, kept between micrographs of one size.
 
 use super::standards::{self, G_BINS};
@@ -113,7 +127,7 @@ pub struct InterceptLines {
 }
 
 /// What one mask gave.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct GrainReport {
     /// Image width, pixels.
     pub width: usize,
@@ -190,18 +204,134 @@ impl std::fmt::Display for AnalysisError {
 
 impl std::error::Error for AnalysisError {}
 
-/// The analysis with its image-sized buffers (kept between images of one size).
+/// The analysis with its buffers, kept between images: after the first image of a size (and
+/// the first with as many grains, runs and skeleton pixels), [`GrainAnalyzer::analyse_into`]
+/// asks the allocator for nothing.
 #[derive(Default)]
 pub struct GrainAnalyzer {
     boundary: Vec<bool>,
     skeleton: Vec<bool>,
     labels: Vec<u32>,
-    queue: Vec<u32>,
+    /// Breadth-first queue of [`GrainAnalyzer::grow`]: (pixel index, its x).
+    queue: Vec<(u32, u32)>,
+    /// Thinning: the pixels each kind of sub-iteration has still to look at.
+    thin_wait: [Vec<u32>; 2],
+    /// Thinning: per pixel, which of `thin_wait` it is in ([`ZS_FIRST`], [`ZS_SECOND`]).
+    thin_waiting: Vec<u8>,
+    /// Thinning: the pixels one sub-iteration removes.
+    thin_remove: Vec<u32>,
+    /// Thinning: per set interior pixel, its neighbourhood ([`ZHANG_SUEN`] index), kept up
+    /// to date as pixels go.
+    thin_neighbours: Vec<u8>,
+    /// Branch ends to extend: tip and unit direction.
+    ends: Vec<(i64, i64, f64, f64)>,
+    /// Runs of non-boundary pixels, scan order (labelling).
+    runs: Vec<Run>,
+    /// Per run: its parent in the union-find forest, then its root (the component's first
+    /// run).
+    run_root: Vec<u32>,
+    /// Per root run: the pixels of its component, then its grain label (0: too small).
+    run_area: Vec<usize>,
+    /// Per grain: sums of x and y over its pixels (centroids).
+    sx: Vec<u64>,
+    sy: Vec<u64>,
     width: usize,
     height: usize,
 }
 
+/// A horizontal run of non-boundary pixels `x0..x1` on row `y`.
+#[derive(Clone, Copy, Debug)]
+struct Run {
+    y: u32,
+    x0: u32,
+    x1: u32,
+}
+
 const NEIGH8: [(i64, i64); 8] = [(0, -1), (1, -1), (1, 0), (1, 1), (0, 1), (-1, 1), (-1, 0), (-1, -1)];
+
+/// Bit of the pixel removable in the first Zhang–Suen sub-iteration, in [`ZHANG_SUEN`].
+const ZS_FIRST: u8 = 1;
+/// Bit of the pixel removable in the second sub-iteration.
+const ZS_SECOND: u8 = 2;
+/// Both bits.
+const ZS_BOTH: u8 = ZS_FIRST | ZS_SECOND;
+
+/// Zhang–Suen's removal test for every neighbourhood, computed once at compile time instead
+/// of per pixel. The index has bit `k` set when neighbour `P(k+2)` is set, P2..P9 clockwise
+/// from north ([`neighbourhood`]). A pixel is removable when it has 2 to 6 set neighbours,
+/// exactly one unset→set transition around it, and (first sub-iteration) not all of P2, P4,
+/// P6 nor all of P4, P6, P8 set, or (second) not all of P2, P4, P8 nor all of P2, P6, P8.
+const ZHANG_SUEN: [u8; 256] = zhang_suen_table();
+
+const fn zhang_suen_table() -> [u8; 256] {
+    let mut t = [0u8; 256];
+    let mut v = 0usize;
+    while v < 256 {
+        let b = (v as u8).count_ones();
+        let mut a = 0;
+        let mut k = 0;
+        while k < 8 {
+            if !bit(v, k) && bit(v, k + 1) {
+                a += 1;
+            }
+            k += 1;
+        }
+        if b >= 2 && b <= 6 && a == 1 {
+            let (p2, p4, p6, p8) = (bit(v, 0), bit(v, 2), bit(v, 4), bit(v, 6));
+            // not all of P2, P4, P6 nor all of P4, P6, P8
+            if !(p4 && p6 && (p2 || p8)) {
+                t[v] |= ZS_FIRST;
+            }
+            // not all of P2, P4, P8 nor all of P2, P6, P8
+            if !(p2 && p8 && (p4 || p6)) {
+                t[v] |= ZS_SECOND;
+            }
+        }
+        v += 1;
+    }
+    t
+}
+
+/// Neighbour `P(k+2)` (`k` modulo 8) of neighbourhood `v` is set.
+const fn bit(v: usize, k: usize) -> bool {
+    (v >> (k % 8)) & 1 == 1
+}
+
+/// The 8-neighbourhood of interior pixel `i` of a `w`-wide image as a [`ZHANG_SUEN`] index.
+fn neighbourhood(sk: &[bool], i: usize, w: usize) -> u8 {
+    let (n, s) = (&sk[i - w - 1..i - w + 2], &sk[i + w - 1..i + w + 2]);
+    (n[1] as u8)
+        | (n[2] as u8) << 1
+        | (sk[i + 1] as u8) << 2
+        | (s[2] as u8) << 3
+        | (s[1] as u8) << 4
+        | (s[0] as u8) << 5
+        | (sk[i - 1] as u8) << 6
+        | (n[0] as u8) << 7
+}
+
+/// Join the components of runs `a` and `b` in the union-find forest `root` (a parent is always
+/// an earlier run, so a root is its component's first run) and move the later root's area in
+/// `area` to the earlier.
+fn union(root: &mut [u32], area: &mut [usize], a: u32, b: u32) {
+    let (mut ra, mut rb) = (a, b);
+    while root[ra as usize] != ra {
+        ra = root[ra as usize];
+    }
+    while root[rb as usize] != rb {
+        rb = root[rb as usize];
+    }
+    if ra == rb {
+        return;
+    }
+    let (lo, hi) = if ra < rb { (ra, rb) } else { (rb, ra) };
+    root[hi as usize] = lo;
+    // shorten the paths walked next time (still to an earlier run)
+    root[a as usize] = lo;
+    root[b as usize] = lo;
+    area[lo as usize] += area[hi as usize];
+    area[hi as usize] = 0;
+}
 
 impl GrainAnalyzer {
     /// A new analyser.
@@ -219,7 +349,8 @@ impl GrainAnalyzer {
         &self.boundary
     }
 
-    /// Analyse a boundary mask (`true` = boundary), `width × height`, row-major.
+    /// Analyse a boundary mask (`true` = boundary), `width × height`, row-major, into a new
+    /// report (see [`GrainAnalyzer::analyse_into`], which reuses one).
     pub fn analyse(
         &mut self,
         boundary: &[bool],
@@ -227,6 +358,21 @@ impl GrainAnalyzer {
         height: usize,
         params: &AnalysisParams,
     ) -> Result<GrainReport, AnalysisError> {
+        let mut report = GrainReport::default();
+        self.analyse_into(boundary, width, height, params, &mut report)?;
+        Ok(report)
+    }
+
+    /// Analyse a boundary mask (`true` = boundary), `width × height`, row-major, into
+    /// `report`, whose grain list is reused. On an error `report` is left as it was.
+    pub fn analyse_into(
+        &mut self,
+        boundary: &[bool],
+        width: usize,
+        height: usize,
+        params: &AnalysisParams,
+        report: &mut GrainReport,
+    ) -> Result<(), AnalysisError> {
         if width == 0 || height == 0 || boundary.len() != width * height {
             return Err(AnalysisError::BadSize);
         }
@@ -247,61 +393,92 @@ impl GrainAnalyzer {
             return Err(AnalysisError::NoGrains);
         }
         self.grow();
-        Ok(self.measure(n, params, bridges))
+        self.measure(n, params, bridges, report);
+        Ok(())
     }
 
     /// Label 4-connected non-boundary regions; small ones join the boundary. Returns the
-    /// number of grains (labels `1..=n`).
+    /// number of grains (labels `1..=n`, in the scan order of each grain's first pixel).
+    ///
+    /// Runs of non-boundary pixels are joined with the overlapping runs of the row above
+    /// (union-find, a component's root being its first run in scan order), so the work is
+    /// per run, not per pixel, until the labels are written.
     fn label(&mut self, min_px: usize) -> u32 {
         let (w, h) = (self.width, self.height);
-        self.labels.clear();
-        self.labels.resize(w * h, 0);
-        let mut next = 1u32;
-        let mut region: Vec<u32> = Vec::new();
-        for start in 0..w * h {
-            if self.boundary[start] || self.labels[start] != 0 {
-                continue;
-            }
-            region.clear();
-            region.push(start as u32);
-            self.labels[start] = next;
-            let mut head = 0;
-            while head < region.len() {
-                let i = region[head] as usize;
-                head += 1;
-                let (x, y) = (i % w, i / w);
-                let mut visit = |j: usize| {
-                    if !self.boundary[j] && self.labels[j] == 0 {
-                        self.labels[j] = next;
-                        region.push(j as u32);
+        self.runs.clear();
+        self.run_root.clear();
+        self.run_area.clear();
+        let mut prev = 0..0; // the runs of the row above
+        for y in 0..h {
+            let row = &self.boundary[y * w..(y + 1) * w];
+            let first = self.runs.len();
+            let mut x = 0;
+            while x < w {
+                if row[x] {
+                    x += 1;
+                    continue;
+                }
+                let x0 = x;
+                while x < w && !row[x] {
+                    x += 1;
+                }
+                let r = self.runs.len() as u32;
+                self.runs.push(Run {
+                    y: y as u32,
+                    x0: x0 as u32,
+                    x1: x as u32,
+                });
+                self.run_root.push(r);
+                self.run_area.push(x - x0);
+                // join the runs above that overlap x0..x
+                while prev.start < prev.end {
+                    let a = self.runs[prev.start];
+                    if a.x1 as usize <= x0 {
+                        prev.start += 1;
+                        continue;
                     }
-                };
-                if x > 0 {
-                    visit(i - 1);
-                }
-                if x + 1 < w {
-                    visit(i + 1);
-                }
-                if y > 0 {
-                    visit(i - w);
-                }
-                if y + 1 < h {
-                    visit(i + w);
+                    if a.x0 as usize >= x {
+                        break;
+                    }
+                    union(&mut self.run_root, &mut self.run_area, prev.start as u32, r);
+                    if a.x1 as usize > x {
+                        break; // it may overlap the next run of this row too
+                    }
+                    prev.start += 1;
                 }
             }
-            if region.len() < min_px {
-                for &i in &region {
-                    // u32::MAX marks "seen, not a grain" until the end of labelling
-                    self.labels[i as usize] = u32::MAX;
-                }
-            } else {
-                next += 1;
+            prev = first..self.runs.len();
+        }
+        // Every run's entry to its root (a parent is always an earlier run, so one forward
+        // pass resolves every chain); the roots hold their components' areas.
+        for r in 0..self.runs.len() {
+            let p = self.run_root[r] as usize;
+            if p != r {
+                self.run_root[r] = self.run_root[p];
             }
         }
-        for (l, b) in self.labels.iter_mut().zip(self.boundary.iter_mut()) {
-            if *l == u32::MAX {
-                *l = 0;
-                *b = true;
+        // Grain labels in the order of the roots, the components' first runs.
+        let mut next = 1u32;
+        for r in 0..self.runs.len() {
+            if self.run_root[r] as usize == r {
+                if self.run_area[r] >= min_px {
+                    self.run_area[r] = next as usize;
+                    next += 1;
+                } else {
+                    self.run_area[r] = 0;
+                }
+            }
+        }
+        self.labels.clear();
+        self.labels.resize(w * h, 0);
+        for (r, run) in self.runs.iter().enumerate() {
+            let l = self.run_area[self.run_root[r] as usize] as u32;
+            let at = run.y as usize * w;
+            let span = at + run.x0 as usize..at + run.x1 as usize;
+            if l == 0 {
+                self.boundary[span].fill(true);
+            } else {
+                self.labels[span].fill(l);
             }
         }
         next - 1
@@ -309,71 +486,95 @@ impl GrainAnalyzer {
 
     /// Share the boundary pixels out to the nearest grain (4-neighbour breadth-first search
     /// from all grains at once; ties go to the grain met first in scan order).
+    ///
+    /// The search starts from the grain pixels next to a boundary pixel, in scan order: a
+    /// grain pixel without one would take nothing, so the result is that of a search from
+    /// every grain pixel.
     fn grow(&mut self) {
         let (w, h) = (self.width, self.height);
-        self.queue.clear();
-        for (i, &l) in self.labels.iter().enumerate() {
-            if l != 0 {
-                self.queue.push(i as u32);
+        let len = w * h;
+        // every pixel is queued at most once: `w × h` entries and one more, as entries are
+        // written branch-free (always written, counted when queued); what they held before is
+        // never read
+        if self.queue.len() != len + 1 {
+            self.queue.clear();
+            self.queue.resize(len + 1, (0, 0));
+        }
+        let (labels, queue, boundary) = (&mut self.labels, &mut self.queue, &self.boundary);
+        // after labelling, a pixel is boundary exactly where it has no label
+        let mut tail = 0;
+        for y in 0..h {
+            let at = y * w;
+            for x in 0..w {
+                let i = at + x;
+                let next_to_boundary = (x > 0 && boundary[i - 1])
+                    | (x + 1 < w && boundary[i + 1])
+                    | (y > 0 && boundary[i - w])
+                    | (y + 1 < h && boundary[i + w]);
+                queue[tail] = (i as u32, x as u32);
+                tail += (!boundary[i] & next_to_boundary) as usize;
             }
         }
         let mut head = 0;
-        while head < self.queue.len() {
-            let i = self.queue[head] as usize;
+        while head < tail {
+            let (i, x) = queue[head];
             head += 1;
-            let l = self.labels[i];
-            let (x, y) = (i % w, i / w);
-            let visit = |j: usize, labels: &mut Vec<u32>, queue: &mut Vec<u32>| {
-                if labels[j] == 0 {
-                    labels[j] = l;
-                    queue.push(j as u32);
-                }
-            };
-            if x > 0 {
-                visit(i - 1, &mut self.labels, &mut self.queue);
-            }
-            if x + 1 < w {
-                visit(i + 1, &mut self.labels, &mut self.queue);
-            }
-            if y > 0 {
-                visit(i - w, &mut self.labels, &mut self.queue);
-            }
-            if y + 1 < h {
-                visit(i + w, &mut self.labels, &mut self.queue);
+            let l = labels[i as usize];
+            // a neighbour off the image is the pixel itself, which has its label
+            let left = if x > 0 { i - 1 } else { i };
+            let right = if x as usize + 1 < w { i + 1 } else { i };
+            let up = if i as usize >= w { i - w as u32 } else { i };
+            let down = if (i as usize) + w < len { i + w as u32 } else { i };
+            for (j, xj) in [(left, x.wrapping_sub(1)), (right, x + 1), (up, x), (down, x)] {
+                let free = labels[j as usize] == 0;
+                labels[j as usize] |= l * free as u32;
+                queue[tail] = (j, xj);
+                tail += free as usize;
             }
         }
     }
 
-    fn measure(&self, n: u32, params: &AnalysisParams, bridges: usize) -> GrainReport {
+    fn measure(&mut self, n: u32, params: &AnalysisParams, bridges: usize, report: &mut GrainReport) {
         let (w, h) = (self.width, self.height);
         let um2_per_px = params.um_per_px * params.um_per_px;
-        let mut grains: Vec<Grain> = (1..=n)
-            .map(|label| Grain {
-                label,
-                area_px: 0,
-                area_um2: 0.0,
-                g: 0.0,
-                edge: false,
-                corners: 0,
-                cx: 0.0,
-                cy: 0.0,
-            })
-            .collect();
-        let mut sx = vec![0u64; n as usize];
-        let mut sy = vec![0u64; n as usize];
+        let grains = &mut report.grains;
+        grains.clear();
+        grains.extend((1..=n).map(|label| Grain {
+            label,
+            area_px: 0,
+            area_um2: 0.0,
+            g: 0.0,
+            edge: false,
+            corners: 0,
+            cx: 0.0,
+            cy: 0.0,
+        }));
+        self.sx.clear();
+        self.sx.resize(n as usize, 0);
+        self.sy.clear();
+        self.sy.resize(n as usize, 0);
+        // per run of one label along a row: its pixels, their x sum and y sum at once
         for y in 0..h {
-            for x in 0..w {
-                let l = self.labels[y * w + x];
-                if l == 0 {
-                    continue;
+            let row = &self.labels[y * w..(y + 1) * w];
+            let mut x0 = 0;
+            while x0 < w {
+                let l = row[x0];
+                let mut x1 = x0 + 1;
+                while x1 < w && row[x1] == l {
+                    x1 += 1;
                 }
-                let g = &mut grains[l as usize - 1];
-                g.area_px += 1;
-                sx[l as usize - 1] += x as u64;
-                sy[l as usize - 1] += y as u64;
-                if x == 0 || y == 0 || x + 1 == w || y + 1 == h {
-                    g.edge = true;
+                if l != 0 {
+                    let k = l as usize - 1;
+                    let len = (x1 - x0) as u64;
+                    let g = &mut grains[k];
+                    g.area_px += len as u32;
+                    self.sx[k] += (x0 as u64 + x1 as u64 - 1) * len / 2;
+                    self.sy[k] += y as u64 * len;
+                    if x0 == 0 || y == 0 || x1 == w || y + 1 == h {
+                        g.edge = true;
+                    }
                 }
+                x0 = x1;
             }
         }
         for &(x, y) in &[(0, 0), (w - 1, 0), (0, h - 1), (w - 1, h - 1)] {
@@ -388,8 +589,8 @@ impl GrainAnalyzer {
         for (k, g) in grains.iter_mut().enumerate() {
             g.area_um2 = g.area_px as f64 * um2_per_px;
             g.g = standards::gost_g_of_grain_area_mm2(g.area_um2 * 1e-6);
-            g.cx = (sx[k] as f64 / g.area_px.max(1) as f64) as f32;
-            g.cy = (sy[k] as f64 / g.area_px.max(1) as f64) as f32;
+            g.cx = (self.sx[k] as f64 / g.area_px.max(1) as f64) as f32;
+            g.cy = (self.sy[k] as f64 / g.area_px.max(1) as f64) as f32;
             jeffries += g.jeffries_weight();
             if !g.edge {
                 whole += 1;
@@ -409,25 +610,22 @@ impl GrainAnalyzer {
         } else {
             len / cross as f64 * params.um_per_px
         };
-        GrainReport {
-            width: w,
-            height: h,
-            um_per_px: params.um_per_px,
-            edge: grains.len() - whole,
-            whole,
-            grains,
-            jeffries_count: jeffries,
-            area_mm2,
-            grains_per_mm2: n_a,
-            mean_area_um2: 1e6 / n_a,
-            gost_g: standards::gost_g_from_grains_per_mm2(n_a),
-            astm_g_planimetric: standards::astm_g_from_grains_per_mm2(n_a),
-            intercept,
-            mean_intercept_um,
-            astm_g_intercept: standards::astm_g_from_mean_intercept_mm(mean_intercept_um * 1e-3),
-            histogram,
-            bridges,
-        }
+        report.width = w;
+        report.height = h;
+        report.um_per_px = params.um_per_px;
+        report.edge = grains.len() - whole;
+        report.whole = whole;
+        report.jeffries_count = jeffries;
+        report.area_mm2 = area_mm2;
+        report.grains_per_mm2 = n_a;
+        report.mean_area_um2 = 1e6 / n_a;
+        report.gost_g = standards::gost_g_from_grains_per_mm2(n_a);
+        report.astm_g_planimetric = standards::astm_g_from_grains_per_mm2(n_a);
+        report.intercept = intercept;
+        report.mean_intercept_um = mean_intercept_um;
+        report.astm_g_intercept = standards::astm_g_from_mean_intercept_mm(mean_intercept_um * 1e-3);
+        report.histogram = histogram;
+        report.bridges = bridges;
     }
 
     /// Boundary crossings along parallel lines at 0°, 45°, 90° and 135°, `spacing` pixels
@@ -510,54 +708,101 @@ impl GrainAnalyzer {
     }
 
     /// Zhang–Suen thinning of the boundary into `skeleton`.
+    ///
+    /// Each sub-iteration decides on every pixel from the skeleton as it was when the
+    /// sub-iteration began, and the decision depends on the pixel's 8 neighbours alone. So a
+    /// pixel a sub-iteration kept cannot go in the next sub-iteration of the same kind unless
+    /// a neighbour went in between: only the set interior pixels are looked at in the first
+    /// iteration, and from then on only the neighbours of removed pixels, giving exactly the
+    /// removals of whole-image sweeps.
     fn thin(&mut self) {
         let (w, h) = (self.width, self.height);
         self.skeleton.clear();
         self.skeleton.extend_from_slice(&self.boundary);
+        // A pixel's bit ZS_FIRST / ZS_SECOND is set while it waits in the first / second
+        // list; border pixels are never looked at, so they have both bits from the start.
+        // Lists and removals are written branch-free (an entry is always written, and counted
+        // when it is one): each holds a pixel at most once, so `w × h` entries are room
+        // enough, and what they held before is never read.
+        self.thin_waiting.clear();
+        self.thin_waiting.resize(w * h, ZS_BOTH);
+        for list in self.thin_wait.iter_mut().chain([&mut self.thin_remove]) {
+            if list.len() != w * h {
+                list.clear();
+                list.resize(w * h, 0);
+            }
+        }
+        if self.thin_neighbours.len() != w * h {
+            self.thin_neighbours.clear();
+            self.thin_neighbours.resize(w * h, 0);
+        }
         let sk = &mut self.skeleton;
-        let mut remove: Vec<usize> = Vec::new();
+        let waiting = &mut self.thin_waiting;
+        let nb = &mut self.thin_neighbours;
+        let [first, second] = &mut self.thin_wait;
+        let remove = &mut self.thin_remove;
+        let mut waits = [0usize; 2];
+        for y in 1..h.saturating_sub(1) {
+            for x in 1..w - 1 {
+                let i = y * w + x;
+                let set = sk[i];
+                first[waits[0]] = i as u32;
+                second[waits[0]] = i as u32;
+                waits[0] += set as usize;
+                waiting[i] = ZS_BOTH * set as u8;
+                if set {
+                    nb[i] = neighbourhood(sk, i, w);
+                }
+            }
+        }
+        waits[1] = waits[0];
+        // (offset to a neighbour, the bit the removed pixel is in that neighbour's byte)
+        let w_ = w as isize;
+        let around = [
+            (-w_ - 1, 1u8 << 3),
+            (-w_, 1 << 4),
+            (-w_ + 1, 1 << 5),
+            (-1, 1 << 2),
+            (1, 1 << 6),
+            (w_ - 1, 1 << 1),
+            (w_, 1),
+            (w_ + 1, 1 << 7),
+        ];
         loop {
             let mut changed = false;
-            for pass in 0..2 {
-                remove.clear();
-                for y in 1..h.saturating_sub(1) {
-                    for x in 1..w - 1 {
-                        let i = y * w + x;
-                        if !sk[i] {
-                            continue;
-                        }
-                        // P2..P9 clockwise from north
-                        let p = [
-                            sk[i - w],
-                            sk[i - w + 1],
-                            sk[i + 1],
-                            sk[i + w + 1],
-                            sk[i + w],
-                            sk[i + w - 1],
-                            sk[i - 1],
-                            sk[i - w - 1],
-                        ];
-                        let b = p.iter().filter(|&&v| v).count();
-                        if !(2..=6).contains(&b) {
-                            continue;
-                        }
-                        let a = (0..8).filter(|&k| !p[k] && p[(k + 1) % 8]).count();
-                        if a != 1 {
-                            continue;
-                        }
-                        let (c1, c2) = if pass == 0 {
-                            (p[0] && p[2] && p[4], p[2] && p[4] && p[6])
-                        } else {
-                            (p[0] && p[2] && p[6], p[0] && p[4] && p[6])
-                        };
-                        if !c1 && !c2 {
-                            remove.push(i);
-                        }
-                    }
+            for pass in [ZS_FIRST, ZS_SECOND] {
+                let list = if pass == ZS_FIRST { &first[..] } else { &second[..] };
+                let k = (pass - 1) as usize;
+                let mut removed = 0;
+                for &i in &list[..waits[k]] {
+                    let i = i as usize;
+                    waiting[i] &= !pass;
+                    let go = sk[i] & (ZHANG_SUEN[nb[i] as usize] & pass != 0);
+                    remove[removed] = i as u32;
+                    removed += go as usize;
                 }
-                changed |= !remove.is_empty();
-                for &i in &remove {
-                    sk[i] = false;
+                waits[k] = 0;
+                if removed == 0 {
+                    continue;
+                }
+                changed = true;
+                for &i in &remove[..removed] {
+                    sk[i as usize] = false;
+                }
+                for &i in &remove[..removed] {
+                    for (d, me) in around {
+                        let j = (i as isize + d) as usize;
+                        nb[j] &= !me;
+                        let set = sk[j] as u8;
+                        let was = waiting[j];
+                        let to_first = set & !was & ZS_FIRST;
+                        let to_second = (set << 1) & !was & ZS_SECOND;
+                        first[waits[0]] = j as u32;
+                        waits[0] += to_first as usize;
+                        second[waits[1]] = j as u32;
+                        waits[1] += (to_second >> 1) as usize;
+                        waiting[j] = was | to_first | to_second;
+                    }
                 }
             }
             if !changed {
@@ -584,7 +829,7 @@ impl GrainAnalyzer {
     fn bridge(&mut self, max_gap: usize) -> usize {
         self.thin();
         let (w, h) = (self.width as i64, self.height as i64);
-        let mut ends: Vec<(i64, i64, f64, f64)> = Vec::new();
+        self.ends.clear();
         let mut nb = [(0i64, 0i64); 8];
         for y in 0..h {
             for x in 0..w {
@@ -627,11 +872,12 @@ impl GrainAnalyzer {
                 if norm == 0.0 {
                     continue;
                 }
-                ends.push((x, y, dx / norm, dy / norm));
+                self.ends.push((x, y, dx / norm, dy / norm));
             }
         }
         let mut bridges = 0;
-        for (x, y, dx, dy) in ends {
+        for e in 0..self.ends.len() {
+            let (x, y, dx, dy) = self.ends[e];
             let at = |t: f64| ((x as f64 + dx * t).round() as i64, (y as f64 + dy * t).round() as i64);
             let inside = |(px, py): (i64, i64)| px >= 0 && py >= 0 && px < w && py < h;
             // leave the branch's own boundary
@@ -688,6 +934,9 @@ impl GrainAnalyzer {
 }
 
 #[cfg(test)]
+mod reference;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -738,5 +987,246 @@ mod tests {
         let r = a.analyse(&m, w, h, &p).unwrap();
         assert!(r.bridges >= 1);
         assert_eq!(r.grains.len(), 2);
+    }
+
+    /// SplitMix64, for seeded masks.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n.max(1) as u64) as usize
+        }
+        fn chance(&mut self, p: f64) -> bool {
+            ((self.next() >> 11) as f64 / (1u64 << 53) as f64) < p
+        }
+    }
+
+    /// Straight walls of random direction and thickness, some with gaps, between random
+    /// points (ends inside the image, so branches stop short).
+    fn walls(rng: &mut Rng, m: &mut [bool], w: usize, h: usize, n: usize, thick: usize) {
+        for _ in 0..n {
+            let (x0, y0) = (rng.below(w) as f64, rng.below(h) as f64);
+            let (x1, y1) = (rng.below(w) as f64, rng.below(h) as f64);
+            let t = 1 + rng.below(thick);
+            let gap_at = rng.next() % 4;
+            let gap_len = 1 + rng.below(12);
+            let steps = ((x1 - x0).abs().max((y1 - y0).abs()) * 2.0) as usize + 1;
+            for s in 0..=steps {
+                if gap_at == 0 && (s / 2) % 40 < gap_len && s > 4 {
+                    continue;
+                }
+                let f = s as f64 / steps as f64;
+                let (cx, cy) = (x0 + (x1 - x0) * f, y0 + (y1 - y0) * f);
+                for dy in 0..t {
+                    for dx in 0..t {
+                        let (x, y) = (cx as usize + dx, cy as usize + dy);
+                        if x < w && y < h {
+                            m[y * w + x] = true;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// A mask of one of several kinds, `w × h`.
+    fn mask(rng: &mut Rng, kind: usize, w: usize, h: usize) -> Vec<bool> {
+        let mut m = vec![false; w * h];
+        match kind {
+            // thin random walls with gaps
+            0 => {
+                let n = 3 + rng.below(20);
+                walls(rng, &mut m, w, h, n, 1)
+            }
+            // thick walls with gaps
+            1 => {
+                let n = 3 + rng.below(15);
+                walls(rng, &mut m, w, h, n, 6)
+            }
+            // speckle: independent pixels
+            2 => {
+                let p = [0.02, 0.1, 0.3, 0.5, 0.7][rng.below(5)];
+                m.iter_mut().for_each(|v| *v = rng.chance(p));
+            }
+            // walls and speckle
+            3 => {
+                let n = 2 + rng.below(10);
+                walls(rng, &mut m, w, h, n, 4);
+                m.iter_mut().for_each(|v| *v |= rng.chance(0.03));
+            }
+            // a grid with gaps, walls on the image edge too
+            _ => {
+                let step = 5 + rng.below(30);
+                let t = 1 + rng.below(4);
+                for y in 0..h {
+                    for x in 0..w {
+                        let on = x % step < t || y % step < t;
+                        m[y * w + x] = on && !rng.chance(0.02) && (x * 7 + y * 3) % 97 > 4;
+                    }
+                }
+            }
+        }
+        m
+    }
+
+    /// Every field of two reports equal, floating-point numbers by their bits.
+    fn assert_same(a: &GrainReport, b: &GrainReport, what: &str) {
+        let bits = |v: f64| v.to_bits();
+        assert_eq!(
+            (a.width, a.height, a.whole, a.edge, a.bridges),
+            (b.width, b.height, b.whole, b.edge, b.bridges),
+            "{what}"
+        );
+        assert_eq!(a.grains.len(), b.grains.len(), "{what}: grains");
+        for (g, r) in a.grains.iter().zip(&b.grains) {
+            assert_eq!(
+                (g.label, g.area_px, g.edge, g.corners),
+                (r.label, r.area_px, r.edge, r.corners),
+                "{what}"
+            );
+            assert_eq!((bits(g.area_um2), bits(g.g)), (bits(r.area_um2), bits(r.g)), "{what}");
+            assert_eq!(
+                (g.cx.to_bits(), g.cy.to_bits()),
+                (r.cx.to_bits(), r.cy.to_bits()),
+                "{what}"
+            );
+        }
+        for (x, y) in [
+            (a.um_per_px, b.um_per_px),
+            (a.jeffries_count, b.jeffries_count),
+            (a.area_mm2, b.area_mm2),
+            (a.grains_per_mm2, b.grains_per_mm2),
+            (a.mean_area_um2, b.mean_area_um2),
+            (a.gost_g, b.gost_g),
+            (a.astm_g_planimetric, b.astm_g_planimetric),
+            (a.mean_intercept_um, b.mean_intercept_um),
+            (a.astm_g_intercept, b.astm_g_intercept),
+        ] {
+            assert_eq!(bits(x), bits(y), "{what}: {x} vs {y}");
+        }
+        for (d, e) in a.intercept.iter().zip(&b.intercept) {
+            assert_eq!(
+                (d.angle_deg, d.lines, d.crossings),
+                (e.angle_deg, e.lines, e.crossings),
+                "{what}"
+            );
+            assert_eq!(bits(d.length_px), bits(e.length_px), "{what}");
+        }
+        assert_eq!(a.histogram, b.histogram, "{what}");
+    }
+
+    /// Analyse with this module's analyser (kept between masks, as on a frame path) and the
+    /// first implementation; both must agree on everything.
+    fn check(an: &mut GrainAnalyzer, m: &[bool], w: usize, h: usize, p: &AnalysisParams, what: &str) {
+        let mut old = reference::GrainAnalyzer::new();
+        let want = old.analyse(m, w, h, p);
+        let got = an.analyse(m, w, h, p);
+        match (&got, &want) {
+            (Ok(a), Ok(b)) => assert_same(a, b, what),
+            (a, b) => assert_eq!(a.as_ref().err(), b.as_ref().err(), "{what}"),
+        }
+        if want.is_ok() || want == Err(AnalysisError::NoGrains) {
+            assert!(an.boundary() == old.boundary(), "{what}: boundary");
+        }
+        if want.is_ok() {
+            assert!(an.labels() == old.labels(), "{what}: labels");
+        }
+    }
+
+    #[test]
+    fn the_analysis_gives_exactly_what_its_first_implementation_gave() {
+        let mut rng = Rng(0x5eed_6a41);
+        let mut an = GrainAnalyzer::new();
+        let sizes = [
+            (1, 1),
+            (1, 40),
+            (40, 1),
+            (2, 2),
+            (2, 9),
+            (3, 3),
+            (3, 30),
+            (7, 5),
+            (17, 13),
+            (33, 64),
+            (64, 48),
+            (100, 100),
+            (160, 120),
+            (211, 97),
+        ];
+        let mut cases = 0;
+        for round in 0..12 {
+            for &(w, h) in &sizes {
+                let kind = (round + w + h) % 5;
+                let m = mask(&mut rng, kind, w, h);
+                let mut p = AnalysisParams::for_scale([0.3, 0.444444, 1.0, 2.5][rng.below(4)]);
+                p.min_grain_px = [1, 2, 5, 20, 60][rng.below(5)];
+                p.bridge_gap_px = [0, 2, 6, 14, 30][rng.below(5)];
+                p.intercept_spacing_px = 1 + rng.below(14);
+                check(
+                    &mut an,
+                    &m,
+                    w,
+                    h,
+                    &p,
+                    &format!("round {round} {w}x{h} kind {kind} {p:?}"),
+                );
+                cases += 1;
+            }
+        }
+        assert_eq!(cases, 12 * sizes.len());
+    }
+
+    #[test]
+    fn the_analysis_of_model_maps_and_drawn_masks_is_that_of_its_first_implementation() {
+        use crate::core::frame::GrayFrame;
+        use crate::grains::model::GrainModel;
+        use crate::model::manifest::Precision;
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let dir = root.join("tests/data/grains_samples");
+        let mut gm = GrainModel::load(&root.join("models/grains_316l.toml"), Precision::Int8).unwrap();
+        let mut an = GrainAnalyzer::new();
+        let mut stems: Vec<_> = std::fs::read_dir(dir.join("images"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        stems.sort();
+        for img in stems {
+            let stem = img.file_stem().unwrap().to_str().unwrap().to_string();
+            let (w, h, px) = crate::sim::replay::decode_gray(&std::fs::read(&img).unwrap()).unwrap();
+            gm.boundary_map(&GrayFrame::new(&px, w, h, w).unwrap()).unwrap();
+            let (_, _, mpx) =
+                crate::sim::replay::decode_gray(&std::fs::read(dir.join(format!("masks/{stem}.png"))).unwrap())
+                    .unwrap();
+            let drawn: Vec<bool> = mpx.iter().map(|&v| v < 128).collect();
+            for um in [0.444444, 1.0] {
+                let p = AnalysisParams::for_scale(um);
+                check(&mut an, &drawn, w, h, &p, &format!("{stem} mask at {um}"));
+            }
+            for level in [0.2, 0.25, 0.5, 0.7] {
+                for gap_um in [0.0, 6.0, 10.0] {
+                    let p = gm.section().params(0.444444);
+                    let p = AnalysisParams {
+                        bridge_gap_px: (gap_um / 0.444444f64).round() as usize,
+                        ..p
+                    };
+                    let m: Vec<bool> = gm.prob().iter().map(|&v| v >= level).collect();
+                    check(
+                        &mut an,
+                        &m,
+                        w,
+                        h,
+                        &p,
+                        &format!("{stem} map at {level}, gap {gap_um} µm"),
+                    );
+                }
+            }
+        }
     }
 }
