@@ -507,3 +507,15 @@ impl GrainAnalyzer {
         bridges
     }
 }
+
+impl GrainAnalyzer {
+    /// The Zhang–Suen skeleton of `mask` (`width × height`) alone.
+    pub fn skeleton_of(&mut self, mask: &[bool], width: usize, height: usize) -> &[bool] {
+        self.width = width;
+        self.height = height;
+        self.boundary.clear();
+        self.boundary.extend_from_slice(mask);
+        self.thin();
+        &self.skeleton
+    }
+}
