@@ -252,8 +252,8 @@ struct Run {
 
 const NEIGH8: [(i64, i64); 8] = [(0, -1), (1, -1), (1, 0), (1, 1), (0, 1), (-1, 1), (-1, 0), (-1, -1)];
 
-/// Pixels per word of the packed skeleton that thinning works on: 64 pixels are decided at
-/// once, with bitwise operations.
+/// Pixels per word of a packed image (the skeleton while thinning, the boundary while
+/// growing): a `u64`, so thinning decides 64 pixels at once with bitwise operations.
 const WORD_PX: usize = 64;
 /// Marks a word waiting for the first Zhang–Suen sub-iteration.
 const ZS_FIRST: u8 = 1;
@@ -327,21 +327,21 @@ fn pack(px: &[bool]) -> u64 {
 /// an earlier run, so a root is its component's first run) and move the later root's area in
 /// `area` to the earlier.
 fn union(root: &mut [u32], area: &mut [usize], a: u32, b: u32) {
-    let (mut ra, mut rb) = (a, b);
-    while root[ra as usize] != ra {
-        ra = root[ra as usize];
-    }
-    while root[rb as usize] != rb {
-        rb = root[rb as usize];
-    }
+    // path halving: each run passed points to its grandparent (still an earlier run)
+    let find = |root: &mut [u32], mut r: u32| {
+        while root[r as usize] != r {
+            let up = root[root[r as usize] as usize];
+            root[r as usize] = up;
+            r = up;
+        }
+        r
+    };
+    let (ra, rb) = (find(root, a), find(root, b));
     if ra == rb {
         return;
     }
     let (lo, hi) = if ra < rb { (ra, rb) } else { (rb, ra) };
     root[hi as usize] = lo;
-    // shorten the paths walked next time (still to an earlier run)
-    root[a as usize] = lo;
-    root[b as usize] = lo;
     area[lo as usize] += area[hi as usize];
     area[hi as usize] = 0;
 }
