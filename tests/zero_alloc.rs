@@ -141,3 +141,36 @@ fn segment_frame_path_allocates_nothing_in_our_code_after_warm_up() {
     );
     assert!(regions > 0, "the defective samples have regions");
 }
+
+#[test]
+fn grains_analysis_allocates_nothing_in_our_code_after_warm_up() {
+    use ferroscope::grains::model::GrainModel;
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let mut gm = GrainModel::load(&root.join("models/grains_316l.toml"), Precision::Int8).unwrap();
+    let dir = root.join("tests/data/grains_samples/images");
+    let frames: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| decode_gray(&std::fs::read(e.unwrap().path()).unwrap()).unwrap())
+        .collect();
+    let um = gm.section().um_per_px;
+    let params = gm.section().params(um);
+    let level = gm.section().pixel_threshold;
+    // Warm-up: every micrograph once, so the buffers reach the largest grain and run counts.
+    for (w, h, px) in &frames {
+        gm.boundary_map(&GrayFrame::new(px, *w, *h, *w).unwrap()).unwrap();
+        gm.analyse_map(level, &params).unwrap();
+    }
+    let mut grains = 0;
+    for (w, h, px) in frames.iter().chain(frames.iter()) {
+        gm.boundary_map(&GrayFrame::new(px, *w, *h, *w).unwrap()).unwrap();
+        let before = Snapshot::take_thread();
+        grains += gm.analyse_map(level, &params).unwrap().grains.len();
+        let after = Snapshot::take_thread();
+        assert_eq!(
+            after.since(&before, Scope::Ours),
+            0,
+            "our code allocated in the threshold and grain analysis"
+        );
+    }
+    assert!(grains > 0, "the samples have grains");
+}

@@ -228,7 +228,8 @@ pub fn grains(a: GrainsArgs) -> Result<ExitCode> {
         let level = a.tuning.threshold.unwrap_or(gm.section().pixel_threshold);
         let r = gm
             .analyse_map(level, &params)
-            .with_context(|| image.display().to_string())?;
+            .with_context(|| image.display().to_string())?
+            .clone();
         if !a.json {
             println!(
                 "{} tiles, {:.1} ms in the model, {:.1} ms in all",
@@ -351,8 +352,9 @@ pub fn eval(a: EvalGrainsArgs) -> Result<ExitCode> {
             let frame = GrayFrame::new(&px, w, h, w).map_err(|e| anyhow::anyhow!("{}: {e:?}", img.display()))?;
             let t0 = StdInstant::now();
             let out = gm.boundary_map(&frame)?;
-            let r = gm.analyse_map(level, &params)?;
+            gm.analyse_map(level, &params)?;
             let elapsed = t0.elapsed().as_secs_f64() * 1000.0;
+            let r = gm.report();
             let truth = mask_boundary(&mpx, BoundaryColour::Black);
             let rr = ref_an
                 .analyse(&truth, w, h, &ref_params)

@@ -25,7 +25,22 @@
 //!    cut by the edge has an unknown area), one bin per integer number
 //!    ([`standards::G_MIN`]`..=`[`standards::G_MAX`]).
 //!
-//! Why one file of ~740 lines (~50 of tests): the steps share one label image and its
+//! Guarantees:
+//! - **No allocation after warm-up**: every buffer (masks, skeleton, label image, queues, runs,
+//!   per-grain sums) is kept in the [`GrainAnalyzer`] and reused; with
+//!   [`GrainAnalyzer::analyse_into`] the report's grain list is reused too. Once an image of
+//!   a size, with as many grains, runs and skeleton pixels, has been analysed, an analysis
+//!   asks the allocator for nothing.
+//! - **Results fixed by the steps above, not by how they are computed**: labels, boundary
+//!   and every number of the report are those of the first, pixel-by-pixel implementation
+//!   (whole-image Zhang–Suen sweeps, breadth-first labelling), which the tests keep and
+//!   compare with bit for bit on random and drawn masks and on model maps.
+//! - The work follows what changes: thinning decides a word of pixels at once with bitwise
+//!   operations and, after its first sweep, looks only at the words next to removed pixels;
+//!   labelling works on runs of pixels; the sharing-out search starts from the grains' edges
+//!   only.
+//!
+//! Why one file of ~1340 lines (~340 of tests): the steps share one label image and its
 //! buffers, kept between micrographs of one size.
 
 use super::standards::{self, G_BINS};
@@ -113,7 +128,7 @@ pub struct InterceptLines {
 }
 
 /// What one mask gave.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct GrainReport {
     /// Image width, pixels.
     pub width: usize,
@@ -190,18 +205,146 @@ impl std::fmt::Display for AnalysisError {
 
 impl std::error::Error for AnalysisError {}
 
-/// The analysis with its image-sized buffers (kept between images of one size).
+/// The analysis with its buffers, kept between images: after the first image of a size (and
+/// the first with as many grains, runs and skeleton pixels), [`GrainAnalyzer::analyse_into`]
+/// asks the allocator for nothing.
 #[derive(Default)]
 pub struct GrainAnalyzer {
     boundary: Vec<bool>,
-    skeleton: Vec<bool>,
     labels: Vec<u32>,
-    queue: Vec<u32>,
+    /// Breadth-first queue of [`GrainAnalyzer::grow`]: (pixel index, its x).
+    queue: Vec<(u32, u32)>,
+    /// The skeleton while bridging, the boundary while growing: packed [`WORD_PX`] pixels to
+    /// a word, a row between two zero words.
+    packed: Vec<u64>,
+    /// Thinning: per word of a row, which of its pixels are interior (not in the first or
+    /// last column).
+    thin_cols: Vec<u64>,
+    /// Thinning: the words each kind of sub-iteration has still to look at.
+    thin_wait: [Vec<u32>; 2],
+    /// Thinning: per word, which of `thin_wait` it is in ([`ZS_FIRST`], [`ZS_SECOND`]).
+    thin_waiting: Vec<u8>,
+    /// Thinning: the pixels one sub-iteration removes, as (word, mask).
+    thin_remove: Vec<(u32, u64)>,
+    /// Branch ends to extend: tip and unit direction.
+    ends: Vec<(i64, i64, f64, f64)>,
+    /// Runs of non-boundary pixels, scan order (labelling).
+    runs: Vec<Run>,
+    /// Per run: its parent in the union-find forest, then its root (the component's first
+    /// run).
+    run_root: Vec<u32>,
+    /// Per root run: the pixels of its component, then its grain label (0: too small).
+    run_area: Vec<usize>,
+    /// Per grain: sums of x and y over its pixels (centroids).
+    sx: Vec<u64>,
+    sy: Vec<u64>,
     width: usize,
     height: usize,
 }
 
+/// A horizontal run of non-boundary pixels `x0..x1` on row `y`.
+#[derive(Clone, Copy, Debug)]
+struct Run {
+    y: u32,
+    x0: u32,
+    x1: u32,
+}
+
 const NEIGH8: [(i64, i64); 8] = [(0, -1), (1, -1), (1, 0), (1, 1), (0, 1), (-1, 1), (-1, 0), (-1, -1)];
+
+/// Pixels per word of a packed image (the skeleton while thinning, the boundary while
+/// growing): a `u64`, so thinning decides 64 pixels at once with bitwise operations.
+const WORD_PX: usize = 64;
+/// Marks a word waiting for the first Zhang–Suen sub-iteration.
+const ZS_FIRST: u8 = 1;
+/// Marks a word waiting for the second sub-iteration.
+const ZS_SECOND: u8 = 2;
+
+/// Zhang–Suen's removal test on [`WORD_PX`] pixels at once. `row[1]` holds the pixels, `north`
+/// and `south` the rows above and below; each as (west word, word, east word), 0 off the
+/// image. A pixel goes when it is set, has 2 to 6 set neighbours, exactly one unset→set
+/// transition going round P2..P9 (clockwise from north), and in the first sub-iteration not
+/// all of P2, P4, P6 nor all of P4, P6, P8 set, in the second not all of P2, P4, P8 nor all of
+/// P2, P6, P8. Returns the pixels that go.
+fn zhang_suen_word(first: bool, row: [u64; 3], north: [u64; 3], south: [u64; 3]) -> u64 {
+    let ([cw, c, ce], [nw, n, ne], [sw, s, se]) = (row, north, south);
+    // neighbour x - 1 of each pixel comes in at the low end, x + 1 at the high end
+    let west = |v: u64, vw: u64| (v << 1) | (vw >> (WORD_PX - 1));
+    let east = |v: u64, ve: u64| (v >> 1) | (ve << (WORD_PX - 1));
+    // P2..P9
+    let p = [
+        n,
+        east(n, ne),
+        east(c, ce),
+        east(s, se),
+        s,
+        west(s, sw),
+        west(c, cw),
+        west(n, nw),
+    ];
+    // per pixel, "at least one" and "at least two" of: set neighbours, unset neighbours,
+    // unset→set transitions
+    let (mut set1, mut set2, mut unset1, mut unset2, mut up1, mut up2) = (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
+    for k in 0..8 {
+        let v = p[k];
+        set2 |= set1 & v;
+        set1 |= v;
+        unset2 |= unset1 & !v;
+        unset1 |= !v;
+        let up = !v & p[(k + 1) % 8];
+        up2 |= up1 & up;
+        up1 |= up;
+    }
+    let (p2, p4, p6, p8) = (p[0], p[2], p[4], p[6]);
+    let keep = if first {
+        p4 & p6 & (p2 | p8)
+    } else {
+        p2 & p8 & (p4 | p6)
+    };
+    c & set2 & unset2 & up1 & !up2 & !keep
+}
+
+/// Up to [`WORD_PX`] pixels packed into a word, the first in the lowest bit.
+fn pack(px: &[bool]) -> u64 {
+    /// Gathers the low bit of each byte of a word into its top byte, the first byte's lowest.
+    const GATHER: u64 = 0x0102_0408_1020_4080;
+    let mut word = 0u64;
+    let mut eights = px.chunks_exact(8);
+    for (k, b) in eights.by_ref().enumerate() {
+        let bytes = u64::from_le_bytes([
+            b[0] as u8, b[1] as u8, b[2] as u8, b[3] as u8, b[4] as u8, b[5] as u8, b[6] as u8, b[7] as u8,
+        ]);
+        word |= (bytes.wrapping_mul(GATHER) >> 56) << (8 * k);
+    }
+    let done = px.len() / 8 * 8;
+    for (k, &b) in eights.remainder().iter().enumerate() {
+        word |= (b as u64) << (done + k);
+    }
+    word
+}
+
+/// Join the components of runs `a` and `b` in the union-find forest `root` (a parent is always
+/// an earlier run, so a root is its component's first run) and move the later root's area in
+/// `area` to the earlier.
+fn union(root: &mut [u32], area: &mut [usize], a: u32, b: u32) {
+    // path halving: each run passed points to its grandparent (still an earlier run)
+    let find = |root: &mut [u32], mut r: u32| {
+        while root[r as usize] != r {
+            let up = root[root[r as usize] as usize];
+            root[r as usize] = up;
+            r = up;
+        }
+        r
+    };
+    let (ra, rb) = (find(root, a), find(root, b));
+    if ra == rb {
+        return;
+    }
+    let (lo, hi) = if ra < rb { (ra, rb) } else { (rb, ra) };
+    root[hi as usize] = lo;
+    area[lo as usize] += area[hi as usize];
+    area[hi as usize] = 0;
+}
 
 impl GrainAnalyzer {
     /// A new analyser.
@@ -219,7 +362,8 @@ impl GrainAnalyzer {
         &self.boundary
     }
 
-    /// Analyse a boundary mask (`true` = boundary), `width × height`, row-major.
+    /// Analyse a boundary mask (`true` = boundary), `width × height`, row-major, into a new
+    /// report (see [`GrainAnalyzer::analyse_into`], which reuses one).
     pub fn analyse(
         &mut self,
         boundary: &[bool],
@@ -227,6 +371,21 @@ impl GrainAnalyzer {
         height: usize,
         params: &AnalysisParams,
     ) -> Result<GrainReport, AnalysisError> {
+        let mut report = GrainReport::default();
+        self.analyse_into(boundary, width, height, params, &mut report)?;
+        Ok(report)
+    }
+
+    /// Analyse a boundary mask (`true` = boundary), `width × height`, row-major, into
+    /// `report`, whose grain list is reused. On an error `report` is left as it was.
+    pub fn analyse_into(
+        &mut self,
+        boundary: &[bool],
+        width: usize,
+        height: usize,
+        params: &AnalysisParams,
+        report: &mut GrainReport,
+    ) -> Result<(), AnalysisError> {
         if width == 0 || height == 0 || boundary.len() != width * height {
             return Err(AnalysisError::BadSize);
         }
@@ -247,61 +406,92 @@ impl GrainAnalyzer {
             return Err(AnalysisError::NoGrains);
         }
         self.grow();
-        Ok(self.measure(n, params, bridges))
+        self.measure(n, params, bridges, report);
+        Ok(())
     }
 
     /// Label 4-connected non-boundary regions; small ones join the boundary. Returns the
-    /// number of grains (labels `1..=n`).
+    /// number of grains (labels `1..=n`, in the scan order of each grain's first pixel).
+    ///
+    /// Runs of non-boundary pixels are joined with the overlapping runs of the row above
+    /// (union-find, a component's root being its first run in scan order), so the work is
+    /// per run, not per pixel, until the labels are written.
     fn label(&mut self, min_px: usize) -> u32 {
         let (w, h) = (self.width, self.height);
-        self.labels.clear();
-        self.labels.resize(w * h, 0);
-        let mut next = 1u32;
-        let mut region: Vec<u32> = Vec::new();
-        for start in 0..w * h {
-            if self.boundary[start] || self.labels[start] != 0 {
-                continue;
-            }
-            region.clear();
-            region.push(start as u32);
-            self.labels[start] = next;
-            let mut head = 0;
-            while head < region.len() {
-                let i = region[head] as usize;
-                head += 1;
-                let (x, y) = (i % w, i / w);
-                let mut visit = |j: usize| {
-                    if !self.boundary[j] && self.labels[j] == 0 {
-                        self.labels[j] = next;
-                        region.push(j as u32);
+        self.runs.clear();
+        self.run_root.clear();
+        self.run_area.clear();
+        let mut prev = 0..0; // the runs of the row above
+        for y in 0..h {
+            let row = &self.boundary[y * w..(y + 1) * w];
+            let first = self.runs.len();
+            let mut x = 0;
+            while x < w {
+                if row[x] {
+                    x += 1;
+                    continue;
+                }
+                let x0 = x;
+                while x < w && !row[x] {
+                    x += 1;
+                }
+                let r = self.runs.len() as u32;
+                self.runs.push(Run {
+                    y: y as u32,
+                    x0: x0 as u32,
+                    x1: x as u32,
+                });
+                self.run_root.push(r);
+                self.run_area.push(x - x0);
+                // join the runs above that overlap x0..x
+                while prev.start < prev.end {
+                    let a = self.runs[prev.start];
+                    if a.x1 as usize <= x0 {
+                        prev.start += 1;
+                        continue;
                     }
-                };
-                if x > 0 {
-                    visit(i - 1);
-                }
-                if x + 1 < w {
-                    visit(i + 1);
-                }
-                if y > 0 {
-                    visit(i - w);
-                }
-                if y + 1 < h {
-                    visit(i + w);
+                    if a.x0 as usize >= x {
+                        break;
+                    }
+                    union(&mut self.run_root, &mut self.run_area, prev.start as u32, r);
+                    if a.x1 as usize > x {
+                        break; // it may overlap the next run of this row too
+                    }
+                    prev.start += 1;
                 }
             }
-            if region.len() < min_px {
-                for &i in &region {
-                    // u32::MAX marks "seen, not a grain" until the end of labelling
-                    self.labels[i as usize] = u32::MAX;
-                }
-            } else {
-                next += 1;
+            prev = first..self.runs.len();
+        }
+        // Every run's entry to its root (a parent is always an earlier run, so one forward
+        // pass resolves every chain); the roots hold their components' areas.
+        for r in 0..self.runs.len() {
+            let p = self.run_root[r] as usize;
+            if p != r {
+                self.run_root[r] = self.run_root[p];
             }
         }
-        for (l, b) in self.labels.iter_mut().zip(self.boundary.iter_mut()) {
-            if *l == u32::MAX {
-                *l = 0;
-                *b = true;
+        // Grain labels in the order of the roots, the components' first runs.
+        let mut next = 1u32;
+        for r in 0..self.runs.len() {
+            if self.run_root[r] as usize == r {
+                if self.run_area[r] >= min_px {
+                    self.run_area[r] = next as usize;
+                    next += 1;
+                } else {
+                    self.run_area[r] = 0;
+                }
+            }
+        }
+        self.labels.clear();
+        self.labels.resize(w * h, 0);
+        for (r, run) in self.runs.iter().enumerate() {
+            let l = self.run_area[self.run_root[r] as usize] as u32;
+            let at = run.y as usize * w;
+            let span = at + run.x0 as usize..at + run.x1 as usize;
+            if l == 0 {
+                self.boundary[span].fill(true);
+            } else {
+                self.labels[span].fill(l);
             }
         }
         next - 1
@@ -309,71 +499,117 @@ impl GrainAnalyzer {
 
     /// Share the boundary pixels out to the nearest grain (4-neighbour breadth-first search
     /// from all grains at once; ties go to the grain met first in scan order).
+    ///
+    /// The search starts from the grain pixels next to a boundary pixel, in scan order: a
+    /// grain pixel without one would take nothing, so the result is that of a search from
+    /// every grain pixel.
     fn grow(&mut self) {
         let (w, h) = (self.width, self.height);
-        self.queue.clear();
-        for (i, &l) in self.labels.iter().enumerate() {
-            if l != 0 {
-                self.queue.push(i as u32);
+        let len = w * h;
+        // every pixel is queued at most once: `w × h` entries and one more, as entries are
+        // written branch-free (always written, counted when queued); what they held before is
+        // never read
+        if self.queue.len() != len + 1 {
+            self.queue.clear();
+            self.queue.resize(len + 1, (0, 0));
+        }
+        // the boundary packed, a row between two zero words; the search starts from the grain
+        // pixels with a boundary pixel above, below, left or right, in scan order
+        let stride = w.div_ceil(WORD_PX) + 2;
+        self.packed.clear();
+        self.packed.resize(stride * h, 0);
+        for (row, out) in self.boundary.chunks(w).zip(self.packed.chunks_mut(stride)) {
+            for (px, word) in row.chunks(WORD_PX).zip(&mut out[1..]) {
+                *word = pack(px);
+            }
+        }
+        let (labels, queue, b) = (&mut self.labels, &mut self.queue, &self.packed);
+        let mut tail = 0;
+        for y in 0..h {
+            for k in 1..stride - 1 {
+                let i = y * stride + k;
+                let (west, east) = (
+                    (b[i] << 1) | (b[i - 1] >> (WORD_PX - 1)),
+                    (b[i] >> 1) | (b[i + 1] << (WORD_PX - 1)),
+                );
+                let north = if y > 0 { b[i - stride] } else { 0 };
+                let south = if y + 1 < h { b[i + stride] } else { 0 };
+                let x0 = (k - 1) * WORD_PX;
+                // pixels past the row's end are neither boundary nor grain
+                let in_row = if w - x0 >= WORD_PX {
+                    u64::MAX
+                } else {
+                    (1 << (w - x0)) - 1
+                };
+                let mut seeds = !b[i] & (west | east | north | south) & in_row;
+                while seeds != 0 {
+                    let x = x0 + seeds.trailing_zeros() as usize;
+                    seeds &= seeds - 1;
+                    queue[tail] = ((y * w + x) as u32, x as u32);
+                    tail += 1;
+                }
             }
         }
         let mut head = 0;
-        while head < self.queue.len() {
-            let i = self.queue[head] as usize;
+        while head < tail {
+            let (i, x) = queue[head];
             head += 1;
-            let l = self.labels[i];
-            let (x, y) = (i % w, i / w);
-            let visit = |j: usize, labels: &mut Vec<u32>, queue: &mut Vec<u32>| {
-                if labels[j] == 0 {
-                    labels[j] = l;
-                    queue.push(j as u32);
-                }
-            };
-            if x > 0 {
-                visit(i - 1, &mut self.labels, &mut self.queue);
-            }
-            if x + 1 < w {
-                visit(i + 1, &mut self.labels, &mut self.queue);
-            }
-            if y > 0 {
-                visit(i - w, &mut self.labels, &mut self.queue);
-            }
-            if y + 1 < h {
-                visit(i + w, &mut self.labels, &mut self.queue);
+            let l = labels[i as usize];
+            // a neighbour off the image is the pixel itself, which has its label
+            let left = if x > 0 { i - 1 } else { i };
+            let right = if x as usize + 1 < w { i + 1 } else { i };
+            let up = if i as usize >= w { i - w as u32 } else { i };
+            let down = if (i as usize) + w < len { i + w as u32 } else { i };
+            for (j, xj) in [(left, x.wrapping_sub(1)), (right, x + 1), (up, x), (down, x)] {
+                let free = labels[j as usize] == 0;
+                labels[j as usize] |= l * free as u32;
+                queue[tail] = (j, xj);
+                tail += free as usize;
             }
         }
     }
 
-    fn measure(&self, n: u32, params: &AnalysisParams, bridges: usize) -> GrainReport {
+    fn measure(&mut self, n: u32, params: &AnalysisParams, bridges: usize, report: &mut GrainReport) {
         let (w, h) = (self.width, self.height);
         let um2_per_px = params.um_per_px * params.um_per_px;
-        let mut grains: Vec<Grain> = (1..=n)
-            .map(|label| Grain {
-                label,
-                area_px: 0,
-                area_um2: 0.0,
-                g: 0.0,
-                edge: false,
-                corners: 0,
-                cx: 0.0,
-                cy: 0.0,
-            })
-            .collect();
-        let mut sx = vec![0u64; n as usize];
-        let mut sy = vec![0u64; n as usize];
+        let grains = &mut report.grains;
+        grains.clear();
+        grains.extend((1..=n).map(|label| Grain {
+            label,
+            area_px: 0,
+            area_um2: 0.0,
+            g: 0.0,
+            edge: false,
+            corners: 0,
+            cx: 0.0,
+            cy: 0.0,
+        }));
+        self.sx.clear();
+        self.sx.resize(n as usize, 0);
+        self.sy.clear();
+        self.sy.resize(n as usize, 0);
+        // per run of one label along a row: its pixels, their x sum and y sum at once
         for y in 0..h {
-            for x in 0..w {
-                let l = self.labels[y * w + x];
-                if l == 0 {
-                    continue;
+            let row = &self.labels[y * w..(y + 1) * w];
+            let mut x0 = 0;
+            while x0 < w {
+                let l = row[x0];
+                let mut x1 = x0 + 1;
+                while x1 < w && row[x1] == l {
+                    x1 += 1;
                 }
-                let g = &mut grains[l as usize - 1];
-                g.area_px += 1;
-                sx[l as usize - 1] += x as u64;
-                sy[l as usize - 1] += y as u64;
-                if x == 0 || y == 0 || x + 1 == w || y + 1 == h {
-                    g.edge = true;
+                if l != 0 {
+                    let k = l as usize - 1;
+                    let len = (x1 - x0) as u64;
+                    let g = &mut grains[k];
+                    g.area_px += len as u32;
+                    self.sx[k] += (x0 as u64 + x1 as u64 - 1) * len / 2;
+                    self.sy[k] += y as u64 * len;
+                    if x0 == 0 || y == 0 || x1 == w || y + 1 == h {
+                        g.edge = true;
+                    }
                 }
+                x0 = x1;
             }
         }
         for &(x, y) in &[(0, 0), (w - 1, 0), (0, h - 1), (w - 1, h - 1)] {
@@ -388,8 +624,8 @@ impl GrainAnalyzer {
         for (k, g) in grains.iter_mut().enumerate() {
             g.area_um2 = g.area_px as f64 * um2_per_px;
             g.g = standards::gost_g_of_grain_area_mm2(g.area_um2 * 1e-6);
-            g.cx = (sx[k] as f64 / g.area_px.max(1) as f64) as f32;
-            g.cy = (sy[k] as f64 / g.area_px.max(1) as f64) as f32;
+            g.cx = (self.sx[k] as f64 / g.area_px.max(1) as f64) as f32;
+            g.cy = (self.sy[k] as f64 / g.area_px.max(1) as f64) as f32;
             jeffries += g.jeffries_weight();
             if !g.edge {
                 whole += 1;
@@ -409,25 +645,22 @@ impl GrainAnalyzer {
         } else {
             len / cross as f64 * params.um_per_px
         };
-        GrainReport {
-            width: w,
-            height: h,
-            um_per_px: params.um_per_px,
-            edge: grains.len() - whole,
-            whole,
-            grains,
-            jeffries_count: jeffries,
-            area_mm2,
-            grains_per_mm2: n_a,
-            mean_area_um2: 1e6 / n_a,
-            gost_g: standards::gost_g_from_grains_per_mm2(n_a),
-            astm_g_planimetric: standards::astm_g_from_grains_per_mm2(n_a),
-            intercept,
-            mean_intercept_um,
-            astm_g_intercept: standards::astm_g_from_mean_intercept_mm(mean_intercept_um * 1e-3),
-            histogram,
-            bridges,
-        }
+        report.width = w;
+        report.height = h;
+        report.um_per_px = params.um_per_px;
+        report.edge = grains.len() - whole;
+        report.whole = whole;
+        report.jeffries_count = jeffries;
+        report.area_mm2 = area_mm2;
+        report.grains_per_mm2 = n_a;
+        report.mean_area_um2 = 1e6 / n_a;
+        report.gost_g = standards::gost_g_from_grains_per_mm2(n_a);
+        report.astm_g_planimetric = standards::astm_g_from_grains_per_mm2(n_a);
+        report.intercept = intercept;
+        report.mean_intercept_um = mean_intercept_um;
+        report.astm_g_intercept = standards::astm_g_from_mean_intercept_mm(mean_intercept_um * 1e-3);
+        report.histogram = histogram;
+        report.bridges = bridges;
     }
 
     /// Boundary crossings along parallel lines at 0°, 45°, 90° and 135°, `spacing` pixels
@@ -510,54 +743,107 @@ impl GrainAnalyzer {
     }
 
     /// Zhang–Suen thinning of the boundary into `skeleton`.
+    ///
+    /// The skeleton is packed [`WORD_PX`] pixels to a word and decided a word at a time
+    /// ([`zhang_suen_word`]). Each sub-iteration decides on every pixel from the skeleton as
+    /// it was when the sub-iteration began, and from the pixel's 8 neighbours alone; so a word
+    /// a sub-iteration looked at cannot lose a pixel in the next sub-iteration of the same kind
+    /// unless a pixel next to it went in between. Every word with set interior pixels is looked
+    /// at in the first iteration, and from then on only the words next to removed pixels,
+    /// which gives exactly the removals of whole-image sweeps.
     fn thin(&mut self) {
         let (w, h) = (self.width, self.height);
-        self.skeleton.clear();
-        self.skeleton.extend_from_slice(&self.boundary);
-        let sk = &mut self.skeleton;
-        let mut remove: Vec<usize> = Vec::new();
+        // each row has a zero word on either side, so every word has neighbours to read
+        let stride = w.div_ceil(WORD_PX) + 2;
+        let words = stride * h;
+        self.packed.clear();
+        self.packed.resize(words, 0);
+        for (row, out) in self.boundary.chunks(w).zip(self.packed.chunks_mut(stride)) {
+            for (px, word) in row.chunks(WORD_PX).zip(&mut out[1..]) {
+                *word = pack(px);
+            }
+        }
+        self.thin_cols.clear();
+        self.thin_cols.resize(stride, 0);
+        for x in 1..w.saturating_sub(1) {
+            self.thin_cols[1 + x / WORD_PX] |= 1 << (x % WORD_PX);
+        }
+        self.thin_waiting.clear();
+        self.thin_waiting.resize(words, 0);
+        for list in &mut self.thin_wait {
+            list.clear();
+            list.reserve(words);
+        }
+        self.thin_remove.clear();
+        self.thin_remove.reserve(words);
+        let interior_rows = 1..h.saturating_sub(1);
+        for y in interior_rows.clone() {
+            for k in 1..stride - 1 {
+                let i = y * stride + k;
+                if self.packed[i] & self.thin_cols[k] != 0 {
+                    self.thin_wait[0].push(i as u32);
+                    self.thin_wait[1].push(i as u32);
+                    self.thin_waiting[i] = ZS_FIRST | ZS_SECOND;
+                }
+            }
+        }
+        let bits = &mut self.packed;
+        let waiting = &mut self.thin_waiting;
+        let remove = &mut self.thin_remove;
+        let cols = &self.thin_cols;
         loop {
             let mut changed = false;
-            for pass in 0..2 {
+            for (pass, mark) in [(0, ZS_FIRST), (1, ZS_SECOND)] {
                 remove.clear();
-                for y in 1..h.saturating_sub(1) {
-                    for x in 1..w - 1 {
-                        let i = y * w + x;
-                        if !sk[i] {
-                            continue;
-                        }
-                        // P2..P9 clockwise from north
-                        let p = [
-                            sk[i - w],
-                            sk[i - w + 1],
-                            sk[i + 1],
-                            sk[i + w + 1],
-                            sk[i + w],
-                            sk[i + w - 1],
-                            sk[i - 1],
-                            sk[i - w - 1],
-                        ];
-                        let b = p.iter().filter(|&&v| v).count();
-                        if !(2..=6).contains(&b) {
-                            continue;
-                        }
-                        let a = (0..8).filter(|&k| !p[k] && p[(k + 1) % 8]).count();
-                        if a != 1 {
-                            continue;
-                        }
-                        let (c1, c2) = if pass == 0 {
-                            (p[0] && p[2] && p[4], p[2] && p[4] && p[6])
-                        } else {
-                            (p[0] && p[2] && p[6], p[0] && p[4] && p[6])
-                        };
-                        if !c1 && !c2 {
-                            remove.push(i);
-                        }
+                for &i in &self.thin_wait[pass] {
+                    let i = i as usize;
+                    waiting[i] &= !mark;
+                    let interior = cols[i % stride];
+                    if bits[i] & interior == 0 {
+                        continue;
+                    }
+                    let (n, s) = (i - stride, i + stride);
+                    let gone = zhang_suen_word(
+                        pass == 0,
+                        [bits[i - 1], bits[i], bits[i + 1]],
+                        [bits[n - 1], bits[n], bits[n + 1]],
+                        [bits[s - 1], bits[s], bits[s + 1]],
+                    ) & interior;
+                    if gone != 0 {
+                        remove.push((i as u32, gone));
                     }
                 }
-                changed |= !remove.is_empty();
-                for &i in &remove {
-                    sk[i] = false;
+                self.thin_wait[pass].clear();
+                if remove.is_empty() {
+                    continue;
+                }
+                changed = true;
+                for &(i, gone) in remove.iter() {
+                    bits[i as usize] &= !gone;
+                }
+                // the words whose pixels have a removed pixel next to them wait for both
+                // kinds of sub-iteration (a pad word never does)
+                for &(i, gone) in remove.iter() {
+                    let (y, k) = (i as usize / stride, i as usize % stride);
+                    let west = k > 1 && gone & 1 != 0;
+                    let east = k + 2 < stride && gone >> (WORD_PX - 1) != 0;
+                    for r in y - 1..=y + 1 {
+                        if !interior_rows.contains(&r) {
+                            continue;
+                        }
+                        let at = r * stride + k;
+                        for j in [Some(at), west.then(|| at - 1), east.then(|| at + 1)]
+                            .into_iter()
+                            .flatten()
+                        {
+                            for (list, m) in [(0, ZS_FIRST), (1, ZS_SECOND)] {
+                                if waiting[j] & m == 0 {
+                                    waiting[j] |= m;
+                                    self.thin_wait[list].push(j as u32);
+                                }
+                            }
+                        }
+                    }
                 }
             }
             if !changed {
@@ -566,12 +852,18 @@ impl GrainAnalyzer {
         }
     }
 
+    /// Whether pixel (`x`, `y`) of the image is on the skeleton (after [`GrainAnalyzer::thin`]).
+    fn on_skeleton(&self, x: usize, y: usize) -> bool {
+        let stride = self.width.div_ceil(WORD_PX) + 2;
+        (self.packed[y * stride + 1 + x / WORD_PX] >> (x % WORD_PX)) & 1 != 0
+    }
+
     fn skeleton_neighbours(&self, x: i64, y: i64, out: &mut [(i64, i64); 8]) -> usize {
         let (w, h) = (self.width as i64, self.height as i64);
         let mut n = 0;
         for (dx, dy) in NEIGH8 {
             let (nx, ny) = (x + dx, y + dy);
-            if nx >= 0 && ny >= 0 && nx < w && ny < h && self.skeleton[(ny * w + nx) as usize] {
+            if nx >= 0 && ny >= 0 && nx < w && ny < h && self.on_skeleton(nx as usize, ny as usize) {
                 out[n] = (nx, ny);
                 n += 1;
             }
@@ -584,11 +876,20 @@ impl GrainAnalyzer {
     fn bridge(&mut self, max_gap: usize) -> usize {
         self.thin();
         let (w, h) = (self.width as i64, self.height as i64);
-        let mut ends: Vec<(i64, i64, f64, f64)> = Vec::new();
+        self.ends.clear();
         let mut nb = [(0i64, 0i64); 8];
-        for y in 0..h {
-            for x in 0..w {
-                if !self.skeleton[(y * w + x) as usize] || self.skeleton_neighbours(x, y, &mut nb) != 1 {
+        let stride = self.width.div_ceil(WORD_PX) + 2;
+        // the skeleton pixels in scan order, a word's set bits at a time (pad words are 0)
+        for word in 0..self.packed.len() {
+            let (y, x0) = (
+                (word / stride) as i64,
+                ((word % stride).max(1) - 1) as i64 * WORD_PX as i64,
+            );
+            let mut set = self.packed[word];
+            while set != 0 {
+                let x = x0 + set.trailing_zeros() as i64;
+                set &= set - 1;
+                if self.skeleton_neighbours(x, y, &mut nb) != 1 {
                     continue;
                 }
                 // walk back along the branch
@@ -627,11 +928,12 @@ impl GrainAnalyzer {
                 if norm == 0.0 {
                     continue;
                 }
-                ends.push((x, y, dx / norm, dy / norm));
+                self.ends.push((x, y, dx / norm, dy / norm));
             }
         }
         let mut bridges = 0;
-        for (x, y, dx, dy) in ends {
+        for e in 0..self.ends.len() {
+            let (x, y, dx, dy) = self.ends[e];
             let at = |t: f64| ((x as f64 + dx * t).round() as i64, (y as f64 + dy * t).round() as i64);
             let inside = |(px, py): (i64, i64)| px >= 0 && py >= 0 && px < w && py < h;
             // leave the branch's own boundary
@@ -688,6 +990,9 @@ impl GrainAnalyzer {
 }
 
 #[cfg(test)]
+mod reference;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -738,5 +1043,294 @@ mod tests {
         let r = a.analyse(&m, w, h, &p).unwrap();
         assert!(r.bridges >= 1);
         assert_eq!(r.grains.len(), 2);
+    }
+
+    /// SplitMix64, for seeded masks.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n.max(1) as u64) as usize
+        }
+        fn chance(&mut self, p: f64) -> bool {
+            ((self.next() >> 11) as f64 / (1u64 << 53) as f64) < p
+        }
+    }
+
+    /// Straight walls of random direction and thickness, some with gaps, between random
+    /// points (ends inside the image, so branches stop short).
+    fn walls(rng: &mut Rng, m: &mut [bool], w: usize, h: usize, n: usize, thick: usize) {
+        for _ in 0..n {
+            let (x0, y0) = (rng.below(w) as f64, rng.below(h) as f64);
+            let (x1, y1) = (rng.below(w) as f64, rng.below(h) as f64);
+            let t = 1 + rng.below(thick);
+            let gap_at = rng.next() % 4;
+            let gap_len = 1 + rng.below(12);
+            let steps = ((x1 - x0).abs().max((y1 - y0).abs()) * 2.0) as usize + 1;
+            for s in 0..=steps {
+                if gap_at == 0 && (s / 2) % 40 < gap_len && s > 4 {
+                    continue;
+                }
+                let f = s as f64 / steps as f64;
+                let (cx, cy) = (x0 + (x1 - x0) * f, y0 + (y1 - y0) * f);
+                for dy in 0..t {
+                    for dx in 0..t {
+                        let (x, y) = (cx as usize + dx, cy as usize + dy);
+                        if x < w && y < h {
+                            m[y * w + x] = true;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// A mask of one of several kinds, `w × h`.
+    fn mask(rng: &mut Rng, kind: usize, w: usize, h: usize) -> Vec<bool> {
+        let mut m = vec![false; w * h];
+        match kind {
+            // thin random walls with gaps
+            0 => {
+                let n = 3 + rng.below(20);
+                walls(rng, &mut m, w, h, n, 1)
+            }
+            // thick walls with gaps
+            1 => {
+                let n = 3 + rng.below(15);
+                walls(rng, &mut m, w, h, n, 6)
+            }
+            // speckle: independent pixels
+            2 => {
+                let p = [0.02, 0.1, 0.3, 0.5, 0.7][rng.below(5)];
+                m.iter_mut().for_each(|v| *v = rng.chance(p));
+            }
+            // walls and speckle
+            3 => {
+                let n = 2 + rng.below(10);
+                walls(rng, &mut m, w, h, n, 4);
+                m.iter_mut().for_each(|v| *v |= rng.chance(0.03));
+            }
+            // walls along the image edges, at 0 to 3 pixels from them
+            5 => {
+                for _ in 0..2 + rng.below(8) {
+                    let (d, t) = (rng.below(4), 1 + rng.below(3));
+                    let side = rng.below(4);
+                    let along = if side < 2 { w } else { h };
+                    let (a, b) = (rng.below(along), rng.below(along));
+                    for s in a.min(b)..a.max(b) {
+                        for k in d..d + t {
+                            let (x, y) = match side {
+                                0 => (s, k),
+                                1 => (s, h.wrapping_sub(1 + k)),
+                                2 => (k, s),
+                                _ => (w.wrapping_sub(1 + k), s),
+                            };
+                            if x < w && y < h {
+                                m[y * w + x] = true;
+                            }
+                        }
+                    }
+                }
+                let n = 1 + rng.below(6);
+                walls(rng, &mut m, w, h, n, 3);
+            }
+            // a grid with gaps, walls on the image edge too
+            _ => {
+                let step = 5 + rng.below(30);
+                let t = 1 + rng.below(4);
+                for y in 0..h {
+                    for x in 0..w {
+                        let on = x % step < t || y % step < t;
+                        m[y * w + x] = on && !rng.chance(0.02) && (x * 7 + y * 3) % 97 > 4;
+                    }
+                }
+            }
+        }
+        m
+    }
+
+    /// Every field of two reports equal, floating-point numbers by their bits.
+    fn assert_same(a: &GrainReport, b: &GrainReport, what: &str) {
+        let bits = |v: f64| v.to_bits();
+        assert_eq!(
+            (a.width, a.height, a.whole, a.edge, a.bridges),
+            (b.width, b.height, b.whole, b.edge, b.bridges),
+            "{what}"
+        );
+        assert_eq!(a.grains.len(), b.grains.len(), "{what}: grains");
+        for (g, r) in a.grains.iter().zip(&b.grains) {
+            assert_eq!(
+                (g.label, g.area_px, g.edge, g.corners),
+                (r.label, r.area_px, r.edge, r.corners),
+                "{what}"
+            );
+            assert_eq!((bits(g.area_um2), bits(g.g)), (bits(r.area_um2), bits(r.g)), "{what}");
+            assert_eq!(
+                (g.cx.to_bits(), g.cy.to_bits()),
+                (r.cx.to_bits(), r.cy.to_bits()),
+                "{what}"
+            );
+        }
+        for (x, y) in [
+            (a.um_per_px, b.um_per_px),
+            (a.jeffries_count, b.jeffries_count),
+            (a.area_mm2, b.area_mm2),
+            (a.grains_per_mm2, b.grains_per_mm2),
+            (a.mean_area_um2, b.mean_area_um2),
+            (a.gost_g, b.gost_g),
+            (a.astm_g_planimetric, b.astm_g_planimetric),
+            (a.mean_intercept_um, b.mean_intercept_um),
+            (a.astm_g_intercept, b.astm_g_intercept),
+        ] {
+            assert_eq!(bits(x), bits(y), "{what}: {x} vs {y}");
+        }
+        for (d, e) in a.intercept.iter().zip(&b.intercept) {
+            assert_eq!(
+                (d.angle_deg, d.lines, d.crossings),
+                (e.angle_deg, e.lines, e.crossings),
+                "{what}"
+            );
+            assert_eq!(bits(d.length_px), bits(e.length_px), "{what}");
+        }
+        assert_eq!(a.histogram, b.histogram, "{what}");
+    }
+
+    /// Analyse with this module's analyser (kept between masks, as on a frame path) and the
+    /// first implementation; both must agree on everything.
+    fn check(
+        an: &mut GrainAnalyzer,
+        m: &[bool],
+        w: usize,
+        h: usize,
+        p: &AnalysisParams,
+        what: &str,
+    ) -> Option<GrainReport> {
+        let mut old = reference::GrainAnalyzer::new();
+        (an.width, an.height) = (w, h);
+        an.boundary.clear();
+        an.boundary.extend_from_slice(m);
+        an.thin();
+        let skeleton: Vec<bool> = (0..w * h).map(|i| an.on_skeleton(i % w, i / w)).collect();
+        assert!(skeleton == old.skeleton_of(m, w, h), "{what}: skeleton");
+        let want = old.analyse(m, w, h, p);
+        let got = an.analyse(m, w, h, p);
+        match (&got, &want) {
+            (Ok(a), Ok(b)) => assert_same(a, b, what),
+            (a, b) => assert_eq!(a.as_ref().err(), b.as_ref().err(), "{what}"),
+        }
+        if want.is_ok() || want == Err(AnalysisError::NoGrains) {
+            assert!(an.boundary() == old.boundary(), "{what}: boundary");
+        }
+        if want.is_ok() {
+            assert!(an.labels() == old.labels(), "{what}: labels");
+        }
+        got.ok()
+    }
+
+    #[test]
+    fn the_analysis_gives_exactly_what_its_first_implementation_gave() {
+        const ROUNDS: usize = 40;
+        let mut rng = Rng(0x5eed_6a41);
+        let mut an = GrainAnalyzer::new();
+        let sizes = [
+            (1, 1),
+            (1, 40),
+            (40, 1),
+            (2, 2),
+            (2, 9),
+            (3, 3),
+            (3, 30),
+            (7, 5),
+            (17, 13),
+            (33, 64),
+            (64, 48),
+            (100, 100),
+            (160, 120),
+            (211, 97),
+        ];
+        let mut cases = 0;
+        let (mut bridged, mut several) = (0, 0);
+        for round in 0..ROUNDS {
+            for &(w, h) in &sizes {
+                let kind = (round + w + h) % 7;
+                let m = mask(&mut rng, kind, w, h);
+                let mut p = AnalysisParams::for_scale([0.3, 0.444444, 1.0, 2.5][rng.below(4)]);
+                p.min_grain_px = [1, 2, 5, 20, 60][rng.below(5)];
+                p.bridge_gap_px = [0, 2, 6, 14, 30][rng.below(5)];
+                p.intercept_spacing_px = 1 + rng.below(14);
+                if let Some(r) = check(
+                    &mut an,
+                    &m,
+                    w,
+                    h,
+                    &p,
+                    &format!("round {round} {w}x{h} kind {kind} {p:?}"),
+                ) {
+                    bridged += (r.bridges > 0) as usize;
+                    several += (r.grains.len() > 3) as usize;
+                }
+                cases += 1;
+            }
+        }
+        assert_eq!(cases, ROUNDS * sizes.len());
+        // the masks exercise bridging and many-grain structures, not only trivial cases
+        assert!(
+            bridged >= 20 && several >= 100,
+            "{bridged} bridged, {several} with several grains"
+        );
+    }
+
+    #[test]
+    fn the_analysis_of_model_maps_and_drawn_masks_is_that_of_its_first_implementation() {
+        use crate::core::frame::GrayFrame;
+        use crate::grains::model::GrainModel;
+        use crate::model::manifest::Precision;
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let dir = root.join("tests/data/grains_samples");
+        let mut gm = GrainModel::load(&root.join("models/grains_316l.toml"), Precision::Int8).unwrap();
+        let mut an = GrainAnalyzer::new();
+        let mut stems: Vec<_> = std::fs::read_dir(dir.join("images"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        stems.sort();
+        for img in stems {
+            let stem = img.file_stem().unwrap().to_str().unwrap().to_string();
+            let (w, h, px) = crate::sim::replay::decode_gray(&std::fs::read(&img).unwrap()).unwrap();
+            gm.boundary_map(&GrayFrame::new(&px, w, h, w).unwrap()).unwrap();
+            let (_, _, mpx) =
+                crate::sim::replay::decode_gray(&std::fs::read(dir.join(format!("masks/{stem}.png"))).unwrap())
+                    .unwrap();
+            let drawn: Vec<bool> = mpx.iter().map(|&v| v < 128).collect();
+            for um in [0.444444, 1.0] {
+                let p = AnalysisParams::for_scale(um);
+                check(&mut an, &drawn, w, h, &p, &format!("{stem} mask at {um}"));
+            }
+            for level in [0.2, 0.25, 0.5, 0.7] {
+                for gap_um in [0.0, 6.0, 10.0] {
+                    let p = gm.section().params(0.444444);
+                    let p = AnalysisParams {
+                        bridge_gap_px: (gap_um / 0.444444f64).round() as usize,
+                        ..p
+                    };
+                    let m: Vec<bool> = gm.prob().iter().map(|&v| v >= level).collect();
+                    check(
+                        &mut an,
+                        &m,
+                        w,
+                        h,
+                        &p,
+                        &format!("{stem} map at {level}, gap {gap_um} µm"),
+                    );
+                }
+            }
+        }
     }
 }

@@ -148,12 +148,15 @@ pub fn load_manifest(path: &Path) -> Result<(Manifest, GrainsSection)> {
     Ok((m, s))
 }
 
-/// A loaded boundary model with the analysis.
+/// A loaded boundary model with the analysis. The thresholded map, the analysis' buffers and
+/// the last report are kept, so after the first micrograph of a size a run asks the allocator
+/// for nothing in the threshold and the analysis.
 pub struct GrainModel {
     map: TiledMap,
     section: GrainsSection,
     analyzer: GrainAnalyzer,
     boundary: Vec<bool>,
+    report: GrainReport,
 }
 
 impl GrainModel {
@@ -165,6 +168,7 @@ impl GrainModel {
             section,
             analyzer: GrainAnalyzer::new(),
             boundary: Vec::new(),
+            report: GrainReport::default(),
         })
     }
 
@@ -188,22 +192,29 @@ impl GrainModel {
         self.map.prob()
     }
 
-    /// Threshold the last map at `level` and analyse it.
-    pub fn analyse_map(&mut self, level: f32, params: &AnalysisParams) -> Result<GrainReport> {
+    /// Threshold the last map at `level` and analyse it; the report is kept
+    /// ([`GrainModel::report`]) and its grain list reused by the next analysis.
+    pub fn analyse_map(&mut self, level: f32, params: &AnalysisParams) -> Result<&GrainReport> {
         let (w, h) = self.map.size();
         self.boundary.clear();
         self.boundary.extend(self.map.prob().iter().map(|&v| v >= level));
         self.analyzer
-            .analyse(&self.boundary, w, h, params)
-            .map_err(|e| anyhow::anyhow!("{e}"))
+            .analyse_into(&self.boundary, w, h, params, &mut self.report)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(&self.report)
     }
 
     /// Model, threshold and analysis in one: grain sizes of `frame` at `um_per_px`.
-    pub fn grains(&mut self, frame: &GrayFrame<'_>, um_per_px: f64) -> Result<(GrainReport, MapOutput)> {
+    pub fn grains(&mut self, frame: &GrayFrame<'_>, um_per_px: f64) -> Result<(&GrainReport, MapOutput)> {
         let out = self.boundary_map(frame)?;
         let params = self.section.params(um_per_px);
-        let r = self.analyse_map(self.section.pixel_threshold, &params)?;
-        Ok((r, out))
+        self.analyse_map(self.section.pixel_threshold, &params)?;
+        Ok((&self.report, out))
+    }
+
+    /// The report of the last successful analysis (empty before the first).
+    pub fn report(&self) -> &GrainReport {
+        &self.report
     }
 
     /// The analyser (its label map is the last image's grains).
