@@ -30,6 +30,12 @@ fn a_quadrature_encoder_running_forward_places_every_reject_without_a_fault() {
     assert!(s.counters.inspected >= 30, "{j}");
     assert_eq!(s.faults.encoder_lost_events, 0, "{j}");
     assert_eq!(s.faults.encoder_standstill, 0, "{j}");
+    // Every edge counted forward, none missing from the sequence.
+    let e = s.encoder.expect("encoder mode reports its encoder");
+    assert!(e.events > 1000, "{j}");
+    assert_eq!((e.count, e.missing_events), (e.events as i64, 0), "{j}");
+    assert_eq!(j["encoder"]["events"], e.events, "{j}");
+    assert_eq!(j["encoder"]["count"], e.count, "{j}");
     // The only fail-safe: a part-present edge after the last frame may find no frame left.
     assert!(s.tracker.overdue <= 1, "{j}");
     assert_eq!(s.tracker.failsafe_rejects, s.tracker.overdue, "{j}");
@@ -54,6 +60,7 @@ fn part_present_edges_that_find_the_encoder_standing_still_are_faults_with_the_f
         "{j}"
     );
     assert!(s.counters.faults >= s.faults.encoder_standstill, "{j}");
+    assert_eq!(j["encoder"]["events"], 0, "{j}");
     // Not checked without `standstill_ms`.
     let s = station::run(&profile(60_000.0, ""), |_| {}).unwrap();
     assert_eq!(s.faults.encoder_standstill, 0);

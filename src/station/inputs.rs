@@ -16,6 +16,8 @@
 //! - the encoder's lines are requested together, so the kernel numbers their events in one
 //!   sequence: a gap (events lost) or a quadrature edge that changes nothing goes to the
 //!   actuator as an encoder fault, and the lines are read again before decoding on;
+//! - every event read, the latest count and the events missing from the sequence numbers
+//!   are counted for the summary (`encoder`);
 //! - a read error is counted as an input error and held as a fault for the heartbeat; the
 //!   thread waits 100 ms and reads on — an input never stops the station;
 //! - trigger items get ids from `0x8000_0001` up, apart from the free-run ids;
@@ -34,7 +36,7 @@ use anyhow::{anyhow, Context, Result};
 use super::config::{InputLineSection, StationConfig};
 use super::realtime::{setup_thread, RealtimeReport};
 use super::tracking::{InputEvent, Signals, EDGE_QUEUE, MAX_PENDING_TRIGGERS};
-use crate::core::encoder::{Channel, Decoder, LineEvent};
+use crate::core::encoder::{Channel, Decoder, EncoderFault, LineEvent};
 use crate::core::time::Instant;
 use crate::drivers::gpio::{EdgeInput, EncoderInput};
 use crate::hal::Clock;
@@ -154,9 +156,16 @@ fn encoder_thread(
             }
             Ok(Some(ev)) => ev,
         };
+        signals.encoder_events.fetch_add(1, Ordering::Relaxed);
         let msg = match decoder.on_event(&ev) {
-            Ok(count) => InputEvent::Encoder { count, at: ev.at },
+            Ok(count) => {
+                signals.encoder_count.store(count, Ordering::Relaxed);
+                InputEvent::Encoder { count, at: ev.at }
+            }
             Err(fault) => {
+                if let EncoderFault::LostEvents { missing } = fault {
+                    signals.encoder_missing.fetch_add(missing as u64, Ordering::Relaxed);
+                }
                 if decoder.is_quadrature() {
                     match input.levels() {
                         Ok((a, b)) => decoder.resync(a, b),

@@ -63,7 +63,7 @@ use tracking::{Queues, Signals, Tracking};
 pub use actuate::output_lines;
 pub use capture::MAX_BLIND_ITEMS_PER_CAPTURE;
 pub use lifecycle::{Control, NotifyTarget, StopReport};
-pub use summary::{FaultCounts, ItemReport, Summary};
+pub use summary::{EncoderStats, FaultCounts, ItemReport, Summary};
 pub use timing::{timing_bench, TimingReport};
 pub use tracking::{RejectAudit, LATE_PULSE_US, MAX_AUDIT_ITEMS, MAX_PENDING_TRIGGERS};
 
@@ -217,6 +217,14 @@ pub fn run_until(cfg: &StationConfig, control: &Control, mut on_item: impl FnMut
         drain_timed_out,
     };
     (summary.reloads, summary.reloads_refused) = control.reload_counts();
+    if cfg.inputs.encoder.is_some() {
+        use std::sync::atomic::Ordering::Relaxed;
+        summary.encoder = Some(EncoderStats {
+            events: signals.encoder_events.load(Relaxed),
+            count: signals.encoder_count.load(Relaxed),
+            missing_events: signals.encoder_missing.load(Relaxed),
+        });
+    }
     summary.realtime = rt_report.lines();
     Ok(summary)
 }

@@ -532,6 +532,7 @@ impl<'c> Report<'c> {
             blind_items: self.blind_items,
             injected: camera.injected(),
             display,
+            encoder: None,
             records,
             duration_s: self.started.elapsed().as_secs_f64(),
             stop: Default::default(),

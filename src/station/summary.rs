@@ -54,6 +54,18 @@ pub struct FaultCounts {
     pub encoder_standstill: u64,
 }
 
+/// What the encoder input read (encoder mode).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EncoderStats {
+    /// Line events read from the kernel (or the simulated encoder), every channel.
+    pub events: u64,
+    /// The count at the end of the run: counts forward minus counts back.
+    pub count: i64,
+    /// Events missing from the kernel's sequence numbers, all gaps together (each gap is
+    /// also one `encoder_lost_events` fault).
+    pub missing_events: u64,
+}
+
 /// One decided item, for the log.
 #[derive(Clone, Copy, Debug)]
 pub struct ItemReport<'a> {
@@ -117,6 +129,8 @@ pub struct Summary {
     pub injected: Option<InjectedFaults>,
     /// What the display thread did (none: headless).
     pub display: Option<DisplayStats>,
+    /// What the encoder input read (none: speed mode).
+    pub encoder: Option<EncoderStats>,
     /// Records, archive and MQTT counters (`health` message fields), when configured.
     pub records: Option<serde_json::Value>,
     /// Wall time of the run.
@@ -177,6 +191,9 @@ impl Summary {
                 "full_draw_ms_p50": d.full_draw_ms_p50,
             })
         });
+        let encoder = self
+            .encoder
+            .map(|e| json!({ "events": e.events, "count": e.count, "missing_events": e.missing_events }));
         let injected = self.injected.map(|i| {
             json!({
                 "dropped": i.dropped, "corrupted": i.corrupted, "disconnects": i.disconnects,
@@ -238,6 +255,7 @@ impl Summary {
             "end_after_last_pulse_ms": self.stop.end_after_last_pulse_ms,
             "drain_timed_out": self.stop.drain_timed_out,
         });
+        j["encoder"] = json!(encoder);
         j["reloads"] = json!(self.reloads);
         j["reloads_refused"] = json!(self.reloads_refused);
         j["realtime"] = json!(self.realtime);

@@ -31,7 +31,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::thread::Thread;
 
 use anyhow::{anyhow, Result};
@@ -173,6 +173,12 @@ pub(super) struct Signals {
     pub(super) encoder_lost: AtomicU64,
     /// Part-present edges that found the encoder standing still.
     pub(super) encoder_standstill: AtomicU64,
+    /// Encoder line events read, every channel.
+    pub(super) encoder_events: AtomicU64,
+    /// The encoder's latest count.
+    pub(super) encoder_count: AtomicI64,
+    /// Encoder events missing from the kernel's sequence numbers, all gaps together.
+    pub(super) encoder_missing: AtomicU64,
     /// The line-stop output was asserted.
     pub(super) line_stopped: AtomicBool,
     /// The actuator's drain time ran out with items still on the belt.
