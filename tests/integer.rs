@@ -84,9 +84,8 @@ fn near(plan: &[PlanNode], i: usize, hops: usize, upstream: bool, f: &dyn Fn(&st
     false
 }
 
-/// Check `stem`'s plan; `f32_deconvolutions` is how many transposed convolutions the file
-/// keeps with f32 weights (its exporter quantised only their inputs), which stay f32.
-fn check(stem: &str, f32_deconvolutions: usize) {
+/// Check `stem`'s plan; returns it.
+fn check(stem: &str) -> Vec<PlanNode> {
     if !ferroscope::model::qconv::fused_on_this_cpu() {
         // No dot-product kernel here: the portable one runs when asked for.
         std::env::set_var("FERROSCOPE_PORTABLE_KERNEL", "1");
@@ -119,7 +118,7 @@ fn check(stem: &str, f32_deconvolutions: usize) {
         })
         .collect();
     assert!(
-        between.len() <= f32_deconvolutions,
+        between.is_empty(),
         "{stem}: nodes {between:?} run in f32 between a dequantise and a quantise:\n{}",
         dump()
     );
@@ -127,28 +126,50 @@ fn check(stem: &str, f32_deconvolutions: usize) {
     for n in plan.iter().filter(|n| n.op == "QConvInt8") {
         assert!(n.info.iter().any(|s| s.contains("kernel")), "{stem}: {:?}", n.info);
     }
+    plan
 }
 
 #[test]
 fn classify_convolutions_are_integer() {
-    check("neu_classify", 0);
+    check("neu_classify");
 }
 
 #[test]
 fn segment_convolutions_are_integer() {
-    check("kolektor_segment", 0);
+    check("kolektor_segment");
 }
 
 #[test]
 fn anomaly_convolutions_are_integer() {
-    check("kolektor_anomaly", 0);
+    check("kolektor_anomaly");
 }
 
-/// The grains model's three transposed convolutions carry f32 weights in the file; its twelve
-/// convolutions are integer.
+/// The grains model's twelve convolutions are integer; its three transposed convolutions carry
+/// f32 weights in the file and run from the dequantised bytes straight into the quantised
+/// concatenation that follows each (no f32 map between them).
 #[test]
 fn grains_convolutions_are_integer() {
-    check("grains_316l", 3);
+    let plan = check("grains_316l");
+    let (path, _) = int8_model("grains_316l");
+    let proto = tract_onnx::onnx().proto_model_for_path(&path).unwrap();
+    let in_file = proto
+        .graph
+        .unwrap()
+        .node
+        .iter()
+        .filter(|n| n.op_type == "ConvTranspose")
+        .count();
+    let upsampled: usize = plan
+        .iter()
+        .filter(|n| n.op == "QuantiseConcat")
+        .map(|n| n.info.iter().map(|s| s.matches("upsampled").count()).sum::<usize>())
+        .sum();
+    assert_eq!(in_file, 3, "the grains file's transposed convolutions");
+    assert_eq!(upsampled, in_file, "transposed convolutions run on bytes");
+    assert!(
+        !plan.iter().any(|n| n.op.contains("Deconv") || n.op.contains("MatMul")),
+        "an f32 transposed convolution is left in the plan"
+    );
 }
 
 /// The checker itself: tract's own plan of the same file (no fusion) has f32 convolutions

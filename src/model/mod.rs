@@ -1,6 +1,7 @@
 //! Models: the manifest that travels with every `.onnx` file, the preprocessing it
 //! describes, and tract inference.
 
+pub mod deconv;
 pub mod engine;
 pub mod manifest;
 pub mod pad;

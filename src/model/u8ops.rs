@@ -23,6 +23,7 @@
 //!   scale and a quantise to u8; concatenations whose only consumer quantises to u8, of inputs
 //!   of fixed shape.
 
+use super::deconv::DeconvU8;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::ops::array::TypedConcat;
 use tract_onnx::tract_core::ops::cnn::{MaxPool, PaddingSpec};
@@ -172,10 +173,13 @@ impl TypedOp for MaxPoolU8 {
 }
 
 /// How one input of a [`QuantiseConcat`] becomes bytes.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum ConcatPart {
     /// An f32 input, quantised with the output's scale and zero point.
     F32,
+    /// A u8 input that the file dequantised and upsampled by a 2×2, stride-2 transposed
+    /// convolution: computed from the bytes and quantised in place ([`DeconvU8`]).
+    Deconv(Box<DeconvU8>),
     /// A u8 input that the file dequantised: each byte through `Q(DQ(b))`; `None` when that is
     /// the identity (same scale and zero point on both sides).
     U8(Option<Box<[u8; 256]>>),
@@ -198,7 +202,21 @@ pub struct QuantiseConcat {
 impl Eq for QuantiseConcat {}
 
 impl QuantiseConcat {
+    /// The shape each input takes in the concatenation.
+    fn part_shapes(&self, shapes: &[&[usize]]) -> TractResult<TVec<TVec<usize>>> {
+        shapes
+            .iter()
+            .zip(&self.parts)
+            .map(|(s, part)| match part {
+                ConcatPart::Deconv(d) => d.output_shape(s),
+                _ => Ok(s.iter().copied().collect()),
+            })
+            .collect()
+    }
+
     fn output_shape(&self, shapes: &[&[usize]]) -> TractResult<TVec<usize>> {
+        let shapes = self.part_shapes(shapes)?;
+        let shapes: TVec<&[usize]> = shapes.iter().map(|s| s.as_slice()).collect();
         let Some(first) = shapes.first() else {
             bail!("QuantiseConcat: no input");
         };
@@ -207,7 +225,7 @@ impl QuantiseConcat {
         }
         let mut out: TVec<usize> = first.iter().copied().collect();
         out[self.axis] = 0;
-        for s in shapes {
+        for s in &shapes {
             let same = s.len() == first.len()
                 && s.iter()
                     .zip(first.iter())
@@ -236,6 +254,7 @@ impl Op for QuantiseConcat {
             .iter()
             .map(|p| match p {
                 ConcatPart::F32 => "f32",
+                ConcatPart::Deconv(_) => "u8 upsampled (2×2 transposed convolution)",
                 ConcatPart::U8(None) => "u8",
                 ConcatPart::U8(Some(_)) => "u8 requantised",
             })
@@ -258,6 +277,7 @@ impl EvalOp for QuantiseConcat {
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let shapes: TVec<&[usize]> = inputs.iter().map(|t| t.shape()).collect();
         let out_shape = self.output_shape(&shapes)?;
+        let part_shapes = self.part_shapes(&shapes)?;
         let outer: usize = out_shape[..self.axis].iter().product();
         let mut y = Tensor::zero::<u8>(&out_shape)?;
         {
@@ -265,12 +285,25 @@ impl EvalOp for QuantiseConcat {
             let ys = ys.as_slice_mut::<u8>()?;
             let mut row_start = 0;
             let out_row: usize = out_shape[self.axis..].iter().product();
-            for (input, part) in inputs.iter().zip(&self.parts) {
-                let len: usize = input.shape()[self.axis..].iter().product();
+            for ((input, part), shape) in inputs.iter().zip(&self.parts).zip(&part_shapes) {
+                let len: usize = shape[self.axis..].iter().product();
                 let xs = input.try_as_plain_ram()?;
                 for o in 0..outer {
                     let dst = &mut ys[o * out_row + row_start..][..len];
                     match part {
+                        ConcatPart::Deconv(d) => {
+                            let [_, c, h, w] = *input.shape() else {
+                                bail!("QuantiseConcat: upsampled input of shape {:?}", input.shape());
+                            };
+                            d.run(
+                                &xs.as_slice::<u8>()?[o * c * h * w..][..c * h * w],
+                                h,
+                                w,
+                                dst,
+                                self.scale,
+                                self.zero_point,
+                            );
+                        }
                         ConcatPart::F32 => super::quant::quantise(
                             &xs.as_slice::<f32>()?[o * len..][..len],
                             dst,
@@ -303,7 +336,7 @@ impl TypedOp for QuantiseConcat {
         for (fact, part) in inputs.iter().zip(&self.parts) {
             let want = match part {
                 ConcatPart::F32 => f32::datum_type(),
-                ConcatPart::U8(_) => u8::datum_type(),
+                ConcatPart::U8(_) | ConcatPart::Deconv(_) => u8::datum_type(),
             };
             if fact.datum_type != want {
                 bail!("QuantiseConcat: input of type {:?}, expected {want:?}", fact.datum_type);
@@ -346,6 +379,19 @@ fn sole_quantise(model: &TypedModel, outlet: OutletId) -> Option<(usize, Quantiz
     let [only] = succs.as_slice() else { return None };
     let q = quantise_of(model.node(only.node))?;
     Some((only.node, q.clone()))
+}
+
+/// Whether node `consumer` is the only reader of `outlet`, which is not a model output.
+fn sole_consumer(model: &TypedModel, outlet: OutletId, consumer: usize) -> bool {
+    let Ok(outputs) = model.output_outlets() else {
+        return false;
+    };
+    let succs = model
+        .node(outlet.node)
+        .outputs
+        .get(outlet.slot)
+        .map(|o| o.successors.as_slice());
+    !outputs.contains(&outlet) && matches!(succs, Some([only]) if only.node == consumer)
 }
 
 /// Replace, on a decluttered model, each max-pool and concatenation that the module doc lists.
@@ -403,7 +449,17 @@ pub fn replace_u8_pools_and_concats(model: &mut TypedModel) -> TractResult<usize
             for &input in &node.inputs {
                 let fact = model.outlet_fact(input)?;
                 fixed &= fact.shape.as_concrete().is_some();
-                if let Some((dq, x)) = u8_dequantise(model, input) {
+                let upsampled = (concat.axis == 1 && sole_consumer(model, input, id))
+                    .then(|| {
+                        let up = model.node(input.node);
+                        let (dq, x) = u8_dequantise(model, *up.inputs.first()?)?;
+                        Some((DeconvU8::from_node(model, up, dq)?, x))
+                    })
+                    .flatten();
+                if let Some((deconv, x)) = upsampled {
+                    parts.push(ConcatPart::Deconv(Box::new(deconv)));
+                    taps.push(patch.tap_model(model, x)?);
+                } else if let Some((dq, x)) = u8_dequantise(model, input) {
                     let lut = byte_map(dq, &q)?;
                     parts.push(ConcatPart::U8((!is_identity(&lut)).then(|| Box::new(lut))));
                     taps.push(patch.tap_model(model, x)?);
