@@ -205,6 +205,54 @@ pub(super) mod x86 {
         }
     }
 
+    /// One tile of the plane kernel (one input channel per group, stride 1): `MV` output
+    /// channels × `P` registers of 16 consecutive output pixels of one row, the pixels in the
+    /// lanes. `quads` is the padded input plane as 4-byte windows (`quads[r·row + x]` = the
+    /// bytes at `x..x + 4` of padded row `r`), so a register of 16 pixels' next 4 taps is one
+    /// load; `w` holds, per kernel row and per 4 taps of it, `MV` i32 words of 4 weights.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F and VNNI; `quads` holds rows `r0..r0 + kh` of `row` words and every
+    /// load of 16 words from `x0 + 16·p + 4·kq` stays inside them; `w` holds `kh · kq4 · MV`
+    /// words.
+    #[inline(always)]
+    #[allow(clippy::needless_range_loop, clippy::too_many_arguments)] // registers indexed by constants
+    pub unsafe fn plane_tile<const MV: usize, const P: usize>(
+        quads: *const u32,
+        row: usize,
+        x0: usize,
+        kh: usize,
+        kq4: usize,
+        w: *const i32,
+        acc: &mut [[[i32; ZMM_CH]; P]; MV],
+    ) {
+        unsafe {
+            let mut s = [[_mm512_setzero_si512(); P]; MV];
+            let mut wk = w;
+            for ky in 0..kh {
+                let r = quads.add(ky * row + x0);
+                for kq in 0..kq4 {
+                    let mut v = [_mm512_setzero_si512(); P];
+                    for (p, vp) in v.iter_mut().enumerate() {
+                        *vp = _mm512_loadu_si512(r.add(16 * p + 4 * kq) as *const _);
+                    }
+                    for j in 0..MV {
+                        let wb = _mm512_set1_epi32(*wk.add(j));
+                        for p in 0..P {
+                            s[j][p] = _mm512_dpbusd_epi32(s[j][p], v[p], wb);
+                        }
+                    }
+                    wk = wk.add(MV);
+                }
+            }
+            for (a, sj) in acc.iter_mut().zip(&s) {
+                for (ap, &sp) in a.iter_mut().zip(sj) {
+                    _mm512_storeu_si512(ap.as_mut_ptr() as *mut _, sp);
+                }
+            }
+        }
+    }
+
     /// [`ZMM_CH`] channels of one pixel requantised at once, as [`super::super::requantise`]
     /// does eight: `(acc + bias) · mult` in f32, clamped to ±10⁶, rounded half to even
     /// (`vcvtps2dq` under the default rounding mode), `+ zy`, saturated to 0..=255, sign bit

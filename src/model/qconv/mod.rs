@@ -64,6 +64,9 @@ const ZMM_CH: usize = 16;
 /// [`M_TILE`] or [`ZMM_CH`] channels from its first one, at most `ZMM_CH - 4` past the end of
 /// `mgp` (a multiple of 4).
 const CH_SLACK: usize = ZMM_CH;
+/// Output channels per group at most for the plane kernel ([`QConv::plane_weights`]): 8
+/// channels × 3 registers of 16 pixels fill 24 of the 32 registers with sums.
+const PLANE_MAX_CH: usize = 8;
 /// Output pixels per im2col block: 64 rows of at most a few KiB stay in L1/L2 while the tile
 /// loops reuse them for every output channel.
 const P_BLOCK: usize = 64;
@@ -364,6 +367,12 @@ pub struct QConv {
     /// Write the output channels-last in the consumers' kernel domain: set only when every
     /// consumer is a [`QConv`] reading it so ([`chain_channels_last`]).
     output_hwc: bool,
+    /// Output channels per tile of the plane kernel (1, 2, 4 or 8; 0: not used), see
+    /// [`QConv::plane_weights`].
+    plane_mv: usize,
+    /// The plane kernel's weights: per group, kernel row and 4 taps of it, `plane_mv` words of
+    /// 4 weights (taps past the row and channels past the group's zero).
+    w_plane: Vec<i32>,
 }
 
 impl Eq for QConv {}
@@ -464,6 +473,7 @@ impl QConv {
             }
             _ => Vec::new(),
         };
+        let (plane_mv, w_plane) = QConv::plane_weights(kernel, &geometry, cg, mg, w);
         Ok(QConv {
             geometry,
             c_in,
@@ -479,7 +489,49 @@ impl QConv {
             pad_byte: if signed { zx ^ 0x80 } else { zx },
             input_hwc: false,
             output_hwc: false,
+            plane_mv,
+            w_plane,
         })
+    }
+
+    /// The plane kernel's tile width and weights for a convolution of one input channel per
+    /// group at stride 1 without dilation and at most [`PLANE_MAX_CH`] output channels per group
+    /// (the anomaly model's filter banks: 17×17 taps 1 → 7, 21×21 taps depthwise over 7), on
+    /// the x86 broadcast kernel; `(0, [])` for any other. There the channels are too few to
+    /// fill a register and the taps too many for im2col: the plane kernel puts 16 output
+    /// pixels in a register instead (see [`QConv::run_plane`]).
+    fn plane_weights(kernel: Kernel, geometry: &Geometry, cg: usize, mg: usize, w: &[i8]) -> (usize, Vec<i32>) {
+        let plain = geometry.strides == [1, 1] && geometry.dilations == [1, 1];
+        if kernel != Kernel::X86Vnni || cg != 1 || mg > PLANE_MAX_CH || !plain {
+            return (0, Vec::new());
+        }
+        let mv = match mg {
+            1 => 1,
+            2 => 2,
+            3 | 4 => 4,
+            _ => 8,
+        };
+        let [kh, kw] = geometry.kernel;
+        let kq4 = kw.div_ceil(4);
+        let mut words = vec![0i32; geometry.group * kh * kq4 * mv];
+        for g in 0..geometry.group {
+            for ky in 0..kh {
+                for kq in 0..kq4 {
+                    for j in 0..mg {
+                        let m = g * mg + j;
+                        let mut b = [0u8; 4];
+                        for (i, v) in b.iter_mut().enumerate() {
+                            let kx = 4 * kq + i;
+                            if kx < kw {
+                                *v = w[(m * kh + ky) * kw + kx] as u8;
+                            }
+                        }
+                        words[((g * kh + ky) * kq4 + kq) * mv + j] = i32::from_le_bytes(b);
+                    }
+                }
+            }
+        }
+        (mv, words)
     }
 
     /// The kernel this CPU runs.
@@ -505,6 +557,22 @@ impl QConv {
         scratch.cols.resize(P_BLOCK * self.kp + RUN_SLACK, 0);
         for b in 0..n {
             for gi in 0..group {
+                #[cfg(target_arch = "x86_64")]
+                if self.plane_mv > 0 && !self.input_hwc && !self.output_hwc {
+                    let xg = &x[(b * self.c_in + gi) * h * w..][..h * w];
+                    let yb = &mut y[b * self.m_out * pixels..][..self.m_out * pixels];
+                    // SAFETY: the plane kernel is set up only for X86Vnni, chosen (or tested)
+                    // only where the CPU has AVX-512 VNNI.
+                    unsafe {
+                        match self.plane_mv {
+                            1 => self.run_plane::<1, 8>(scratch, xg, h, w, gi, mg, yb),
+                            2 => self.run_plane::<2, 8>(scratch, xg, h, w, gi, mg, yb),
+                            4 => self.run_plane::<4, 6>(scratch, xg, h, w, gi, mg, yb),
+                            _ => self.run_plane::<8, 3>(scratch, xg, h, w, gi, mg, yb),
+                        }
+                    }
+                    continue;
+                }
                 // The group's input, channels last, in the kernel's domain: as it arrives from a
                 // chained convolution (one group), or transposed here.
                 let hwc: &[u8] = if self.input_hwc {
@@ -753,6 +821,79 @@ impl QConv {
         }
     }
 
+    /// One group of a convolution the plane kernel runs ([`QConv::plane_weights`]): its input
+    /// plane `xg` (`h`×`w` bytes) is padded once into 4-byte windows, then every output row
+    /// is computed `MV` channels × `P` registers of 16 pixels at a time and requantised 16
+    /// pixels at a time into the channel planes of `yb` (one image's output). Lanes past the
+    /// row's end read the padding and are discarded.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F and VNNI; `MV` is [`QConv::plane_mv`].
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512vnni")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn run_plane<const MV: usize, const P: usize>(
+        &self,
+        scratch: &mut Scratch,
+        xg: &[u8],
+        h: usize,
+        w: usize,
+        gi: usize,
+        mg: usize,
+        yb: &mut [u8],
+    ) {
+        use kernels::x86::{plane_tile, requantise16};
+        let g = &self.geometry;
+        let [kh, kw] = g.kernel;
+        let [pt, pl, _, _] = g.pads;
+        let Ok([oh, ow]) = g.output_hw(h, w) else { return };
+        let kq4 = kw.div_ceil(4);
+        let chunk = P * ZMM_CH;
+        let owp = ow.div_ceil(chunk) * chunk;
+        // words per window row: every load of 16 from x0 + 16·p + 4·kq stays inside
+        let row = owp + 4 * kq4;
+        let rows = oh + kh - 1;
+        scratch.quads.resize(rows * row, 0);
+        scratch.prow.resize(row + 3, 0);
+        for r in 0..rows {
+            let prow = &mut scratch.prow;
+            prow.fill(self.pad_byte);
+            let iy = r as isize - pt as isize;
+            if iy >= 0 && (iy as usize) < h {
+                prow[pl..pl + w].copy_from_slice(&xg[iy as usize * w..][..w]);
+            }
+            for (q, win) in scratch.quads[r * row..][..row].iter_mut().zip(prow.windows(4)) {
+                *q = u32::from_le_bytes([win[0], win[1], win[2], win[3]]);
+            }
+        }
+        let pixels = oh * ow;
+        let wg = self.w_plane[gi * kh * kq4 * MV..][..kh * kq4 * MV].as_ptr();
+        let mut acc = [[[0i32; ZMM_CH]; P]; MV];
+        for oy in 0..oh {
+            let mut x0 = 0;
+            while x0 < ow {
+                // SAFETY: rows oy..oy + kh of `row` words; the loads stay inside (above).
+                unsafe { plane_tile::<MV, P>(scratch.quads[oy * row..].as_ptr(), row, x0, kh, kq4, wg, &mut acc) };
+                for (j, a) in acc.iter().enumerate().take(mg) {
+                    let ch = gi * self.mgp + j;
+                    let bias = [self.bias[ch]; ZMM_CH];
+                    let mult = [self.mult[ch]; ZMM_CH];
+                    for (p, ap) in a.iter().enumerate() {
+                        let ox = x0 + p * ZMM_CH;
+                        if ox >= ow {
+                            break;
+                        }
+                        // SAFETY: AVX-512 F (the caller's contract).
+                        let q = unsafe { requantise16(ap, &bias, &mult, self.zy, 0) };
+                        let n = ZMM_CH.min(ow - ox);
+                        yb[(gi * mg + j) * pixels + oy * ow + ox..][..n].copy_from_slice(&q[..n]);
+                    }
+                }
+                x0 += chunk;
+            }
+        }
+    }
+
     /// [`QConv::block`] for the x86 broadcast kernel: output channels `v0 · 16` to
     /// `(v0 + MV) · 16` of group `gi`, `P` pixels a tile. Pixels past the block's end read its
     /// last one and are discarded.
@@ -985,6 +1126,9 @@ struct Scratch {
     padded: Vec<u8>,
     /// Offset of each kernel tap in `padded`, from a pixel's first tap.
     taps: Vec<usize>,
+    /// The plane kernel's padded input plane as 4-byte windows, and one padded row of bytes.
+    quads: Vec<u32>,
+    prow: Vec<u8>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -1236,6 +1380,12 @@ mod tests {
             case(&mut rng, 32, 80, 3, 1, 1, 1, [9, 11]),
             case(&mut rng, 16, 48, 3, 2, 2, 1, [15, 13]),
             case(&mut rng, 12, 24, 3, 1, 1, 1, [10, 9]),
+            // the plane kernel's: one input channel per group, few output channels, wide
+            // kernels (the anomaly model's 17×17 1 → 7 and 21×21 depthwise), ragged rows
+            case(&mut rng, 1, 7, 17, 1, 1, 1, [23, 41]),
+            case(&mut rng, 7, 7, 21, 1, 1, 7, [26, 53]),
+            case(&mut rng, 1, 2, 5, 1, 1, 1, [6, 150]),
+            case(&mut rng, 3, 9, 7, 1, 1, 3, [13, 17]),
         ]
     }
 
@@ -1247,6 +1397,15 @@ mod tests {
                 assert_eq!(run(&op(c, kernel), c, &c.x), want, "case {i}, kernel {kernel:?}");
             }
         }
+    }
+
+    /// The plane kernel takes exactly the thin, wide convolutions (the last four cases), with
+    /// the tile width their channels need; the definition test above checks its bytes.
+    #[test]
+    fn the_plane_kernel_takes_one_input_channel_per_group_and_few_outputs() {
+        let mv: Vec<usize> = cases().iter().map(|c| op(c, Kernel::X86Vnni).plane_mv).collect();
+        assert_eq!(mv, [0, 0, 0, 0, 0, 1, 0, 0, 0, 8, 1, 2, 4]);
+        assert!(cases().iter().all(|c| op(c, Kernel::Portable).plane_mv == 0));
     }
 
     #[test]
