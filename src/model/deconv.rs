@@ -22,7 +22,8 @@
 //!   ([`MAX_INPUT_CHANNELS`] × [`LANES`]).
 //! - Only what it runs as described is rewritten ([`DeconvU8::from_node`]): 2-D NCHW, group 1,
 //!   kernel 2×2 at stride 2 with no padding, dilation or output adjustment, constant f32
-//!   weights and bias, a u8 input through `DequantizeLinear` with a positive finite scale.
+//!   weights and bias, a u8 input through `DequantizeLinear` with a positive finite scale; and
+//!   not on 32-bit ARM, where tract's NEON kernels retire fewer instructions.
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::ops::cnn::{Deconv, KernelFormat};
@@ -95,6 +96,12 @@ impl DeconvU8 {
     /// The rewrite's test of a `Deconv` node: `Some(operator)` when it is one this module runs
     /// (see the module doc) given its input's dequantise `dq`.
     pub fn from_node(model: &TypedModel, node: &TypedNode, dq: &DequantizeLinearF32) -> Option<DeconvU8> {
+        // Not on 32-bit ARM: built without NEON there, its loop retired 316 M instructions per
+        // grains inference on a Cortex-A8 against 246 M with tract's NEON f32 kernels
+        // (`tests/arm_cost.sh`).
+        if cfg!(target_arch = "arm") {
+            return None;
+        }
         let op = node.op_as::<Deconv>()?;
         let spec = &op.pool_spec;
         let plain = op.group == 1

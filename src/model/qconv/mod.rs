@@ -19,6 +19,11 @@
 //!   instructions) on the other aarch64 cores (Cortex-A53/A72). The choice is made once, at
 //!   load, and named by [`QConv::kernel`]; elsewhere nothing is fused ([`fused_on_this_cpu`]).
 //!   A portable kernel computes the same sums, for the tests and `FERROSCOPE_PORTABLE_KERNEL`.
+//! - **Pixels in the lanes where channels are few**: on the x86 broadcast kernel, a
+//!   convolution of one input channel per group at stride 1 with at most [`PLANE_MAX_CH`] output
+//!   channels per group (filter banks, depthwise filters) runs on the plane kernel
+//!   ([`QConv::run_plane`]): 16 output pixels per register over 4-byte windows of the padded
+//!   plane, no im2col.
 //! - **Channels-last between convolutions**: a convolution whose every consumer is one hands
 //!   its output over channels-last and in the consumer's byte domain ([`chain_channels_last`]),
 //!   so only the model's first convolution transposes its input.
@@ -1177,9 +1182,11 @@ impl Op for QConv {
 
     fn info(&self) -> TractResult<Vec<String>> {
         let layout = |hwc: bool| if hwc { "channels-last" } else { "NCHW" };
+        let plane = self.plane_mv > 0 && !self.input_hwc && !self.output_hwc && cfg!(target_arch = "x86_64");
         Ok(vec![format!(
-            "kernel {:?}, {}x{} taps, {} → {} channels, group {}, strides {:?}, dilations {:?}, in {}, out {}",
+            "kernel {:?}{}, {}x{} taps, {} → {} channels, group {}, strides {:?}, dilations {:?}, in {}, out {}",
             self.kernel,
+            if plane { " (plane)" } else { "" },
             self.geometry.kernel[0],
             self.geometry.kernel[1],
             self.c_in,
