@@ -48,7 +48,7 @@ pub struct DeconvU8 {
     weights: Vec<f32>,
     /// One per output channel.
     bias: Vec<f32>,
-    /// `DQ(b)` for every byte, as tract's `DequantizeLinearF32` computes it.
+    /// `DQ(b)` for every byte, computed at load by tract's `DequantizeLinearF32`.
     dq: Box<[f32; 256]>,
 }
 
@@ -80,10 +80,14 @@ impl DeconvU8 {
             n if n == c_out => b.to_vec(),
             n => bail!("DeconvU8: {n} bias values for {c_out} output channels"),
         };
+        // DQ of every byte by tract's own operator
+        let all: Vec<u8> = (0..=255u8).collect();
+        let f = dq
+            .eval_out_of_plan(tvec!(Tensor::from_shape(&[256], &all)?.into_tvalue()))?
+            .context("DequantizeLinearF32 gave no output")?
+            .remove(0);
         let mut table = Box::new([0.0f32; 256]);
-        for (v, t) in table.iter_mut().enumerate() {
-            *t = (v as i32 - dq.zero_point) as f32 * dq.scale;
-        }
+        table.copy_from_slice(f.try_as_plain_ram()?.as_slice::<f32>()?);
         Ok(DeconvU8 {
             c_in,
             c_out,

@@ -368,30 +368,23 @@ fn u8_dequantise(model: &TypedModel, outlet: OutletId) -> Option<(&DequantizeLin
     (u8_in && dq.scale.is_finite() && dq.scale > 0.0).then_some((dq, input))
 }
 
+/// The node that is the only reader of `outlet`, if it has one and `outlet` is not a model
+/// output.
+fn sole_consumer(model: &TypedModel, outlet: OutletId) -> Option<usize> {
+    if model.output_outlets().ok()?.contains(&outlet) {
+        return None;
+    }
+    match model.node(outlet.node).outputs.get(outlet.slot)?.successors.as_slice() {
+        [only] => Some(only.node),
+        _ => None,
+    }
+}
+
 /// The one consumer of `outlet` that quantises to u8, if that is its only consumer and it is
 /// not a model output.
 fn sole_quantise(model: &TypedModel, outlet: OutletId) -> Option<(usize, QuantizeLinearU8)> {
-    let outputs = model.output_outlets().ok()?;
-    if outputs.contains(&outlet) {
-        return None;
-    }
-    let succs = &model.node(outlet.node).outputs.get(outlet.slot)?.successors;
-    let [only] = succs.as_slice() else { return None };
-    let q = quantise_of(model.node(only.node))?;
-    Some((only.node, q.clone()))
-}
-
-/// Whether node `consumer` is the only reader of `outlet`, which is not a model output.
-fn sole_consumer(model: &TypedModel, outlet: OutletId, consumer: usize) -> bool {
-    let Ok(outputs) = model.output_outlets() else {
-        return false;
-    };
-    let succs = model
-        .node(outlet.node)
-        .outputs
-        .get(outlet.slot)
-        .map(|o| o.successors.as_slice());
-    !outputs.contains(&outlet) && matches!(succs, Some([only]) if only.node == consumer)
+    let only = sole_consumer(model, outlet)?;
+    Some((only, quantise_of(model.node(only))?.clone()))
 }
 
 /// Replace, on a decluttered model, each max-pool and concatenation that the module doc lists.
@@ -449,7 +442,7 @@ pub fn replace_u8_pools_and_concats(model: &mut TypedModel) -> TractResult<usize
             for &input in &node.inputs {
                 let fact = model.outlet_fact(input)?;
                 fixed &= fact.shape.as_concrete().is_some();
-                let upsampled = (concat.axis == 1 && sole_consumer(model, input, id))
+                let upsampled = (concat.axis == 1 && sole_consumer(model, input) == Some(id))
                     .then(|| {
                         let up = model.node(input.node);
                         let (dq, x) = u8_dequantise(model, *up.inputs.first()?)?;

@@ -499,6 +499,12 @@ impl QConv {
         })
     }
 
+    /// Whether this convolution runs on the plane kernel: set up for it, on x86-64, and reading
+    /// and writing channel planes (not chained channels-last).
+    fn runs_on_planes(&self) -> bool {
+        cfg!(target_arch = "x86_64") && self.plane_mv > 0 && !self.input_hwc && !self.output_hwc
+    }
+
     /// The plane kernel's tile width and weights for a convolution of one input channel per
     /// group at stride 1 without dilation and at most [`PLANE_MAX_CH`] output channels per group
     /// (the anomaly model's filter banks: 17×17 taps 1 → 7, 21×21 taps depthwise over 7), on
@@ -563,17 +569,17 @@ impl QConv {
         for b in 0..n {
             for gi in 0..group {
                 #[cfg(target_arch = "x86_64")]
-                if self.plane_mv > 0 && !self.input_hwc && !self.output_hwc {
+                if self.runs_on_planes() {
                     let xg = &x[(b * self.c_in + gi) * h * w..][..h * w];
                     let yb = &mut y[b * self.m_out * pixels..][..self.m_out * pixels];
                     // SAFETY: the plane kernel is set up only for X86Vnni, chosen (or tested)
                     // only where the CPU has AVX-512 VNNI.
                     unsafe {
                         match self.plane_mv {
-                            1 => self.run_plane::<1, 8>(scratch, xg, h, w, gi, mg, yb),
-                            2 => self.run_plane::<2, 8>(scratch, xg, h, w, gi, mg, yb),
-                            4 => self.run_plane::<4, 6>(scratch, xg, h, w, gi, mg, yb),
-                            _ => self.run_plane::<8, 3>(scratch, xg, h, w, gi, mg, yb),
+                            1 => self.run_plane::<1, 8>(scratch, xg, [h, w], [oh, ow], gi, mg, yb),
+                            2 => self.run_plane::<2, 8>(scratch, xg, [h, w], [oh, ow], gi, mg, yb),
+                            4 => self.run_plane::<4, 6>(scratch, xg, [h, w], [oh, ow], gi, mg, yb),
+                            _ => self.run_plane::<8, 3>(scratch, xg, [h, w], [oh, ow], gi, mg, yb),
                         }
                     }
                     continue;
@@ -833,7 +839,8 @@ impl QConv {
     /// row's end read the padding and are discarded.
     ///
     /// # Safety
-    /// The CPU has AVX-512 F and VNNI; `MV` is [`QConv::plane_mv`].
+    /// The CPU has AVX-512 F and VNNI; `MV` is [`QConv::plane_mv`]; `[oh, ow]` the output size
+    /// of `[h, w]`.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx512vnni")]
     #[allow(clippy::too_many_arguments)]
@@ -841,8 +848,8 @@ impl QConv {
         &self,
         scratch: &mut Scratch,
         xg: &[u8],
-        h: usize,
-        w: usize,
+        [h, w]: [usize; 2],
+        [oh, ow]: [usize; 2],
         gi: usize,
         mg: usize,
         yb: &mut [u8],
@@ -851,7 +858,6 @@ impl QConv {
         let g = &self.geometry;
         let [kh, kw] = g.kernel;
         let [pt, pl, _, _] = g.pads;
-        let Ok([oh, ow]) = g.output_hw(h, w) else { return };
         let kq4 = kw.div_ceil(4);
         let chunk = P * ZMM_CH;
         let owp = ow.div_ceil(chunk) * chunk;
@@ -1182,7 +1188,7 @@ impl Op for QConv {
 
     fn info(&self) -> TractResult<Vec<String>> {
         let layout = |hwc: bool| if hwc { "channels-last" } else { "NCHW" };
-        let plane = self.plane_mv > 0 && !self.input_hwc && !self.output_hwc && cfg!(target_arch = "x86_64");
+        let plane = self.runs_on_planes();
         Ok(vec![format!(
             "kernel {:?}{}, {}x{} taps, {} → {} channels, group {}, strides {:?}, dilations {:?}, in {}, out {}",
             self.kernel,
