@@ -15,7 +15,7 @@
 //! - **tract's f32 arithmetic in tract's order**: each tap is `Σ_ci w·DQ(x)` accumulated from
 //!   zero over the input channels in order, with fused multiply-adds where tract's matrix
 //!   kernels use them (x86-64 with FMA, aarch64) and a multiply then an add elsewhere, then the
-//!   bias is added and the sum quantised by [`super::quant::quantise`] (bit for bit tract's
+//!   bias is added and the sum quantised by `quant::quantise` (bit for bit tract's
 //!   `QuantizeLinearU8`). The unit test compares with tract's own operators; where tract's
 //!   kernel sums in another order a byte may differ by one step.
 //! - **No allocation per run**: the dequantised pixels live on the stack
@@ -227,7 +227,7 @@ fn taps_portable(wc: &[f32], px: &[[f32; LANES]]) -> [[f32; LANES]; 4] {
 
 /// One output channel's block on AVX2 with FMA: [`taps_portable`] with fused multiply-adds
 /// (2 × 4 registers of 8 sums), then the bias, the taps interleaved into the two output rows and
-/// quantised as [`super::quant::quantise`] does, 8 at a time.
+/// quantised as `quant::quantise` does, 8 at a time.
 ///
 /// # Safety
 /// The CPU has AVX2 and FMA.

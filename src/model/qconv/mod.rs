@@ -20,9 +20,9 @@
 //!   load, and named by [`QConv::kernel`]; elsewhere nothing is fused ([`fused_on_this_cpu`]).
 //!   A portable kernel computes the same sums, for the tests and `FERROSCOPE_PORTABLE_KERNEL`.
 //! - **Pixels in the lanes where channels are few**: on the x86 broadcast kernel, a
-//!   convolution of one input channel per group at stride 1 with at most [`PLANE_MAX_CH`] output
+//!   convolution of one input channel per group at stride 1 with at most `PLANE_MAX_CH` (8) output
 //!   channels per group (filter banks, depthwise filters) runs on the plane kernel
-//!   ([`QConv::run_plane`]): 16 output pixels per register over 4-byte windows of the padded
+//!   (`QConv::run_plane`): 16 output pixels per register over 4-byte windows of the padded
 //!   plane, no im2col.
 //! - **Channels-last between convolutions**: a convolution whose every consumer is one hands
 //!   its output over channels-last and in the consumer's byte domain ([`chain_channels_last`]),
@@ -506,7 +506,7 @@ impl QConv {
     }
 
     /// The plane kernel's tile width and weights for a convolution of one input channel per
-    /// group at stride 1 without dilation and at most [`PLANE_MAX_CH`] output channels per group
+    /// group at stride 1 without dilation and at most `PLANE_MAX_CH` (8) output channels per group
     /// (the anomaly model's filter banks: 17×17 taps 1 → 7, 21×21 taps depthwise over 7), on
     /// the x86 broadcast kernel; `(0, [])` for any other. There the channels are too few to
     /// fill a register and the taps too many for im2col: the plane kernel puts 16 output
