@@ -21,6 +21,7 @@ use ferroscope::model::manifest::Precision;
 use ferroscope::sim::replay::list_images;
 use ferroscope::tools::classify::Classifier;
 
+use super::heldout::HeldoutArgs;
 use super::{grains, median, read_gray, segment, PrecisionArg};
 
 #[derive(Subcommand)]
@@ -29,7 +30,8 @@ pub enum EvalTool {
     Grains(grains::EvalGrainsArgs),
     /// Classification over DIR/<class>/*.{png,jpg,bmp}; folder names are the manifest's classes.
     Classify(ClassifyArgs),
-    /// Segmentation over DIR/images/* with DIR/masks/<stem>.png (0 background, 255 defect; all-zero for good parts).
+    /// Segmentation over DIR/images/* with DIR/masks/<stem>.png (0 background, 255 defect; all-zero for good parts),
+    /// or over class folders DIR/<class>/* with --masks MASKS/<class>/<name>: image AP, Dice, IoU, MAE, per class.
     Segment(MapEvalArgs),
     /// Anomaly model (trained on good parts) over DIR/images/* with DIR/masks/<stem>.png, as `eval segment`:
     /// image AUROC, pixel AUROC, AP, false rejects and misses at the threshold.
@@ -54,6 +56,8 @@ pub struct ClassifyArgs {
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub heldout: HeldoutArgs,
 }
 
 /// `ferroscope eval segment` and `ferroscope eval anomaly`.
@@ -62,10 +66,15 @@ pub struct MapEvalArgs {
     /// Model manifest.
     #[arg(long)]
     pub model: PathBuf,
-    /// Dataset root holding images/ and masks/.
+    /// Dataset root holding images/ and masks/; with --masks, class folders DIR/<class>/*.
     #[arg(long)]
     pub data: PathBuf,
-    /// Evaluate only the images named in this file (file names in images/, one per line).
+    /// Masks of class-folder data: MASKS/<class>/<name> for DIR/<class>/<name> (0 background,
+    /// 255 defect); classes with no folder here are skipped.
+    #[arg(long)]
+    pub masks: Option<PathBuf>,
+    /// Evaluate only the images named in this file (file names in images/, one per line; with
+    /// --masks, `class/name`).
     #[arg(long)]
     pub list: Option<PathBuf>,
     /// Which model file of the manifest to run.
@@ -74,28 +83,16 @@ pub struct MapEvalArgs {
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub heldout: HeldoutArgs,
 }
 
 /// `ferroscope eval …`.
 pub fn run(tool: EvalTool) -> Result<ExitCode> {
     match tool {
-        EvalTool::Classify(a) => eval_classify(&a.model, &a.data, a.list.as_deref(), a.precision.into(), a.json),
-        EvalTool::Segment(a) => segment::eval(
-            "segment",
-            &a.model,
-            &a.data,
-            a.list.as_deref(),
-            a.precision.into(),
-            a.json,
-        ),
-        EvalTool::Anomaly(a) => segment::eval(
-            "anomaly",
-            &a.model,
-            &a.data,
-            a.list.as_deref(),
-            a.precision.into(),
-            a.json,
-        ),
+        EvalTool::Classify(a) => eval_classify(&a),
+        EvalTool::Segment(a) => segment::eval("segment", &a),
+        EvalTool::Anomaly(a) => segment::eval("anomaly", &a),
         EvalTool::Grains(a) => grains::eval(a),
     }
 }
@@ -151,13 +148,10 @@ fn gather_labelled(data: &[PathBuf], list: Option<&Path>, classes: &[String]) ->
     Ok(items)
 }
 
-fn eval_classify(
-    model: &Path,
-    data: &[PathBuf],
-    list: Option<&Path>,
-    precision: Precision,
-    json: bool,
-) -> Result<ExitCode> {
+fn eval_classify(a: &ClassifyArgs) -> Result<ExitCode> {
+    let (model, data, list, json) = (&a.model, &a.data, a.list.as_deref(), a.json);
+    let precision: Precision = a.precision.into();
+    let pending = a.heldout.prepare(model, precision, list)?;
     let mut clf = Classifier::load(model, precision)?;
     let classes: Vec<String> = clf.manifest().classes.iter().map(|c| c.name.clone()).collect();
     let items = gather_labelled(data, list, &classes)?;
@@ -209,19 +203,20 @@ fn eval_classify(
     let m = ClassMetrics::from_confusion(confusion);
     let ms_median = median(&mut ms);
     let m_info = clf.manifest();
+    let per_class: Vec<_> = (0..k)
+        .map(|c| json!({"class": classes[c], "precision": m.precision[c], "recall": m.recall[c], "f1": m.f1[c], "support": m.support[c]}))
+        .collect();
+    let j = json!({
+        "model": m_info.model.name, "version": m_info.model.version, "precision_kind": precision.name(),
+        "images": n, "accuracy": m.accuracy, "precision": m.macro_precision(), "recall": m.macro_recall(), "f1": m.macro_f1(),
+        "classes": classes, "per_class": per_class, "confusion": m.confusion,
+        "ms_per_image_median": ms_median, "images_per_s": n as f64 / wall, "errors": errors,
+    });
+    if let Some(p) = pending {
+        p.append(&j)?;
+    }
     if json {
-        let per_class: Vec<_> = (0..k)
-            .map(|c| json!({"class": classes[c], "precision": m.precision[c], "recall": m.recall[c], "f1": m.f1[c], "support": m.support[c]}))
-            .collect();
-        println!(
-            "{}",
-            json!({
-                "model": m_info.model.name, "version": m_info.model.version, "precision_kind": precision.name(),
-                "images": n, "accuracy": m.accuracy, "precision": m.macro_precision(), "recall": m.macro_recall(), "f1": m.macro_f1(),
-                "classes": classes, "per_class": per_class, "confusion": m.confusion,
-                "ms_per_image_median": ms_median, "images_per_s": n as f64 / wall, "errors": errors,
-            })
-        );
+        println!("{j}");
     } else {
         println!(
             "model {} {} ({}) on {} images",

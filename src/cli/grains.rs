@@ -104,6 +104,8 @@ pub struct EvalGrainsArgs {
     /// Print one JSON object (per-image rows under `images`).
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    heldout: super::heldout::HeldoutArgs,
 }
 
 fn mask_boundary(px: &[u8], colour: BoundaryColour) -> Vec<bool> {
@@ -326,6 +328,7 @@ fn reference_histogram(
 /// `ferroscope eval grains`.
 pub fn eval(a: EvalGrainsArgs) -> Result<ExitCode> {
     let precision = Precision::from(a.precision);
+    let pending = a.heldout.prepare(&a.model, precision, a.list.as_deref())?;
     let mut gm = GrainModel::load(&a.model, precision)?;
     let um = a.um_per_px.unwrap_or(gm.section().um_per_px);
     let params = tuned(gm.section().params(um), &a.tuning, um);
@@ -439,6 +442,9 @@ pub fn eval(a: EvalGrainsArgs) -> Result<ExitCode> {
             j["histogram_correlation"].as_f64().unwrap_or(0.0)
         );
         write_histogram(p, &pooled_m, Some(&pooled_r), &title)?;
+    }
+    if let Some(p) = pending {
+        p.append(&j)?;
     }
     if a.json {
         println!("{j}");

@@ -10,6 +10,7 @@ pub mod camera;
 pub mod check;
 pub mod eval;
 pub mod grains;
+pub mod heldout;
 pub mod infer;
 pub mod load;
 pub mod records;

@@ -18,6 +18,7 @@ use ferroscope::sim::replay::list_images;
 use ferroscope::tools::anomaly::{heat_rgb, AnomalyDetector};
 use ferroscope::tools::segment::{SegmentResult, SegmentRules, Segmenter};
 
+use super::eval::MapEvalArgs;
 use super::{median, read_gray};
 
 /// Bins of the pixel-score histograms (pixel AUROC over millions of pixels).
@@ -326,19 +327,154 @@ pub fn gather_masked(data: &Path, list: Option<&Path>) -> Result<Vec<(PathBuf, P
     Ok(out)
 }
 
+/// One image of a class folder and its mask: `(class, image, mask)`.
+pub type ClassMasked = (String, PathBuf, PathBuf);
+
+/// Images of class folders `DATA/<class>/*` (or those named in `list`, `class/name` per line)
+/// with masks of the same path under `MASKS` (`MASKS/<class>/<name>`, or `<stem>.png` there).
+/// Class folders with no mask folder are skipped (their names come back as the second value);
+/// an image of a masked class without its mask is an error naming both paths. Each item is
+/// `(class, image, mask)`.
+pub fn gather_class_masked(
+    data: &Path,
+    masks: &Path,
+    list: Option<&Path>,
+) -> Result<(Vec<ClassMasked>, Vec<String>)> {
+    if !masks.is_dir() {
+        bail!("{}: --masks is not a folder", masks.display());
+    }
+    let mut classes: Vec<String> = std::fs::read_dir(data)
+        .with_context(|| format!("{}: cannot read --data", data.display()))?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_dir())
+        .filter_map(|e| e.file_name().to_str().map(str::to_string))
+        .collect();
+    classes.sort();
+    let (masked, skipped): (Vec<String>, Vec<String>) = classes.into_iter().partition(|c| masks.join(c).is_dir());
+    if masked.is_empty() {
+        bail!(
+            "{}: none of the class folders of {} has a mask folder",
+            masks.display(),
+            data.display()
+        );
+    }
+    let mask_of = |class: &str, img: &Path| -> Result<PathBuf> {
+        let name = img.file_name().unwrap_or_default();
+        let same = masks.join(class).join(name);
+        if same.is_file() {
+            return Ok(same);
+        }
+        let stem = img.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+        let png = masks.join(class).join(format!("{stem}.png"));
+        if png.is_file() {
+            return Ok(png);
+        }
+        bail!(
+            "{}: no mask {} (0 = background, 255 = defect)",
+            img.display(),
+            same.display()
+        )
+    };
+    let mut out = Vec::new();
+    match list {
+        Some(list) => {
+            let text =
+                std::fs::read_to_string(list).with_context(|| format!("{}: cannot read list", list.display()))?;
+            for (n, line) in text.lines().enumerate() {
+                let line = line.trim();
+                if line.is_empty() || line.starts_with('#') {
+                    continue;
+                }
+                let Some((class, _)) = line.split_once('/') else {
+                    bail!("{}:{}: `{line}` is not `class/name`", list.display(), n + 1);
+                };
+                if !masked.iter().any(|c| c == class) {
+                    continue;
+                }
+                let img = data.join(line);
+                if !img.is_file() {
+                    bail!("{}:{}: {} does not exist", list.display(), n + 1, img.display());
+                }
+                let m = mask_of(class, &img)?;
+                out.push((class.to_string(), img, m));
+            }
+        }
+        None => {
+            for class in &masked {
+                for img in list_images(&data.join(class))? {
+                    let m = mask_of(class, &img)?;
+                    out.push((class.clone(), img, m));
+                }
+            }
+        }
+    }
+    if out.is_empty() {
+        bail!("{}: no images of the masked classes {masked:?}", data.display());
+    }
+    Ok((out, skipped))
+}
+
+/// Pixel counts of one image against its mask at the metrics' level.
+#[derive(Clone, Copy, Default)]
+struct PixelCounts {
+    tp: u64,
+    fp: u64,
+    fneg: u64,
+    /// Σ |p − mask/255| over the image's pixels.
+    abs_err: f64,
+    pixels: u64,
+}
+
+impl PixelCounts {
+    fn dice(&self) -> f64 {
+        let d = 2 * self.tp + self.fp + self.fneg;
+        if d == 0 {
+            0.0
+        } else {
+            2.0 * self.tp as f64 / d as f64
+        }
+    }
+}
+
+/// Pixel metrics over a set of images: pooled Dice and IoU and the mean Dice per image over the
+/// defective ones, and the mean absolute error of the probability map over all.
+fn pixel_summary<'a>(images: impl Iterator<Item = (&'a PixelCounts, bool)>) -> serde_json::Value {
+    let (mut tp, mut fp, mut fneg, mut abs, mut px, mut dice_sum, mut n_def, mut n) =
+        (0u64, 0u64, 0u64, 0.0f64, 0u64, 0.0f64, 0usize, 0usize);
+    for (c, defective) in images {
+        n += 1;
+        abs += c.abs_err;
+        px += c.pixels;
+        if defective {
+            tp += c.tp;
+            fp += c.fp;
+            fneg += c.fneg;
+            dice_sum += c.dice();
+            n_def += 1;
+        }
+    }
+    let (tpf, fpf, fnf) = (tp as f64, fp as f64, fneg as f64);
+    let denom = tpf + fpf + fnf;
+    json!({
+        "images": n,
+        "dice": if denom > 0.0 { 2.0 * tpf / (2.0 * tpf + fpf + fnf) } else { 0.0 },
+        "iou": if denom > 0.0 { tpf / denom } else { 0.0 },
+        "dice_mean_per_image": if n_def > 0 { dice_sum / n_def as f64 } else { 0.0 },
+        "mae": if px > 0 { abs / px as f64 } else { 0.0 },
+    })
+}
+
 /// Image- and pixel-level metrics of a map tool over masked images.
 #[derive(Default)]
 pub struct MapMetrics {
     names: Vec<String>,
+    classes: Vec<String>,
     scores: Vec<f64>,
     labels: Vec<bool>,
     rejects: Vec<bool>,
     pos_hist: Vec<u64>,
     neg_hist: Vec<u64>,
-    tp: u64,
-    fp_px: u64,
-    fn_px: u64,
-    dice_per_image: Vec<f64>,
+    pixels: Vec<PixelCounts>,
     ms: Vec<f64>,
     level: f32,
 }
@@ -354,37 +490,40 @@ impl MapMetrics {
         }
     }
 
-    /// Add one image: its score, verdict, map and mask (255 = defect).
-    pub fn add(&mut self, name: String, score: f32, reject: bool, map: &[f32], mask: &[u8], ms: f64) {
+    /// Add one image of `class` (empty: no classes): its score, verdict, map and mask
+    /// (255 = defect).
+    #[allow(clippy::too_many_arguments)]
+    pub fn add(&mut self, name: String, class: &str, score: f32, reject: bool, map: &[f32], mask: &[u8], ms: f64) {
         let level = self.level;
         let defective = mask.iter().any(|&m| m > 127);
         self.names.push(name);
+        self.classes.push(class.to_string());
         self.scores.push(score as f64);
         self.labels.push(defective);
         self.rejects.push(reject);
         self.ms.push(ms);
-        let (mut tp, mut fp, mut fneg) = (0u64, 0u64, 0u64);
+        let mut c = PixelCounts {
+            pixels: map.len() as u64,
+            ..Default::default()
+        };
         for (&v, &m) in map.iter().zip(mask) {
-            let bin = ((v.clamp(0.0, 1.0) * (PIXEL_BINS - 1) as f32) as usize).min(PIXEL_BINS - 1);
+            let p = v.clamp(0.0, 1.0);
+            let bin = ((p * (PIXEL_BINS - 1) as f32) as usize).min(PIXEL_BINS - 1);
             let truth = m > 127;
+            c.abs_err += (p - m as f32 / 255.0).abs() as f64;
             if truth {
                 self.pos_hist[bin] += 1;
             } else {
                 self.neg_hist[bin] += 1;
             }
             match (v >= level, truth) {
-                (true, true) => tp += 1,
-                (true, false) => fp += 1,
-                (false, true) => fneg += 1,
+                (true, true) => c.tp += 1,
+                (true, false) => c.fp += 1,
+                (false, true) => c.fneg += 1,
                 _ => {}
             }
         }
-        if defective {
-            self.tp += tp;
-            self.fp_px += fp;
-            self.fn_px += fneg;
-            self.dice_per_image.push(2.0 * tp as f64 / (2 * tp + fp + fneg) as f64);
-        }
+        self.pixels.push(c);
     }
 
     fn pixel_auroc(&self) -> f64 {
@@ -403,26 +542,11 @@ impl MapMetrics {
         acc / (p as f64 * n as f64)
     }
 
-    /// The metrics as JSON (keys shared by `eval segment` and `eval anomaly`).
+    /// The metrics as JSON (keys shared by `eval segment` and `eval anomaly`); with classes,
+    /// `per_class` holds each class's pixel metrics.
     pub fn summary_json(&mut self) -> serde_json::Value {
         let fp = self.labels.iter().zip(&self.rejects).filter(|(&l, &r)| !l && r).count();
         let fneg = self.labels.iter().zip(&self.rejects).filter(|(&l, &r)| l && !r).count();
-        let (tp, fpp, fnp) = (self.tp as f64, self.fp_px as f64, self.fn_px as f64);
-        let dice = if tp + fpp + fnp > 0.0 {
-            2.0 * tp / (2.0 * tp + fpp + fnp)
-        } else {
-            0.0
-        };
-        let iou = if tp + fpp + fnp > 0.0 {
-            tp / (tp + fpp + fnp)
-        } else {
-            0.0
-        };
-        let dice_mean = if self.dice_per_image.is_empty() {
-            0.0
-        } else {
-            self.dice_per_image.iter().sum::<f64>() / self.dice_per_image.len() as f64
-        };
         let missed: Vec<&String> = self
             .names
             .iter()
@@ -437,7 +561,8 @@ impl MapMetrics {
             .filter(|(_, (&l, &r))| !l && r)
             .map(|(n, _)| n)
             .collect();
-        json!({
+        let px = pixel_summary(self.pixels.iter().zip(self.labels.iter().copied()));
+        let mut j = json!({
             "images": self.labels.len(),
             "defective": self.labels.iter().filter(|&&l| l).count(),
             "image_ap": average_precision(&self.scores, &self.labels),
@@ -445,9 +570,28 @@ impl MapMetrics {
             "pixel_auroc": self.pixel_auroc(),
             "fp": fp, "fn": fneg,
             "false_rejects": false_rejects, "misses": missed,
-            "dice": dice, "iou": iou, "dice_mean_per_image": dice_mean,
+            "dice": px["dice"], "iou": px["iou"], "dice_mean_per_image": px["dice_mean_per_image"],
+            "mae": px["mae"],
             "ms_per_image_median": median(&mut self.ms.clone()),
-        })
+        });
+        let mut classes: Vec<&String> = self.classes.iter().filter(|c| !c.is_empty()).collect();
+        classes.sort();
+        classes.dedup();
+        if !classes.is_empty() {
+            let mut per = serde_json::Map::new();
+            for class in classes {
+                let of = self
+                    .pixels
+                    .iter()
+                    .zip(self.labels.iter().copied())
+                    .zip(&self.classes)
+                    .filter(|(_, c)| *c == class)
+                    .map(|(v, _)| v);
+                per.insert(class.clone(), pixel_summary(of));
+            }
+            j["per_class"] = serde_json::Value::Object(per);
+        }
+        j
     }
 }
 
@@ -464,21 +608,26 @@ fn progress(n: usize, json: bool) -> Option<indicatif::ProgressBar> {
 }
 
 /// `eval segment` / `eval anomaly` (`tool`): the manifest's `model.tool` must match.
-pub fn eval(
-    tool: &str,
-    model: &Path,
-    data: &Path,
-    list: Option<&Path>,
-    precision: Precision,
-    json: bool,
-) -> Result<ExitCode> {
+pub fn eval(tool: &str, a: &MapEvalArgs) -> Result<ExitCode> {
+    let (model, data, masks, list, json) = (&a.model, &a.data, a.masks.as_deref(), a.list.as_deref(), a.json);
+    let precision: Precision = a.precision.into();
+    let pending = a.heldout.prepare(model, precision, list)?;
     let mut seg = MapTool::load(model, precision, SegmentRules::default(), Some(tool))?;
     let section = seg.manifest().tiled.clone().expect("tiled manifest");
-    let items = gather_masked(data, list)?;
+    let (items, skipped) = match masks {
+        Some(masks) => gather_class_masked(data, masks, list)?,
+        None => (
+            gather_masked(data, list)?
+                .into_iter()
+                .map(|(i, m)| (String::new(), i, m))
+                .collect(),
+            Vec::new(),
+        ),
+    };
     let mut metrics = MapMetrics::new(section.pixel_threshold);
     let mut errors = Vec::new();
     let bar = progress(items.len(), json);
-    for (img, mask) in &items {
+    for (class, img, mask) in &items {
         let (w, h, px) = match read_gray(img) {
             Ok(v) => v,
             Err(e) => {
@@ -499,8 +648,13 @@ pub fn eval(
         let (score, reject) = (r.score, r.reject);
         let ms = t0.elapsed().as_secs_f64() * 1000.0;
         let (map, _, _) = seg.map();
-        let name = img.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
-        metrics.add(name, score, reject, map, &mask, ms);
+        let file = img.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let name = if class.is_empty() {
+            file.to_string()
+        } else {
+            format!("{class}/{file}")
+        };
+        metrics.add(name, class, score, reject, map, &mask, ms);
         if let Some(b) = &bar {
             b.inc(1);
         }
@@ -517,6 +671,12 @@ pub fn eval(
     j["decision_threshold"] = json!(section.decision_threshold);
     j["pixel_threshold"] = json!(section.pixel_threshold);
     j["errors"] = json!(errors);
+    if masks.is_some() {
+        j["skipped_classes"] = json!(skipped);
+    }
+    if let Some(p) = pending {
+        p.append(&j)?;
+    }
     if json {
         println!("{j}");
     } else {
@@ -545,6 +705,25 @@ pub fn eval(
             j["iou"].as_f64().unwrap_or(0.0),
             j["dice_mean_per_image"].as_f64().unwrap_or(0.0)
         );
+        println!(
+            "probability map: mean absolute error {:.4}",
+            j["mae"].as_f64().unwrap_or(0.0)
+        );
+        if let Some(per) = j["per_class"].as_object() {
+            for (class, c) in per {
+                println!(
+                    "  {class:<16} {:>4} images   mean Dice per image {:.3}   Dice {:.3}   IoU {:.3}   MAE {:.4}",
+                    c["images"],
+                    c["dice_mean_per_image"].as_f64().unwrap_or(0.0),
+                    c["dice"].as_f64().unwrap_or(0.0),
+                    c["iou"].as_f64().unwrap_or(0.0),
+                    c["mae"].as_f64().unwrap_or(0.0)
+                );
+            }
+        }
+        if !skipped.is_empty() {
+            println!("classes without masks, skipped: {}", skipped.join(", "));
+        }
         println!(
             "{:.1} ms per image (median: tiles + model + stitching + regions, one thread)",
             j["ms_per_image_median"].as_f64().unwrap_or(0.0)

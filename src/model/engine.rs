@@ -16,6 +16,60 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use tract_onnx::prelude::*;
 
+/// Largest tensor a model may declare or produce, bytes (256 MiB). The shipped models' largest
+/// is 4 MiB (a 512 × 512 × 16 f32 map); a larger one in a file is damage, refused before it is
+/// allocated rather than exhausting a board's memory.
+pub const MAX_TENSOR_BYTES: u64 = 256 << 20;
+
+/// Refuse declared tensors that would exhaust memory: every initializer's and constant's
+/// element count must fit [`MAX_TENSOR_BYTES`] at 8 bytes per element and, where its data is
+/// inline, not need more data than the file holds.
+fn check_tensor_sizes(proto: &tract_onnx::pb::ModelProto) -> Result<()> {
+    use tract_onnx::pb::TensorProto;
+    let graph = proto.graph.as_ref().context("the file has no graph")?;
+    let elements = |dims: &[i64], what: &str| -> Result<u64> {
+        dims.iter().try_fold(1u64, |acc, &d| {
+            let d = u64::try_from(d)
+                .ok()
+                .with_context(|| format!("{what}: negative dimension {d}"))?;
+            acc.checked_mul(d)
+                .filter(|&n| n.saturating_mul(8) <= MAX_TENSOR_BYTES)
+                .with_context(|| format!("{what}: shape {dims:?} is larger than {MAX_TENSOR_BYTES} bytes"))
+        })
+    };
+    let check = |t: &TensorProto, what: &str| -> Result<()> {
+        let n = elements(&t.dims, what)?;
+        let inline = t.float_data.len()
+            + t.int32_data.len()
+            + t.int64_data.len()
+            + t.double_data.len()
+            + t.uint64_data.len()
+            + t.string_data.len();
+        if !t.raw_data.is_empty() && (t.raw_data.len() as u64) < n {
+            bail!(
+                "{what}: shape {:?} needs more than its {} bytes",
+                t.dims,
+                t.raw_data.len()
+            );
+        }
+        if t.raw_data.is_empty() && inline > 0 && (inline as u64) < n {
+            bail!("{what}: shape {:?} needs more than its {inline} values", t.dims);
+        }
+        Ok(())
+    };
+    for t in &graph.initializer {
+        check(t, &format!("initializer `{}`", t.name))?;
+    }
+    for node in &graph.node {
+        for a in &node.attribute {
+            if let Some(t) = &a.t {
+                check(t, &format!("attribute `{}` of node `{}`", a.name, node.name))?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// One loaded, optimised ONNX model with a fixed input shape and a reusable state.
 pub struct Engine {
     state: TypedSimpleState,
@@ -119,8 +173,36 @@ impl Engine {
     /// after the other. The caller checks [`Engine::output_shapes`].
     pub fn load_outputs(path: &Path, input_shape: &[usize]) -> Result<Engine> {
         let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read model", path.display()))?;
-        let (proto, _fused) = crate::model::qconv::read_fused(&bytes)
+        Engine::from_bytes(&bytes, path, input_shape)
+    }
+
+    /// [`Engine::load_outputs`] of a model's bytes; `path` names it in errors.
+    ///
+    /// Damaged bytes give an error naming `path`, never a crash: tensors the file declares
+    /// larger than [`MAX_TENSOR_BYTES`] (or larger than their data) are refused before tract
+    /// allocates them, and a panic inside tract while reading, typing or optimising the model
+    /// is caught and returned as an error.
+    pub fn from_bytes(bytes: &[u8], path: &Path, input_shape: &[usize]) -> Result<Engine> {
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            Engine::from_bytes_unguarded(bytes, path, input_shape)
+        }));
+        match caught {
+            Ok(r) => r,
+            Err(panic) => {
+                let why = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                bail!("{}: not a loadable ONNX model (tract failed: {why})", path.display())
+            }
+        }
+    }
+
+    fn from_bytes_unguarded(bytes: &[u8], path: &Path, input_shape: &[usize]) -> Result<Engine> {
+        let (proto, _fused) = crate::model::qconv::read_fused(bytes)
             .with_context(|| format!("{}: not a loadable ONNX model", path.display()))?;
+        check_tensor_sizes(&proto).with_context(|| format!("{}: not a loadable ONNX model", path.display()))?;
         let model = crate::model::qconv::onnx()
             .model_for_proto_model(&proto)
             .with_context(|| format!("{}: not a loadable ONNX model", path.display()))?;
@@ -168,6 +250,22 @@ impl Engine {
                 input_shape
             )
         })?;
+        for node in typed.nodes() {
+            for (k, o) in node.outputs.iter().enumerate() {
+                let bytes = o.fact.shape.as_concrete().map(|s| {
+                    s.iter()
+                        .fold(o.fact.datum_type.size_of() as u64, |a, &d| a.saturating_mul(d as u64))
+                });
+                if bytes.is_some_and(|b| b > MAX_TENSOR_BYTES) {
+                    bail!(
+                        "{}: output {k} of node `{}` would take {} bytes, more than {MAX_TENSOR_BYTES}",
+                        path.display(),
+                        node.name,
+                        bytes.unwrap_or(0)
+                    );
+                }
+            }
+        }
         crate::model::qconv::chain_channels_last(&mut typed)
             .with_context(|| format!("{}: cannot chain the integer convolutions", path.display()))?;
         let outputs = typed.output_outlets()?.len();

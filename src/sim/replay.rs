@@ -160,9 +160,27 @@ pub fn list_images(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-/// Decode an image file to 8-bit gray.
+/// Widest and tallest image file accepted, pixels: 16 × a 1024-pixel line camera's width, four
+/// times the largest frame the shipped tools tile (2048 × 1536 micrographs).
+pub const MAX_IMAGE_SIDE: u32 = 16_384;
+/// Most memory one image decode may take, bytes (256 MiB: a 16 384 × 16 384 gray image; a
+/// tenth of the smallest supported board's RAM would be less, and such files are refused
+/// there by this limit before anything is allocated).
+pub const MAX_DECODE_BYTES: u64 = 256 << 20;
+
+/// Decode an image file (PNG, JPEG, BMP) to 8-bit gray. A file that declares more than
+/// [`MAX_IMAGE_SIDE`] per side or needs more than [`MAX_DECODE_BYTES`] to decode (a
+/// decompression bomb) is refused before its pixels are allocated.
 pub fn decode_gray(bytes: &[u8]) -> Result<(usize, usize, Vec<u8>), String> {
-    let img = image::load_from_memory(bytes).map_err(|e| e.to_string())?;
+    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| e.to_string())?;
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_IMAGE_SIDE);
+    limits.max_image_height = Some(MAX_IMAGE_SIDE);
+    limits.max_alloc = Some(MAX_DECODE_BYTES);
+    reader.limits(limits);
+    let img = reader.decode().map_err(|e| e.to_string())?;
     let g = img.into_luma8();
     let (w, h) = (g.width() as usize, g.height() as usize);
     Ok((w, h, g.into_raw()))

@@ -1,0 +1,429 @@
+//! Generated inputs for every parser that reads what the station is given: board profiles,
+//! model manifests, model files, image files, camera frames (raw and MJPEG) and decision-log
+//! segments. Each target starts from the real thing (a shipped profile, manifest, model,
+//! sample image, a written log) and damages it at random — bit flips, cut ends, spliced
+//! garbage, repeated and dropped lines — or generates bytes outright.
+//!
+//! What every target asserts: no panic, and either a clear error or a result that keeps its
+//! own invariants (a decoded image has the pixels its size says and respects the size limits;
+//! a log read back returns only records that were written, unchanged).
+//!
+//! Cases per target: `FERROSCOPE_FUZZ_CASES` (default [`DEFAULT_CASES`]). The long run is
+//! `FERROSCOPE_FUZZ_CASES=1000000 cargo test --release --test generated_inputs -- --nocapture`,
+//! which also prints each target's slowest case.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestRunner};
+
+use ferroscope::camera::decode::{check_jpeg, decode_frame, jpeg_size};
+use ferroscope::core::pixel::{OutputFormat, PixelFormat};
+use ferroscope::model::engine::Engine;
+use ferroscope::model::manifest::Manifest;
+use ferroscope::records::log::{self, LogRecord, LogWriter, RECORD_BYTES};
+use ferroscope::sim::replay::{decode_gray, MAX_IMAGE_SIDE};
+use ferroscope::station::config::StationConfig;
+
+/// Cases per target in the test suite: enough to reach every mutation kind many times over
+/// while the whole file stays under a minute on two cores.
+const DEFAULT_CASES: u32 = 256;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn cases() -> u32 {
+    std::env::var("FERROSCOPE_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+        .unwrap_or(DEFAULT_CASES)
+}
+
+/// A random damage to a byte string.
+#[derive(Clone, Debug)]
+enum Damage {
+    /// Flip bit `bit` of byte `at` (positions taken modulo the length).
+    Flip { at: usize, bit: u8 },
+    /// Keep only the first `keep` bytes.
+    Cut { keep: usize },
+    /// Insert these bytes at `at`.
+    Splice { at: usize, bytes: Vec<u8> },
+    /// Remove `len` bytes at `at`.
+    Drop { at: usize, len: usize },
+    /// Copy `len` bytes from `from` over `to`.
+    Repeat { from: usize, to: usize, len: usize },
+    /// Overwrite one byte with an interesting value (0, 0xFF, 0x7F, 0x80, a digit, a quote…).
+    Poke { at: usize, value: u8 },
+}
+
+fn damage() -> impl Strategy<Value = Damage> {
+    let interesting = prop::sample::select(vec![0u8, 0xFF, 0x7F, 0x80, b'9', b'"', b'[', b'=', b'\n', b'-', b'.']);
+    prop_oneof![
+        4 => (any::<usize>(), 0u8..8).prop_map(|(at, bit)| Damage::Flip { at, bit }),
+        1 => any::<usize>().prop_map(|keep| Damage::Cut { keep }),
+        2 => (any::<usize>(), prop::collection::vec(any::<u8>(), 1..16)).prop_map(|(at, bytes)| Damage::Splice { at, bytes }),
+        2 => (any::<usize>(), 1usize..64).prop_map(|(at, len)| Damage::Drop { at, len }),
+        1 => (any::<usize>(), any::<usize>(), 1usize..64).prop_map(|(from, to, len)| Damage::Repeat { from, to, len }),
+        3 => (any::<usize>(), interesting).prop_map(|(at, value)| Damage::Poke { at, value }),
+    ]
+}
+
+fn apply(bytes: &[u8], damages: &[Damage]) -> Vec<u8> {
+    let mut b = bytes.to_vec();
+    for d in damages {
+        let n = b.len();
+        if n == 0 {
+            break;
+        }
+        match d {
+            Damage::Flip { at, bit } => b[at % n] ^= 1 << bit,
+            Damage::Cut { keep } => b.truncate(keep % n),
+            Damage::Splice { at, bytes } => {
+                let at = at % (n + 1);
+                b.splice(at..at, bytes.iter().copied());
+            }
+            Damage::Drop { at, len } => {
+                let at = at % n;
+                b.drain(at..(at + len).min(n));
+            }
+            Damage::Repeat { from, to, len } => {
+                let (from, to) = (from % n, to % n);
+                let len = (*len).min(n - from).min(n - to);
+                let chunk = b[from..from + len].to_vec();
+                b[to..to + len].copy_from_slice(&chunk);
+            }
+            Damage::Poke { at, value } => b[at % n] = *value,
+        }
+    }
+    b
+}
+
+/// Run `check` over `cases` generated values of `strategy`; report the slowest case.
+fn run<S: Strategy>(name: &str, cases: u32, strategy: S, check: impl Fn(S::Value) -> Result<(), TestCaseError>)
+where
+    S::Value: std::fmt::Debug,
+{
+    let mut runner = TestRunner::new(Config {
+        cases,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let slowest = Mutex::new(Duration::ZERO);
+    let started = Instant::now();
+    let result = runner.run(&strategy, |v| {
+        let t = Instant::now();
+        let r = check(v);
+        let e = t.elapsed();
+        let mut s = slowest.lock().unwrap();
+        *s = (*s).max(e);
+        r
+    });
+    if let Err(e) = result {
+        panic!("{name}: {e}");
+    }
+    eprintln!(
+        "{name}: {cases} cases in {:.1} s, slowest {:.1} ms",
+        started.elapsed().as_secs_f64(),
+        slowest.lock().unwrap().as_secs_f64() * 1e3
+    );
+}
+
+fn files(dir: &str, ext: &str) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut v: Vec<(PathBuf, Vec<u8>)> = std::fs::read_dir(root().join(dir))
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == ext))
+        .map(|p| {
+            let b = std::fs::read(&p).unwrap();
+            (p, b)
+        })
+        .collect();
+    v.sort();
+    assert!(!v.is_empty(), "no {ext} files in {dir}");
+    v
+}
+
+fn damaged_text(originals: Vec<(PathBuf, Vec<u8>)>) -> impl Strategy<Value = (PathBuf, String)> {
+    (0..originals.len(), prop::collection::vec(damage(), 1..6)).prop_map(move |(k, d)| {
+        let (p, b) = &originals[k];
+        (p.clone(), String::from_utf8_lossy(&apply(b, &d)).into_owned())
+    })
+}
+
+#[test]
+fn damaged_board_profiles_are_refused_by_name_or_read() {
+    let profiles = files("boards", "toml");
+    run("profiles", cases(), damaged_text(profiles), |(path, text)| {
+        if let Err(e) = StationConfig::parse(&text, &path) {
+            let msg = format!("{e:#}");
+            let name = path.file_name().unwrap().to_string_lossy();
+            prop_assert!(msg.contains(name.as_ref()), "error does not name {name}: {msg}");
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn damaged_manifests_are_refused_by_name_or_read() {
+    let manifests = files("models", "toml");
+    run("manifests", cases(), damaged_text(manifests), |(path, text)| {
+        if let Err(e) = Manifest::parse(&text, &path) {
+            let msg = format!("{e:#}");
+            let name = path.file_name().unwrap().to_string_lossy();
+            prop_assert!(msg.contains(name.as_ref()), "error does not name {name}: {msg}");
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn damaged_model_files_give_an_error_not_a_crash() {
+    let path = root().join("models/kolektor_anomaly.onnx");
+    let original = std::fs::read(&path).unwrap();
+    // The undamaged file loads: the damage, not the harness, is what fails.
+    Engine::from_bytes(&original, &path, &[1, 1, 512, 512]).unwrap();
+    let strategy = prop::collection::vec(damage(), 1..4);
+    run("model files", cases(), strategy, |d| {
+        let bytes = apply(&original, &d);
+        if let Err(e) = Engine::from_bytes(&bytes, &path, &[1, 1, 512, 512]) {
+            let msg = format!("{e:#}");
+            prop_assert!(
+                msg.contains("kolektor_anomaly.onnx"),
+                "error does not name the file: {msg}"
+            );
+        }
+        Ok(())
+    });
+}
+
+fn sample_images() -> Vec<Vec<u8>> {
+    let mut v = Vec::new();
+    for (dir, ext) in [
+        ("tests/data/neu_samples/scratches", "png"),
+        ("tests/data/xsdd_samples/red_iron", "jpg"),
+        ("tests/data/kolektor_samples/masks", "png"),
+    ] {
+        v.extend(files(dir, ext).into_iter().take(2).map(|(_, b)| b));
+    }
+    // A BMP, made here from a sample (none is committed).
+    let (w, h, px) = decode_gray(&v[0]).unwrap();
+    let img = image::GrayImage::from_raw(w as u32, h as u32, px).unwrap();
+    let mut bmp = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut bmp, image::ImageFormat::Bmp).unwrap();
+    v.push(bmp.into_inner());
+    v
+}
+
+fn check_decoded(bytes: &[u8]) -> Result<(), TestCaseError> {
+    if let Ok((w, h, px)) = decode_gray(bytes) {
+        prop_assert_eq!(px.len(), w * h);
+        prop_assert!(w as u32 <= MAX_IMAGE_SIDE && h as u32 <= MAX_IMAGE_SIDE, "{w}x{h}");
+    }
+    Ok(())
+}
+
+#[test]
+fn damaged_image_files_decode_or_are_refused() {
+    let images = sample_images();
+    let n = images.len();
+    let strategy = (0..n, prop::collection::vec(damage(), 1..6));
+    run("image files", cases(), strategy, |(k, d)| {
+        check_decoded(&apply(&images[k], &d))
+    });
+    run(
+        "image bytes",
+        cases(),
+        prop::collection::vec(any::<u8>(), 0..512),
+        |b| check_decoded(&b),
+    );
+}
+
+fn png_chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
+    out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    let start = out.len();
+    out.extend_from_slice(kind);
+    out.extend_from_slice(data);
+    let crc = crc32fast::hash(&out[start..]);
+    out.extend_from_slice(&crc.to_be_bytes());
+}
+
+/// A PNG header declaring `w`×`h` pixels of `colour` (0 gray, 2 RGB) with one tiny data chunk.
+fn png_bomb(w: u32, h: u32, colour: u8) -> Vec<u8> {
+    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut ihdr = Vec::new();
+    ihdr.extend_from_slice(&w.to_be_bytes());
+    ihdr.extend_from_slice(&h.to_be_bytes());
+    ihdr.extend_from_slice(&[8, colour, 0, 0, 0]);
+    png_chunk(&mut out, b"IHDR", &ihdr);
+    png_chunk(&mut out, b"IDAT", &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01]);
+    png_chunk(&mut out, b"IEND", &[]);
+    out
+}
+
+/// A BMP header declaring `w`×`h` 24-bit pixels and no pixel data.
+fn bmp_bomb(w: i32, h: i32) -> Vec<u8> {
+    let mut b = b"BM".to_vec();
+    b.extend_from_slice(&54u32.to_le_bytes()); // file size (ignored by readers)
+    b.extend_from_slice(&[0; 4]);
+    b.extend_from_slice(&54u32.to_le_bytes()); // pixel data offset
+    b.extend_from_slice(&40u32.to_le_bytes()); // BITMAPINFOHEADER
+    b.extend_from_slice(&w.to_le_bytes());
+    b.extend_from_slice(&h.to_le_bytes());
+    b.extend_from_slice(&1u16.to_le_bytes());
+    b.extend_from_slice(&24u16.to_le_bytes());
+    b.extend_from_slice(&[0; 24]);
+    b
+}
+
+#[test]
+fn decompression_bombs_are_refused_by_the_size_limits_before_allocation() {
+    let big = MAX_IMAGE_SIDE + 1;
+    let bombs = [
+        ("PNG wider than the limit", png_bomb(big, 8, 0)),
+        ("PNG taller than the limit", png_bomb(8, big, 0)),
+        // Within the side limit, but 768 MiB of RGB: the allocation limit refuses it.
+        ("PNG over the memory limit", png_bomb(MAX_IMAGE_SIDE, MAX_IMAGE_SIDE, 2)),
+        ("BMP over the limits", bmp_bomb(60_000, 60_000)),
+    ];
+    for (what, bytes) in bombs {
+        let e = decode_gray(&bytes).expect_err(what);
+        assert!(
+            e.to_lowercase().contains("limit"),
+            "{what}: refused, but not by a limit: {e}"
+        );
+    }
+    // A header within the limits is read on (and fails on its missing data instead).
+    let e = decode_gray(&png_bomb(64, 64, 0)).expect_err("no pixel data");
+    assert!(!e.to_lowercase().contains("limit"), "{e}");
+}
+
+#[test]
+fn raw_camera_frames_of_any_size_format_and_stride_decode_or_are_refused() {
+    let strategy = (
+        prop::sample::select(PixelFormat::ALL.to_vec()),
+        prop::option::of((0usize..400, 0usize..300)),
+        prop::option::of(0usize..1300),
+        prop::bool::ANY,
+        0usize..200_000,
+        0usize..400_000,
+        any::<u64>(),
+    );
+    run(
+        "camera frames",
+        cases(),
+        strategy,
+        |(format, expect, stride, rgb, len, dst_len, seed)| {
+            let mut bytes = vec![0u8; len];
+            let mut x = seed | 1;
+            for b in bytes.iter_mut() {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                *b = x as u8;
+            }
+            let out = if rgb { OutputFormat::Rgb } else { OutputFormat::Gray };
+            let mut dst = vec![0u8; dst_len];
+            if let Ok(d) = decode_frame(format, &bytes, expect, stride, out, &mut dst) {
+                let bpp = if rgb { 3 } else { 1 };
+                prop_assert!(d.width * d.height * bpp <= dst_len);
+                if let Some(e) = expect {
+                    prop_assert_eq!((d.width, d.height), e);
+                }
+            }
+            Ok(())
+        },
+    );
+}
+
+#[test]
+fn damaged_mjpeg_frames_decode_or_are_refused() {
+    let jpegs: Vec<Vec<u8>> = files("tests/data/xsdd_samples/red_iron", "jpg")
+        .into_iter()
+        .map(|(_, b)| b)
+        .collect();
+    let n = jpegs.len();
+    let strategy = (0..n, prop::collection::vec(damage(), 1..6), prop::bool::ANY);
+    run("mjpeg frames", cases(), strategy, |(k, d, sized)| {
+        let bytes = apply(&jpegs[k], &d);
+        let _ = check_jpeg(&bytes);
+        let _ = jpeg_size(&bytes);
+        let mut dst = vec![0u8; 128 * 128 * 3];
+        let expect = sized.then_some((128, 128));
+        if let Ok(dec) = decode_frame(PixelFormat::Mjpeg, &bytes, expect, None, OutputFormat::Gray, &mut dst) {
+            prop_assert!(dec.width * dec.height <= dst.len());
+        }
+        Ok(())
+    });
+}
+
+fn record(item: u32) -> LogRecord {
+    LogRecord {
+        seq: 0,
+        unix_ms: 1_800_000_000_000 + item as u64,
+        day: 20_261_203,
+        shift: 1,
+        item,
+        frame_seq: item,
+        outcome: ferroscope::core::decision::Outcome::Accept,
+        action: ferroscope::core::decision::Action::Accept,
+        class: Some((item % 6) as u8),
+        fault: 0,
+        score: item as f32 / 100.0,
+        latency_us: 1000 + item,
+    }
+}
+
+fn fresh_dir(tag: &str) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let k = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let d = std::env::temp_dir().join(format!("ferroscope-gen-{tag}-{}-{k}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn only_written(dir: &Path, written: &[LogRecord]) -> Result<usize, TestCaseError> {
+    let back = log::read_from(dir, 0).map_err(|e| TestCaseError::fail(format!("{e:#}")))?;
+    for r in &back {
+        prop_assert!(
+            written.contains(r),
+            "record {} read back is not one written: {r:?}",
+            r.seq
+        );
+    }
+    Ok(back.len())
+}
+
+#[test]
+fn damaged_decision_log_segments_give_back_only_what_was_written() {
+    const ITEMS: u32 = 40;
+    let strategy = prop::collection::vec(damage(), 1..6);
+    run("decision log", cases(), strategy, |d| {
+        let dir = fresh_dir("log");
+        let mut written: Vec<LogRecord> = (0..ITEMS).map(record).collect();
+        {
+            let (mut w, _) = LogWriter::open(&dir, 4).unwrap();
+            w.append(&mut written).unwrap();
+            w.sync().unwrap();
+        }
+        let (_, seg) = log::segments(&dir).unwrap().pop().unwrap();
+        let bytes = std::fs::read(&seg).unwrap();
+        prop_assert_eq!(bytes.len(), ITEMS as usize * RECORD_BYTES);
+        std::fs::write(&seg, apply(&bytes, &d)).unwrap();
+        let before = only_written(&dir, &written)?;
+        let _ = log::check(&dir);
+        // Start-up over the damaged log: it recovers, and appending goes on after it.
+        let (mut w, rec) = LogWriter::open(&dir, 4).map_err(|e| TestCaseError::fail(format!("{e:#}")))?;
+        prop_assert!(rec.next_seq as usize >= before);
+        let mut more = vec![record(ITEMS)];
+        w.append(&mut more).unwrap();
+        w.sync().unwrap();
+        drop(w);
+        written.extend(more);
+        only_written(&dir, &written)?;
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(())
+    });
+}
