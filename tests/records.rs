@@ -144,6 +144,9 @@ fn kill_9_at_random_moments_never_corrupts_the_records_and_loses_at_most_one_int
     const FLUSH_MS: u64 = 100;
     // Scheduling slack on a busy machine on top of the interval.
     const SLACK_MS: u64 = 150;
+    // Items whose line may still be in the stdout queue when their record is already written
+    // (10 ms of items at 400 items/s).
+    const LINE_LAG_ITEMS: u64 = 4;
     let dir = temp("kill");
     let rec = dir.join("records");
     let cfg = config(
@@ -207,13 +210,18 @@ fn kill_9_at_random_moments_never_corrupts_the_records_and_loses_at_most_one_int
         assert_eq!(per_day, counted, "kill {k}");
         assert_eq!(per_shift, counted, "kill {k}");
         let kept = counted - before;
-        assert!(kept <= decided, "kill {k}: {kept} recorded but only {decided} decided");
+        // Item lines reach stdout from a queue on another thread, after the record went to the
+        // recorder: a kill can fall between the two for the last few items.
+        assert!(
+            kept <= decided + LINE_LAG_ITEMS,
+            "kill {k}: {kept} recorded but only {decided} decided"
+        );
         assert!(
             kept >= must_keep,
             "kill {k}: {must_keep} items decided more than {} ms before the kill, only {kept} survived",
             FLUSH_MS + SLACK_MS
         );
-        worst_lost = worst_lost.max(decided - kept);
+        worst_lost = worst_lost.max(decided.saturating_sub(kept));
         before = counted;
     }
     // The next start cuts any torn tail and says what it recovered.

@@ -208,3 +208,55 @@ fn the_segment_station_rejects_the_cracked_parts_and_allocates_nothing_per_frame
         "the segment frame path allocated in our code"
     );
 }
+
+#[test]
+fn a_heldout_scoring_leaves_one_line_naming_the_file_that_ran() {
+    let dir = std::env::temp_dir().join(format!("ferroscope-heldout-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let list = dir.join("list.txt");
+    std::fs::write(&list, "091.jpg\n002.jpg\n").unwrap();
+    let log = dir.join("heldout_log.jsonl");
+    let args = |changed: &str| {
+        vec![
+            "eval".to_string(),
+            "segment".into(),
+            "--model".into(),
+            "models/kolektor_segment.toml".into(),
+            "--data".into(),
+            "tests/data/kolektor_samples".into(),
+            "--list".into(),
+            list.to_str().unwrap().into(),
+            "--json".into(),
+            "--heldout-log".into(),
+            log.to_str().unwrap().into(),
+            "--changed".into(),
+            changed.into(),
+        ]
+    };
+    for changed in ["first", "second"] {
+        let a = args(changed);
+        let out = ferroscope(&a.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2);
+    let manifest = Manifest::load(&root().join("models/kolektor_segment.toml")).unwrap();
+    for (l, changed) in lines.iter().zip(["first", "second"]) {
+        assert_eq!(l["model"], "kolektor_segment");
+        assert_eq!(l["model_sha256"].as_str(), Some(manifest.model.sha256.as_str()));
+        assert_eq!(l["changed"], changed);
+        assert_eq!(l["list"], "list.txt");
+        assert_eq!(l["metrics"]["images"], 2);
+        assert!(l["date"].as_str().unwrap().ends_with('Z'));
+    }
+    // A whole folder is not a held-out scoring: refused, and the log is left as it was.
+    let mut a = args("third");
+    a.drain(6..8);
+    let out = ferroscope(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--list"));
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), text);
+    let _ = std::fs::remove_dir_all(&dir);
+}

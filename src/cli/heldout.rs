@@ -21,7 +21,7 @@ use clap::Args;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use ferroscope::model::manifest::{Manifest, Precision};
+use ferroscope::model::manifest::Precision;
 
 /// `--heldout-log` and `--changed`, shared by the `eval` commands.
 #[derive(Args, Clone, Debug, Default)]
@@ -51,13 +51,21 @@ impl HeldoutArgs {
         let Some(list) = list else {
             bail!("--heldout-log records the scoring of a held-out list: give it with --list");
         };
-        let m = Manifest::load(manifest)?;
+        // Any tool's manifest (grains included): only `[model]` is read here.
+        let text = std::fs::read_to_string(manifest).with_context(|| format!("{}: cannot read", manifest.display()))?;
+        let table: toml::Table = toml::from_str(&text).with_context(|| format!("{}: not TOML", manifest.display()))?;
+        let field = |k: &str| {
+            table
+                .get("model")
+                .and_then(|m| m.get(k))
+                .and_then(|v| v.as_str())
+                .map(str::to_string)
+        };
+        let need = |k: &str| field(k).with_context(|| format!("{}: no field `model.{k}`", manifest.display()));
+        let (name, version) = (need("name")?, need("version")?);
         let (file, want) = match precision {
-            Precision::Int8 => (m.model.file.clone(), Some(m.model.sha256.clone())),
-            Precision::F32 => (
-                m.model.f32_file.clone().unwrap_or_else(|| m.model.file.clone()),
-                m.model.f32_sha256.clone(),
-            ),
+            Precision::Int8 => (need("file")?, Some(need("sha256")?)),
+            Precision::F32 => (field("f32_file").map_or_else(|| need("file"), Ok)?, field("f32_sha256")),
         };
         let path = manifest.parent().unwrap_or(Path::new(".")).join(&file);
         let bytes = std::fs::read(&path).with_context(|| format!("{}: cannot read the model file", path.display()))?;
@@ -74,8 +82,8 @@ impl HeldoutArgs {
         Ok(Some(Pending {
             log: log.clone(),
             line: json!({
-                "model": m.model.name,
-                "version": m.model.version,
+                "model": name,
+                "version": version,
                 "precision": precision.name(),
                 "model_file": file,
                 "model_sha256": sha,

@@ -335,11 +335,7 @@ pub type ClassMasked = (String, PathBuf, PathBuf);
 /// Class folders with no mask folder are skipped (their names come back as the second value);
 /// an image of a masked class without its mask is an error naming both paths. Each item is
 /// `(class, image, mask)`.
-pub fn gather_class_masked(
-    data: &Path,
-    masks: &Path,
-    list: Option<&Path>,
-) -> Result<(Vec<ClassMasked>, Vec<String>)> {
+pub fn gather_class_masked(data: &Path, masks: &Path, list: Option<&Path>) -> Result<(Vec<ClassMasked>, Vec<String>)> {
     if !masks.is_dir() {
         bail!("{}: --masks is not a folder", masks.display());
     }

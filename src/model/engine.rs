@@ -200,9 +200,8 @@ impl Engine {
     }
 
     fn from_bytes_unguarded(bytes: &[u8], path: &Path, input_shape: &[usize]) -> Result<Engine> {
-        let (proto, _fused) = crate::model::qconv::read_fused(bytes)
+        let (proto, _fused) = crate::model::qconv::read_fused(bytes, check_tensor_sizes)
             .with_context(|| format!("{}: not a loadable ONNX model", path.display()))?;
-        check_tensor_sizes(&proto).with_context(|| format!("{}: not a loadable ONNX model", path.display()))?;
         let model = crate::model::qconv::onnx()
             .model_for_proto_model(&proto)
             .with_context(|| format!("{}: not a loadable ONNX model", path.display()))?;

@@ -88,10 +88,14 @@ pub fn onnx() -> tract_onnx::Onnx {
 ///
 /// The convolutions are fused only where [`fused_on_this_cpu`] says so; elsewhere the model is
 /// returned as read and tract runs it as before.
-pub fn read_fused(bytes: &[u8]) -> Result<(ModelProto, usize)> {
+///
+/// `check` sees the file's graph before anything in it is loaded (the engine refuses
+/// oversized tensors there).
+pub fn read_fused(bytes: &[u8], check: impl FnOnce(&ModelProto) -> Result<()>) -> Result<(ModelProto, usize)> {
     let mut proto = tract_onnx::onnx()
         .proto_model_for_read(&mut &bytes[..])
         .context("not a readable ONNX model")?;
+    check(&proto)?;
     if !fused_on_this_cpu() {
         return Ok((proto, 0));
     }
@@ -159,6 +163,11 @@ struct Geometry {
     group: usize,
 }
 
+/// Largest kernel side, stride, dilation, pad or group count a fused convolution may declare:
+/// far above any model's (the anomaly filter banks' 21×21 kernels are the largest shipped),
+/// low enough that no product of them overflows.
+const MAX_GEOMETRY: usize = 4096;
+
 impl Geometry {
     fn output_hw(&self, h: usize, w: usize) -> TractResult<[usize; 2]> {
         let mut out = [0; 2];
@@ -198,6 +207,16 @@ fn build_fused(
         pads,
         group: node.get_attr_opt::<i64>("group")?.unwrap_or(1) as usize,
     };
+    // Damaged files reach here too (`tests/generated_inputs.rs`): every quantity divides or
+    // multiplies later, so each must be positive and small.
+    let g = &geometry;
+    let sane = |v: usize| (1..=MAX_GEOMETRY).contains(&v);
+    if !(g.kernel.iter().chain(&g.strides).chain(&g.dilations).all(|&v| sane(v))
+        && g.pads.iter().all(|&p| p <= MAX_GEOMETRY)
+        && sane(g.group))
+    {
+        bail!("{FUSED_OP} {}: geometry out of range: {g:?}", node.name);
+    }
     Ok((
         expand(FusedExpansion {
             geometry,
