@@ -131,6 +131,8 @@ def main():
     if args.images is None:
         if "grains" in man:
             samples = ("grains_samples", "images")
+        elif section and man["training"].get("dataset", "").endswith("neu_cls"):
+            samples = ("neu_samples",)
         elif section:
             samples = ("kolektor_samples", "images")
         else:

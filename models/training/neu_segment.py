@@ -1,0 +1,591 @@
+"""Train the NEU steel-strip defect segmentation U-Net and ship it as int8 ONNX.
+
+    python3 models/training/neu_segment.py            # from the repository root (CPU, 2 threads)
+    python3 models/training/neu_segment.py --ship-only   # export + quantise the saved checkpoint again
+
+Data: ../shared/datasets/neu_cls/<class>/<name>.png (200x200 gray) with the pixel masks of
+../shared/datasets/neu_cls_masks/<class>/<name>.png (0 background / 255 defect), which exist for
+inclusion, patches and scratches; only images with a mask are used, and every one of them is
+defective. The held-out split is common.seeded_split (seed 0, 20 % per class, byte-identical
+images on one side), the same held-out images as neu_classify for these classes; it is never
+scored here (the Rust evaluator scores it once). A validation split is carved from the training
+pool (20 % of its duplicate groups per class, seed 1): every choice below is made on it.
+
+Design: one 200x200 tile is the whole image, the map comes out at full resolution (cell 1). The
+U-Net runs at half resolution after a 2x2 average, as grains_316l's does (the same operators:
+Conv+ReLU, 2x2 max-pool, 2x2 stride-2 transposed conv, concatenation, which the integer engine
+runs fast): three levels (100, 50 and 25 pixels; 200 = 8 x 25, so the average and two poolings
+fit), two 3x3 Conv+BN+ReLU per encoder level, one per decoder level after the skip
+concatenation. A last 2x2 transposed conv brings the features back to 200x200, where they are
+concatenated with the input image and one 3x3 conv gives the defect logit; the graph ends in a
+sigmoid (the map is a probability, as in every segment model; --output logits leaves it out).
+Widths 12/32/48 are set by the inference budget: 154 M multiply-adds per image, fewer than
+grains_316l's 256x256 tile (181 M). On the validation split, wider (16/32/48, 190 M) or with a
+hidden 3x3 Conv+ReLU in the full-resolution head (177 M), 6000 steps scored within 0.001 of it.
+
+Training: batches of random 128x128 crops (the network is fully convolutional; crops cost 0.4 of
+a whole image) with the eight flips/quarter turns and, optionally, brightness/contrast jitter;
+AdamW with 5 % warm-up then cosine to zero, stopped on steps. Two stages, both scored on the
+validation split by the mean Dice per image at its best level (f32):
+  1. sweep: every --variants entry (loss Dice alone or Dice+BCE, photometric jitter on or off)
+     trained from the same seed on a short schedule (--sweep-steps), scored at its end;
+  2. the best variant trained from the same seed on the long schedule (--steps), checkpoints
+     scored every --eval-every steps from 50 % of it; the best step is shipped as it is
+     (trained on the pool minus validation; no refit).
+The pixel threshold is then the level with the best mean Dice per image of the int8 model on
+validation; the validation metrics of the int8 and f32 ONNX files (onnxruntime, one thread) go
+to the metrics file. About 10 minutes on 2 free cores; a concurrent build slows it several-fold.
+
+Writes models/neu_segment.onnx (int8 QDQ), models/neu_segment.f32.onnx, the manifest
+models/neu_segment.toml (without [metrics]; the Rust evaluator measures the held-out list),
+models/neu_segment.heldout.txt, models/neu_segment.validation.txt, the checkpoint
+models/training/neu_segment.pt and models/training/neu_segment.metrics.json (validation only).
+"""
+
+import argparse
+import copy
+import hashlib
+import math
+import os
+import random
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from PIL import Image
+
+import common
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+STEM = "neu_segment"
+CLASSES = ["inclusion", "patches", "scratches"]
+TILE = common.INPUT_SIZE  # 200: the whole image is one tile
+MEAN, STD = common.MEAN, common.STD
+WIDTH = (12, 32, 48)  # the U-Net levels at 100, 50 and 25 pixels
+HEAD = 8  # channels brought back to full resolution
+LEVELS = [round(0.05 * k, 2) for k in range(1, 20)]  # pixel threshold candidates
+
+
+def block(cin, cout):
+    return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+
+
+class UNet(nn.Module):
+    def __init__(self, width=WIDTH, head=HEAD):
+        super().__init__()
+        c0, c1, c2 = width
+        self.pool_in = nn.AvgPool2d(2)
+        self.e0 = nn.Sequential(*block(1, c0), *block(c0, c0))
+        self.e1 = nn.Sequential(*block(c0, c1), *block(c1, c1))
+        self.mid = nn.Sequential(*block(c1, c2), *block(c2, c2))
+        self.u1 = nn.ConvTranspose2d(c2, c1, 2, stride=2)
+        self.d1 = nn.Sequential(*block(2 * c1, c1))
+        self.u0 = nn.ConvTranspose2d(c1, c0, 2, stride=2)
+        self.d0 = nn.Sequential(*block(2 * c0, c0))
+        self.up = nn.ConvTranspose2d(c0, head, 2, stride=2)
+        self.out = nn.Conv2d(head + 1, 1, 3, padding=1)
+
+    def forward(self, x):
+        f0 = self.e0(self.pool_in(x))
+        f1 = self.e1(F.max_pool2d(f0, 2))
+        m = self.mid(F.max_pool2d(f1, 2))
+        d1 = self.d1(torch.cat([self.u1(m), f1], 1))
+        d0 = self.d0(torch.cat([self.u0(d1), f0], 1))
+        return self.out(torch.cat([self.up(d0), x], 1))  # logits
+
+
+class Export(nn.Module):
+    def __init__(self, model, logits=False):
+        super().__init__()
+        self.model = model
+        self.logits = logits
+
+    def forward(self, x):
+        y = self.model(x)
+        return y if self.logits else torch.sigmoid(y)
+
+
+def fuse(model):
+    """Fold every BatchNorm into its conv, so the int8 graph is Conv(+Relu) only."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    m = copy.deepcopy(model).eval()
+    for name in ("e0", "e1", "mid", "d1", "d0"):
+        mods = list(getattr(m, name))
+        new, i = [], 0
+        while i < len(mods):
+            if isinstance(mods[i], nn.Conv2d) and i + 1 < len(mods) and isinstance(mods[i + 1], nn.BatchNorm2d):
+                new.append(fuse_conv_bn_eval(mods[i], mods[i + 1]))
+                i += 2
+            else:
+                new.append(mods[i])
+                i += 1
+        setattr(m, name, nn.Sequential(*new))
+    return m
+
+
+def multiply_adds(model):
+    """Multiply-adds of one 200x200 inference (convolutions and transposed convolutions)."""
+    total = [0]
+
+    def hook(mod, _inp, out):
+        k = mod.kernel_size[0] * mod.kernel_size[1]
+        if isinstance(mod, nn.Conv2d):
+            total[0] += out.numel() * mod.in_channels * k
+        elif isinstance(mod, nn.ConvTranspose2d):
+            total[0] += out.numel() * mod.in_channels
+
+    hooks = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+    with torch.no_grad():
+        model.eval()(torch.zeros(1, 1, TILE, TILE))
+    for h in hooks:
+        h.remove()
+    return total[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# data and splits
+
+
+def load_set(data, masks):
+    """Every image of CLASSES that has a mask: gray u8, boolean mask, sha256 of the image bytes."""
+    items = []
+    for c in CLASSES:
+        for name in common.list_class_dir(os.path.join(data, c)):
+            mpath = os.path.join(masks, c, name)
+            if not os.path.isfile(mpath):
+                continue
+            path = os.path.join(data, c, name)
+            with open(path, "rb") as fh:
+                digest = hashlib.sha256(fh.read()).hexdigest()
+            mask = np.asarray(Image.open(mpath).convert("L"), dtype=np.uint8) > 127
+            items.append({"rel": f"{c}/{name}", "cls": c, "img": common.load_gray(path), "mask": mask, "digest": digest})
+    return items
+
+
+def split_groups(items, seed, fraction):
+    """Seeded per-class split by duplicate group (byte-identical images on one side), with the
+    rule of common.seeded_split: groups ordered by their first name, shuffled with
+    Random(f"{seed}:{class}"), the first round(fraction * groups) set aside."""
+    keep, aside = [], []
+    for c in CLASSES:
+        groups = {}
+        for it in items:
+            if it["cls"] == c:
+                groups.setdefault(it["digest"], []).append(it)
+        keys = sorted(groups, key=lambda k: groups[k][0]["rel"])
+        rng = random.Random(f"{seed}:{c}")
+        rng.shuffle(keys)
+        n = round(len(keys) * fraction)
+        aside += [it for k in keys[:n] for it in groups[k]]
+        keep += [it for k in keys[n:] for it in groups[k]]
+    by_rel = lambda it: it["rel"]
+    return sorted(keep, key=by_rel), sorted(aside, key=by_rel)
+
+
+def heldout_split(items, data, seed, fraction):
+    """(training pool, held-out): common.seeded_split over each class folder, restricted to
+    the masked images."""
+    held_rel = set()
+    for c in CLASSES:
+        _, held = common.seeded_split(data, c, seed, fraction)
+        held_rel.update(held)
+    pool = [it for it in items if it["rel"] not in held_rel]
+    held = [it for it in items if it["rel"] in held_rel]
+    return pool, held
+
+
+def check_disjoint(*sets):
+    seen = {}
+    for k, s in enumerate(sets):
+        for it in s:
+            if seen.setdefault(it["digest"], k) != k:
+                raise SystemExit(f"duplicate group of {it['rel']} on two sides of a split")
+
+
+# ---------------------------------------------------------------------------------------------
+# training
+
+
+def sample_batch(pool, n, rng, photometric, crop=TILE):
+    xs, ts = [], []
+    for _ in range(n):
+        it = pool[rng.randrange(len(pool))]
+        y0, x0 = rng.randrange(TILE - crop + 1), rng.randrange(TILE - crop + 1)
+        img = it["img"][y0 : y0 + crop, x0 : x0 + crop]
+        m = it["mask"][y0 : y0 + crop, x0 : x0 + crop]
+        k = rng.randrange(4)
+        img, m = np.rot90(img, k), np.rot90(m, k)
+        if rng.random() < 0.5:
+            img, m = img[:, ::-1], m[:, ::-1]
+        x = common.normalise(img)
+        if photometric:
+            gain = 0.75 + 0.5 * rng.random()  # contrast about the mean grey
+            bias = (rng.random() - 0.5) * 0.3 / STD  # brightness, +-0.15 of the pixel range
+            x = x * gain + bias
+        xs.append(x)
+        ts.append(m.astype(np.float32))
+    x = torch.from_numpy(np.ascontiguousarray(np.stack(xs)[:, None]))
+    t = torch.from_numpy(np.ascontiguousarray(np.stack(ts)[:, None]))
+    return x, t
+
+
+def soft_dice_loss(logits, t):
+    """1 - soft Dice per image on the sigmoid outputs, averaged over the batch."""
+    p = torch.sigmoid(logits)
+    inter = (p * t).flatten(1).sum(1)
+    total = p.flatten(1).sum(1) + t.flatten(1).sum(1)
+    return 1 - ((2 * inter + 1) / (total + 1)).mean()
+
+
+def lr_at(step, steps, lr):
+    progress = (step - 1) / steps
+    if progress < 0.05:
+        return lr * progress / 0.05
+    return lr * 0.5 * (1 + math.cos(math.pi * (progress - 0.05) / 0.95))
+
+
+def predict(model, items, chunk=16):
+    """Probability maps (f32, torch) of items, N x 200 x 200."""
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(items), chunk):
+            x = torch.from_numpy(np.stack([common.normalise(it["img"]) for it in items[i : i + chunk]])[:, None])
+            out.append(torch.sigmoid(model(x))[:, 0].numpy())
+    return np.concatenate(out)
+
+
+def train_variant(variant, fit, val, args, log, steps, eval_from):
+    """One run of a `steps`-long schedule; returns [(step, best level, mean Dice, state_dict),
+    ...] for the checkpoints scored on validation (every args.eval_every steps from
+    `eval_from`, and the last)."""
+    loss_name, aug = variant.split(":")
+    torch.manual_seed(args.seed)
+    rng = random.Random(args.seed)
+    model = UNet()
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
+    scored = []
+    t0 = time.time()
+    for step in range(1, steps + 1):
+        lr = lr_at(step, steps, args.lr)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        model.train()
+        x, t = sample_batch(fit, args.batch, rng, photometric=aug == "photo", crop=args.crop)
+        logits = model(x)
+        dice = soft_dice_loss(logits, t)
+        loss = dice
+        bce = None
+        if loss_name == "dice+bce":
+            bce = F.binary_cross_entropy_with_logits(logits, t)
+            loss = dice + bce
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % 25 == 0:
+            extra = f" bce {bce.item():.4f}" if bce is not None else ""
+            log(f"[{variant}] step {step} lr {lr:.5f} dice-loss {dice.item():.4f}{extra} {time.time() - t0:.0f}s")
+        if step == steps or (step >= eval_from and step % args.eval_every == 0):
+            probs = predict(model, val)
+            per_level = [pixel_metrics(probs, val, lv)["dice_mean_per_image"] for lv in LEVELS]
+            k = int(np.argmax(per_level))
+            scored.append((step, LEVELS[k], per_level[k], copy.deepcopy(model.state_dict())))
+            log(f"  [{variant}] step {step} validation mean Dice per image {per_level[k]:.4f} at {LEVELS[k]} (f32)")
+    return scored
+
+
+# ---------------------------------------------------------------------------------------------
+# metrics (the Rust evaluator's definitions: src/cli/segment.rs)
+
+
+def pixel_metrics(probs, items, level):
+    """Pooled Dice and IoU, mean Dice per image (every image here is defective), MAE of the
+    clamped probability map, and how many images have a map maximum at or above the level."""
+    tp = fp = fn = 0
+    dices, abs_err, px, detected = [], 0.0, 0, 0
+    for p, it in zip(probs, items):
+        truth = it["mask"]
+        pred = p >= level
+        a = int((pred & truth).sum())
+        b = int((pred & ~truth).sum())
+        c = int((~pred & truth).sum())
+        tp, fp, fn = tp + a, fp + b, fn + c
+        dices.append(2 * a / (2 * a + b + c) if (2 * a + b + c) else 0.0)
+        abs_err += float(np.abs(np.clip(p, 0, 1) - truth).sum())
+        px += truth.size
+        detected += int(p.max() >= level)
+    denom = tp + fp + fn
+    return {
+        "images": len(items),
+        "dice_mean_per_image": float(np.mean(dices)) if dices else 0.0,
+        "dice": 2 * tp / (2 * tp + fp + fn) if denom else 0.0,
+        "iou": tp / denom if denom else 0.0,
+        "mae": abs_err / px if px else 0.0,
+        "detected": detected,
+    }
+
+
+def metrics_by_class(probs, items, level):
+    out = {"all": pixel_metrics(probs, items, level)}
+    for c in CLASSES:
+        idx = [i for i, it in enumerate(items) if it["cls"] == c]
+        out[c] = pixel_metrics(probs[idx], [items[i] for i in idx], level)
+    return out
+
+
+def ort_maps(path, items):
+    return common.ort_scores(path, [it["img"] for it in items])[:, 0]
+
+
+def ort_ms(paths, reps=5, runs=40):
+    """Single-thread onnxruntime latency of one 200x200 image: median and minimum over
+    interleaved rounds of every model (the rounds share whatever else loads the machine)."""
+    import onnxruntime as ort
+
+    x = np.zeros((1, 1, TILE, TILE), np.float32)
+    sessions = {}
+    for k, (p, shape) in paths.items():
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = 1
+        so.inter_op_num_threads = 1
+        sessions[k] = (ort.InferenceSession(p, so, providers=["CPUExecutionProvider"]), np.zeros(shape, np.float32))
+    times = {k: [] for k in sessions}
+    for _ in range(reps):
+        for k, (s, x) in sessions.items():
+            for _ in range(3):
+                s.run(None, {"image": x})
+            for _ in range(runs):
+                t0 = time.perf_counter()
+                s.run(None, {"image": x})
+                times[k].append(time.perf_counter() - t0)
+    return {k: {"median_ms": round(1e3 * float(np.median(v)), 3), "min_ms": round(1e3 * float(np.min(v)), 3)} for k, v in times.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=os.path.join(ROOT, "..", "shared", "datasets", "neu_cls"))
+    ap.add_argument("--masks", default=os.path.join(ROOT, "..", "shared", "datasets", "neu_cls_masks"))
+    ap.add_argument("--out", default=os.path.join(ROOT, "models"))
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--heldout-fraction", type=float, default=0.2)
+    ap.add_argument("--validation-fraction", type=float, default=0.2)
+    ap.add_argument("--variants", default="dice:photo,dice+bce:photo,dice+bce:geo",
+                    help="comma-separated loss:augmentation (loss dice | dice+bce; augmentation photo = flips, "
+                         "quarter turns, brightness/contrast; geo = flips and quarter turns only)")
+    ap.add_argument("--sweep-steps", type=int, default=400, help="schedule of each sweep variant")
+    ap.add_argument("--steps", type=int, default=6000, help="schedule of the chosen variant")
+    ap.add_argument("--eval-every", type=int, default=500)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--crop", type=int, default=128, help="training crop side, a multiple of 8 (200: whole images)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--output", choices=("probability", "logits"), default="probability",
+                    help="what the graph's `mask` output is: sigmoid(logit) (every segment manifest's "
+                         "`activation = \"sigmoid\"`) or the logit itself")
+    ap.add_argument("--ship-only", action="store_true", help="export + quantise the saved checkpoint, no training")
+    args = ap.parse_args()
+    if args.crop % 8 or not 8 <= args.crop <= TILE:
+        ap.error("--crop must be a multiple of 8 in 8..200")
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    t_start = time.time()
+    log = lambda s: print(s, flush=True)
+
+    items = load_set(args.data, args.masks)
+    pool, held = heldout_split(items, args.data, args.seed, args.heldout_fraction)
+    fit, val = split_groups(pool, args.seed + 1, args.validation_fraction)
+    check_disjoint(fit, val, held)
+    log(f"{len(items)} masked images: pool {len(pool)} (fit {len(fit)}, validation {len(val)}), held-out {len(held)}")
+    model = UNet()
+    log(f"parameters {sum(p.numel() for p in model.parameters())}, multiply-adds {multiply_adds(model) / 1e6:.1f} M per image")
+    ckpt = os.path.join(ROOT, "models", "training", f"{STEM}.pt")
+    if args.ship_only:
+        saved = torch.load(ckpt)
+        model.load_state_dict(saved["state_dict"])
+        return ship(model, saved["selection"], fit, val, held, args, t_start)
+
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    sweep, best = [], None
+    for variant in variants:
+        (step, level, dice, _), = train_variant(variant, fit, val, args, log, args.sweep_steps, args.sweep_steps)
+        sweep.append({"variant": variant, "steps": step, "level": level, "dice_mean_per_image": round(dice, 6)})
+        # ties keep the earlier entry (the list's order)
+        if best is None or dice > best[1] + 1e-9:
+            best = (variant, dice)
+    variant = best[0]
+    log(f"sweep ({args.sweep_steps} steps each): chosen {variant} (validation mean Dice per image {best[1]:.4f}, f32)")
+    table, best = [], None
+    for step, level, dice, state in train_variant(variant, fit, val, args, log, args.steps, args.steps // 2):
+        table.append({"step": step, "level": level, "dice_mean_per_image": round(dice, 6)})
+        if best is None or dice > best[1] + 1e-9:  # ties keep fewer steps
+            best = (step, dice, state)
+            torch.save({"state_dict": state, "selection": {"variant": variant, "step": step}}, ckpt)
+    step, dice, state = best
+    log(f"chosen: {variant} at step {step} of {args.steps} (validation mean Dice per image {dice:.4f}, f32)")
+    selection = {"variant": variant, "step": step, "sweep_steps": args.sweep_steps, "sweep": sweep, "checkpoints": table,
+                 "train_minutes": round((time.time() - t_start) / 60, 1)}
+    torch.save({"state_dict": state, "selection": selection}, ckpt)
+    model.load_state_dict(state)
+    ship(model, selection, fit, val, held, args, t_start)
+
+
+def ship(model, selection, fit, val, held, args, t_start):
+    out = args.out
+    f32_path = os.path.join(out, f"{STEM}.f32.onnx")
+    int8_path = os.path.join(out, f"{STEM}.onnx")
+    model.eval()
+    torch.onnx.export(
+        Export(fuse(model), logits=args.output == "logits").eval(),
+        torch.zeros(1, 1, TILE, TILE),
+        f32_path,
+        input_names=["image"],
+        output_names=["mask"],
+        opset_version=13,
+        do_constant_folding=True,
+        dynamo=False,
+    )
+    crng = random.Random(args.seed + 1)
+    calib = [fit[i]["img"] for i in crng.sample(range(len(fit)), 48)]
+    common.quantise_int8(f32_path, int8_path, calib)
+
+    to_prob = (lambda a: 1 / (1 + np.exp(-a))) if args.output == "logits" else (lambda a: a)
+    int8_val = to_prob(ort_maps(int8_path, val))
+    f32_val = to_prob(ort_maps(f32_path, val))
+    per_level = [pixel_metrics(int8_val, val, lv)["dice_mean_per_image"] for lv in LEVELS]
+    k = int(np.argmax(per_level))
+    pixel_thr = LEVELS[k]
+    print("validation mean Dice per image per level (int8):", dict(zip(LEVELS, np.round(per_level, 4))), "->", pixel_thr, flush=True)
+    m_int8 = metrics_by_class(int8_val, val, pixel_thr)
+    m_f32 = metrics_by_class(f32_val, val, pixel_thr)
+    for name, m in (("int8", m_int8), ("f32", m_f32)):
+        for c, r in m.items():
+            print(f"validation {name} {c:10s} mean Dice/image {r['dice_mean_per_image']:.4f} pooled Dice {r['dice']:.4f} "
+                  f"IoU {r['iou']:.4f} MAE {r['mae']:.4f} detected {r['detected']}/{r['images']}", flush=True)
+    grains = os.path.join(out, "grains_316l.onnx")
+    bench = {"int8": (int8_path, (1, 1, TILE, TILE)), "f32": (f32_path, (1, 1, TILE, TILE))}
+    if os.path.isfile(grains):
+        bench["grains_316l_int8_256"] = (grains, (1, 1, 256, 256))
+    timing = ort_ms(bench)
+    print("onnxruntime, one thread, ms per image:", timing, flush=True)
+
+    with open(os.path.join(out, f"{STEM}.heldout.txt"), "w") as fh:
+        fh.write("# held-out NEU images with masks (seeded split by duplicate group, seed 0); never trained on, never used to choose\n")
+        for it in held:
+            fh.write(it["rel"] + "\n")
+    with open(os.path.join(out, f"{STEM}.validation.txt"), "w") as fh:
+        fh.write("# validation images carved from the training pool (seed 1): chose loss, augmentation, step and thresholds; never trained on\n")
+        for it in val:
+            fh.write(it["rel"] + "\n")
+
+    loss_name, aug = selection["variant"].split(":")
+    loss_text = "soft Dice per image on the sigmoid outputs" + (" + BCE" if loss_name == "dice+bce" else "")
+    aug_text = "flips and quarter turns" + (", brightness +-0.15 and contrast x0.75..1.25" if aug == "photo" else "")
+    c0, c1, c2 = WIDTH
+    mmac = multiply_adds(model) / 1e6
+    design = (
+        f"U-Net after a 2x2 average (widths {c0}/{c1}/{c2} at 100/50/25 pixels, two 3x3 Conv+ReLU per encoder level, "
+        f"two 2x2 max-pools, 2x2 transposed-conv decoder with skip connections and one 3x3 conv per level), then a 2x2 "
+        f"transposed conv back to 200x200 concatenated with the input image and a 3x3 conv to the defect map "
+        f"(sigmoid{' applied by the runtime' if args.output == 'logits' else ''}): {mmac:.0f} M multiply-adds per image."
+    )
+    rule = (
+        f"pixel: the level of 0.05..0.95 with the best mean Dice per image of the int8 model on the validation split "
+        f"({len(val)} images, {STEM}.validation.txt); decision: the same level (every NEU masked image is defective, "
+        f"and the image score is the map maximum, so an image is rejected exactly when it has a region)"
+    )
+    toml = f"""# Manifest of a ferroscope segment model. Paths are relative to this file.
+[model]
+name = "{STEM}"
+tool = "segment"
+version = "1.0.0"
+file = "{STEM}.onnx"
+sha256 = "{common.sha256_file(int8_path)}"
+f32_file = "{STEM}.f32.onnx"
+f32_sha256 = "{common.sha256_file(f32_path)}"
+design = "{design}"
+
+[input]
+name = "image"
+shape = [1, 1, {TILE}, {TILE}]
+layout = "NCHW"
+color = "gray"
+resize = "none"
+mean = {MEAN}
+std = {STD}
+
+[output]
+mask = "mask"
+activation = "sigmoid"
+
+[segment]
+# one {TILE}x{TILE} tile is the whole NEU image; the map has the tile's resolution
+tile = {TILE}
+min_overlap = 0
+cell = 1
+# image decision: reject when the map maximum reaches this
+decision_threshold = {pixel_thr}
+# a map pixel belongs to a region at or above this probability
+pixel_threshold = {pixel_thr}
+threshold_rule = "{rule}"
+
+[quantisation]
+format = "onnx QDQ: int8 weights (per output channel, 7-bit range), uint8 activations (per-tensor) around each Conv+Relu and the output conv; pooling, transposed convolutions, concatenation and the sigmoid f32"
+calibration = "MinMax over 48 random training images"
+tool = "onnxruntime.quantization.quantize_static"
+
+[training]
+recipe = "models/training/{STEM}.py"
+dataset = "../shared/datasets/neu_cls"
+masks = "../shared/datasets/neu_cls_masks"
+classes = {str(CLASSES).replace("'", '"')}
+split = "seeded 80/20 training pool/held-out per class by duplicate group (byte-identical images on one side; seed {args.seed}, the held-out images of neu_classify for these classes); validation: {args.validation_fraction:.0%} of the pool's duplicate groups per class (seed {args.seed + 1})"
+heldout_list = "{STEM}.heldout.txt"
+validation_list = "{STEM}.validation.txt"
+train_images = {len(fit)}
+validation_images = {len(val)}
+heldout_images = {len(held)}
+steps = {args.steps}
+chosen_step = {selection['step']}
+refit = false
+batch = {args.batch}
+crop = {args.crop}
+seed = {args.seed}
+loss = "{loss_text}"
+augmentation = "{aug_text}"
+lr = {args.lr}
+schedule = "AdamW (weight decay 1e-4), 5 % linear warm-up then cosine to zero over {args.steps} steps, stopped on steps"
+selection_rule = "sweep: variants {', '.join(s for s in args.variants.split(','))} (loss:augmentation), each from seed {args.seed} on a {selection.get('sweep_steps', args.sweep_steps)}-step schedule, the best mean Dice per image at its best level on the validation split (f32) chooses loss and augmentation; then that variant on the {args.steps}-step schedule, checkpoints every {args.eval_every} steps from 50 % scored the same way; the best step is shipped as it is, trained on the pool minus validation"
+"""
+    with open(os.path.join(out, f"{STEM}.toml"), "w") as fh:
+        fh.write(toml)
+
+    common.write_json(
+        os.path.join(ROOT, "models", "training", f"{STEM}.metrics.json"),
+        {
+            "split": "validation",
+            "validation_list": f"models/{STEM}.validation.txt",
+            "pixel_threshold": pixel_thr,
+            "decision_threshold": pixel_thr,
+            "validation_dice_mean_per_image_by_level_int8": dict(zip(map(str, LEVELS), [round(v, 6) for v in per_level])),
+            "int8": m_int8,
+            "f32": m_f32,
+            "selection": selection,
+            "onnxruntime_one_thread_ms": timing,
+            "multiply_adds_millions": round(mmac, 1),
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "output": args.output,
+            "recipe_minutes": round((time.time() - t_start) / 60, 1),
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
