@@ -148,10 +148,10 @@ def fuse_for_export(model):
     return m
 
 
-def fuse_backbone(backbone):
+def fuse_sequential(seq):
+    """The modules of `seq` with every Conv2d followed by BatchNorm2d folded into one conv."""
     from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-    seq = backbone.features
     new = []
     i = 0
     mods = list(seq)
@@ -162,7 +162,11 @@ def fuse_backbone(backbone):
         else:
             new.append(mods[i])
             i += 1
-    backbone.features = nn.Sequential(*new)
+    return nn.Sequential(*new)
+
+
+def fuse_backbone(backbone):
+    backbone.features = fuse_sequential(backbone.features)
 
 
 def export_onnx(model, path):

@@ -109,20 +109,9 @@ class Export(nn.Module):
 
 def fuse(model):
     """Fold every BatchNorm into its conv, so the int8 graph is Conv(+Relu) only."""
-    from torch.nn.utils.fusion import fuse_conv_bn_eval
-
     m = copy.deepcopy(model).eval()
     for name in ("e0", "e1", "mid", "d1", "d0"):
-        mods = list(getattr(m, name))
-        new, i = [], 0
-        while i < len(mods):
-            if isinstance(mods[i], nn.Conv2d) and i + 1 < len(mods) and isinstance(mods[i + 1], nn.BatchNorm2d):
-                new.append(fuse_conv_bn_eval(mods[i], mods[i + 1]))
-                i += 2
-            else:
-                new.append(mods[i])
-                i += 1
-        setattr(m, name, nn.Sequential(*new))
+        setattr(m, name, common.fuse_sequential(getattr(m, name)))
     return m
 
 
