@@ -30,12 +30,11 @@ fn realtime_settings_out_of_range_are_refused_naming_the_field() {
             "input_priority = 70\nspin_us = 5000",
             "realtime.spin_us",
         ),
-        (
-            "input_priority = 70",
-            "input_priority = 70\ncpus = [4096]",
-            "realtime.cpus",
-        ),
+        ("cpus = [1]", "cpus = [4096]", "realtime.cpus"),
         ("input_priority = 70", "input_priority = 70\nspin = 5", "spin"),
+        ("frame_cpus = [0]", "frame_cpus = [4096]", "realtime.frame_cpus"),
+        ("frame_cpus = [0]", "frame_cpus = [0, 1]", "realtime.frame_cpus"),
+        ("cpus = [1]", "", "realtime.frame_cpus` needs `realtime.cpus"),
     ] {
         let e = StationConfig::parse(&text.replace(from, to), p)
             .unwrap_err()
@@ -45,6 +44,11 @@ fn realtime_settings_out_of_range_are_refused_naming_the_field() {
     let ok = StationConfig::parse(&text, p).unwrap();
     assert_eq!(ok.realtime.actuator_priority, Some(80));
     assert_eq!(ok.realtime.spin_us, 300, "the default spin");
+    assert_eq!(
+        (ok.realtime.cpus.as_slice(), ok.realtime.frame_cpus.as_slice()),
+        (&[1][..], &[0][..]),
+        "the pulse threads and the frame loop on CPUs of their own"
+    );
 }
 
 /// Whether this process runs as root (which may use SCHED_FIFO whatever the limits).
@@ -101,7 +105,9 @@ fn without_the_privilege_the_station_runs_with_a_warning() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(
-        stderr.contains("actuator: normal scheduling (SCHED_FIFO 80 refused"),
+        stderr
+            .lines()
+            .any(|l| l.contains("actuator: normal scheduling") && l.contains("SCHED_FIFO 80 refused")),
         "the refusal is on stderr: {stderr}"
     );
     assert!(stderr.contains("memory: not locked"), "{stderr}");

@@ -216,6 +216,9 @@ pub fn run(config: Option<&Path>, json: bool, duration_s: Option<f64>) -> Result
                 a.belt_speed_mm_per_s
             );
         }
+        if let Some(ms) = summary.cpu_steal_ms.filter(|ms| *ms > 0.0) {
+            println!("CPU time taken by the hypervisor during the run: {ms:.0} ms (late pulses may be its)");
+        }
         let k = &summary.camera;
         println!(
             "camera: frames {}, dropped {}, corrupt {}, wrong size {}, timeouts {}, disconnects {}, reconnects {} (longest outage {:.0} ms); items it did not see {} (all fail-safe){}",

@@ -458,11 +458,27 @@ impl StationConfig {
         if r.spin_us > 1000 {
             bail!("{p}: field `realtime.spin_us` is {}; allowed: 0 to 1000", r.spin_us);
         }
-        if let Some(c) = r.cpus.iter().find(|c| **c >= super::realtime::MAX_CPUS) {
-            bail!(
-                "{p}: field `realtime.cpus` names CPU {c}; allowed: 0 to {}",
-                super::realtime::MAX_CPUS - 1
-            );
+        for (name, cpus) in [("cpus", &r.cpus), ("frame_cpus", &r.frame_cpus)] {
+            if let Some(c) = cpus.iter().find(|c| **c >= super::realtime::MAX_CPUS) {
+                bail!(
+                    "{p}: field `realtime.{name}` names CPU {c}; allowed: 0 to {}",
+                    super::realtime::MAX_CPUS - 1
+                );
+            }
+        }
+        if !r.frame_cpus.is_empty() {
+            if r.cpus.is_empty() {
+                bail!(
+                    "{p}: field `realtime.frame_cpus` needs `realtime.cpus`: without it the actuator \
+                     would run on the frame loop's CPUs"
+                );
+            }
+            if let Some(c) = r.frame_cpus.iter().find(|c| r.cpus.contains(c)) {
+                bail!(
+                    "{p}: fields `realtime.frame_cpus` and `realtime.cpus` both name CPU {c}; \
+                     the frame loop and the pulse threads are kept apart"
+                );
+            }
         }
         Ok(())
     }

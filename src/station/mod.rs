@@ -97,6 +97,10 @@ pub fn run_until(cfg: &StationConfig, control: &Control, mut on_item: impl FnMut
     let (tracker, speed) = tracking::open_tracker(cfg, &ejectors, clock)?;
     let audit_cap = tracking::audit_capacity(expected_items);
     let rt_report = std::sync::Arc::new(realtime::RealtimeReport::default());
+    // Before any thread starts: they inherit the frame loop's CPUs (the pulse threads then
+    // move to theirs).
+    let _frame_cpus = realtime::pin_frame_loop(&cfg.realtime, &rt_report);
+    let steal_before = realtime::cpu_steal_us();
     realtime::lock_memory(&cfg.realtime, &rt_report);
     let _cpu_latency = realtime::hold_cpu_latency(&cfg.realtime, &rt_report);
     let out = actuate::open_outputs(cfg, clock)?;
@@ -226,6 +230,9 @@ pub fn run_until(cfg: &StationConfig, control: &Control, mut on_item: impl FnMut
         });
     }
     summary.realtime = rt_report.lines();
+    summary.cpu_steal_ms = steal_before
+        .zip(realtime::cpu_steal_us())
+        .map(|(a, b)| b.saturating_sub(a) as f64 / 1000.0);
     Ok(summary)
 }
 

@@ -5,6 +5,8 @@
 //! - each setting applies to the thread that asks for it (the actuator, an input thread) and
 //!   to no other: the frame loop and the model's threads keep normal scheduling, so a model
 //!   can never starve the pulses;
+//! - `frame_cpus` keeps the frame loop and every thread it starts off the pulse threads'
+//!   `cpus` for the run, and gives the frame loop's thread its former CPUs back after;
 //! - a setting the process is not allowed (no `CAP_SYS_NICE`, `RLIMIT_RTPRIO` too low,
 //!   `RLIMIT_MEMLOCK` too small) is never fatal: the thread runs without it, and what was
 //!   refused and why is written to stderr (the journal) once and reported in the run's
@@ -92,18 +94,9 @@ pub fn setup_thread(role: &str, priority: Option<u8>, rt: &RealtimeSection, repo
         }
     }
     if !rt.cpus.is_empty() {
-        // SAFETY: cpu_set_t is plain data; CPU_SET writes within it (numbers < MAX_CPUS).
-        let rc = unsafe {
-            let mut set: libc::cpu_set_t = std::mem::zeroed();
-            for c in rt.cpus.iter().filter(|c| **c < MAX_CPUS) {
-                libc::CPU_SET(*c, &mut set);
-            }
-            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
-        };
-        if rc != 0 {
-            refused.push(format!("CPUs {:?} refused: {}", rt.cpus, errno_text()));
-        } else {
-            parts.push(format!("CPUs {:?}", rt.cpus));
+        match set_affinity(&rt.cpus) {
+            Err(e) => refused.push(format!("CPUs {:?} refused: {e}", rt.cpus)),
+            Ok(()) => parts.push(format!("CPUs {:?}", rt.cpus)),
         }
     }
     let (policy, prio) = current_policy();
@@ -123,6 +116,70 @@ pub fn setup_thread(role: &str, priority: Option<u8>, rt: &RealtimeSection, repo
     }
 }
 
+/// Confine the calling thread to `cpus` (numbers at or above [`MAX_CPUS`] are left out).
+fn set_affinity(cpus: &[usize]) -> Result<(), String> {
+    // SAFETY: cpu_set_t is plain data; CPU_SET writes within it (numbers < MAX_CPUS).
+    let rc = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for c in cpus.iter().filter(|c| **c < MAX_CPUS) {
+            libc::CPU_SET(*c, &mut set);
+        }
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(errno_text())
+    }
+}
+
+/// The calling thread's CPUs, as the kernel has them (`None` when it cannot say).
+fn affinity() -> Option<libc::cpu_set_t> {
+    // SAFETY: cpu_set_t is plain data, written by the kernel.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        (libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) == 0).then_some(set)
+    }
+}
+
+/// The frame loop's CPUs, in force on the thread that made it until it is dropped; then
+/// that thread has its former CPUs back.
+#[derive(Debug)]
+pub struct FrameCpusHold {
+    former: Option<libc::cpu_set_t>,
+}
+
+impl Drop for FrameCpusHold {
+    fn drop(&mut self) {
+        if let Some(set) = &self.former {
+            // SAFETY: a cpu_set_t the kernel gave for this thread.
+            unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), set) };
+        }
+    }
+}
+
+/// Confine the calling thread, the frame loop, to `rt.frame_cpus` (when set) before it starts
+/// the other threads, which inherit them; the actuator and input threads move to `rt.cpus`
+/// themselves ([`setup_thread`]). Says what happened in `report`, and on stderr when refused.
+pub fn pin_frame_loop(rt: &RealtimeSection, report: &RealtimeReport) -> FrameCpusHold {
+    if rt.frame_cpus.is_empty() {
+        return FrameCpusHold { former: None };
+    }
+    let former = affinity();
+    match set_affinity(&rt.frame_cpus) {
+        Ok(()) => {
+            report.push(format!("frame loop: CPUs {:?}", rt.frame_cpus));
+            FrameCpusHold { former }
+        }
+        Err(e) => {
+            let line = format!("frame loop: any CPU (CPUs {:?} refused: {e})", rt.frame_cpus);
+            eprintln!("realtime: {line}: the station runs on without it");
+            report.push_refused(line);
+            FrameCpusHold { former: None }
+        }
+    }
+}
+
 /// `mlockall(MCL_CURRENT | MCL_FUTURE)` when `rt.lock_memory`; says what happened in
 /// `report`, and on stderr when refused.
 pub fn lock_memory(rt: &RealtimeSection, report: &RealtimeReport) {
@@ -138,6 +195,17 @@ pub fn lock_memory(rt: &RealtimeSection, report: &RealtimeReport) {
         eprintln!("realtime: {line}: the station runs on without it");
         report.push_refused(line);
     }
+}
+
+/// The kernel's count of CPU time stolen by a hypervisor, all CPUs, µs since boot
+/// (`/proc/stat`; `None` where it cannot be read).
+pub fn cpu_steal_us() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    // "cpu  user nice system idle iowait irq softirq steal …", in clock ticks.
+    let steal: u64 = stat.lines().next()?.split_whitespace().nth(8)?.parse().ok()?;
+    // SAFETY: sysconf has no pointer arguments.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (hz > 0).then(|| steal.saturating_mul(1_000_000) / hz as u64)
 }
 
 /// The CPU wake-up latency limit, in force while this is alive.
@@ -174,6 +242,56 @@ pub fn hold_cpu_latency(rt: &RealtimeSection, report: &RealtimeReport) -> CpuLat
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_frame_loop_is_kept_to_its_cpus_and_given_its_former_ones_back() {
+        std::thread::spawn(|| {
+            let before = affinity().expect("sched_getaffinity");
+            fn count(s: &libc::cpu_set_t) -> usize {
+                // SAFETY: CPU_ISSET reads within the set (numbers < MAX_CPUS).
+                (0..MAX_CPUS).filter(|c| unsafe { libc::CPU_ISSET(*c, s) }).count()
+            }
+            let rt = RealtimeSection {
+                frame_cpus: vec![0],
+                ..RealtimeSection::default()
+            };
+            let report = RealtimeReport::default();
+            {
+                let _hold = pin_frame_loop(&rt, &report);
+                let now = affinity().unwrap();
+                // CPU 0 exists on every machine; the kernel has the thread on it alone.
+                assert_eq!(report.lines(), vec!["frame loop: CPUs [0]".to_string()]);
+                // SAFETY: CPU 0 is within the set.
+                assert!(unsafe { libc::CPU_ISSET(0, &now) } && count(&now) == 1);
+                // A thread started now inherits the frame loop's CPUs.
+                let child = std::thread::spawn(|| affinity().map(|s| count(&s))).join().unwrap();
+                assert_eq!(child, Some(1));
+            }
+            assert_eq!(count(&affinity().unwrap()), count(&before), "former CPUs back");
+            // A CPU the machine lacks is refused, said, and the thread keeps what it had.
+            let report = RealtimeReport::default();
+            let rt = RealtimeSection {
+                frame_cpus: vec![MAX_CPUS - 1],
+                ..RealtimeSection::default()
+            };
+            let _hold = pin_frame_loop(&rt, &report);
+            assert!(
+                report.refused() && report.lines()[0].contains("refused"),
+                "{:?}",
+                report.lines()
+            );
+            assert_eq!(count(&affinity().unwrap()), count(&before));
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn stolen_time_is_read_and_never_goes_back() {
+        let a = cpu_steal_us().expect("/proc/stat has a steal column");
+        let b = cpu_steal_us().unwrap();
+        assert!(b >= a, "{a} then {b}");
+    }
 
     #[test]
     fn the_cpu_latency_is_held_or_the_refusal_is_said() {

@@ -539,6 +539,7 @@ impl<'c> Report<'c> {
             reloads: 0,
             reloads_refused: 0,
             realtime: Vec::new(),
+            cpu_steal_ms: None,
         }
     }
 }

@@ -143,6 +143,10 @@ pub struct Summary {
     pub reloads_refused: u64,
     /// What the `[realtime]` setup did, per thread, in words.
     pub realtime: Vec<String>,
+    /// CPU time a hypervisor took from this machine during the run, all CPUs, ms (none: not
+    /// known). On a virtual machine a pulse can be late by what was stolen while it was due;
+    /// a board has none.
+    pub cpu_steal_ms: Option<f64>,
 }
 
 impl Summary {
@@ -259,6 +263,7 @@ impl Summary {
         j["reloads"] = json!(self.reloads);
         j["reloads_refused"] = json!(self.reloads_refused);
         j["realtime"] = json!(self.realtime);
+        j["cpu_steal_ms"] = json!(self.cpu_steal_ms);
         j["pulses_over_100_us"] = json!(self.audit.as_ref().map(|a| a.pulses_over_late_limit));
         j
     }

@@ -389,6 +389,12 @@ pub struct RealtimeSection {
     /// CPUs the actuator and input threads run on (none: any).
     #[serde(default)]
     pub cpus: Vec<usize>,
+    /// CPUs the frame loop runs on, with the model and every thread it starts (records,
+    /// screen, MQTT, output lines); none: any. Kept apart from `cpus`, no kernel work of
+    /// theirs (reads, page faults, frees) can hold up a pulse: the kernels the boards run do
+    /// not preempt kernel code, so a wake-up waits for it on a shared CPU.
+    #[serde(default)]
+    pub frame_cpus: Vec<usize>,
     /// Lock the process's memory (`mlockall`) once the model is loaded: no page fault on the
     /// pulse path.
     #[serde(default)]
