@@ -5,7 +5,7 @@
 //! reconnection) → `sim` (faithful doubles at the hardware edge:
 //! replay camera, recording output) → `model` (manifests and tract inference) → `tools`
 //! (classify, segment), `grains` (metallographic grain size) → `records` (decision log,
-//! archive, MQTT) → `station` (the running loop) → the `ferroscope` binary's CLI.
+//! archive, MQTT), `plc` (the PLC handshake: Modbus TCP) → `station` (the running loop) → the `ferroscope` binary's CLI.
 //!
 //! Only [`core`] and [`hal`] build without the `std` feature.
 #![cfg_attr(not(feature = "std"), no_std)]
@@ -27,6 +27,8 @@ pub mod drivers;
 pub mod eval;
 #[cfg(feature = "std")]
 pub mod model;
+#[cfg(feature = "std")]
+pub mod plc;
 #[cfg(feature = "std")]
 pub mod records;
 #[cfg(feature = "std")]

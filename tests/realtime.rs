@@ -25,11 +25,7 @@ fn realtime_settings_out_of_range_are_refused_naming_the_field() {
             "realtime.actuator_priority",
         ),
         ("input_priority = 70", "input_priority = 100", "realtime.input_priority"),
-        (
-            "input_priority = 70",
-            "input_priority = 70\nspin_us = 5000",
-            "realtime.spin_us",
-        ),
+        ("spin_us = 1000", "spin_us = 5000", "realtime.spin_us"),
         ("cpus = [1]", "cpus = [4096]", "realtime.cpus"),
         ("input_priority = 70", "input_priority = 70\nspin = 5", "spin"),
         ("frame_cpus = [0]", "frame_cpus = [4096]", "realtime.frame_cpus"),
@@ -43,7 +39,14 @@ fn realtime_settings_out_of_range_are_refused_naming_the_field() {
     }
     let ok = StationConfig::parse(&text, p).unwrap();
     assert_eq!(ok.realtime.actuator_priority, Some(80));
-    assert_eq!(ok.realtime.spin_us, 300, "the default spin");
+    assert_eq!(ok.realtime.spin_us, 1000, "the host simulation spins the last ms");
+    let default_spin = text
+        .lines()
+        .filter(|l| !l.starts_with("spin_us"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let d = StationConfig::parse(&default_spin, p).unwrap();
+    assert_eq!(d.realtime.spin_us, 300, "the default spin");
     assert_eq!(
         (ok.realtime.cpus.as_slice(), ok.realtime.frame_cpus.as_slice()),
         (&[1][..], &[0][..]),

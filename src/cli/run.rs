@@ -337,7 +337,12 @@ fn write_item_json(out: &mut impl Write, item: &ItemReport<'_>) -> std::io::Resu
         item.latency_us as f64 / 1000.0
     )?;
     write_opt_str(out, item.fault)?;
-    out.write_all(b"}\n")
+    writeln!(
+        out,
+        ",\"id\":{},\"result_code\":{}}}",
+        item.id,
+        ferroscope::plc::result_code_of(&d, item.fault)
+    )
 }
 
 fn write_item_text(out: &mut impl Write, item: &ItemReport<'_>) -> std::io::Result<()> {

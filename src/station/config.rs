@@ -81,6 +81,9 @@ pub struct StationConfig {
     /// `[realtime]`: scheduling of the actuator and input threads.
     #[serde(default)]
     pub realtime: RealtimeSection,
+    /// `[modbus]`: the PLC's Modbus TCP server.
+    #[serde(default)]
+    pub modbus: Option<ModbusSection>,
     /// Where it was read from; relative paths resolve against its folder.
     #[serde(skip)]
     pub path: PathBuf,
@@ -303,6 +306,7 @@ impl StationConfig {
         c.check_camera()?;
         c.check_display()?;
         c.check_realtime()?;
+        c.modbus_listen()?;
         if !matches!(c.tool.kind.as_str(), "classify" | "segment" | "anomaly") {
             bail!(
                 "{p}: field `tool.kind` is \"{}\"; allowed: \"classify\", \"segment\", \"anomaly\"",
@@ -436,6 +440,18 @@ impl StationConfig {
             b.check(path)?;
         }
         Ok(c)
+    }
+
+    /// `[modbus] listen` as a socket address (none: no `[modbus]`).
+    pub fn modbus_listen(&self) -> Result<Option<std::net::SocketAddr>> {
+        let Some(m) = &self.modbus else { return Ok(None) };
+        m.listen.parse().map(Some).map_err(|_| {
+            anyhow!(
+                "{}: field `modbus.listen` is \"{}\"; expected an address and port such as \"127.0.0.1:1502\"",
+                self.path.display(),
+                m.listen
+            )
+        })
     }
 
     /// `[realtime]`: priorities, CPUs and the spin within their ranges.

@@ -80,6 +80,21 @@ pub fn run_until(cfg: &StationConfig, control: &Control, mut on_item: impl FnMut
     if let Some(b) = &cfg.board {
         b.apply_cpu_hints()?;
     }
+    let rt_report = std::sync::Arc::new(realtime::RealtimeReport::default());
+    // Before any thread starts: they inherit the frame loop's CPUs (the pulse threads then
+    // move to theirs).
+    let _frame_cpus = realtime::pin_frame_loop(&cfg.realtime, &rt_report);
+    // The PLC's server first: a client connected during start-up reads "starting" and then
+    // every item.
+    let plc = match cfg.modbus_listen()? {
+        Some(addr) => {
+            let state = std::sync::Arc::new(crate::plc::PlcState::default());
+            let field = format!("{}: field `modbus.listen`", cfg.path.display());
+            let server = crate::plc::modbus::ModbusServer::start(addr, state.clone(), &field)?;
+            Some((state, server))
+        }
+        None => None,
+    };
     // Start-up, in the order a frame passes: any error here stops the station.
     let (mut inspect, classes) = Inspect::load(cfg)?;
     let ejectors = cfg.ejectors(inspect.tool.manifest())?;
@@ -96,10 +111,6 @@ pub fn run_until(cfg: &StationConfig, control: &Control, mut on_item: impl FnMut
     }
     let (tracker, speed) = tracking::open_tracker(cfg, &ejectors, clock)?;
     let audit_cap = tracking::audit_capacity(expected_items);
-    let rt_report = std::sync::Arc::new(realtime::RealtimeReport::default());
-    // Before any thread starts: they inherit the frame loop's CPUs (the pulse threads then
-    // move to theirs).
-    let _frame_cpus = realtime::pin_frame_loop(&cfg.realtime, &rt_report);
     let steal_before = realtime::cpu_steal_us();
     realtime::lock_memory(&cfg.realtime, &rt_report);
     let _cpu_latency = realtime::hold_cpu_latency(&cfg.realtime, &rt_report);
@@ -162,6 +173,9 @@ pub fn run_until(cfg: &StationConfig, control: &Control, mut on_item: impl FnMut
             }
         };
         let mut capture = Capture::new(camera, frame_buf, cfg.trigger_mode(), period_us, report.run_start);
+        if let Some((state, _)) = &plc {
+            report.attach_plc(state.clone());
+        }
 
         let mut notifier = Notifier::open(control.notify_target(), clock.now());
         frame_loop(
@@ -230,6 +244,7 @@ pub fn run_until(cfg: &StationConfig, control: &Control, mut on_item: impl FnMut
         });
     }
     summary.realtime = rt_report.lines();
+    summary.modbus = plc.map(|(_, server)| server.stats_json());
     summary.cpu_steal_ms = steal_before
         .zip(realtime::cpu_steal_us())
         .map(|(a, b)| b.saturating_sub(a) as f64 / 1000.0);
@@ -264,6 +279,7 @@ fn frame_loop(
         if tracking.new_encoder_fault() {
             report.note(screen_fault::ENCODER_FAULT, clock.now());
         }
+        report.plc_tick();
         // Software trigger: wait for an edge, then take the first frame exposed after it.
         let mut trigger: Option<(u32, Instant)> = None;
         if capture.mode == TriggerMode::Software {
@@ -330,6 +346,7 @@ fn frame_loop(
             report.faults.tracking_overflow += 1;
             fault = Some("tracking overflow");
         }
+        report.plc_busy();
         let mut decision = inspect.decide(&result, &capture.frame_buf, &mut report.faults, &mut fault);
         let now = clock.now();
         let late = now.us_since(captured);

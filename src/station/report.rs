@@ -33,6 +33,7 @@ use crate::display::spi::{Controller, SpiPanel, SpiPanelConfig};
 use crate::display::thread::{Display, DisplayStats};
 use crate::display::{Panel, PngPanel};
 use crate::hal::{Clock, FrameInfo};
+use crate::plc::{PlcState, StationState};
 use crate::records::log::{fault_code, LogRecord};
 use crate::records::store::now_unix_ms;
 use crate::records::{ItemRecord, Recorder, RecorderSetup};
@@ -171,6 +172,8 @@ pub(super) struct Report<'c> {
     display: Option<Display>,
     /// What the `[realtime]` setup was refused: shown on the screen for the whole run.
     realtime: Arc<RealtimeReport>,
+    /// The PLC's view of the station (`[modbus]`), when a server is configured.
+    plc: Option<Arc<PlcState>>,
     seen_io_errors: u64,
     clock: MonotonicClock,
     started: std::time::Instant,
@@ -229,6 +232,7 @@ impl<'c> Report<'c> {
             recorder,
             display,
             realtime,
+            plc: None,
             seen_io_errors: 0,
             clock,
             started,
@@ -338,6 +342,40 @@ impl<'c> Report<'c> {
         }
     }
 
+    /// Publish the run to `plc` from now on.
+    pub(super) fn attach_plc(&mut self, plc: Arc<PlcState>) {
+        self.plc = Some(plc);
+    }
+
+    /// Once per pass of the frame loop: a fault reset the PLC asked for, and the station's
+    /// state as the PLC reads it.
+    pub(super) fn plc_tick(&mut self) {
+        let Some(plc) = &self.plc else { return };
+        if plc.take_reset_faults() {
+            self.recent = RecentFaults::default();
+        }
+        let faulted = self.recent.active(self.clock.now(), self.fault_hold_us) != 0;
+        let state = match (self.counters.inspected, faulted) {
+            (0, false) => StationState::Starting,
+            (_, true) => StationState::Faulted,
+            (_, false) => StationState::Running,
+        };
+        plc.set_state(state, faulted);
+    }
+
+    /// The frame loop took a frame and is inspecting it ("busy" for the PLC).
+    pub(super) fn plc_busy(&self) {
+        if let Some(plc) = &self.plc {
+            plc.set_busy(true);
+        }
+    }
+
+    fn publish_plc(&self, id: u32, decision: &Decision, fault: Option<&str>) {
+        if let Some(plc) = &self.plc {
+            plc.publish(id, decision, fault, self.counters.inspected, self.counters.rejected);
+        }
+    }
+
     /// An item the camera did not see (`why`: dropped frame, camera timeout, camera lost):
     /// into the register (when `begin`) and decided with `decision`, the fail-safe, at once.
     #[allow(clippy::too_many_arguments)]
@@ -358,7 +396,9 @@ impl<'c> Report<'c> {
         self.blind_items += 1;
         self.counters.record(&decision);
         self.audit(id, at, &decision);
+        self.publish_plc(id, &decision, Some(why));
         on_item(&ItemReport {
+            id,
             sequence: 0,
             source: why,
             label: None,
@@ -419,7 +459,9 @@ impl<'c> Report<'c> {
                 self.correct += 1;
             }
         }
+        self.publish_plc(it.id, &decision, fault);
         on_item(&ItemReport {
+            id: it.id,
             sequence: it.sequence,
             source,
             label,
@@ -469,6 +511,9 @@ impl<'c> Report<'c> {
     /// The frame loop ended: take the allocation count of its thread, stop the screen and
     /// close the records (in that order: other threads are not the frame path).
     pub(super) fn close(&mut self) {
+        if let Some(plc) = &self.plc {
+            plc.set_state(StationState::Stopped, false);
+        }
         let end = Snapshot::take_thread();
         let display = self.display.take().map(Display::stop);
         let started = self.started;
@@ -540,6 +585,7 @@ impl<'c> Report<'c> {
             reloads_refused: 0,
             realtime: Vec::new(),
             cpu_steal_ms: None,
+            modbus: None,
         }
     }
 }

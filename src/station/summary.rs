@@ -69,6 +69,8 @@ pub struct EncoderStats {
 /// One decided item, for the log.
 #[derive(Clone, Copy, Debug)]
 pub struct ItemReport<'a> {
+    /// The item's ID in the register: the inspection ID a PLC reads.
+    pub id: u32,
     /// Camera sequence number.
     pub sequence: u32,
     /// Replay file name.
@@ -147,6 +149,8 @@ pub struct Summary {
     /// known). On a virtual machine a pulse can be late by what was stolen while it was due;
     /// a board has none.
     pub cpu_steal_ms: Option<f64>,
+    /// The Modbus server's counters (`[modbus]`), when one ran.
+    pub modbus: Option<serde_json::Value>,
 }
 
 impl Summary {
@@ -264,6 +268,7 @@ impl Summary {
         j["reloads_refused"] = json!(self.reloads_refused);
         j["realtime"] = json!(self.realtime);
         j["cpu_steal_ms"] = json!(self.cpu_steal_ms);
+        j["modbus"] = json!(self.modbus);
         j["pulses_over_100_us"] = json!(self.audit.as_ref().map(|a| a.pulses_over_late_limit));
         j
     }

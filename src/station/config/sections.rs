@@ -415,3 +415,12 @@ pub struct RealtimeSection {
 fn spin_us() -> u32 {
     300
 }
+
+/// `[modbus]`: the PLC's Modbus TCP server ([`crate::plc::modbus`]). No section, no port.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ModbusSection {
+    /// Address and port to listen on, e.g. `"127.0.0.1:1502"` (this machine only) or
+    /// `"0.0.0.0:502"` (every interface; port 502 needs `CAP_NET_BIND_SERVICE`).
+    pub listen: String,
+}
