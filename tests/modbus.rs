@@ -134,12 +134,20 @@ fn profile_path(port: u16) -> PathBuf {
 /// The host simulation with its Modbus server on `port`, replayed `loops` times (0: until
 /// stopped); its relative paths made absolute.
 fn station(port: u16, loops: u32, seconds: u32) -> Child {
+    station_with(port, loops, seconds, false)
+}
+
+/// The same, with the PLC's software trigger as the part-present signal when `plc_trigger`.
+fn station_with(port: u16, loops: u32, seconds: u32, plc_trigger: bool) -> Child {
     let boards = root().join("boards").display().to_string();
-    let text = std::fs::read_to_string(root().join("boards/host-sim-plc.toml"))
+    let mut text = std::fs::read_to_string(root().join("boards/host-sim-plc.toml"))
         .unwrap()
         .replace("127.0.0.1:1502", &format!("127.0.0.1:{port}"))
         .replace("loops = 0 ", &format!("loops = {loops} "))
         .replace("\"../", &format!("\"{boards}/../"));
+    if plc_trigger {
+        text = text.replace("[tool]", "trigger = \"software\"\n\n[tool]") + "software_trigger = true\n";
+    }
     let profile = profile_path(port);
     std::fs::write(&profile, text).unwrap();
     Command::new(env!("CARGO_BIN_EXE_ferroscope"))
@@ -344,7 +352,14 @@ fn several_clients_at_once_one_more_refused_and_one_vanishing_mid_request_harms_
     assert_eq!(again.read_input_registers(8, 1), Ok(vec![StationState::Running as u16]));
     // Illegal places and functions: exceptions, the connection stays.
     assert_eq!(again.read_input_registers(9, 1), Err(2));
-    assert_eq!(again.write_coil(0, false), Reply::Exception(2));
+    // No software trigger in this profile: coil 1 is refused; coil 0 switches triggers off
+    // and "ready" with them.
+    assert_eq!(again.write_coil(1, true), Reply::Exception(2));
+    assert_eq!(again.write_coil(0, false), Reply::Data(vec![0x05, 0, 0, 0, 0]));
+    assert_eq!(again.call(&[0x01, 0, 0, 0, 4]), Reply::Data(vec![0x01, 1, 0b0000]));
+    assert_eq!(again.read_discrete_inputs(0, 1), Ok(vec![false]));
+    assert_eq!(again.write_coil(0, true), Reply::Data(vec![0x05, 0, 0, 0xFF, 0]));
+    assert_eq!(again.call(&[0x01, 0, 0, 0, 4]), Reply::Data(vec![0x01, 1, 0b0001]));
     assert_eq!(again.call(&[0x06, 0, 0, 0, 3]), Reply::Exception(3));
     assert_eq!(again.call(&[0x2B, 0x0E, 1, 0]), Reply::Exception(1));
     assert_eq!(again.write_coil(3, true), Reply::Data(vec![0x05, 0, 3, 0xFF, 0]));
@@ -354,4 +369,44 @@ fn several_clients_at_once_one_more_refused_and_one_vanishing_mid_request_harms_
     drop(server);
     // Stopped: the port is closed.
     assert!(TcpStream::connect(addr).is_err());
+}
+
+#[test]
+fn the_plcs_software_trigger_makes_items_and_trigger_enable_off_ignores_it() {
+    let port = free_port();
+    let child = station_with(port, 0, 8, true);
+    let mut c = Client::connect(SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_secs(30));
+    // Wait for the frame loop (state 1), then trigger as a PLC would, one part every 150 ms.
+    let t0 = Instant::now();
+    while c.read_input_registers(8, 1) != Ok(vec![StationState::Running as u16]) {
+        assert!(t0.elapsed() < Duration::from_secs(30), "the station never ran");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let parts = 12;
+    for _ in 0..parts {
+        assert_eq!(c.write_coil(1, true), Reply::Data(vec![0x05, 0, 1, 0xFF, 0]));
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    // Triggers off: three more writes are taken and ignored.
+    assert_eq!(c.write_coil(0, false), Reply::Data(vec![0x05, 0, 0, 0, 0]));
+    for _ in 0..3 {
+        assert_eq!(c.write_coil(1, true), Reply::Data(vec![0x05, 0, 1, 0xFF, 0]));
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    let regs = c.read_input_registers(0, 6).unwrap();
+    drop(c);
+    let (items, summary) = finish(child, port);
+    assert_eq!(
+        items.len(),
+        parts,
+        "one item per software trigger while triggers were on"
+    );
+    assert_eq!(
+        (regs[4] as u64) << 16 | regs[5] as u64,
+        parts as u64,
+        "items inspected, as the PLC read it"
+    );
+    assert_eq!(summary["modbus"]["triggers_ignored"], 3, "{}", summary["modbus"]);
+    assert_eq!(summary["missed_rejects"], 0, "{summary}");
+    assert_eq!(summary["faults"], 0, "{summary}");
 }

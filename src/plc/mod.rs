@@ -17,6 +17,14 @@ pub mod modbus;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 
 use crate::core::decision::{Action, Decision, Outcome};
+use crate::core::time::Instant;
+use crate::hal::Clock;
+use crate::sim::clock::MonotonicClock;
+
+/// Software triggers waiting for the trigger thread: it takes them within a millisecond, so
+/// more than a few waiting means the station is not keeping up; those are refused and
+/// counted, as a sensor's edges are when the register is full.
+pub const MAX_PENDING_SOFT_TRIGGERS: usize = 16;
 
 /// Result codes (input register 2).
 pub mod result_code {
@@ -50,9 +58,9 @@ pub fn result_code_of(d: &Decision, fault: Option<&str>) -> u16 {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum StationState {
-    /// Loading, opening the camera: no item decided yet.
+    /// Loading the model, opening the camera: the frame loop has not started.
     Starting = 0,
-    /// Deciding items.
+    /// The frame loop runs: taking frames (or waiting for triggers) and deciding items.
     Running = 1,
     /// A fault is held (see the screen's fault strip) until it clears or a PLC resets it.
     Faulted = 2,
@@ -65,8 +73,14 @@ pub enum StationState {
 const HAS_ITEM: u64 = 1 << 63;
 
 /// The PLC's view of the station, shared by the frame loop and the protocol servers.
-#[derive(Debug)]
 pub struct PlcState {
+    clock: MonotonicClock,
+    /// Whether the profile makes the software trigger the part-present signal.
+    soft_trigger_on: bool,
+    trigger_enable: AtomicBool,
+    soft_triggers: heapless::mpmc::MpMcQueue<u64, MAX_PENDING_SOFT_TRIGGERS>,
+    triggers_ignored: AtomicU64,
+    triggers_refused: AtomicU64,
     last: AtomicU64,
     inspected: AtomicU32,
     rejected: AtomicU32,
@@ -78,9 +92,33 @@ pub struct PlcState {
     acknowledged: AtomicU32,
 }
 
+impl std::fmt::Debug for PlcState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PlcState")
+            .field("last", &self.last())
+            .field("state", &self.state())
+            .field("flags", &self.flags())
+            .finish()
+    }
+}
+
 impl Default for PlcState {
     fn default() -> Self {
+        PlcState::new(MonotonicClock::default(), false)
+    }
+}
+
+impl PlcState {
+    /// A table on the station's `clock`; `soft_trigger_on` when the PLC's software trigger is
+    /// the part-present signal (`modbus.software_trigger`).
+    pub fn new(clock: MonotonicClock, soft_trigger_on: bool) -> PlcState {
         PlcState {
+            clock,
+            soft_trigger_on,
+            trigger_enable: AtomicBool::new(true),
+            soft_triggers: heapless::mpmc::MpMcQueue::new(),
+            triggers_ignored: AtomicU64::new(0),
+            triggers_refused: AtomicU64::new(0),
             last: AtomicU64::new(0),
             inspected: AtomicU32::new(0),
             rejected: AtomicU32::new(0),
@@ -91,6 +129,56 @@ impl Default for PlcState {
             reset_faults: AtomicBool::new(false),
             acknowledged: AtomicU32::new(0),
         }
+    }
+
+    /// Whether triggers are taken (coil 0; on at start). Off: trigger edges, the PLC's and a
+    /// sensor's, are ignored and counted, and a free-running camera's frames are not inspected.
+    pub fn trigger_enabled(&self) -> bool {
+        self.trigger_enable.load(Ordering::Acquire)
+    }
+
+    /// A PLC switched triggers on or off.
+    pub fn set_trigger_enable(&self, on: bool) {
+        self.trigger_enable.store(on, Ordering::Release);
+    }
+
+    /// A trigger edge or frame ignored because triggers are off.
+    pub fn note_ignored_trigger(&self) {
+        self.triggers_ignored.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A PLC wrote the software trigger: an edge now, for the trigger thread (ignored and
+    /// counted while triggers are off). False when the profile does not make it the
+    /// part-present signal.
+    pub fn software_trigger(&self) -> bool {
+        if !self.soft_trigger_on {
+            return false;
+        }
+        if !self.trigger_enabled() {
+            self.note_ignored_trigger();
+        } else if self.soft_triggers.enqueue(self.clock.now().us).is_err() {
+            self.triggers_refused.fetch_add(1, Ordering::Relaxed);
+        }
+        true
+    }
+
+    /// Whether the software trigger is the part-present signal.
+    pub fn soft_trigger_on(&self) -> bool {
+        self.soft_trigger_on
+    }
+
+    /// The trigger thread: the oldest software trigger's time.
+    pub fn take_soft_trigger(&self) -> Option<Instant> {
+        self.soft_triggers.dequeue().map(Instant::from_us)
+    }
+
+    /// Trigger edges (or free-run frames) ignored while triggers were off, and software
+    /// triggers refused because too many were waiting.
+    pub fn trigger_counts(&self) -> (u64, u64) {
+        (
+            self.triggers_ignored.load(Ordering::Relaxed),
+            self.triggers_refused.load(Ordering::Relaxed),
+        )
     }
 }
 
@@ -159,7 +247,7 @@ impl PlcState {
 
     /// Discrete inputs 0–4: ready, busy, result valid, pass, fault.
     pub fn flags(&self) -> [bool; 5] {
-        let running = self.state() == StationState::Running as u8;
+        let running = self.state() == StationState::Running as u8 && self.trigger_enabled();
         let fault = self.fault.load(Ordering::Relaxed);
         let last = self.last();
         [

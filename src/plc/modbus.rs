@@ -12,8 +12,8 @@
 //! | | 6–7 | items rejected |
 //! | | 8 | station state: 0 starting, 1 running, 2 faulted, 3 stopped |
 //! | discrete inputs | 0–4 | ready, busy, result valid, pass, fault |
-//! | coils | 0 | trigger enable (reads 1; not writable yet) |
-//! | | 1 | software trigger (reads 0; not writable yet) |
+//! | coils | 0 | trigger enable (1 at start): 0 ignores trigger edges and free-run frames |
+//! | | 1 | software trigger: writing 1 is a trigger edge (`modbus.software_trigger`) |
 //! | | 2 | result acknowledge: writing 1 clears "result valid" until the next item |
 //! | | 3 | reset faults: writing 1 clears the held faults (the screen's strip) |
 //! | holding registers | 0 | active recipe index (0: the profile's one product) |
@@ -55,6 +55,10 @@ pub const COILS: u16 = 4;
 /// Holding registers in the map.
 pub const HOLDING_REGISTERS: u16 = 1;
 
+/// The coil that switches triggers on and off.
+pub const COIL_TRIGGER_ENABLE: u16 = 0;
+/// The coil whose write of 1 is a trigger edge (`modbus.software_trigger`).
+pub const COIL_SOFTWARE_TRIGGER: u16 = 1;
 /// The coil that acknowledges a result.
 pub const COIL_RESULT_ACK: u16 = 2;
 /// The coil that resets the held faults.
@@ -92,9 +96,9 @@ fn input_registers(s: &PlcState) -> [u16; INPUT_REGISTERS as usize] {
     ]
 }
 
-/// The coils as they read now.
-fn coils() -> [bool; COILS as usize] {
-    [true, false, false, false]
+/// The coils as they read now: trigger enable; the others are commands and read 0.
+fn coils(s: &PlcState) -> [bool; COILS as usize] {
+    [s.trigger_enabled(), false, false, false]
 }
 
 /// `[addr, addr + count)` within a table of `len`, with `count` within `max` (the protocol's
@@ -113,6 +117,18 @@ fn range(addr: u16, count: u16, len: u16, max: u16) -> Result<std::ops::Range<us
 /// Writing `on` to coil `addr`.
 fn write_coil(s: &PlcState, addr: u16, on: bool) -> Result<(), ExceptionCode> {
     match addr {
+        COIL_TRIGGER_ENABLE => {
+            s.set_trigger_enable(on);
+            Ok(())
+        }
+        // Only where the profile makes it the part-present signal, whatever the value.
+        COIL_SOFTWARE_TRIGGER if !s.soft_trigger_on() => Err(ExceptionCode::IllegalDataAddress),
+        COIL_SOFTWARE_TRIGGER => {
+            if on {
+                s.software_trigger();
+            }
+            Ok(())
+        }
         COIL_RESULT_ACK => {
             if on {
                 s.acknowledge();
@@ -125,7 +141,6 @@ fn write_coil(s: &PlcState, addr: u16, on: bool) -> Result<(), ExceptionCode> {
             }
             Ok(())
         }
-        a if a < COILS => Err(ExceptionCode::IllegalDataAddress),
         _ => Err(ExceptionCode::IllegalDataAddress),
     }
 }
@@ -149,7 +164,7 @@ pub fn answer(s: &PlcState, req: &Request<'_>) -> Result<Response, ExceptionCode
         }
         Request::ReadCoils(a, n) => {
             let r = range(*a, *n, COILS, 2000)?;
-            Ok(Response::ReadCoils(coils()[r].to_vec()))
+            Ok(Response::ReadCoils(coils(s)[r].to_vec()))
         }
         Request::WriteSingleCoil(a, on) => {
             write_coil(s, *a, *on)?;
@@ -158,10 +173,9 @@ pub fn answer(s: &PlcState, req: &Request<'_>) -> Result<Response, ExceptionCode
         Request::WriteMultipleCoils(a, values) => {
             let n = u16::try_from(values.len()).map_err(|_| ExceptionCode::IllegalDataValue)?;
             let r = range(*a, n, COILS, 1968)?;
-            // All or nothing: every coil written must be writable.
-            if r.clone()
-                .any(|c| c as u16 != COIL_RESULT_ACK && c as u16 != COIL_RESET_FAULTS)
-            {
+            // All or nothing: the software trigger only where the profile makes it the
+            // part-present signal.
+            if r.contains(&(COIL_SOFTWARE_TRIGGER as usize)) && !s.soft_trigger_on() {
                 return Err(ExceptionCode::IllegalDataAddress);
             }
             for (c, on) in r.zip(values.iter()) {
@@ -256,11 +270,15 @@ impl ModbusServer {
         })
     }
 
-    /// The counters as JSON, for the run's summary.
-    pub fn stats_json(&self) -> serde_json::Value {
+    /// The counters as JSON, for the run's summary, with `state`'s trigger counts.
+    pub fn stats_json(&self, state: &PlcState) -> serde_json::Value {
         let s = &self.stats;
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let (ignored, refused) = state.trigger_counts();
         serde_json::json!({
+            "triggers_ignored": ignored,
+            "soft_triggers_refused": refused,
+            "results_acknowledged": state.acknowledged(),
             "listen": self.local_addr.to_string(),
             "answered": g(&s.answered),
             "exceptions": g(&s.exceptions),
@@ -353,7 +371,7 @@ mod tests {
             (Request::ReadDiscreteInputs(0, 6), IllegalDataAddress),
             (Request::ReadCoils(4, 1), IllegalDataAddress),
             (Request::ReadHoldingRegisters(1, 1), IllegalDataAddress),
-            (Request::WriteSingleCoil(0, false), IllegalDataAddress),
+            (Request::WriteSingleCoil(1, true), IllegalDataAddress),
             (Request::WriteSingleCoil(4, true), IllegalDataAddress),
             (
                 Request::WriteMultipleCoils(1, Cow::Owned(vec![true, true])),

@@ -195,13 +195,20 @@ impl StationConfig {
                 c.trigger
             );
         };
-        match (mode, self.inputs.trigger.is_some()) {
+        let plc_trigger = self.plc_trigger();
+        if plc_trigger && (mode != TriggerMode::Software || self.inputs.trigger.is_some()) {
+            bail!(
+                "{p}: field `modbus.software_trigger` needs `camera.trigger = \"software\"` and no \
+                 `[inputs.trigger]`: the PLC is then the part-present signal"
+            );
+        }
+        match (mode, self.inputs.trigger.is_some() || plc_trigger) {
             (TriggerMode::FreeRun, true) => {
                 bail!("{p}: `[inputs.trigger]` needs `camera.trigger = \"software\"` or \"external\"")
             }
             (TriggerMode::Software | TriggerMode::External, false) => {
                 bail!(
-                    "{p}: `camera.trigger = \"{}\"` needs an `[inputs.trigger]` line",
+                    "{p}: `camera.trigger = \"{}\"` needs an `[inputs.trigger]` line (or `modbus.software_trigger`)",
                     c.trigger
                 )
             }
@@ -440,6 +447,11 @@ impl StationConfig {
             b.check(path)?;
         }
         Ok(c)
+    }
+
+    /// Whether the PLC's software trigger is the part-present signal.
+    pub fn plc_trigger(&self) -> bool {
+        self.modbus.as_ref().is_some_and(|m| m.software_trigger)
     }
 
     /// `[modbus] listen` as a socket address (none: no `[modbus]`).

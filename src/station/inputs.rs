@@ -40,6 +40,7 @@ use crate::core::encoder::{Channel, Decoder, EncoderFault, LineEvent};
 use crate::core::time::Instant;
 use crate::drivers::gpio::{EdgeInput, EncoderInput};
 use crate::hal::Clock;
+use crate::plc::PlcState;
 use crate::sim::clock::MonotonicClock;
 use heapless::spsc::Producer;
 
@@ -184,15 +185,37 @@ fn encoder_thread(
     }
 }
 
+/// Where a trigger thread sends each edge: the actuator (the item enters the register at
+/// the edge's time) and the frame loop (the frame exposed after it is the item's).
+struct TriggerSink<'q> {
+    edges: Producer<'q, InputEvent, EDGE_QUEUE>,
+    frame: Producer<'q, (u32, Instant), { MAX_PENDING_TRIGGERS + 1 }>,
+    wake: Wake,
+    next_id: u32,
+}
+
+impl TriggerSink<'_> {
+    fn send(&mut self, signals: &Signals, at: Instant) {
+        self.next_id = self.next_id.wrapping_add(1);
+        let id = self.next_id;
+        if self.edges.enqueue(InputEvent::Trigger { id, at }).is_err() {
+            signals.queue_overflows.fetch_add(1, Ordering::Relaxed);
+        }
+        if self.frame.enqueue((id, at)).is_err() {
+            signals.input_errors.fetch_add(1, Ordering::Relaxed);
+        }
+        self.wake.actuator.unpark();
+        self.wake.frame.unpark();
+    }
+}
+
 fn trigger_thread(
     signals: &Signals,
     mut input: EdgeSource,
-    mut edges: Producer<'_, InputEvent, EDGE_QUEUE>,
-    mut frame: Producer<'_, (u32, Instant), { MAX_PENDING_TRIGGERS + 1 }>,
-    wake: Wake,
+    mut sink: TriggerSink<'_>,
+    plc: Option<Arc<PlcState>>,
     clock: MonotonicClock,
 ) {
-    let mut next_id: u32 = 0x8000_0000;
     loop {
         let edge = input.next_edge(Duration::from_millis(100));
         if signals.stop.load(Ordering::Acquire) {
@@ -208,15 +231,26 @@ fn trigger_thread(
             }
             Ok(Some(at)) => at,
         };
-        next_id = next_id.wrapping_add(1);
-        if edges.enqueue(InputEvent::Trigger { id: next_id, at }).is_err() {
-            signals.queue_overflows.fetch_add(1, Ordering::Relaxed);
+        if let Some(p) = plc.as_ref().filter(|p| !p.trigger_enabled()) {
+            p.note_ignored_trigger();
+            continue;
         }
-        if frame.enqueue((next_id, at)).is_err() {
-            signals.input_errors.fetch_add(1, Ordering::Relaxed);
+        sink.send(signals, at);
+    }
+}
+
+/// How often the PLC trigger thread looks for software triggers. Each carries the time of
+/// the PLC's write, so this adds no error to where the item is on the belt, only to when
+/// its frame is taken.
+const PLC_TRIGGER_POLL: Duration = Duration::from_millis(1);
+
+/// The PLC's software trigger as the part-present signal (`modbus.software_trigger`).
+fn plc_trigger_thread(signals: &Signals, plc: Arc<PlcState>, mut sink: TriggerSink<'_>) {
+    while !signals.stop.load(Ordering::Acquire) {
+        match plc.take_soft_trigger() {
+            Some(at) => sink.send(signals, at),
+            None => std::thread::sleep(PLC_TRIGGER_POLL),
         }
-        wake.actuator.unpark();
-        wake.frame.unpark();
     }
 }
 
@@ -305,6 +339,7 @@ pub(super) fn spawn<'scope, 'q: 'scope>(
     wake: Wake,
     clock: MonotonicClock,
     report: &Arc<RealtimeReport>,
+    plc: Option<&Arc<PlcState>>,
 ) -> Result<Vec<ScopedJoinHandle<'scope, ()>>> {
     let mut inputs = Vec::new();
     if let Some(l) = &cfg.inputs.encoder {
@@ -319,16 +354,32 @@ pub(super) fn spawn<'scope, 'q: 'scope>(
                 })?,
         );
     }
+    let (edges, frame) = trigger;
+    let sink = TriggerSink {
+        edges,
+        frame,
+        wake,
+        next_id: 0x8000_0000,
+    };
     if let Some(l) = &cfg.inputs.trigger {
         let input = open_trigger(cfg, l, clock)?;
-        let (rt, report) = (cfg.realtime.clone(), report.clone());
-        let (edges, frame) = trigger;
+        let (rt, report, plc) = (cfg.realtime.clone(), report.clone(), plc.cloned());
         inputs.push(
             std::thread::Builder::new()
                 .name("trigger".into())
                 .spawn_scoped(scope, move || {
                     setup_thread("trigger", rt.input_priority, &rt, &report);
-                    trigger_thread(signals, input, edges, frame, wake, clock)
+                    trigger_thread(signals, input, sink, plc, clock)
+                })?,
+        );
+    } else if let Some(plc) = plc.filter(|p| p.soft_trigger_on()).cloned() {
+        let (rt, report) = (cfg.realtime.clone(), report.clone());
+        inputs.push(
+            std::thread::Builder::new()
+                .name("plc-trigger".into())
+                .spawn_scoped(scope, move || {
+                    setup_thread("plc-trigger", rt.input_priority, &rt, &report);
+                    plc_trigger_thread(signals, plc, sink)
                 })?,
         );
     }

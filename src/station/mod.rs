@@ -88,7 +88,7 @@ pub fn run_until(cfg: &StationConfig, control: &Control, mut on_item: impl FnMut
     // every item.
     let plc = match cfg.modbus_listen()? {
         Some(addr) => {
-            let state = std::sync::Arc::new(crate::plc::PlcState::default());
+            let state = std::sync::Arc::new(crate::plc::PlcState::new(clock, cfg.plc_trigger()));
             let field = format!("{}: field `modbus.listen`", cfg.path.display());
             let server = crate::plc::modbus::ModbusServer::start(addr, state.clone(), &field)?;
             Some((state, server))
@@ -150,6 +150,7 @@ pub fn run_until(cfg: &StationConfig, control: &Control, mut on_item: impl FnMut
             wake,
             clock,
             &rt_report,
+            plc.as_ref().map(|(state, _)| state),
         )
         .and_then(|inputs| {
             let report = Report::start(
@@ -244,7 +245,7 @@ pub fn run_until(cfg: &StationConfig, control: &Control, mut on_item: impl FnMut
         });
     }
     summary.realtime = rt_report.lines();
-    summary.modbus = plc.map(|(_, server)| server.stats_json());
+    summary.modbus = plc.map(|(state, server)| server.stats_json(&state));
     summary.cpu_steal_ms = steal_before
         .zip(realtime::cpu_steal_us())
         .map(|(a, b)| b.saturating_sub(a) as f64 / 1000.0);
@@ -314,6 +315,10 @@ fn frame_loop(
             }
             Ok(info) => (info.sequence, info.captured),
         };
+        // Triggers off (the PLC's coil 0): a free-running camera's frames are not items.
+        if trigger.is_none() && report.plc_ignores_frames() {
+            continue;
+        }
         let gap = capture.camera.last_gap() as u64;
         if gap > 0 {
             report.faults.dropped_frame += gap;

@@ -355,12 +355,22 @@ impl<'c> Report<'c> {
             self.recent = RecentFaults::default();
         }
         let faulted = self.recent.active(self.clock.now(), self.fault_hold_us) != 0;
-        let state = match (self.counters.inspected, faulted) {
-            (0, false) => StationState::Starting,
-            (_, true) => StationState::Faulted,
-            (_, false) => StationState::Running,
+        let state = match faulted {
+            true => StationState::Faulted,
+            false => StationState::Running,
         };
         plc.set_state(state, faulted);
+    }
+
+    /// Whether the PLC switched triggers off: the frame just taken is not an item (counted).
+    pub(super) fn plc_ignores_frames(&self) -> bool {
+        match &self.plc {
+            Some(plc) if !plc.trigger_enabled() => {
+                plc.note_ignored_trigger();
+                true
+            }
+            _ => false,
+        }
     }
 
     /// The frame loop took a frame and is inspecting it ("busy" for the PLC).

@@ -423,4 +423,9 @@ pub struct ModbusSection {
     /// Address and port to listen on, e.g. `"127.0.0.1:1502"` (this machine only) or
     /// `"0.0.0.0:502"` (every interface; port 502 needs `CAP_NET_BIND_SERVICE`).
     pub listen: String,
+    /// The PLC's software trigger (coil 1) is the part-present signal: each write of 1 is a
+    /// trigger edge at that moment. Needs `camera.trigger = "software"` and no
+    /// `[inputs.trigger]`.
+    #[serde(default)]
+    pub software_trigger: bool,
 }
