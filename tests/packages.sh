@@ -60,8 +60,10 @@ sim["station"]["name"] = "simulation"
 sim["camera"]["path"] = "/usr/share/ferroscope/samples/neu"
 sim["camera"]["loops"] = 0            # a station runs until stopped
 sim["tool"]["manifest"] = "/usr/share/ferroscope/models/neu_classify.toml"
+for k in ("cpus", "frame_cpus"):      # CPU numbers are a machine's: boards have one to eight cores
+    sim["realtime"].pop(k, None)
 assert pkg == sim, {k: (pkg.get(k), sim.get(k)) for k in set(pkg) | set(sim) if pkg.get(k) != sim.get(k)}
-print("station.toml: boards/host-sim.toml with the package's paths, no [board], replaying forever")
+print("station.toml: boards/host-sim.toml with the package's paths, no [board], no CPU numbers, replaying forever")
 PY
 
 CHANGELOG=$(sed -n '1s/^ferroscope (\([^)]*\)).*/\1/p' boards/debian/changelog)
