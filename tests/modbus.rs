@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use ferroscope::core::decision::{Action, Decision, Outcome};
 use ferroscope::plc::modbus::{ModbusServer, MAX_CLIENTS};
 use ferroscope::plc::{PlcState, StationState};
+use ferroscope::sim::conveyor::SplitMix64;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -231,43 +232,31 @@ fn a_poller_at_100_hz_sees_every_item_in_order_with_its_result_code() {
     );
 }
 
-/// SplitMix64: the same frames every run.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-}
-
 /// Frames a faulty or hostile client might send: random function codes and bodies in a
 /// well-formed header, bodies of the wrong length, and broken headers (protocol ID, length).
-fn hostile_frame(r: &mut Rng, tid: u16) -> Vec<u8> {
-    let kind = r.next() % 4;
-    let body_len = (r.next() % 12) as usize;
-    let mut pdu: Vec<u8> = (0..=body_len).map(|_| r.next() as u8).collect();
+fn hostile_frame(r: &mut SplitMix64, tid: u16) -> Vec<u8> {
+    let kind = r.next_u64() % 4;
+    let body_len = (r.next_u64() % 12) as usize;
+    let mut pdu: Vec<u8> = (0..=body_len).map(|_| r.next_u64() as u8).collect();
     match kind {
-        0 => pdu[0] = [1, 2, 3, 4, 5, 6, 15, 16, 22, 23][(r.next() % 10) as usize],
-        1 => pdu[0] = (r.next() % 0x80) as u8,
+        0 => pdu[0] = [1, 2, 3, 4, 5, 6, 15, 16, 22, 23][(r.next_u64() % 10) as usize],
+        1 => pdu[0] = (r.next_u64() % 0x80) as u8,
         _ => {}
     }
     let mut f = tid.to_be_bytes().to_vec();
-    let proto: u16 = if kind == 3 && r.next().is_multiple_of(2) {
-        r.next() as u16
+    let proto: u16 = if kind == 3 && r.next_u64().is_multiple_of(2) {
+        r.next_u64() as u16
     } else {
         0
     };
     f.extend_from_slice(&proto.to_be_bytes());
     let len = if kind == 3 && proto == 0 {
-        [0u16, 1][(r.next() % 2) as usize]
+        [0u16, 1][(r.next_u64() % 2) as usize]
     } else {
         pdu.len() as u16 + 1
     };
     f.extend_from_slice(&len.to_be_bytes());
-    f.push(r.next() as u8);
+    f.push(r.next_u64() as u8);
     f.extend_from_slice(&pdu[..(len as usize).saturating_sub(1).min(pdu.len())]);
     f
 }
@@ -282,7 +271,8 @@ fn ten_thousand_hostile_frames_get_an_exception_or_a_closed_connection_and_the_s
     let child = station(port, 0, 12);
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let mut c = Client::connect(addr, Duration::from_secs(30));
-    let mut r = Rng(0x0DB0_5EED);
+    // The same frames every run.
+    let mut r = SplitMix64::new(0x0DB0_5EED);
     let (mut answered, mut exceptions, mut closed) = (0, 0, 0);
     for i in 0..cases {
         let f = hostile_frame(&mut r, i as u16);
