@@ -41,75 +41,18 @@ fi
 file "$BIN" | grep -q "ARM aarch64" || { echo "FAIL: $BIN is not an aarch64 binary"; exit 1; }
 
 # --- kernel and busybox from Debian trixie (arm64), with an apt configuration of our own ---
-APT=$WORK/apt
-mkdir -p "$APT"/{lists/partial,cache/archives/partial,debs}
-echo "deb [arch=arm64 signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian trixie main" \
-    >"$APT/sources.list"
-touch "$APT/status"
-AOPT=(-o Dir::Etc::SourceList="$APT/sources.list" -o Dir::Etc::SourceParts=/dev/null
-      -o Dir::State::Lists="$APT/lists" -o Dir::Cache="$APT/cache" -o Dir::State::Status="$APT/status"
-      -o APT::Architecture=arm64 -o APT::Architectures=arm64 -o Debug::NoLocking=1
-      -o Acquire::Languages=none -o Acquire::IndexTargets::deb::DEP-11::DefaultEnabled=false
-      -o Acquire::IndexTargets::deb::DEP-11-icons::DefaultEnabled=false
-      -o Acquire::IndexTargets::deb::DEP-11-icons-small::DefaultEnabled=false
-      -o APT::Sandbox::User=root)
-if ! ls "$APT"/debs/linux-image-*.deb >/dev/null 2>&1 || ! ls "$APT"/debs/busybox-static_*.deb >/dev/null 2>&1; then
-    apt-get "${AOPT[@]}" update -qq
-    KPKG=$(apt-cache "${AOPT[@]}" depends linux-image-arm64 | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
-    [ -n "$KPKG" ] || { echo "FAIL: no linux-image for arm64 in trixie"; exit 1; }
-    (cd "$APT/debs" && apt-get "${AOPT[@]}" download -qq "$KPKG" busybox-static)
-fi
-K=$WORK/kernel
-if [ ! -d "$K/boot" ]; then
-    rm -rf "$K" && mkdir -p "$K"
-    for d in "$APT"/debs/*.deb; do dpkg -x "$d" "$K"; done
-fi
-VMLINUZ=$(ls "$K"/boot/vmlinuz-*)
-MODDIR=$(ls -d "$K"/usr/lib/modules/* 2>/dev/null || ls -d "$K"/lib/modules/*)
+source tests/board_vm.sh
+vm_kernel
 
 # --- initramfs: busybox, the modules in dependency order, the binary, the profile, a model ---
 IR=$WORK/initramfs
-rm -rf "$IR" && mkdir -p "$IR"/{bin,dev,proc,sys,tmp,modules,app/boards,app/models}
-cp "$K"/usr/bin/busybox "$IR/bin/busybox" 2>/dev/null || cp "$K"/bin/busybox "$IR/bin/busybox"
-for a in sh mount mkdir sleep cat echo ls insmod poweroff grep sync dmesg dd gzip base64 tail kill; do ln -sf busybox "$IR/bin/$a"; done
+vm_initramfs_base "$IR" sh mount mkdir sleep cat echo ls insmod poweroff grep sync dmesg dd gzip base64 tail kill
 cp "$BIN" "$IR/app/ferroscope"
 cp boards/qemu-virt.toml boards/qemu-virt-encoder.toml boards/qemu-virt-standstill.toml "$IR/app/boards/"
 cp models/neu_classify.toml models/neu_classify.onnx models/neu_classify.f32.onnx "$IR/app/models/"
 
-# vivid and virtio-gpu with what they depend on (the `depends=` of each module's .modinfo),
-# dependencies first, decompressed for busybox's insmod.
-python3 - "$MODDIR" "$IR/modules" vivid virtio-gpu <<'PY'
-import lzma, os, re, sys
-moddir, out, *wanted = sys.argv[1:]
-paths = {}
-for d, _, files in os.walk(os.path.join(moddir, "kernel")):
-    for f in files:
-        m = re.match(r"(.+)\.ko(\.xz)?$", f)
-        if m:
-            paths[m.group(1).replace("-", "_")] = os.path.join(d, f)
-order, seen = [], set()
-def want(name):
-    name = name.replace("-", "_")
-    if name in seen:
-        return
-    seen.add(name)
-    if name not in paths:
-        sys.exit("FAIL: module %s is not in the kernel package" % name)
-    raw = open(paths[name], "rb").read()
-    if paths[name].endswith(".xz"):
-        raw = lzma.decompress(raw)
-    m = re.search(rb"depends=([^\0]*)\0", raw)
-    for dep in (m.group(1).decode().split(",") if m else []):
-        if dep:
-            want(dep)
-    file = os.path.basename(paths[name]).removesuffix(".xz")
-    open(os.path.join(out, file), "wb").write(raw)
-    order.append(file)
-for w in wanted:
-    want(w)
-open(os.path.join(out, "order"), "w").write("\n".join(order) + "\n")
-print("modules:", " ".join(order))
-PY
+# vivid and virtio-gpu with what they depend on.
+vm_modules "$IR/modules" vivid virtio-gpu
 
 cat >"$IR/init" <<EOF
 #!/bin/sh

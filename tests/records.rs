@@ -12,7 +12,7 @@ use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use broker::{free_port, mosquitto_installed, Consumer, Embedded, Mosquitto, Outage, Pki};
@@ -128,10 +128,31 @@ fn spawn_run(cfg: &Path, json: bool) -> (Child, Arrivals, std::thread::JoinHandl
 
 /// The runs that keep a station busy at 400 items/s for tens of seconds (the `kill -9` test,
 /// which also measures what survives against the time of each kill, and the 10 000-item
-/// broker runs) take turns: on a small machine two at once starve each other's flush threads.
-fn busy_alone() -> std::sync::MutexGuard<'static, ()> {
-    static BUSY: Mutex<()> = Mutex::new(());
-    BUSY.lock().unwrap_or_else(|e| e.into_inner())
+/// broker runs) run alone; the other tests of this file run beside each other. On a small
+/// machine two stations at once starve each other's record threads.
+static BUSY: RwLock<()> = RwLock::new(());
+
+fn busy_alone() -> RwLockWriteGuard<'static, ()> {
+    BUSY.write().unwrap_or_else(|e| e.into_inner())
+}
+
+fn beside_others() -> RwLockReadGuard<'static, ()> {
+    BUSY.read().unwrap_or_else(|e| e.into_inner())
+}
+
+/// CPU time the hypervisor took from this machine so far (`steal` in `/proc/stat`), ms; 0
+/// where the kernel does not count it.
+fn steal_ms() -> u64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: u64 = stat
+        .lines()
+        .next()
+        .and_then(|cpu| cpu.split_whitespace().nth(8))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    ticks * 1000 / hz
 }
 
 #[test]
@@ -142,7 +163,8 @@ fn kill_9_at_random_moments_never_corrupts_the_records_and_loses_at_most_one_int
         .and_then(|v| v.parse().ok())
         .unwrap_or(1000);
     const FLUSH_MS: u64 = 100;
-    // Scheduling slack on a busy machine on top of the interval.
+    // Scheduling slack on top of the interval; what the machine measurably lost in each run
+    // (the hypervisor's steal, this test's own late wake-up) is added to it.
     const SLACK_MS: u64 = 150;
     // Items whose line may still be in the stdout queue when their record is already written
     // (10 ms of items at 400 items/s).
@@ -161,21 +183,25 @@ fn kill_9_at_random_moments_never_corrupts_the_records_and_loses_at_most_one_int
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
     let mut before = 0u64;
     let (mut worst_lost, mut torn_seen, mut decided_total) = (0u64, 0u64, 0u64);
+    let mut worst_slack = Duration::ZERO;
     let started = Instant::now();
     for k in 0..kills {
+        let steal_before = steal_ms();
         let (mut child, seen, reader) = spawn_run(&cfg, false);
         // Kills land anywhere: during start-up and recovery, between items, inside a write.
-        std::thread::sleep(Duration::from_millis(rng.below(450)));
+        let nap = Duration::from_millis(rng.below(450));
+        let slept_from = Instant::now();
+        std::thread::sleep(nap);
+        let late = slept_from.elapsed().saturating_sub(nap);
         let _ = child.kill(); // SIGKILL
         let killed_at = Instant::now();
+        let slack = Duration::from_millis(FLUSH_MS + SLACK_MS + steal_ms().saturating_sub(steal_before)) + late;
+        worst_slack = worst_slack.max(slack);
         let _ = child.wait();
         let _ = reader.join();
         let times = seen.lock().unwrap().clone();
         let decided = times.len() as u64;
-        let must_keep = times
-            .iter()
-            .filter(|t| killed_at.duration_since(**t) > Duration::from_millis(FLUSH_MS + SLACK_MS))
-            .count() as u64;
+        let must_keep = times.iter().filter(|t| killed_at.duration_since(**t) > slack).count() as u64;
         decided_total += decided;
 
         if !rec.exists() {
@@ -219,7 +245,7 @@ fn kill_9_at_random_moments_never_corrupts_the_records_and_loses_at_most_one_int
         assert!(
             kept >= must_keep,
             "kill {k}: {must_keep} items decided more than {} ms before the kill, only {kept} survived",
-            FLUSH_MS + SLACK_MS
+            slack.as_millis()
         );
         worst_lost = worst_lost.max(decided.saturating_sub(kept));
         before = counted;
@@ -236,8 +262,9 @@ fn kill_9_at_random_moments_never_corrupts_the_records_and_loses_at_most_one_int
     assert!(err.contains("recovered"), "start-up says what it recovered: {err}");
     eprintln!(
         "{kills} kills in {:.0} s: {decided_total} items decided, {before} recorded, worst loss {worst_lost} items \
-         (≤ {FLUSH_MS} ms interval at 400 items/s), torn tails seen {torn_seen}",
-        started.elapsed().as_secs_f64()
+         (≤ {FLUSH_MS} ms interval at 400 items/s), torn tails seen {torn_seen}, largest slack allowed {} ms",
+        started.elapsed().as_secs_f64(),
+        worst_slack.as_millis()
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -274,6 +301,7 @@ fn run_json(cfg: &Path) -> serde_json::Value {
 
 #[test]
 fn a_full_or_read_only_archive_disk_is_a_counted_fault_and_every_item_is_still_decided() {
+    let _beside = beside_others();
     if !is_root() {
         eprintln!("skipped: mounting a small tmpfs needs root (CI runs as root)");
         return;
@@ -345,6 +373,7 @@ fn a_full_or_read_only_archive_disk_is_a_counted_fault_and_every_item_is_still_d
 
 #[test]
 fn the_archive_keeps_under_its_cap_oldest_first_and_exports() {
+    let _beside = beside_others();
     let dir = temp("cap");
     let arch = dir.join("archive");
     let cfg = config(
@@ -580,6 +609,7 @@ fn assert_thirty_rejects_of_this_station(got: &[serde_json::Value]) {
 
 #[test]
 fn tls_with_a_password_delivers_and_a_wrong_password_never_blocks_inspection() {
+    let _beside = beside_others();
     let dir = temp("tls");
     let pki = Pki::make(&dir);
     let broker = Embedded::start_with(Some(&pki), &[("line3", "s3cret")]);
@@ -591,6 +621,7 @@ fn tls_with_a_password_delivers_and_a_wrong_password_never_blocks_inspection() {
 
 #[test]
 fn mosquitto_tls_with_a_password_delivers_to_mosquitto_sub() {
+    let _beside = beside_others();
     if !mosquitto_installed("mosquitto_tls_with_a_password_delivers_to_mosquitto_sub") {
         return;
     }

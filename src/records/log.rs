@@ -213,7 +213,14 @@ fn read_segment(path: &Path, first_seq: u64) -> Result<(Vec<LogRecord>, u64, u64
 impl LogWriter {
     /// Open (or create) the log in `dir`, cutting a torn tail off the last segment.
     pub fn open(dir: &Path, max_segments: usize) -> Result<(LogWriter, LogRecovery)> {
+        let existed = dir.is_dir();
         std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create the records folder", dir.display()))?;
+        if !existed {
+            // A new folder outlives a power cut once the folder that holds it is synced.
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                sync_dir(parent);
+            }
+        }
         let segs = segments(dir)?;
         let mut rec = LogRecovery {
             segments: segs.len(),
@@ -264,6 +271,19 @@ impl LogWriter {
     /// The sequence number the next record gets.
     pub fn next_seq(&self) -> u64 {
         self.next_seq
+    }
+
+    /// The sequence number of the first record of the segment being appended to: it changes
+    /// when a segment is full and the next one starts.
+    pub fn segment_first_seq(&self) -> u64 {
+        self.first_seq
+    }
+
+    /// A second handle on the segment being appended to, for syncing it from another thread
+    /// ([`File::sync_data`] on it makes what [`LogWriter::append`] wrote durable). A full
+    /// segment is synced before the next one starts.
+    pub fn sync_handle(&self) -> std::io::Result<File> {
+        self.file.try_clone()
     }
 
     /// Append records (their `seq` is set here). Written, not yet synced: see [`LogWriter::sync`].

@@ -11,23 +11,24 @@
 //! start-up and shutdown order; the formats on disk and on the wire are in the submodules.
 
 pub mod archive;
+mod flush;
 pub mod log;
 pub mod mqtt;
 pub mod store;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
 use self::archive::{ArchiveJob, ArchiveSetup, MAX_ARCHIVE_BOXES};
 use self::log::{LogRecord, LogWriter};
-use self::store::{day_and_shift, now_unix_ms, Store};
+use self::store::{now_unix_ms, Store};
 use crate::core::decision::Action;
 use crate::core::screen::fault as screen_fault;
 use crate::core::MAX_CLASSES;
@@ -43,8 +44,8 @@ pub const RECORD_BATCH: usize = 4096;
 pub struct RecordsSection {
     /// Folder (relative paths resolve against the config file's folder).
     pub dir: PathBuf,
-    /// Records are written and synced at least this often; a crash or power cut loses at
-    /// most this interval.
+    /// Records are written at least this often, and synced right after; a crash loses at
+    /// most this interval, a power cut this interval and one sync.
     #[serde(default = "flush_ms")]
     pub flush_interval_ms: u32,
     /// Local shift start times, `"HH:MM"`, ascending; the first starts the production day.
@@ -422,11 +423,20 @@ impl Recorder {
         {
             let store = store.clone();
             let health = health.clone();
-            threads.push(
-                std::thread::Builder::new().name("records".into()).spawn(move || {
-                    records_thread(rec_rx, writer, dir, store, health, flush, shift_starts, keep_days)
-                })?,
-            );
+            threads.push(std::thread::Builder::new().name("records".into()).spawn(move || {
+                flush::run(
+                    rec_rx,
+                    flush::Setup {
+                        writer,
+                        dir,
+                        store,
+                        health,
+                        flush,
+                        shift_starts,
+                        keep_days,
+                    },
+                )
+            })?);
         }
         let archive = match s.archive {
             Some(a) => {
@@ -627,83 +637,5 @@ impl Recorder {
             let _ = t.join();
         }
         health
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn records_thread(
-    rx: Receiver<LogRecord>,
-    mut writer: Option<LogWriter>,
-    dir: Option<PathBuf>,
-    store: Arc<Mutex<Store>>,
-    health: Arc<Health>,
-    flush: Duration,
-    shift_starts: Vec<u16>,
-    keep_days: usize,
-) {
-    let mut batch: Vec<LogRecord> = Vec::with_capacity(RECORD_BATCH);
-    let mut next_flush = Instant::now() + flush;
-    let mut dirty = false;
-    let mut closed = false;
-    let mut next_seq = writer.as_ref().map(|w| w.next_seq()).unwrap_or(0);
-    while !closed {
-        let wait = next_flush.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(wait) {
-            Ok(mut r) => {
-                let (day, shift) = day_and_shift(r.unix_ms, &shift_starts);
-                r.day = day;
-                r.shift = shift;
-                batch.push(r);
-            }
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => closed = true,
-        }
-        if batch.len() < RECORD_BATCH && Instant::now() < next_flush && !closed {
-            continue;
-        }
-        next_flush = Instant::now() + flush;
-        if batch.is_empty() && !dirty {
-            continue;
-        }
-        // The log first, synced; then the counters that cover it.
-        let written = match writer.as_mut() {
-            Some(w) => match w.append(&mut batch).and_then(|_| w.sync()) {
-                Ok(()) => true,
-                Err(_) => {
-                    health.records_errors.fetch_add(1, Ordering::Relaxed);
-                    health.records_lost.fetch_add(batch.len() as u64, Ordering::Relaxed);
-                    health.records_fault.store(true, Ordering::Relaxed);
-                    false
-                }
-            },
-            None => {
-                for r in &mut batch {
-                    r.seq = next_seq;
-                    next_seq += 1;
-                }
-                true
-            }
-        };
-        if written {
-            if let Ok(mut st) = store.lock() {
-                for r in &batch {
-                    st.apply(r, keep_days);
-                }
-                if let Some(d) = &dir {
-                    match st.save(d, now_unix_ms()) {
-                        Ok(()) => {
-                            health.records_fault.store(false, Ordering::Relaxed);
-                            dirty = false;
-                        }
-                        Err(_) => {
-                            health.records_errors.fetch_add(1, Ordering::Relaxed);
-                            health.records_fault.store(true, Ordering::Relaxed);
-                            dirty = true;
-                        }
-                    }
-                }
-            }
-        }
-        batch.clear();
     }
 }
