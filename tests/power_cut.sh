@@ -7,8 +7,9 @@
 #   2. starts the station over the NEU samples at 400 items/s (as fast as the emulated CPU
 #      decides, when that is slower), records flushed every 100 ms; each item's line reaches
 #      the host over the serial console and is timed there;
-#   3. kills qemu (SIGKILL: no sync, no shutdown) at a random moment, 0.3–4 s after the first
-#      item line: what the guest's page cache held is gone, as on a power cut.
+#   3. kills qemu (SIGKILL: no sync, no shutdown) at a random moment 0–5 s after the station
+#      started, in its start-up and recovery or among items: what the guest's page cache held
+#      is gone, as on a power cut.
 # The disk is attached with cache=writethrough: every write the guest's kernel completed is in
 # the disk image, nothing else is; a disk with a volatile write cache would lose more, a
 # flush away (the station syncs the log before the counters that cover it).
@@ -60,7 +61,7 @@ vm_modules "$IR/modules" ?crc32c_generic virtio_blk ext4 >&2
 cp "$BIN" "$IR/app/ferroscope"
 cp models/neu_classify.toml models/neu_classify.onnx models/neu_classify.f32.onnx "$IR/app/models/"
 mkdir -p "$IR/app/samples"
-cp tests/data/neu_samples/* "$IR/app/samples/"
+cp -r tests/data/neu_samples/. "$IR/app/samples/"
 cat >"$IR/app/power-cut.toml" <<EOF
 [station]
 name = "power-cut"
@@ -190,6 +191,7 @@ corrupted = lost_beyond = worst_loss = 0
 before = 0          # records in the log after the previous cut
 pending = None      # (decided, must_keep) of the previous cut
 decided_total = 0
+startup_cuts = 0
 rates = []
 t_start = time.monotonic()
 
@@ -234,14 +236,13 @@ for k in range(cuts):
     j = records_of(lines[:run_at])
     if j is not None:
         check(j, k - 1)
-    elif k > 0:
-        raise SystemExit("FAIL: the records folder is gone after cut %d" % (k - 1))
-    first = wait_for(lines, p, lambda s: s.startswith("#"), 300)
-    if first is None:
-        p.kill(); p.wait()
-        raise SystemExit("FAIL: the station decided nothing on boot %d:\n%s" % (k, "\n".join(s for _, s in lines[-30:])))
-    time.sleep(rng.uniform(0.3, 4.0))
-    p.kill()  # the power goes
+    elif decided_total > 0:
+        corrupted += 1
+        fails.append("cut %d: the records folder is gone, %d items were decided" % (k - 1, decided_total))
+    # The power goes 0–5 s after the station starts: some cuts land in its start-up and
+    # recovery (the model loads for about a second on the emulated CPU), most among items.
+    time.sleep(rng.uniform(0.0, 5.0))
+    p.kill()
     cut_at = time.monotonic()
     p.wait()
     t.join(timeout=5)
@@ -251,6 +252,7 @@ for k in range(cuts):
     if decided > 1:
         rates.append((decided - 1) / max(items[-1] - items[0], 1e-3))
     decided_total += decided
+    startup_cuts += decided == 0
     pending = (decided, must_keep)
 
 # The last boot: what survived the last cut, then a start that recovers.
@@ -275,6 +277,7 @@ result = {
     "corrupted": corrupted,
     "lost_beyond_flush": lost_beyond,
     "worst_loss_items": worst_loss,
+    "cuts_before_the_first_item": startup_cuts,
     "items_decided": decided_total,
     "items_in_log": before,
     "flush_interval_ms": flush_ms,

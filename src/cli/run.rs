@@ -114,11 +114,19 @@ fn write_lines(
     }
 }
 
+/// A line on standard output; a reader that went away (`ferroscope run | head`) stops the
+/// lines, never the station.
+macro_rules! out {
+    ($($t:tt)*) => {{
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
+
 pub fn run(config: Option<&Path>, json: bool, duration_s: Option<f64>) -> Result<ExitCode> {
     let path = super::profile(config)?;
     let cfg = StationConfig::load(&path)?;
     if !json {
-        println!("station {} — config {}", cfg.station.name, path.display());
+        out!("station {} — config {}", cfg.station.name, path.display());
     }
     let stdout = std::io::stdout();
     let control = std::sync::Arc::new(Control::with_notify(NotifyTarget::from_env()));
@@ -161,12 +169,12 @@ pub fn run(config: Option<&Path>, json: bool, duration_s: Option<f64>) -> Result
     j["config"] = path.display().to_string().into();
     j["item_lines_dropped"] = dropped.into();
     if json {
-        println!("{j}");
+        out!("{j}");
     } else {
         let c = &summary.counters;
-        println!();
-        println!("model {}", summary.model);
-        println!(
+        out!();
+        out!("model {}", summary.model);
+        out!(
             "items {}   accepted {}   rejected {}   uncertain {}   fail-safe {}   faults {}   yield {:.1} %",
             c.inspected,
             c.accepted,
@@ -183,11 +191,11 @@ pub fn run(config: Option<&Path>, json: bool, duration_s: Option<f64>) -> Result
             .filter(|(i, _)| c.rejected_per_class[*i] > 0)
             .map(|(i, n)| format!("{n} {}", c.rejected_per_class[i]))
             .collect();
-        println!(
+        out!(
             "rejected per class: {}",
             if per.is_empty() { "-".into() } else { per.join(", ") }
         );
-        println!(
+        out!(
             "latency capture→decision p50 {} ms, p99 {} ms",
             j["latency_ms_p50"], j["latency_ms_p99"]
         );
@@ -197,7 +205,7 @@ pub fn run(config: Option<&Path>, json: bool, duration_s: Option<f64>) -> Result
             .enumerate()
             .map(|(i, n)| format!("{n} {}", summary.tracker.fired[i]))
             .collect();
-        println!(
+        out!(
             "reject pulses {} (fired per ejector: {}; fail-safe rejects {}, line stops {}, merged {})",
             summary.pulses(),
             fired.join(", "),
@@ -206,7 +214,7 @@ pub fn run(config: Option<&Path>, json: bool, duration_s: Option<f64>) -> Result
             summary.tracker.merged
         );
         if let Some(a) = &summary.audit {
-            println!(
+            out!(
                 "against true arrival: missed rejects {}, false rejects {}, pulse centre error p50 {} µs, p99 {} µs ({:.3} mm at {} mm/s)",
                 a.missed_rejects,
                 a.false_rejects,
@@ -217,10 +225,10 @@ pub fn run(config: Option<&Path>, json: bool, duration_s: Option<f64>) -> Result
             );
         }
         if let Some(ms) = summary.cpu_steal_ms.filter(|ms| *ms > 0.0) {
-            println!("CPU time taken by the hypervisor during the run: {ms:.0} ms (late pulses may be its)");
+            out!("CPU time taken by the hypervisor during the run: {ms:.0} ms (late pulses may be its)");
         }
         let k = &summary.camera;
-        println!(
+        out!(
             "camera: frames {}, dropped {}, corrupt {}, wrong size {}, timeouts {}, disconnects {}, reconnects {} (longest outage {:.0} ms); items it did not see {} (all fail-safe){}",
             k.frames,
             k.dropped,
@@ -234,20 +242,20 @@ pub fn run(config: Option<&Path>, json: bool, duration_s: Option<f64>) -> Result
             if summary.camera_down_at_end { "; camera away at the end" } else { "" }
         );
         if summary.labelled > 0 {
-            println!(
+            out!(
                 "labelled items {}: {} decided as their folder's class",
                 summary.labelled, summary.correct
             );
         }
-        println!(
+        out!(
             "allocations after the first item: ours {}, tract {:.0} per item",
             summary.allocations_ours_after_warmup, summary.allocations_tract_per_item
         );
         if dropped > 0 {
-            println!("item lines dropped (stdout too slow): {dropped}");
+            out!("item lines dropped (stdout too slow): {dropped}");
         }
         let st = &summary.stop;
-        println!(
+        out!(
             "stopped by {}: belt drained in {:.0} ms, ended {:.0} ms after the last pulse{}; reloads {} ({} refused)",
             st.cause,
             st.drain_ms,
