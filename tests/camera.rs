@@ -241,6 +241,7 @@ fn a_replay_with_drops_corrupt_frames_and_a_pulled_camera_never_stops_the_statio
         corrupt_fraction: 0.1,
         disconnect_after_s: Some(1.0),
         disconnect_for_s: 1.0,
+        disconnect_every_s: None,
     });
     let mut faults = Vec::with_capacity(256);
     let s = station::run(&cfg, |item| {

@@ -7,9 +7,12 @@
 //!   a written record is in the kernel's page cache and outlives `kill -9`. At each interval
 //!   it takes everything queued, not one record per wake-up, so a slow disk never makes it
 //!   fall behind the frame path.
-//! - **A power cut loses at most one interval plus one sync.** The `records-sync` thread
-//!   syncs the log, then applies the synced records to the counters and saves them: the
-//!   counters file never covers a record the log does not hold.
+//! - **A power cut loses at most one interval plus two syncs of the log.** The `records-sync`
+//!   thread syncs the log (a sync under way finishes first), then applies the synced records
+//!   to the counters; it saves the counters file as a checkpoint at most once a second
+//!   ([`counters_every`]), so that file never covers a record the log does not hold and its
+//!   own syncs never stand between a record and the disk. Start-up replays the log after the
+//!   checkpoint.
 //! - **Bounded.** Records written but not yet synced wait in one buffer of
 //!   [`SYNC_BACKLOG`] records; when a sync takes so long that it fills, the `records` thread
 //!   waits for it (the frame path does not: its queue drops and counts).
@@ -173,8 +176,9 @@ pub(super) fn run(rx: Receiver<LogRecord>, s: Setup) {
     }
 }
 
-/// The `records-sync` thread: syncs what was written (when `synced`: a log is kept), then
-/// counts it and saves the counters; retries a failed save every `flush` interval.
+/// The `records-sync` thread: syncs what was written (when `synced`: a log is kept) and counts
+/// it; saves the counters at most every [`counters_every`] (and at the end), retrying a
+/// failed save as often.
 fn sync_thread(
     shared: &Shared,
     synced: bool,
@@ -184,23 +188,26 @@ fn sync_thread(
     flush: Duration,
     keep_days: usize,
 ) {
+    let save_every = counters_every(flush);
     let mut work: Vec<LogRecord> = Vec::with_capacity(SYNC_BACKLOG);
     let mut file: Option<File> = None;
-    let mut dirty = false;
+    // Records counted that the counters file does not cover yet; the last save failed.
+    let (mut unsaved, mut save_failed) = (false, false);
+    let mut last_save = Instant::now();
     loop {
         let closed;
         {
             let mut h = shared.handoff.lock().unwrap_or_else(|e| e.into_inner());
-            while h.written.is_empty() && !h.closed && !dirty {
-                h = shared.changed.wait(h).unwrap_or_else(|e| e.into_inner());
-            }
-            if h.written.is_empty() && !h.closed && dirty {
-                // A failed save waits one interval before it is tried again.
-                h = shared
-                    .changed
-                    .wait_timeout(h, flush)
-                    .unwrap_or_else(|e| e.into_inner())
-                    .0;
+            while h.written.is_empty() && !h.closed {
+                if !(unsaved || save_failed) {
+                    h = shared.changed.wait(h).unwrap_or_else(|e| e.into_inner());
+                    continue;
+                }
+                let left = (last_save + save_every).saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                h = shared.changed.wait_timeout(h, left).unwrap_or_else(|e| e.into_inner()).0;
             }
             std::mem::swap(&mut work, &mut h.written);
             if let Some(f) = h.segment.take() {
@@ -209,7 +216,7 @@ fn sync_thread(
             closed = h.closed;
         }
         shared.changed.notify_all();
-        if !work.is_empty() || dirty {
+        if !work.is_empty() {
             let durable = !synced || file.as_ref().is_some_and(|f| f.sync_data().is_ok());
             if !durable {
                 health.records_errors.fetch_add(1, Ordering::Relaxed);
@@ -219,21 +226,29 @@ fn sync_thread(
                 for r in &work {
                     st.apply(r, keep_days);
                 }
-                if let Some(d) = &dir {
-                    match st.save(d, now_unix_ms()) {
-                        Ok(()) => {
-                            health.records_fault.store(false, Ordering::Relaxed);
-                            dirty = false;
-                        }
-                        Err(_) => {
-                            health.records_errors.fetch_add(1, Ordering::Relaxed);
-                            health.records_fault.store(true, Ordering::Relaxed);
-                            dirty = true;
-                        }
-                    }
+                unsaved = true;
+                if !save_failed {
+                    health.records_fault.store(false, Ordering::Relaxed);
                 }
             }
             work.clear();
+        }
+        if (unsaved || save_failed) && (closed || last_save.elapsed() >= save_every) {
+            last_save = Instant::now();
+            match (&dir, store.lock()) {
+                (Some(d), Ok(mut st)) => match st.save(d, now_unix_ms()) {
+                    Ok(()) => {
+                        health.records_fault.store(false, Ordering::Relaxed);
+                        (unsaved, save_failed) = (false, false);
+                    }
+                    Err(_) => {
+                        health.records_errors.fetch_add(1, Ordering::Relaxed);
+                        health.records_fault.store(true, Ordering::Relaxed);
+                        save_failed = true;
+                    }
+                },
+                _ => (unsaved, save_failed) = (false, false),
+            }
         }
         if closed {
             // The last handoff is taken: nothing more comes.
@@ -243,4 +258,12 @@ fn sync_thread(
             }
         }
     }
+}
+
+/// How often the counters file is replaced: once a second, or every flush interval when that
+/// is longer. The log is what makes a decision durable; the counters file is a checkpoint of
+/// it (start-up replays the log records after its position), so its three syncs never delay
+/// the log's.
+pub fn counters_every(flush: Duration) -> Duration {
+    flush.max(Duration::from_secs(1))
 }

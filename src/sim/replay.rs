@@ -92,6 +92,8 @@ pub struct FaultPlan {
     pub disconnect_after_s: Option<f32>,
     /// How long the camera stays away.
     pub disconnect_for_s: f32,
+    /// Seconds from the start of one disconnect to the next (`None`: it happens once).
+    pub disconnect_every_s: Option<f32>,
 }
 
 /// What a replay injected, to check the station against.
@@ -121,7 +123,7 @@ pub struct ReplayCamera {
     scratch: Vec<u8>,
     started: Option<Instant>,
     down_until: Option<Instant>,
-    disconnect_done: bool,
+    disconnects_begun: u32,
     injected: InjectedFaults,
 }
 
@@ -291,7 +293,7 @@ impl ReplayCamera {
             scratch,
             started: None,
             down_until: None,
-            disconnect_done: false,
+            disconnects_begun: 0,
             injected: InjectedFaults::default(),
         })
     }
@@ -358,10 +360,13 @@ impl Camera for ReplayCamera {
                 due.add_us(self.period_us)
                     .max(Instant::from_us(captured.us.saturating_sub(self.period_us))),
             );
-            if let (Some(after_s), false) = (self.plan.disconnect_after_s, self.disconnect_done) {
-                let at = started.add_us((after_s.max(0.0) as f64 * 1e6) as u64);
+            let repeats = self.plan.disconnect_every_s.is_some() || self.disconnects_begun == 0;
+            if let (Some(after_s), true) = (self.plan.disconnect_after_s, repeats) {
+                let every_s = self.plan.disconnect_every_s.unwrap_or(0.0).max(0.0) as f64;
+                let at_s = after_s.max(0.0) as f64 + every_s * self.disconnects_begun as f64;
+                let at = started.add_us((at_s * 1e6) as u64);
                 if captured >= at {
-                    self.disconnect_done = true;
+                    self.disconnects_begun += 1;
                     self.injected.disconnects += 1;
                     self.down_until = Some(captured.add_us((self.plan.disconnect_for_s.max(0.0) as f64 * 1e6) as u64));
                     return Err(CaptureError::Disconnected);

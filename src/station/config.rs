@@ -154,6 +154,14 @@ impl StationConfig {
                     if f.disconnect_after_s.is_some_and(|s| !ok(s)) || !ok(f.disconnect_for_s) {
                         bail!("{p}: fields `camera.faults.disconnect_after_s` and `disconnect_for_s` must be >= 0");
                     }
+                    if let Some(every) = f.disconnect_every_s {
+                        if !(every.is_finite() && every > f.disconnect_for_s) || f.disconnect_after_s.is_none() {
+                            bail!(
+                                "{p}: field `camera.faults.disconnect_every_s` is {every}; it needs `disconnect_after_s` and must be longer than `disconnect_for_s` ({})",
+                                f.disconnect_for_s
+                            );
+                        }
+                    }
                 }
             }
             "v4l2" => {
@@ -273,6 +281,7 @@ impl StationConfig {
                 corrupt_fraction: f.corrupt_fraction,
                 disconnect_after_s: f.disconnect_after_s,
                 disconnect_for_s: f.disconnect_for_s,
+                disconnect_every_s: f.disconnect_every_s,
             })
             .unwrap_or_default()
     }

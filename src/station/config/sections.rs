@@ -93,6 +93,9 @@ pub struct ReplayFaultsSection {
     /// Seconds it stays away.
     #[serde(default)]
     pub disconnect_for_s: f32,
+    /// Seconds from one disconnect to the next (none: once).
+    #[serde(default)]
+    pub disconnect_every_s: Option<f32>,
 }
 
 fn four() -> u32 {
