@@ -436,3 +436,135 @@ fn damaged_decision_log_segments_give_back_only_what_was_written() {
         Ok(())
     });
 }
+
+/// Largest packet the station's MQTT client reads from the broker (rumqttc's default).
+const MQTT_MAX_INCOMING: usize = 10 * 1024;
+
+/// Every packet a broker sends the station, as bytes on the wire.
+fn broker_packets() -> Vec<Vec<u8>> {
+    use rumqttc::{ConnAck, ConnectReturnCode, Packet, PubAck, Publish, QoS, SubAck, SubscribeReasonCode};
+    let mut publish = Publish::new("ferroscope/line-3/cmd", QoS::AtLeastOnce, b"{\"x\":1}".to_vec());
+    publish.pkid = 7;
+    let packets = [
+        Packet::ConnAck(ConnAck::new(ConnectReturnCode::Success, false)),
+        Packet::ConnAck(ConnAck::new(ConnectReturnCode::NotAuthorized, true)),
+        Packet::PubAck(PubAck::new(1)),
+        Packet::PubAck(PubAck::new(0xFFFF)),
+        Packet::SubAck(SubAck::new(3, vec![SubscribeReasonCode::Success(QoS::AtLeastOnce)])),
+        Packet::Publish(publish),
+        Packet::PingResp,
+        Packet::Disconnect,
+    ];
+    packets
+        .iter()
+        .map(|p| {
+            let mut b = bytes::BytesMut::new();
+            p.write(&mut b, MQTT_MAX_INCOMING).unwrap();
+            b.to_vec()
+        })
+        .collect()
+}
+
+/// What the broker sends, read the way the station's MQTT client reads its socket: packets
+/// decoded one after another from the stream (rumqttc's `Packet::read`), each handed to a
+/// session's state (`MqttState`, as its event loop does) with messages of its own in flight.
+/// Damaged packets, several in one stream, and random bytes: an error, never a panic, and
+/// never more consumed than was sent.
+#[test]
+fn mqtt_packets_from_the_broker_decode_or_are_refused() {
+    use rumqttc::{MqttState, Packet, Publish, QoS, Request};
+    let valid = broker_packets();
+    let n = valid.len();
+    let stream = prop_oneof![
+        3 => (prop::collection::vec(0..n, 1..5), prop::collection::vec(damage(), 0..6)).prop_map({
+            let valid = valid.clone();
+            move |(ks, d)| apply(&ks.iter().flat_map(|k| valid[*k].clone()).collect::<Vec<u8>>(), &d)
+        }),
+        1 => prop::collection::vec(any::<u8>(), 0..64),
+    ];
+    run("mqtt packets", cases(), stream, |bytes| {
+        let mut buf = bytes::BytesMut::from(&bytes[..]);
+        let mut state = MqttState::new(10, false);
+        for pkid in 0..3u16 {
+            let mut p = Publish::new("ferroscope/line-3/item/reject", QoS::AtLeastOnce, b"{}".to_vec());
+            p.pkid = pkid;
+            let _ = state.handle_outgoing_packet(Request::Publish(p));
+        }
+        let mut consumed = 0;
+        // A packet is at least two bytes: the loop ends.
+        for _ in 0..bytes.len() {
+            let before = buf.len();
+            match Packet::read(&mut buf, MQTT_MAX_INCOMING) {
+                Ok(p) => {
+                    consumed += before - buf.len();
+                    prop_assert!(consumed <= bytes.len());
+                    let _ = state.handle_incoming_packet(p);
+                }
+                Err(_) => break,
+            }
+        }
+        Ok(())
+    });
+}
+
+/// Every Modbus request the PLC can send, at any address, count and value, answered from a
+/// live state table: a response of exactly the size asked for, or one of the three exception
+/// codes the map uses. The soft-trigger queue never grows beyond its capacity.
+#[test]
+fn modbus_requests_of_any_address_count_and_value_are_answered_or_refused() {
+    use std::borrow::Cow;
+    use tokio_modbus::{ExceptionCode, Request, Response};
+    let addr = prop_oneof![3 => 0u16..16, 1 => any::<u16>()];
+    let count = prop_oneof![3 => 0u16..16, 1 => any::<u16>()];
+    let request = prop_oneof![
+        (addr.clone(), count.clone()).prop_map(|(a, n)| Request::ReadInputRegisters(a, n)),
+        (addr.clone(), count.clone()).prop_map(|(a, n)| Request::ReadHoldingRegisters(a, n)),
+        (addr.clone(), count.clone()).prop_map(|(a, n)| Request::ReadDiscreteInputs(a, n)),
+        (addr.clone(), count.clone()).prop_map(|(a, n)| Request::ReadCoils(a, n)),
+        (addr.clone(), any::<bool>()).prop_map(|(a, on)| Request::WriteSingleCoil(a, on)),
+        (addr.clone(), prop::collection::vec(any::<bool>(), 0..40))
+            .prop_map(|(a, v)| Request::WriteMultipleCoils(a, Cow::Owned(v))),
+        (addr.clone(), prop_oneof![0u16..2, any::<u16>()]).prop_map(|(a, v)| Request::WriteSingleRegister(a, v)),
+        (addr.clone(), prop::collection::vec(prop_oneof![Just(0u16), any::<u16>()], 0..8))
+            .prop_map(|(a, v)| Request::WriteMultipleRegisters(a, Cow::Owned(v))),
+        (addr.clone(), any::<u16>(), any::<u16>()).prop_map(|(a, m, o)| Request::MaskWriteRegister(a, m, o)),
+        (any::<u8>(), prop::collection::vec(any::<u8>(), 0..16)).prop_map(|(f, b)| Request::Custom(f, Cow::Owned(b))),
+    ];
+    let requests = prop::collection::vec(request, 1..24);
+    run("modbus requests", cases(), (requests, any::<bool>()), |(reqs, soft)| {
+        let state = ferroscope::plc::PlcState::new(ferroscope::sim::clock::MonotonicClock::default(), soft);
+        for req in &reqs {
+            match ferroscope::plc::modbus::answer(&state, req) {
+                Ok(resp) => {
+                    let len_ok = match (req, &resp) {
+                        (Request::ReadInputRegisters(_, n), Response::ReadInputRegisters(v))
+                        | (Request::ReadHoldingRegisters(_, n), Response::ReadHoldingRegisters(v)) => v.len() == *n as usize,
+                        (Request::ReadDiscreteInputs(_, n), Response::ReadDiscreteInputs(v))
+                        | (Request::ReadCoils(_, n), Response::ReadCoils(v)) => v.len() == *n as usize,
+                        (Request::WriteSingleCoil(a, on), Response::WriteSingleCoil(b, o)) => a == b && on == o,
+                        (Request::WriteMultipleCoils(a, v), Response::WriteMultipleCoils(b, n)) => a == b && v.len() == *n as usize,
+                        (Request::WriteSingleRegister(a, v), Response::WriteSingleRegister(b, w)) => a == b && v == w,
+                        (Request::WriteMultipleRegisters(a, v), Response::WriteMultipleRegisters(b, n)) => {
+                            a == b && v.len() == *n as usize
+                        }
+                        _ => false,
+                    };
+                    prop_assert!(len_ok, "{req:?} answered {resp:?}");
+                }
+                Err(e) => prop_assert!(
+                    matches!(
+                        e,
+                        ExceptionCode::IllegalFunction | ExceptionCode::IllegalDataAddress | ExceptionCode::IllegalDataValue
+                    ),
+                    "{req:?} refused with {e:?}"
+                ),
+            }
+        }
+        let mut queued = 0;
+        while state.take_soft_trigger().is_some() {
+            queued += 1;
+            prop_assert!(queued <= 16, "soft triggers beyond the queue's capacity");
+        }
+        Ok(())
+    });
+}

@@ -132,7 +132,7 @@ chmod +x "$IR/init"
 
 DISK=$WORK/power-cut.ext4
 rm -f "$DISK"
-mkfs.ext4 -q -F "$DISK" 64M
+mkfs.ext4 -q -F "$DISK" 64M >&2
 
 python3 - "$VMLINUZ" "$WORK/initramfs-power.gz" "$DISK" "$CUTS" "$FLUSH_MS" "$SLACK_MS" "$JSON" "$WORK/power-cut-console.log" <<'PY'
 import json, random, subprocess, sys, threading, time
