@@ -525,7 +525,10 @@ fn modbus_requests_of_any_address_count_and_value_are_answered_or_refused() {
         (addr.clone(), prop::collection::vec(any::<bool>(), 0..40))
             .prop_map(|(a, v)| Request::WriteMultipleCoils(a, Cow::Owned(v))),
         (addr.clone(), prop_oneof![0u16..2, any::<u16>()]).prop_map(|(a, v)| Request::WriteSingleRegister(a, v)),
-        (addr.clone(), prop::collection::vec(prop_oneof![Just(0u16), any::<u16>()], 0..8))
+        (
+            addr.clone(),
+            prop::collection::vec(prop_oneof![Just(0u16), any::<u16>()], 0..8)
+        )
             .prop_map(|(a, v)| Request::WriteMultipleRegisters(a, Cow::Owned(v))),
         (addr.clone(), any::<u16>(), any::<u16>()).prop_map(|(a, m, o)| Request::MaskWriteRegister(a, m, o)),
         (any::<u8>(), prop::collection::vec(any::<u8>(), 0..16)).prop_map(|(f, b)| Request::Custom(f, Cow::Owned(b))),
@@ -538,11 +541,15 @@ fn modbus_requests_of_any_address_count_and_value_are_answered_or_refused() {
                 Ok(resp) => {
                     let len_ok = match (req, &resp) {
                         (Request::ReadInputRegisters(_, n), Response::ReadInputRegisters(v))
-                        | (Request::ReadHoldingRegisters(_, n), Response::ReadHoldingRegisters(v)) => v.len() == *n as usize,
+                        | (Request::ReadHoldingRegisters(_, n), Response::ReadHoldingRegisters(v)) => {
+                            v.len() == *n as usize
+                        }
                         (Request::ReadDiscreteInputs(_, n), Response::ReadDiscreteInputs(v))
                         | (Request::ReadCoils(_, n), Response::ReadCoils(v)) => v.len() == *n as usize,
                         (Request::WriteSingleCoil(a, on), Response::WriteSingleCoil(b, o)) => a == b && on == o,
-                        (Request::WriteMultipleCoils(a, v), Response::WriteMultipleCoils(b, n)) => a == b && v.len() == *n as usize,
+                        (Request::WriteMultipleCoils(a, v), Response::WriteMultipleCoils(b, n)) => {
+                            a == b && v.len() == *n as usize
+                        }
                         (Request::WriteSingleRegister(a, v), Response::WriteSingleRegister(b, w)) => a == b && v == w,
                         (Request::WriteMultipleRegisters(a, v), Response::WriteMultipleRegisters(b, n)) => {
                             a == b && v.len() == *n as usize
@@ -554,7 +561,9 @@ fn modbus_requests_of_any_address_count_and_value_are_answered_or_refused() {
                 Err(e) => prop_assert!(
                     matches!(
                         e,
-                        ExceptionCode::IllegalFunction | ExceptionCode::IllegalDataAddress | ExceptionCode::IllegalDataValue
+                        ExceptionCode::IllegalFunction
+                            | ExceptionCode::IllegalDataAddress
+                            | ExceptionCode::IllegalDataValue
                     ),
                     "{req:?} refused with {e:?}"
                 ),

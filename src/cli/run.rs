@@ -197,7 +197,8 @@ pub fn run(config: Option<&Path>, json: bool, duration_s: Option<f64>) -> Result
         );
         out!(
             "latency capture→decision p50 {} ms, p99 {} ms",
-            j["latency_ms_p50"], j["latency_ms_p99"]
+            j["latency_ms_p50"],
+            j["latency_ms_p99"]
         );
         let fired: Vec<String> = summary
             .ejectors
@@ -244,12 +245,14 @@ pub fn run(config: Option<&Path>, json: bool, duration_s: Option<f64>) -> Result
         if summary.labelled > 0 {
             out!(
                 "labelled items {}: {} decided as their folder's class",
-                summary.labelled, summary.correct
+                summary.labelled,
+                summary.correct
             );
         }
         out!(
             "allocations after the first item: ours {}, tract {:.0} per item",
-            summary.allocations_ours_after_warmup, summary.allocations_tract_per_item
+            summary.allocations_ours_after_warmup,
+            summary.allocations_tract_per_item
         );
         if dropped > 0 {
             out!("item lines dropped (stdout too slow): {dropped}");

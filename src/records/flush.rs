@@ -207,7 +207,11 @@ fn sync_thread(
                 if left.is_zero() {
                     break;
                 }
-                h = shared.changed.wait_timeout(h, left).unwrap_or_else(|e| e.into_inner()).0;
+                h = shared
+                    .changed
+                    .wait_timeout(h, left)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
             }
             std::mem::swap(&mut work, &mut h.written);
             if let Some(f) = h.segment.take() {
