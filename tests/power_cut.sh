@@ -73,26 +73,9 @@ loops = 0
 [tool]
 kind = "classify"
 manifest = "models/neu_classify.toml"
-[decision]
-reject_classes = ["crazing", "inclusion", "patches", "pitted_surface", "scratches"]
-accept_classes = ["rolled-in_scale"]
-uncertain = "reject"
-failsafe = "reject"
-decision_deadline_ms = 1000
-[conveyor]
-belt_speed_mm_per_s = 500.0
-[[ejectors]]
-name = "all"
-ejector_distance_mm = 100.0
-pulse_width_ms = 1.0
-min_gap_ms = 0.5
-classes = ["*"]
-uncertain = true
-failsafe = true
-[outputs]
-backend = "recording"
-heartbeat_period_ms = 500
-fault_hold_ms = 500
+EOF
+cat tests/data/neu_station_rules.toml >>"$IR/app/power-cut.toml"
+cat >>"$IR/app/power-cut.toml" <<EOF
 [records]
 dir = "/data/records"
 flush_interval_ms = $FLUSH_MS

@@ -42,30 +42,11 @@ loops = {loops}
 [tool]
 kind = "classify"
 manifest = "{model}"
-[decision]
-reject_classes = ["crazing", "inclusion", "patches", "pitted_surface", "scratches"]
-accept_classes = ["rolled-in_scale"]
-uncertain = "reject"
-failsafe = "reject"
-decision_deadline_ms = 1000
-[conveyor]
-belt_speed_mm_per_s = 500.0
-[[ejectors]]
-name = "all"
-ejector_distance_mm = 100.0
-pulse_width_ms = 1.0
-min_gap_ms = 0.5
-classes = ["*"]
-uncertain = true
-failsafe = true
-[outputs]
-backend = "recording"
-heartbeat_period_ms = 500
-fault_hold_ms = 500
-{extra}
+{rules}{extra}
 "#,
         samples = r.join("tests/data/neu_samples").display(),
         model = r.join("models/neu_classify.toml").display(),
+        rules = include_str!("data/neu_station_rules.toml"),
     );
     let p = dir.join("station.toml");
     std::fs::write(&p, text).unwrap();

@@ -87,8 +87,10 @@ if mosquitto:
 else:
     say("the broker part is skipped: mosquitto is not installed (Debian: mosquitto)")
 
-# --- the profile ---
+# --- the profile: its own sections and the test stations' rules ---
 profile = os.path.join(work, "station.toml")
+rules = open(os.path.join(root, "tests/data/neu_station_rules.toml")).read()
+assert "decision_deadline_ms = 1000" in rules
 def write_profile(deadline_ms, broken=False):
     text = """[station]
 name = "soak"
@@ -107,34 +109,15 @@ disconnect_every_s = 40.0
 [tool]
 kind = "classify"
 manifest = "%(root)s/models/neu_classify.toml"
-[decision]
-reject_classes = ["crazing", "inclusion", "patches", "pitted_surface", "scratches"]
-accept_classes = ["rolled-in_scale"]
-uncertain = "reject"
-failsafe = "reject"
-decision_deadline_ms = %(deadline)d
-[conveyor]
-belt_speed_mm_per_s = 500.0
-[[ejectors]]
-name = "all"
-ejector_distance_mm = 100.0
-pulse_width_ms = 1.0
-min_gap_ms = 0.5
-classes = ["*"]
-uncertain = true
-failsafe = true
-[outputs]
-backend = "recording"
-heartbeat_period_ms = 500
-fault_hold_ms = 500
-[records]
+%(rules)s[records]
 dir = "%(work)s/records"
 flush_interval_ms = 100
 [archive]
 dir = "%(work)s/archive"
 max_mb = %(cap)d
 accepted_sample = 0.0
-""" % {"root": root, "work": work, "deadline": deadline_ms, "cap": cap_mb}
+""" % {"root": root, "work": work, "cap": cap_mb, "rules": rules.replace(
+        "decision_deadline_ms = 1000", "decision_deadline_ms = %d" % deadline_ms)}
     if mosquitto:
         text += '[mqtt]\nhost = "127.0.0.1"\nport = %d\nitems = "rejects"\ncounters_interval_s = 5\nqueue = 10000\n' % port
     if broken:
