@@ -13,7 +13,7 @@ use ferroscope::alloc_count::CountingAlloc;
 
 mod cli;
 
-use cli::{bench, camera, check, eval, grains, infer, records, run, screen, simulate};
+use cli::{bench, camera, check, eval, grains, infer, recipe, records, run, screen, simulate};
 
 #[global_allocator]
 static ALLOC: CountingAlloc = CountingAlloc;
@@ -47,6 +47,11 @@ enum Command {
     /// Time screen drawing: a full redraw and a counters-only update at 800x480 and 320x240,
     /// and packing into a framebuffer's XRGB8888, one thread.
     BenchScreen(screen::BenchScreenArgs),
+    /// The running station's recipes (products): list them, or switch to one.
+    Recipe {
+        #[command(subcommand)]
+        cmd: recipe::RecipeCmd,
+    },
     /// The persisted counters (total, per production day, per shift) and the last decisions.
     Records(records::RecordsArgs),
     /// The reject archive: list it or export entries.
@@ -84,6 +89,7 @@ fn main() -> ExitCode {
         Command::Run(a) => run::run(a.config.as_deref(), a.json, a.duration_s),
         Command::Check(a) => check::check(a.config.as_deref(), a.json),
         Command::Camera { cmd } => camera::camera(cmd),
+        Command::Recipe { cmd } => recipe::recipe(cmd),
         Command::Records(a) => records::records(a.config.as_deref(), a.dir.as_deref(), a.last, a.json),
         Command::Archive { cmd } => records::archive(cmd),
         Command::Screen(a) => screen::screen(a.config.as_deref(), &a.state, &a.out, a.size.as_deref()),

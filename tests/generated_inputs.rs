@@ -382,6 +382,7 @@ fn record(item: u32) -> LogRecord {
         fault: 0,
         score: item as f32 / 100.0,
         latency_us: 1000 + item,
+        recipe: 0,
     }
 }
 

@@ -13,6 +13,7 @@ pub mod grains;
 pub mod heldout;
 pub mod infer;
 pub mod load;
+pub mod recipe;
 pub mod records;
 pub mod run;
 pub mod screen;

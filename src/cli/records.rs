@@ -116,6 +116,7 @@ pub fn records(config: Option<&Path>, dir: Option<&Path>, last: usize, json: boo
                     "score": r.score,
                     "fault": (r.fault != 0).then(|| FAULT_NAMES[r.fault as usize]),
                     "latency_ms": r.latency_us as f64 / 1000.0,
+                    "recipe": st.recipes.get(r.recipe as usize),
                 })
             })
             .collect();
@@ -178,8 +179,12 @@ pub fn records(config: Option<&Path>, dir: Option<&Path>, last: usize, json: boo
     if !tail.is_empty() {
         println!("last {} decisions:", tail.len());
         for r in &tail {
+            let recipe = match st.recipes.len() {
+                0 | 1 => String::new(),
+                _ => format!("{:<12} ", st.recipes.get(r.recipe as usize).map_or("?", String::as_str)),
+            };
             println!(
-                "  #{:<8} {} item {:<8} {:<6} {:<9} {:<16} {:.3}  {:>7.2} ms  {}",
+                "  #{:<8} {} item {:<8} {recipe}{:<6} {:<9} {:<16} {:.3}  {:>7.2} ms  {}",
                 r.seq,
                 r.unix_ms,
                 r.item,

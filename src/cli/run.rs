@@ -348,12 +348,14 @@ fn write_item_json(out: &mut impl Write, item: &ItemReport<'_>) -> std::io::Resu
         item.latency_us as f64 / 1000.0
     )?;
     write_opt_str(out, item.fault)?;
-    writeln!(
+    write!(
         out,
-        ",\"id\":{},\"result_code\":{}}}",
+        ",\"id\":{},\"result_code\":{},\"recipe\":",
         item.id,
         ferroscope::plc::result_code_of(&d, item.fault)
-    )
+    )?;
+    write_json_str(out, item.recipe)?;
+    out.write_all(b"}\n")
 }
 
 fn write_item_text(out: &mut impl Write, item: &ItemReport<'_>) -> std::io::Result<()> {

@@ -317,6 +317,22 @@ impl Tracker {
         })
     }
 
+    /// Replace what each ejector takes (a product change): items already routed keep their
+    /// ejector; decisions from now on, and fail-safes applied from now on, use `takes`
+    /// (`takes[i]` for ejector `i`; extra entries are ignored).
+    pub fn set_routes(&mut self, takes: &[OutcomeSet]) -> Result<(), TrackerError> {
+        let n = self.ejectors.len();
+        let fs = takes.iter().take(n).position(|t| t.failsafe);
+        if self.failsafe == FailSafePolicy::Reject && fs.is_none() {
+            return Err(TrackerError::NoFailSafeEjector);
+        }
+        for (e, t) in self.ejectors.iter_mut().zip(takes) {
+            e.takes = *t;
+        }
+        self.failsafe_ejector = fs.unwrap_or(0) as u8;
+        Ok(())
+    }
+
     /// The belt model (read).
     pub fn belt(&self) -> &Belt {
         &self.belt

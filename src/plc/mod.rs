@@ -14,7 +14,7 @@
 
 pub mod modbus;
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, AtomicU8, Ordering};
 
 use crate::core::decision::{Action, Decision, Outcome};
 use crate::core::time::Instant;
@@ -90,6 +90,10 @@ pub struct PlcState {
     fault: AtomicBool,
     reset_faults: AtomicBool,
     acknowledged: AtomicU32,
+    /// Recipes the profile has, the active one, and the one a PLC asked for (+1; 0: none).
+    recipes: AtomicU16,
+    recipe_active: AtomicU16,
+    recipe_request: AtomicU32,
 }
 
 impl std::fmt::Debug for PlcState {
@@ -128,6 +132,9 @@ impl PlcState {
             fault: AtomicBool::new(false),
             reset_faults: AtomicBool::new(false),
             acknowledged: AtomicU32::new(0),
+            recipes: AtomicU16::new(1),
+            recipe_active: AtomicU16::new(0),
+            recipe_request: AtomicU32::new(0),
         }
     }
 
@@ -273,6 +280,39 @@ impl PlcState {
     /// Results a PLC acknowledged.
     pub fn acknowledged(&self) -> u32 {
         self.acknowledged.load(Ordering::Relaxed)
+    }
+
+    /// The station: how many recipes the profile has (holding register 0 takes 0..count).
+    pub fn set_recipe_count(&self, count: u16) {
+        self.recipes.store(count.max(1), Ordering::Release);
+    }
+
+    /// The recipe deciding now (holding register 0 reads it).
+    pub fn recipe_active(&self) -> u16 {
+        self.recipe_active.load(Ordering::Acquire)
+    }
+
+    /// The station: recipe `index` decides from now on.
+    pub fn set_recipe_active(&self, index: u16) {
+        self.recipe_active.store(index, Ordering::Release);
+    }
+
+    /// A PLC wrote holding register 0: ask for recipe `index`. False when the profile has
+    /// no such recipe (the write gets an exception).
+    pub fn request_recipe(&self, index: u16) -> bool {
+        if index >= self.recipes.load(Ordering::Acquire) {
+            return false;
+        }
+        self.recipe_request.store(index as u32 + 1, Ordering::Release);
+        true
+    }
+
+    /// The frame loop: the recipe a PLC asked for since the last call, if any.
+    pub fn take_recipe_request(&self) -> Option<u16> {
+        match self.recipe_request.swap(0, Ordering::AcqRel) {
+            0 => None,
+            n => Some((n - 1) as u16),
+        }
     }
 }
 

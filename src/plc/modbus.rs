@@ -16,7 +16,7 @@
 //! | | 1 | software trigger: writing 1 is a trigger edge (`modbus.software_trigger`) |
 //! | | 2 | result acknowledge: writing 1 clears "result valid" until the next item |
 //! | | 3 | reset faults: writing 1 clears the held faults (the screen's strip) |
-//! | holding registers | 0 | active recipe index (0: the profile's one product) |
+//! | holding registers | 0 | active recipe index (0: the profile's own, `station.recipe`; 1…: `[[recipes]]` in order); write it to switch |
 //!
 //! Guarantees:
 //! - an address or quantity outside the map, a write to a read-only place, or a function the
@@ -154,9 +154,7 @@ pub fn answer(s: &PlcState, req: &Request<'_>) -> Result<Response, ExceptionCode
         }
         Request::ReadHoldingRegisters(a, n) => {
             let r = range(*a, *n, HOLDING_REGISTERS, 125)?;
-            Ok(Response::ReadHoldingRegisters(
-                [0u16; HOLDING_REGISTERS as usize][r].to_vec(),
-            ))
+            Ok(Response::ReadHoldingRegisters([s.recipe_active()][r].to_vec()))
         }
         Request::ReadDiscreteInputs(a, n) => {
             let r = range(*a, *n, DISCRETE_INPUTS, 2000)?;
@@ -185,8 +183,9 @@ pub fn answer(s: &PlcState, req: &Request<'_>) -> Result<Response, ExceptionCode
         }
         Request::WriteSingleRegister(a, v) => {
             range(*a, 1, HOLDING_REGISTERS, 1)?;
-            // One product per profile: recipe 0 is the only one there is.
-            if *v != 0 {
+            // A recipe the profile does not have is refused; a known one is loaded off the
+            // frame path and read back from register 0 once it decides.
+            if !s.request_recipe(*v) {
                 return Err(ExceptionCode::IllegalDataValue);
             }
             Ok(Response::WriteSingleRegister(*a, *v))
@@ -194,10 +193,10 @@ pub fn answer(s: &PlcState, req: &Request<'_>) -> Result<Response, ExceptionCode
         Request::WriteMultipleRegisters(a, values) => {
             let n = u16::try_from(values.len()).map_err(|_| ExceptionCode::IllegalDataValue)?;
             range(*a, n, HOLDING_REGISTERS, 123)?;
-            if values.iter().any(|v| *v != 0) {
-                return Err(ExceptionCode::IllegalDataValue);
+            match values.first() {
+                Some(v) if s.request_recipe(*v) => Ok(Response::WriteMultipleRegisters(*a, n)),
+                _ => Err(ExceptionCode::IllegalDataValue),
             }
-            Ok(Response::WriteMultipleRegisters(*a, n))
         }
         _ => Err(ExceptionCode::IllegalFunction),
     }

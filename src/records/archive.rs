@@ -135,6 +135,10 @@ pub struct ArchiveSetup {
     pub model: String,
     /// Station name.
     pub station: String,
+    /// Recipe names, by the index records carry.
+    pub recipes: Vec<String>,
+    /// Each recipe's model name, version and precision.
+    pub recipe_models: Vec<String>,
 }
 
 /// The archive thread: write each job, evict beyond the cap, hand the buffer back.
@@ -227,7 +231,8 @@ fn write_entry(s: &ArchiveSetup, job: &ArchiveJob) -> std::io::Result<Entry> {
             "regions": boxes,
             "fault": (r.fault != 0).then(|| FAULT_NAMES[r.fault as usize]),
             "latency_ms": r.latency_us as f64 / 1000.0,
-            "model": s.model,
+            "model": s.recipe_models.get(r.recipe as usize).unwrap_or(&s.model),
+            "recipe": s.recipes.get(r.recipe as usize),
             "sampled": job.sampled,
             "frame": files[0].file_name().map(|n| n.to_string_lossy().into_owned()),
             "overlay": files[1].file_name().map(|n| n.to_string_lossy().into_owned()),

@@ -71,6 +71,8 @@ pub struct LogRecord {
     pub score: f32,
     /// Capture → decision, µs.
     pub latency_us: u32,
+    /// The recipe (product) that decided it: its index in the profile (0: the profile's own).
+    pub recipe: u8,
 }
 
 fn outcome_code(o: Outcome) -> u8 {
@@ -99,6 +101,7 @@ impl LogRecord {
         b[46] = self.class.unwrap_or(u8::MAX);
         b[47] = self.fault;
         b[48] = self.shift;
+        b[49] = self.recipe;
         let crc = crc32fast::hash(&b[8..]);
         b[4..8].copy_from_slice(&crc.to_le_bytes());
         b
@@ -135,6 +138,7 @@ impl LogRecord {
             class: (b[46] != u8::MAX && (b[46] as usize) < MAX_CLASSES).then_some(b[46]),
             fault: b[47].min(FAULT_NAMES.len() as u8 - 1),
             shift: b[48],
+            recipe: b[49],
         })
     }
 }
@@ -397,6 +401,7 @@ mod tests {
             fault: (item % 9) as u8,
             score: 0.25 + item as f32 / 1000.0,
             latency_us: 1234 + item,
+            recipe: 0,
         }
     }
 

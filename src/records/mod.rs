@@ -354,8 +354,12 @@ pub struct RecorderSetup<'a> {
     pub station: &'a str,
     /// Class names.
     pub classes: &'a [String],
-    /// Model name, version and precision.
+    /// Model name, version and precision (of recipe 0).
     pub model: &'a str,
+    /// Recipe names, by the index records carry.
+    pub recipes: &'a [String],
+    /// Each recipe's model name, version and precision.
+    pub recipe_models: &'a [String],
     /// `[records]`, with its folder resolved.
     pub records: Option<&'a RecordsSection>,
     /// `[archive]`, with its folder resolved.
@@ -400,6 +404,8 @@ impl Recorder {
                 None,
             ),
         };
+        let mut store = store;
+        store.recipes = s.recipes.to_vec();
         let store = Arc::new(Mutex::new(store));
         let (mqtt_tx, mqtt_rx) = match s.mqtt {
             Some(m) => {
@@ -459,6 +465,8 @@ impl Recorder {
                     classes: s.classes.to_vec(),
                     model: s.model.to_string(),
                     station: s.station.to_string(),
+                    recipes: s.recipes.to_vec(),
+                    recipe_models: s.recipe_models.to_vec(),
                 };
                 let health = health.clone();
                 threads.push(
@@ -516,6 +524,8 @@ impl Recorder {
                 station: s.station.to_string(),
                 classes: s.classes.to_vec(),
                 model: s.model.to_string(),
+                recipes: s.recipes.to_vec(),
+                recipe_models: s.recipe_models.to_vec(),
                 boot: now_unix_ms(),
             };
             let health = health.clone();

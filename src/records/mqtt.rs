@@ -61,8 +61,12 @@ pub struct MqttSetup {
     pub station: String,
     /// Class names.
     pub classes: Vec<String>,
-    /// Model name, version and precision.
+    /// Model name, version and precision (recipe 0's).
     pub model: String,
+    /// Recipe names, by the index records carry.
+    pub recipes: Vec<String>,
+    /// Each recipe's model name, version and precision.
+    pub recipe_models: Vec<String>,
     /// This run's id (ms since 1970 at start-up), to tell runs apart.
     pub boot: u64,
 }
@@ -85,7 +89,8 @@ fn item_payload(s: &MqttSetup, r: &LogRecord) -> Vec<u8> {
         "score": r.score,
         "fault": (r.fault != 0).then(|| FAULT_NAMES[r.fault as usize]),
         "latency_ms": r.latency_us as f64 / 1000.0,
-        "model": s.model,
+        "model": s.recipe_models.get(r.recipe as usize).unwrap_or(&s.model),
+        "recipe": s.recipes.get(r.recipe as usize),
     })
     .to_string()
     .into_bytes()

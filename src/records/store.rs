@@ -81,6 +81,9 @@ pub struct Store {
     pub station: String,
     /// Class names, in the order of `rejected_per_class`.
     pub classes: Vec<String>,
+    /// Recipe names, by the index the records carry (the profile's at the last start).
+    #[serde(default)]
+    pub recipes: Vec<String>,
     /// Log records counted (the next record's sequence number).
     pub next_seq: u64,
     /// When the file was written, milliseconds since 1970.
@@ -256,6 +259,7 @@ mod tests {
             fault: 0,
             score: 0.9,
             latency_us: 1,
+            recipe: 0,
         }
     }
 

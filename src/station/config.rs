@@ -36,6 +36,13 @@ pub use sections::*;
 /// with [`find_profile`].
 pub const DEFAULT_CONFIG_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/boards/host-sim.toml");
 
+/// Recipes in one profile at most, its own included: a holding register's worth of products
+/// is far more than a line changes between, and the recipe index fits a record's byte.
+pub const MAX_RECIPES: usize = 32;
+
+/// Longest recipe name, bytes: it fits the screen's model line beside the model.
+pub const MAX_RECIPE_NAME: usize = 24;
+
 /// The whole file.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -84,6 +91,10 @@ pub struct StationConfig {
     /// `[modbus]`: the PLC's Modbus TCP server.
     #[serde(default)]
     pub modbus: Option<ModbusSection>,
+    /// `[[recipes]]`: the other products the station can switch to while running (recipe 0
+    /// is the profile's own `[tool]` and `[decision]`, named `station.recipe`).
+    #[serde(default)]
+    pub recipes: Vec<RecipeSection>,
     /// Where it was read from; relative paths resolve against its folder.
     #[serde(skip)]
     pub path: PathBuf,
@@ -323,19 +334,7 @@ impl StationConfig {
         c.check_display()?;
         c.check_realtime()?;
         c.modbus_listen()?;
-        if !matches!(c.tool.kind.as_str(), "classify" | "segment" | "anomaly") {
-            bail!(
-                "{p}: field `tool.kind` is \"{}\"; allowed: \"classify\", \"segment\", \"anomaly\"",
-                c.tool.kind
-            );
-        }
-        if c.segment.is_some() && c.tool.kind != "segment" {
-            bail!("{p}: `[segment]` applies to `tool.kind = \"segment\"` only");
-        }
-        if c.anomaly.is_some() && c.tool.kind != "anomaly" {
-            bail!("{p}: `[anomaly]` applies to `tool.kind = \"anomaly\"` only");
-        }
-        c.segment_rules()?;
+        c.check_product()?;
         if !matches!(c.outputs.backend.as_str(), "recording" | "gpio") {
             bail!(
                 "{p}: field `outputs.backend` is \"{}\"; allowed: \"recording\", \"gpio\"",
@@ -433,11 +432,7 @@ impl StationConfig {
             bail!("{p}: `[inputs.encoder]` needs field `conveyor.encoder_counts_per_mm`");
         }
         match c.decision.failsafe.as_str() {
-            "reject" => {
-                if !c.ejectors.iter().any(|e| e.failsafe) {
-                    bail!("{p}: `decision.failsafe = \"reject\"` needs an ejector with `failsafe = true`");
-                }
-            }
+            "reject" => {}
             "line_stop" => {
                 if c.outputs.backend == "gpio" && c.outputs.line_stop.is_none() {
                     bail!("{p}: `decision.failsafe = \"line_stop\"` with backend \"gpio\" needs field `outputs.line_stop`");
@@ -448,13 +443,144 @@ impl StationConfig {
                 bail!("{p}: field `decision.failsafe` is \"{other}\"; allowed: \"reject\", \"accept\", \"line_stop\"")
             }
         }
-        if c.decision.uncertain == "reject" && !c.ejectors.iter().any(|e| e.uncertain) {
-            bail!("{p}: `decision.uncertain = \"reject\"` needs an ejector with `uncertain = true`");
-        }
-        action(&c.decision.uncertain, path, "decision.uncertain")?;
+        c.check_routing()?;
         if let Some(b) = &c.board {
             b.check(path)?;
         }
+        c.check_recipes()?;
+        Ok(c)
+    }
+
+    /// The product's sections: the tool's kind and its calibration section.
+    fn check_product(&self) -> Result<()> {
+        let p = self.path.display();
+        if !matches!(self.tool.kind.as_str(), "classify" | "segment" | "anomaly") {
+            bail!(
+                "{p}: field `tool.kind` is \"{}\"; allowed: \"classify\", \"segment\", \"anomaly\"",
+                self.tool.kind
+            );
+        }
+        if self.segment.is_some() && self.tool.kind != "segment" {
+            bail!("{p}: `[segment]` applies to `tool.kind = \"segment\"` only");
+        }
+        if self.anomaly.is_some() && self.tool.kind != "anomaly" {
+            bail!("{p}: `[anomaly]` applies to `tool.kind = \"anomaly\"` only");
+        }
+        self.segment_rules()?;
+        self.precision()?;
+        Ok(())
+    }
+
+    /// The uncertain and fail-safe rejects each have an ejector that takes them.
+    fn check_routing(&self) -> Result<()> {
+        let p = self.path.display();
+        if self.decision.failsafe == "reject" && !self.ejectors.iter().any(|e| e.failsafe) {
+            bail!("{p}: `decision.failsafe = \"reject\"` needs an ejector with `failsafe = true`");
+        }
+        if self.decision.uncertain == "reject" && !self.ejectors.iter().any(|e| e.uncertain) {
+            bail!("{p}: `decision.uncertain = \"reject\"` needs an ejector with `uncertain = true`");
+        }
+        action(&self.decision.uncertain, &self.path, "decision.uncertain")?;
+        Ok(())
+    }
+
+    /// `[[recipes]]`: unique names, routes to ejectors that exist, and each recipe's own
+    /// sections as the profile's are checked. The models are checked at start-up
+    /// ([`StationConfig::recipe_config`] and the station's recipe book).
+    fn check_recipes(&self) -> Result<()> {
+        let p = self.path.display();
+        if self.recipes.len() + 1 > MAX_RECIPES {
+            bail!(
+                "{p}: {} `[[recipes]]`; allowed at most {} besides the profile's own",
+                self.recipes.len(),
+                MAX_RECIPES - 1
+            );
+        }
+        let names = self.recipe_names();
+        for (i, n) in names.iter().enumerate() {
+            if n.is_empty() || n.len() > MAX_RECIPE_NAME || !n.bytes().all(|b| b.is_ascii_graphic()) {
+                bail!(
+                    "{p}: recipe name \"{n}\" ({}): 1 to {MAX_RECIPE_NAME} printable ASCII characters, no spaces",
+                    if i == 0 {
+                        "field `station.recipe`".to_string()
+                    } else {
+                        format!("field `recipes[{}].name`", i - 1)
+                    }
+                );
+            }
+            if names[..i].contains(n) {
+                bail!("{p}: recipe name \"{n}\" is used twice (`station.recipe` and `recipes[].name`)");
+            }
+        }
+        for i in 1..names.len() {
+            self.recipe_config(i)?;
+        }
+        Ok(())
+    }
+
+    /// The names of the recipes: `station.recipe` (index 0), then `[[recipes]]` in order.
+    pub fn recipe_names(&self) -> Vec<String> {
+        std::iter::once(self.station.recipe.clone())
+            .chain(self.recipes.iter().map(|r| r.name.clone()))
+            .collect()
+    }
+
+    /// Recipe `index` as a whole profile: the profile itself for 0; for the others, the
+    /// profile with the recipe's tool, decision rules, calibration and routing in place.
+    /// Errors name the recipe and its field.
+    pub fn recipe_config(&self, index: usize) -> Result<StationConfig> {
+        if index == 0 {
+            return Ok(self.clone());
+        }
+        let p = self.path.display();
+        let Some(r) = self.recipes.get(index - 1) else {
+            bail!("{p}: no recipe {index} (there are {})", self.recipes.len() + 1);
+        };
+        let at = format!("{p}: `recipes[{}]` (\"{}\")", index - 1, r.name);
+        if r.decision.failsafe != self.decision.failsafe {
+            bail!(
+                "{at}: field `decision.failsafe` is \"{}\"; the fail-safe is the line's: it must be the profile's (\"{}\")",
+                r.decision.failsafe,
+                self.decision.failsafe
+            );
+        }
+        let mut c = self.clone();
+        c.recipes = Vec::new();
+        c.tool = r.tool.clone();
+        c.decision = r.decision.clone();
+        c.segment = r.segment.clone();
+        c.anomaly = r.anomaly.clone();
+        if !r.routes.is_empty() {
+            for e in c.ejectors.iter_mut() {
+                e.classes = Vec::new();
+                e.uncertain = false;
+                e.failsafe = false;
+            }
+            for (k, route) in r.routes.iter().enumerate() {
+                if r.routes[..k].iter().any(|o| o.ejector == route.ejector) {
+                    bail!(
+                        "{at}: field `routes[{k}].ejector` names \"{}\" a second time",
+                        route.ejector
+                    );
+                }
+                let Some(e) = c.ejectors.iter_mut().find(|e| e.name == route.ejector) else {
+                    let known: Vec<&str> = self.ejectors.iter().map(|e| e.name.as_str()).collect();
+                    bail!(
+                        "{at}: field `routes[{k}].ejector` names \"{}\", which is not an ejector (ejectors: {})",
+                        route.ejector,
+                        known.join(", ")
+                    );
+                };
+                e.classes = route.classes.clone();
+                e.uncertain = route.uncertain;
+                e.failsafe = route.failsafe;
+            }
+        }
+        c.check_product().and_then(|_| c.check_routing()).map_err(|e| {
+            let msg = e.to_string();
+            let rest = msg.strip_prefix(&format!("{p}: ")).unwrap_or(&msg).to_string();
+            anyhow!("{at}: {rest}")
+        })?;
         Ok(c)
     }
 

@@ -30,7 +30,10 @@ pub(super) struct Inspect {
     pub(super) precision: Precision,
     /// A decision later than this after capture is void: the item gets the fail-safe.
     pub(super) deadline_us: u64,
-    /// The last frame's scores, one per class.
+    /// The model's class `i` is the station's class `class_map[i]` (identity without
+    /// `[[recipes]]`; see [`super::recipes`]).
+    pub(super) class_map: [u8; MAX_CLASSES],
+    /// The last frame's scores, by station class.
     scores: [f32; MAX_CLASSES],
 }
 
@@ -54,15 +57,10 @@ impl Inspect {
             rules,
             precision,
             deadline_us: cfg.decision.decision_deadline_ms as u64 * 1000,
+            class_map: std::array::from_fn(|i| i as u8),
             scores: [0.0f32; MAX_CLASSES],
         };
         Ok((inspect, classes))
-    }
-
-    /// Model name, version and precision, as the screen and the records show it.
-    pub(super) fn model_line(&self) -> String {
-        let m = self.tool.manifest();
-        format!("{} {} {}", m.model.name, m.model.version, self.precision.name())
     }
 
     /// The decision for the capture `result` (its pixels in `frame_buf`). A fail-safe
@@ -93,10 +91,13 @@ impl Inspect {
                 }
                 Ok(frame) => match self.tool.scores(&frame) {
                     Ok(scores) => {
-                        let n = scores.len().min(MAX_CLASSES);
-                        self.scores[..n].copy_from_slice(&scores[..n]);
-                        self.scores[n..].fill(0.0);
-                        self.rules.decide(scores)
+                        self.scores.fill(0.0);
+                        for (s, &to) in scores.iter().zip(self.class_map.iter()) {
+                            self.scores[to as usize] = *s;
+                        }
+                        let mut d = self.rules.decide(scores);
+                        d.class = d.class.map(|c| self.class_map[c as usize % MAX_CLASSES]);
+                        d
                     }
                     Err(_) => {
                         faults.model += 1;
@@ -108,7 +109,7 @@ impl Inspect {
         }
     }
 
-    /// The last frame's scores, in class order (zero past the model's classes).
+    /// The last frame's scores, by station class (zero for classes the model does not have).
     pub(super) fn scores(&self) -> &[f32; MAX_CLASSES] {
         &self.scores
     }

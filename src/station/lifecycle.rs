@@ -79,6 +79,7 @@ pub struct Control {
     reloads: AtomicU64,
     reloads_refused: AtomicU64,
     notify: Option<NotifyTarget>,
+    recipes: Mutex<Option<std::sync::Arc<super::recipes::Switcher>>>,
 }
 
 impl Control {
@@ -170,6 +171,30 @@ impl Control {
     pub(super) fn notify_target(&self) -> Option<&NotifyTarget> {
         self.notify.as_ref()
     }
+
+    /// The running station's recipes (from start-up to the end of its frame loop).
+    pub(super) fn attach_recipes(&self, s: Option<std::sync::Arc<super::recipes::Switcher>>) {
+        if let Ok(mut r) = self.recipes.lock() {
+            *r = s;
+        }
+    }
+
+    /// Switch the running station to the recipe called `name`, waiting at most `timeout`
+    /// for the new recipe to load and decide; see [`super::recipes`] for what a switch
+    /// promises.
+    pub fn select_recipe(&self, name: &str, timeout: std::time::Duration) -> super::recipes::SwitchOutcome {
+        let s = self.recipes.lock().ok().and_then(|r| r.clone());
+        match s {
+            Some(s) => s.select(name, timeout),
+            None => super::recipes::SwitchOutcome::Refused("the station is not running".into()),
+        }
+    }
+
+    /// The running station's recipes and the active one's index.
+    pub fn recipes(&self) -> Option<(Vec<String>, usize)> {
+        let s = self.recipes.lock().ok().and_then(|r| r.clone())?;
+        Some((s.book().names(), s.active()))
+    }
 }
 
 /// The first part of `new` outside `[decision]` (or `decision.failsafe`) that differs from
@@ -200,6 +225,8 @@ pub fn changed_outside_decision(running: &StationConfig, new: &StationConfig) ->
         archive => "`[archive]`",
         mqtt => "`[mqtt]`",
         realtime => "`[realtime]`",
+        modbus => "`[modbus]`",
+        recipes => "`[[recipes]]`",
     );
     if running.decision.failsafe != new.decision.failsafe {
         return Some("field `decision.failsafe`");

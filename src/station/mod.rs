@@ -36,10 +36,12 @@ pub mod board;
 pub mod capture;
 pub mod check;
 pub mod config;
+pub mod control_socket;
 pub mod inputs;
 pub mod inspect;
 pub mod lifecycle;
 pub mod realtime;
+pub mod recipes;
 pub mod report;
 pub mod summary;
 pub mod timing;
@@ -95,8 +97,12 @@ pub fn run_until(cfg: &StationConfig, control: &Control, mut on_item: impl FnMut
         }
         None => None,
     };
-    // Start-up, in the order a frame passes: any error here stops the station.
-    let (mut inspect, classes) = Inspect::load(cfg)?;
+    // Start-up, in the order a frame passes: any error here stops the station. Every recipe
+    // is checked first; recipe 0's model is loaded (its classes are the station's first).
+    let book = recipes::RecipeBook::open(cfg)?;
+    let (mut inspect, _) = Inspect::load(cfg)?;
+    inspect.class_map = book.entries[0].class_map;
+    let classes = book.classes.clone();
     let ejectors = cfg.ejectors(inspect.tool.manifest())?;
     let CameraSetup {
         camera,
@@ -110,6 +116,22 @@ pub fn run_until(cfg: &StationConfig, control: &Control, mut on_item: impl FnMut
         inspect.tool.prepare(w, h);
     }
     let (tracker, speed) = tracking::open_tracker(cfg, &ejectors, clock)?;
+    let (recipe_names, recipe_models) = (book.names(), book.model_lines());
+    let with_recipes = !cfg.recipes.is_empty();
+    if let Some((state, _)) = &plc {
+        state.set_recipe_count(book.entries.len() as u16);
+    }
+    let switcher = std::sync::Arc::new(recipes::Switcher::new(book, 0, largest_size));
+    let socket = match with_recipes {
+        true => {
+            let path = control_socket::socket_path(cfg);
+            let field = format!("{}: field `station.control_socket`", cfg.path.display());
+            Some(control_socket::ControlSocket::bind(&path, &field)?)
+        }
+        false => None,
+    };
+    let socket_stop = std::sync::atomic::AtomicBool::new(false);
+    let mut recipe0_rules: Option<lifecycle::NewRules> = None;
     let audit_cap = tracking::audit_capacity(expected_items);
     let steal_before = realtime::cpu_steal_us();
     realtime::lock_memory(&cfg.realtime, &rt_report);
@@ -156,7 +178,7 @@ pub fn run_until(cfg: &StationConfig, control: &Control, mut on_item: impl FnMut
             let report = Report::start(
                 cfg,
                 classes,
-                inspect.model_line(),
+                (&recipe_names, &recipe_models),
                 frame_bytes,
                 audit_cap,
                 rt_report.clone(),
@@ -177,6 +199,24 @@ pub fn run_until(cfg: &StationConfig, control: &Control, mut on_item: impl FnMut
         if let Some((state, _)) = &plc {
             report.attach_plc(state.clone());
         }
+        if with_recipes {
+            let started = switcher.spawn(scope).and_then(|_| {
+                let Some(sock) = socket else { return Ok(()) };
+                let (sw, stop) = (&*switcher, &socket_stop);
+                std::thread::Builder::new()
+                    .name("control-socket".into())
+                    .spawn_scoped(scope, move || sock.serve(sw, stop))
+                    .map(|_| ())
+                    .map_err(|e| anyhow!("cannot start the control socket thread: {e}"))
+            });
+            if let Err(e) = started {
+                switcher.close();
+                tracking.stop();
+                signals.inputs_stop.store(true, std::sync::atomic::Ordering::Release);
+                return Err(e);
+            }
+            control.attach_recipes(Some(switcher.clone()));
+        }
 
         let mut notifier = Notifier::open(control.notify_target(), clock.now());
         frame_loop(
@@ -188,8 +228,12 @@ pub fn run_until(cfg: &StationConfig, control: &Control, mut on_item: impl FnMut
             clock,
             &mut notifier,
             &mut on_item,
+            (&switcher, &mut recipe0_rules),
         );
         let loop_end = clock.now();
+        control.attach_recipes(None);
+        switcher.close();
+        socket_stop.store(true, std::sync::atomic::Ordering::Release);
         if let Some(n) = &notifier {
             n.stopping();
         }
@@ -245,11 +289,56 @@ pub fn run_until(cfg: &StationConfig, control: &Control, mut on_item: impl FnMut
         });
     }
     summary.realtime = rt_report.lines();
+    if with_recipes {
+        use std::sync::atomic::Ordering::Relaxed;
+        summary.recipes = Some(serde_json::json!({
+            "names": recipe_names,
+            "active": recipe_names.get(switcher.active()),
+            "switches": switcher.applied.load(Relaxed),
+            "refused": switcher.refused.load(Relaxed),
+        }));
+    }
     summary.modbus = plc.map(|(state, server)| server.stats_json(&state));
     summary.cpu_steal_ms = steal_before
         .zip(realtime::cpu_steal_us())
         .map(|(a, b)| b.saturating_sub(a) as f64 / 1000.0);
     Ok(summary)
+}
+
+/// Put the loaded recipe in place between two items: the routing first (through the command
+/// queue, ahead of the next decision), then the tool and rules; the old tool goes back to the
+/// loader. Allocates nothing.
+fn switch_recipe(
+    loaded: recipes::Loaded,
+    switcher: &recipes::Switcher,
+    inspect: &mut Inspect,
+    tracking: &Tracking<'_>,
+    report: &mut Report<'_>,
+    recipe0_rules: Option<&lifecycle::NewRules>,
+) {
+    let recipes::Loaded {
+        index,
+        inspect: mut new,
+        reply,
+    } = loaded;
+    let routes = switcher.book().entries[index].routes;
+    if !tracking.set_routes(routes) {
+        switcher.refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Some(r) = reply {
+            let _ = r.try_send(recipes::Answer::Refused(
+                "the actuator did not take the recipe's routing; the running recipe stays".into(),
+            ));
+        }
+        switcher.applied_none(new);
+        return;
+    }
+    if let (0, Some(r)) = (index, recipe0_rules) {
+        new.rules = r.rules.clone();
+        new.deadline_us = r.deadline_us;
+    }
+    std::mem::swap(inspect, &mut *new);
+    report.set_recipe(index);
+    switcher.applied(index, new, reply, report.counters.inspected);
 }
 
 /// One item per capture until the replay ends or `stop` is set: capture → inspect → decide
@@ -265,14 +354,28 @@ fn frame_loop(
     clock: MonotonicClock,
     notifier: &mut Option<Notifier>,
     on_item: &mut impl FnMut(&ItemReport<'_>),
+    (switcher, recipe0_rules): (&recipes::Switcher, &mut Option<lifecycle::NewRules>),
 ) {
     loop {
         if control.stop_requested() {
             break;
         }
         if let Some(new) = control.take_rules() {
-            inspect.rules = new.rules;
-            inspect.deadline_us = new.deadline_us;
+            // A reload's rules are recipe 0's: they decide now if it runs, else when it
+            // comes back.
+            if switcher.active() == 0 {
+                inspect.rules = new.rules.clone();
+                inspect.deadline_us = new.deadline_us;
+            }
+            *recipe0_rules = Some(new);
+        }
+        if let Some(index) = report.plc_recipe_request() {
+            if index != switcher.active() {
+                switcher.request(index, None);
+            }
+        }
+        if let Some(loaded) = switcher.take() {
+            switch_recipe(loaded, switcher, inspect, tracking, report, recipe0_rules.as_ref());
         }
         if let Some(n) = notifier.as_mut() {
             n.tick(clock.now(), &report.counters, control.reload_counts());

@@ -105,7 +105,7 @@ impl RecentFaults {
 }
 
 /// The decision record of one item (its time is now).
-fn log_record(item: u32, frame_seq: u32, d: &Decision, fault: Option<&str>, latency_us: u64) -> LogRecord {
+fn log_record(item: u32, frame_seq: u32, d: &Decision, fault: Option<&str>, latency_us: u64, recipe: u8) -> LogRecord {
     LogRecord {
         seq: 0,
         unix_ms: now_unix_ms(),
@@ -119,6 +119,7 @@ fn log_record(item: u32, frame_seq: u32, d: &Decision, fault: Option<&str>, late
         fault: fault_code(fault),
         score: d.score,
         latency_us: latency_us.min(u32::MAX as u64) as u32,
+        recipe,
     }
 }
 
@@ -150,8 +151,15 @@ pub(super) struct Report<'c> {
     cfg: &'c StationConfig,
     /// The model's class names.
     classes: Vec<String>,
-    /// Model name, version and precision.
-    model_line: String,
+    /// Per recipe: the screen's model line (the recipe's name and its model's name, version
+    /// and precision; the model alone for a profile without `[[recipes]]`).
+    model_lines: Vec<String>,
+    /// The recipe deciding now (its index).
+    recipe: usize,
+    /// The recipes' names, by index.
+    recipe_names: Vec<String>,
+    /// The screen's model line is not the recipe's yet.
+    recipe_changed: bool,
     /// Counters.
     pub(super) counters: Counters,
     /// Faults by kind.
@@ -186,7 +194,7 @@ impl<'c> Report<'c> {
     pub(super) fn start(
         cfg: &'c StationConfig,
         classes: Vec<String>,
-        model_line: String,
+        recipes: (&[String], &[String]),
         frame_bytes: usize,
         audit_cap: usize,
         realtime: Arc<RealtimeReport>,
@@ -203,7 +211,9 @@ impl<'c> Report<'c> {
             config_path: &cfg.path,
             station: &cfg.station.name,
             classes: &classes,
-            model: &model_line,
+            model: &recipes.1[0],
+            recipes: recipes.0,
+            recipe_models: recipes.1,
             records: records_sec.as_ref(),
             archive: archive_sec.as_ref(),
             mqtt: mqtt_sec.as_ref(),
@@ -216,7 +226,18 @@ impl<'c> Report<'c> {
         Ok(Report {
             cfg,
             classes,
-            model_line,
+            model_lines: match recipes.0.len() {
+                1 => recipes.1.to_vec(),
+                _ => recipes
+                    .0
+                    .iter()
+                    .zip(recipes.1)
+                    .map(|(r, m)| format!("{r}: {m}"))
+                    .collect(),
+            },
+            recipe: 0,
+            recipe_names: recipes.0.to_vec(),
+            recipe_changed: false,
             counters: Counters::default(),
             faults: FaultCounts::default(),
             latency: LatencyHistogram::default(),
@@ -253,7 +274,9 @@ impl<'c> Report<'c> {
         let Report {
             cfg,
             classes,
-            model_line,
+            model_lines,
+            recipe,
+            recipe_changed,
             counters,
             latency,
             recent,
@@ -272,6 +295,7 @@ impl<'c> Report<'c> {
             }
             .or(or_text);
             let now = clock.now();
+            let new_recipe = std::mem::take(recipe_changed);
             let realtime_off = if realtime.refused() {
                 screen_fault::REALTIME_OFF
             } else {
@@ -283,9 +307,9 @@ impl<'c> Report<'c> {
             let uptime_s = now.us_since(*run_start) / 1_000_000;
             let elapsed_min = (now.us_since(*run_start) as f32 / 60e6).max(1.0 / 60.0);
             d.offer(|st: &mut ScreenState| {
-                if st.station.is_empty() {
+                if st.station.is_empty() || new_recipe {
                     set_text(&mut st.station, &cfg.station.name);
-                    set_text(&mut st.model, model_line);
+                    set_text(&mut st.model, &model_lines[*recipe]);
                 }
                 st.uptime_s = uptime_s;
                 st.outcome = match decision.outcome {
@@ -340,6 +364,21 @@ impl<'c> Report<'c> {
         } else {
             self.audit_truncated += 1;
         }
+    }
+
+    /// Recipe `index` decides from the next item on: the records name it, the screen and the
+    /// PLC show it. Allocates nothing.
+    pub(super) fn set_recipe(&mut self, index: usize) {
+        self.recipe = index.min(self.model_lines.len().saturating_sub(1));
+        self.recipe_changed = true;
+        if let Some(plc) = &self.plc {
+            plc.set_recipe_active(self.recipe as u16);
+        }
+    }
+
+    /// The recipe a PLC asked for (holding register 0) since the last call.
+    pub(super) fn plc_recipe_request(&self) -> Option<usize> {
+        self.plc.as_ref().and_then(|p| p.take_recipe_request()).map(usize::from)
     }
 
     /// Publish the run to `plc` from now on.
@@ -416,9 +455,10 @@ impl<'c> Report<'c> {
             class_name: None,
             latency_us: now.us_since(at),
             fault: Some(why),
+            recipe: &self.recipe_names[self.recipe],
         });
         if let Some(r) = self.recorder.as_mut() {
-            let record = log_record(id, 0, &decision, Some(why), now.us_since(at));
+            let record = log_record(id, 0, &decision, Some(why), now.us_since(at), self.recipe as u8);
             r.item(
                 &ItemRecord {
                     record,
@@ -479,9 +519,10 @@ impl<'c> Report<'c> {
             class_name,
             latency_us: it.latency_us,
             fault,
+            recipe: &self.recipe_names[self.recipe],
         });
         if let Some(r) = self.recorder.as_mut() {
-            let record = log_record(it.id, it.sequence, &decision, fault, it.latency_us);
+            let record = log_record(it.id, it.sequence, &decision, fault, it.latency_us, self.recipe as u8);
             let n = classes.len().min(MAX_CLASSES);
             let frame = it.frame.map(|(px, info)| (px, info.width, info.height, info.stride));
             let valid = decision.outcome != Outcome::FailSafe;
@@ -596,6 +637,7 @@ impl<'c> Report<'c> {
             realtime: Vec::new(),
             cpu_steal_ms: None,
             modbus: None,
+            recipes: None,
         }
     }
 }

@@ -85,6 +85,8 @@ pub struct ItemReport<'a> {
     pub latency_us: u64,
     /// What went wrong, for fail-safe items.
     pub fault: Option<&'static str>,
+    /// The recipe that decided it (`station.recipe` or a `[[recipes]]` name).
+    pub recipe: &'a str,
 }
 
 /// What a run did.
@@ -151,6 +153,9 @@ pub struct Summary {
     pub cpu_steal_ms: Option<f64>,
     /// The Modbus server's counters (`[modbus]`), when one ran.
     pub modbus: Option<serde_json::Value>,
+    /// With `[[recipes]]`: their names, the one active at the end, switches applied and
+    /// refused.
+    pub recipes: Option<serde_json::Value>,
 }
 
 impl Summary {
@@ -269,6 +274,7 @@ impl Summary {
         j["realtime"] = json!(self.realtime);
         j["cpu_steal_ms"] = json!(self.cpu_steal_ms);
         j["modbus"] = json!(self.modbus);
+        j["recipes"] = json!(self.recipes);
         j["pulses_over_100_us"] = json!(self.audit.as_ref().map(|a| a.pulses_over_late_limit));
         j
     }

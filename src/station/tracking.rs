@@ -134,6 +134,8 @@ pub(super) enum Command {
         now: Instant,
         begin_at: Option<Instant>,
     },
+    /// A recipe switch: what each ejector takes from the next decision on.
+    Routes { seq: u32, routes: super::recipes::Routes },
 }
 
 /// The actuator's answer to command `seq`.
@@ -313,6 +315,12 @@ impl ActuatorEnds<'_> {
                         result: tracker.decide(id, &decision, now),
                     }
                 }
+                Command::Routes { seq, routes } => Answer {
+                    seq,
+                    // Checked when the recipe book opened: an error here keeps the old routes.
+                    tracked: tracker.set_routes(&routes).is_ok(),
+                    result: Ok(()),
+                },
             };
             if tracker.stats().line_stops > 0 {
                 signals.line_stopped.store(true, Ordering::Relaxed);
@@ -513,6 +521,13 @@ impl<'q> Tracking<'q> {
                 + self.signals.input_errors.load(Ordering::Relaxed),
             line_stopped: self.signals.line_stopped.load(Ordering::Relaxed),
         }
+    }
+
+    /// A recipe switch: the actuator routes the decisions after this one with `routes`.
+    /// `false`: the actuator refused them (it keeps the old ones) or did not answer.
+    pub(super) fn set_routes(&self, routes: super::recipes::Routes) -> bool {
+        self.call(|seq| Command::Routes { seq, routes })
+            .is_some_and(|a| a.tracked)
     }
 
     /// Tell the other threads to finish (the actuator drains the items still on the belt).

@@ -17,6 +17,62 @@ use serde::Deserialize;
 pub struct StationSection {
     /// Station name (shown on screen, used in event topics).
     pub name: String,
+    /// The name of the product the profile's own `[tool]`, `[decision]` and ejector routing
+    /// inspect: recipe 0. `[[recipes]]` add the others.
+    #[serde(default = "default_recipe")]
+    pub recipe: String,
+    /// The local control socket `ferroscope recipe` talks to (default: `ferroscope-<station
+    /// name>.sock` in `$RUNTIME_DIRECTORY`, `$XDG_RUNTIME_DIR` or `/tmp`). Only the station's
+    /// user (and root) may connect.
+    #[serde(default)]
+    pub control_socket: Option<PathBuf>,
+}
+
+fn default_recipe() -> String {
+    "default".into()
+}
+
+/// `[[recipes]]`: a product the station can switch to while running. Its `[recipes.tool]`
+/// and `[recipes.decision]` replace the profile's `[tool]` and `[decision]` whole; its
+/// `[recipes.segment]` (or `[recipes.anomaly]`) the calibration; its `[[recipes.routes]]`
+/// which rejects each of the profile's ejectors takes. The ejectors themselves (where they
+/// are, how long they pulse) and the fail-safe belong to the line, not to the product.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecipeSection {
+    /// The product's name (unique in the profile; shown on screen, named by every record).
+    pub name: String,
+    /// The tool and model.
+    pub tool: ToolSection,
+    /// The decision rules (`failsafe`, when given, must be the profile's).
+    pub decision: DecisionSection,
+    /// Calibration and region rules of the segment tool.
+    #[serde(default)]
+    pub segment: Option<SegmentSection>,
+    /// The same for the anomaly tool.
+    #[serde(default)]
+    pub anomaly: Option<SegmentSection>,
+    /// Which rejects each ejector takes for this product; none: the profile's `[[ejectors]]`
+    /// routing. Ejectors not named here take nothing.
+    #[serde(default)]
+    pub routes: Vec<RouteSection>,
+}
+
+/// `[[recipes.routes]]`: the rejects one ejector takes for a recipe.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSection {
+    /// The ejector, by its `[[ejectors]]` name.
+    pub ejector: String,
+    /// Reject classes it takes (`["*"]`: every reject class not taken by an earlier one).
+    #[serde(default)]
+    pub classes: Vec<String>,
+    /// Takes items rejected as uncertain.
+    #[serde(default)]
+    pub uncertain: bool,
+    /// Takes items rejected by the fail-safe.
+    #[serde(default)]
+    pub failsafe: bool,
 }
 
 /// `[camera]`.

@@ -1,0 +1,304 @@
+//! Recipes on a running station (`boards/host-sim-plc.toml`: NEU classify and KolektorSDD
+//! segment): switched over the control socket with `ferroscope recipe set`, every item is
+//! decided by one whole recipe and none is lost; a broken recipe is refused and the running
+//! one stays; a profile whose recipe does not fit its model does not start.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+const NEU_CLASSES: [&str; 6] = [
+    "crazing",
+    "inclusion",
+    "patches",
+    "pitted_surface",
+    "rolled-in_scale",
+    "scratches",
+];
+
+/// A folder of its own for one test.
+fn workdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("ferroscope-recipes-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// `boards/host-sim-plc.toml` without its Modbus port (tests run beside each other), its
+/// control socket and records in `dir`, relative paths made absolute; `edit` changes the text.
+fn profile(dir: &Path, edit: impl FnOnce(String) -> String) -> PathBuf {
+    let boards = root().join("boards").display().to_string();
+    let text = std::fs::read_to_string(root().join("boards/host-sim-plc.toml")).unwrap();
+    let cut = text.find("[modbus]").unwrap();
+    let rest = &text[cut..];
+    let next = rest[1..].find("\n[").map(|i| i + 2).unwrap_or(rest.len());
+    let mut text = format!("{}{}", &text[..cut], &rest[next..]);
+    text = text.replace("\"../", &format!("\"{boards}/../")).replace(
+        "name = \"host-sim-plc\"",
+        &format!(
+            "name = \"host-sim-plc\"\ncontrol_socket = \"{}\"",
+            dir.join("control.sock").display()
+        ),
+    );
+    text.push_str(&format!("\n[records]\ndir = \"{}\"\n", dir.join("records").display()));
+    let p = dir.join("station.toml");
+    std::fs::write(&p, edit(text)).unwrap();
+    p
+}
+
+fn run_station(profile: &Path, seconds: u32) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_ferroscope"))
+        .args(["run", "--json", "--duration-s", &seconds.to_string(), "--config"])
+        .arg(profile)
+        .env_remove("NOTIFY_SOCKET")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn recipe_set(profile: &Path, name: &str) -> (bool, serde_json::Value) {
+    let out = Command::new(env!("CARGO_BIN_EXE_ferroscope"))
+        .args(["recipe", "set", name, "--json", "--config"])
+        .arg(profile)
+        .output()
+        .unwrap();
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("no JSON answer: {}", String::from_utf8_lossy(&out.stderr)));
+    (out.status.success(), answer)
+}
+
+/// Wait until the station's control socket answers.
+fn wait_ready(profile: &Path, station: &mut Child) {
+    let t0 = Instant::now();
+    loop {
+        let out = Command::new(env!("CARGO_BIN_EXE_ferroscope"))
+            .args(["recipe", "list", "--json", "--config"])
+            .arg(profile)
+            .output()
+            .unwrap();
+        if out.status.success() {
+            return;
+        }
+        if let Ok(Some(st)) = station.try_wait() {
+            let mut err = String::new();
+            station.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+            panic!("the station ended ({st}): {err}");
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the control socket never answered"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn finish(station: Child) -> (Vec<serde_json::Value>, serde_json::Value, String) {
+    let out: Output = station.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{err}");
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let (summary, items) = lines.split_last().unwrap();
+    (items.to_vec(), summary.clone(), err)
+}
+
+#[test]
+fn switching_every_half_second_loses_no_item_and_each_item_has_one_whole_recipe() {
+    let dir = workdir("switch");
+    let p = profile(&dir, |t| t);
+    let mut station = run_station(&p, 16);
+    wait_ready(&p, &mut station);
+    // Alternate between the two products; each answer says from which item on it decides.
+    let mut applied: Vec<(String, u64)> = Vec::new();
+    let names = ["kolektor-commutator", "neu-strip"];
+    for k in 0..16 {
+        std::thread::sleep(Duration::from_millis(500));
+        let (ok, a) = recipe_set(&p, names[k % 2]);
+        assert!(ok, "{a}");
+        applied.push((
+            a["recipe"].as_str().unwrap().to_string(),
+            a["after_items"].as_u64().unwrap(),
+        ));
+    }
+    let (items, summary, err) = finish(station);
+
+    // No item lost: every inspection ID once, in order.
+    assert!(items.len() > 100, "{} items; {err}", items.len());
+    for (k, it) in items.iter().enumerate() {
+        assert_eq!(it["id"].as_u64(), Some(k as u64), "item {k}: {it}");
+    }
+    // Each item was decided by the recipe its switch put in place, and with that recipe's
+    // classes only.
+    let mut expected = vec!["neu-strip"; items.len()];
+    for (name, after) in &applied {
+        for e in expected.iter_mut().skip(*after as usize) {
+            *e = name;
+        }
+    }
+    let mut decided_by = [0usize; 2];
+    for (k, it) in items.iter().enumerate() {
+        let recipe = it["recipe"].as_str().unwrap();
+        assert_eq!(recipe, expected[k], "item {k}: {it}");
+        let class = it["class"].as_str();
+        match recipe {
+            "neu-strip" => {
+                decided_by[0] += 1;
+                assert!(class.is_none_or(|c| NEU_CLASSES.contains(&c)), "item {k}: {it}");
+            }
+            _ => {
+                decided_by[1] += 1;
+                assert!(class.is_none_or(|c| c == "defect"), "item {k}: {it}");
+            }
+        }
+        assert!(it["fault"].is_null(), "item {k}: {it}");
+    }
+    assert!(decided_by[0] > 20 && decided_by[1] > 20, "{decided_by:?}");
+    assert_eq!(summary["recipes"]["switches"], 16, "{}", summary["recipes"]);
+    assert_eq!(summary["recipes"]["refused"], 0, "{}", summary["recipes"]);
+    assert_eq!(summary["recipes"]["active"], "neu-strip");
+    assert_eq!(summary["faults"], 0, "{summary}");
+    assert_eq!(summary["missed_rejects"], 0, "{summary}");
+    assert_eq!(summary["false_rejects"], 0, "{summary}");
+    assert_eq!(summary["allocations_ours_after_warmup"], 0, "{summary}");
+
+    // The records name each item's recipe.
+    let out = Command::new(env!("CARGO_BIN_EXE_ferroscope"))
+        .args(["records", "--json", "--last", "100000", "--config"])
+        .arg(&p)
+        .output()
+        .unwrap();
+    let rec: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let last = rec["last"].as_array().unwrap();
+    assert_eq!(last.len(), items.len());
+    for (r, it) in last.iter().zip(&items) {
+        assert_eq!(r["item"], it["id"]);
+        assert_eq!(r["recipe"], it["recipe"], "{r} against {it}");
+        assert_eq!(r["class"], it["class"], "{r} against {it}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_recipe_broken_after_the_start_is_refused_with_its_reason_and_the_running_one_stays() {
+    let dir = workdir("broken");
+    // Two more NEU recipes, each with its own copy of the model: good at the start, then one
+    // copy is damaged and the other deleted while the station runs.
+    let models = root().join("models");
+    let manifest = std::fs::read_to_string(models.join("neu_classify.toml")).unwrap();
+    let mut recipes = String::new();
+    for name in ["damaged", "deleted"] {
+        let onnx = dir.join(format!("{name}.onnx"));
+        std::fs::copy(models.join("neu_classify.onnx"), &onnx).unwrap();
+        let m = manifest
+            .replace(
+                "file = \"neu_classify.onnx\"",
+                &format!("file = \"{}\"", onnx.display()),
+            )
+            .replace(
+                "f32_file = \"neu_classify.f32.onnx\"",
+                &format!("f32_file = \"{}\"", models.join("neu_classify.f32.onnx").display()),
+            );
+        std::fs::write(dir.join(format!("{name}.toml")), m).unwrap();
+        recipes += &format!(
+            "\n[[recipes]]\nname = \"{name}\"\n[recipes.tool]\nkind = \"classify\"\nmanifest = \"{}\"\n\
+             [recipes.decision]\nreject_classes = [\"crazing\", \"inclusion\", \"patches\", \"pitted_surface\", \"scratches\", \"rolled-in_scale\"]\n\
+             uncertain = \"reject\"\ndecision_deadline_ms = 250\n",
+            dir.join(format!("{name}.toml")).display()
+        );
+    }
+    let p = profile(&dir, |t| t + &recipes);
+    let mut station = run_station(&p, 8);
+    wait_ready(&p, &mut station);
+    let mut bytes = std::fs::read(dir.join("damaged.onnx")).unwrap();
+    let k = bytes.len() / 2;
+    bytes[k] ^= 0xFF;
+    std::fs::write(dir.join("damaged.onnx"), bytes).unwrap();
+    std::fs::remove_file(dir.join("deleted.onnx")).unwrap();
+
+    let (ok, a) = recipe_set(&p, "damaged");
+    assert!(!ok, "{a}");
+    let why = a["error"].as_str().unwrap();
+    assert!(why.contains("\"damaged\" refused") && why.contains("sha256"), "{why}");
+    let (ok, a) = recipe_set(&p, "deleted");
+    assert!(!ok, "{a}");
+    let why = a["error"].as_str().unwrap();
+    assert!(
+        why.contains("\"deleted\" refused") && why.contains("deleted.onnx"),
+        "{why}"
+    );
+    let (ok, a) = recipe_set(&p, "no-such-recipe");
+    assert!(
+        !ok && a["error"].as_str().unwrap().contains("kolektor-commutator"),
+        "{a}"
+    );
+    let (items, summary, _) = finish(station);
+    assert!(items.len() > 30, "{}", items.len());
+    assert!(items.iter().all(|i| i["recipe"] == "neu-strip" && i["fault"].is_null()));
+    assert_eq!(summary["recipes"]["refused"], 3, "{}", summary["recipes"]);
+    assert_eq!(summary["recipes"]["switches"], 0, "{}", summary["recipes"]);
+    assert_eq!(summary["faults"], 0, "{summary}");
+
+    // Broken before the start: the station does not start, and says which recipe.
+    let out = Command::new(env!("CARGO_BIN_EXE_ferroscope"))
+        .args(["run", "--json", "--duration-s", "1", "--config"])
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("`recipes[1]` (\"damaged\")") && err.contains("sha256"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_recipe_that_does_not_fit_its_model_or_the_line_stops_the_start_naming_it() {
+    let dir = workdir("unfit");
+    for (edit, words) in [
+        (
+            ("reject_classes = [\"defect\"]", "reject_classes = [\"crack\"]"),
+            vec!["recipes[0]", "kolektor-commutator", "crack"],
+        ),
+        (
+            ("ejector = \"inclusion\"", "ejector = \"side\""),
+            vec!["recipes[0]", "routes[0].ejector", "side", "surface, inclusion"],
+        ),
+        (
+            (
+                "failsafe = \"reject\"              # must be",
+                "failsafe = \"accept\"              # must be",
+            ),
+            vec!["recipes[0]", "decision.failsafe", "the line's"],
+        ),
+        (
+            ("name = \"kolektor-commutator\"", "name = \"neu-strip\""),
+            vec!["neu-strip", "used twice"],
+        ),
+    ] {
+        let p = profile(&dir, |t| {
+            assert!(t.contains(edit.0), "{}", edit.0);
+            t.replace(edit.0, edit.1)
+        });
+        let out = Command::new(env!("CARGO_BIN_EXE_ferroscope"))
+            .args(["run", "--json", "--duration-s", "1", "--config"])
+            .arg(&p)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{edit:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        for w in &words {
+            assert!(err.contains(w), "{edit:?}: `{w}` not in: {err}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
