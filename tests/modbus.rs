@@ -125,6 +125,21 @@ impl Client {
         pdu.extend_from_slice(if on { &[0xFF, 0x00] } else { &[0x00, 0x00] });
         self.call(&pdu)
     }
+
+    fn write_register(&mut self, addr: u16, v: u16) -> Reply {
+        let mut pdu = vec![0x06];
+        pdu.extend_from_slice(&addr.to_be_bytes());
+        pdu.extend_from_slice(&v.to_be_bytes());
+        self.call(&pdu)
+    }
+
+    fn read_holding_register(&mut self, addr: u16) -> Result<u16, u8> {
+        match self.call(&[0x03, (addr >> 8) as u8, addr as u8, 0, 1]) {
+            Reply::Data(d) => Ok(u16::from_be_bytes([d[2], d[3]])),
+            Reply::Exception(e) => Err(e),
+            Reply::Closed => panic!("closed"),
+        }
+    }
 }
 
 /// Where the test's profile for `port` is written.
@@ -145,7 +160,17 @@ fn station_with(port: u16, loops: u32, seconds: u32, plc_trigger: bool) -> Child
         .unwrap()
         .replace("127.0.0.1:1502", &format!("127.0.0.1:{port}"))
         .replace("loops = 0 ", &format!("loops = {loops} "))
-        .replace("\"../", &format!("\"{boards}/../"));
+        .replace("\"../", &format!("\"{boards}/../"))
+        // Tests run beside each other: each station its own control socket.
+        .replace(
+            "name = \"host-sim-plc\"",
+            &format!(
+                "name = \"host-sim-plc\"\ncontrol_socket = \"{}\"",
+                std::env::temp_dir()
+                    .join(format!("ferroscope-modbus-{}-{port}.sock", std::process::id()))
+                    .display()
+            ),
+        );
     if plc_trigger {
         text = text.replace("[tool]", "trigger = \"software\"\n\n[tool]") + "software_trigger = true\n";
     }
@@ -398,5 +423,40 @@ fn the_plcs_software_trigger_makes_items_and_trigger_enable_off_ignores_it() {
     );
     assert_eq!(summary["modbus"]["triggers_ignored"], 3, "{}", summary["modbus"]);
     assert_eq!(summary["missed_rejects"], 0, "{summary}");
+    assert_eq!(summary["faults"], 0, "{summary}");
+}
+
+#[test]
+fn holding_register_0_switches_the_recipe_and_reads_back_the_one_deciding() {
+    let port = free_port();
+    let child = station(port, 0, 10);
+    let mut c = Client::connect(SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_secs(30));
+    assert_eq!(c.read_holding_register(0), Ok(0), "recipe 0 at the start");
+    // The profile has two recipes: 2 is refused, 1 is taken and read back once it decides.
+    assert_eq!(c.write_register(0, 2), Reply::Exception(3));
+    assert_eq!(c.write_register(0, 1), Reply::Data(vec![0x06, 0, 0, 0, 1]));
+    let t0 = Instant::now();
+    while c.read_holding_register(0) != Ok(1) {
+        assert!(t0.elapsed() < Duration::from_secs(8), "register 0 never read 1");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let switched_at = c.read_input_registers(0, 2).unwrap();
+    let switched_at = (switched_at[0] as u32) << 16 | switched_at[1] as u32;
+    drop(c);
+    let (items, summary) = finish(child, port);
+    // Items after the one the PLC saw last when register 0 read 1 are the new recipe's.
+    let later: Vec<_> = items
+        .iter()
+        .filter(|i| i["id"].as_u64().unwrap() > switched_at as u64 + 1)
+        .collect();
+    assert!(later.len() > 10, "{}", later.len());
+    assert!(
+        later.iter().all(|i| i["recipe"] == "kolektor-commutator"),
+        "{:?}",
+        later.iter().map(|i| &i["recipe"]).collect::<Vec<_>>()
+    );
+    assert_eq!(items[0]["recipe"], "neu-strip");
+    assert_eq!(summary["recipes"]["switches"], 1, "{}", summary["recipes"]);
+    assert_eq!(summary["recipes"]["active"], "kolektor-commutator");
     assert_eq!(summary["faults"], 0, "{summary}");
 }

@@ -104,9 +104,12 @@ pub mod fault {
     /// The process may not use its `[realtime]` settings (SCHED_FIFO, locked memory, CPU
     /// wake-up latency): pulses may be late on a busy board. Shown for the whole run.
     pub const REALTIME_OFF: u16 = 1 << 11;
+    /// A recipe switch was refused (a model file missing or changed): the running recipe
+    /// stayed.
+    pub const RECIPE_REFUSED: u16 = 1 << 12;
 
     /// Each bit with its words, in the order shown.
-    pub const WORDS: [(u16, &str); 12] = [
+    pub const WORDS: [(u16, &str); 13] = [
         (CAMERA_LOST, "CAMERA LOST"),
         (LINE_STOPPED, "LINE STOPPED"),
         (ENCODER_FAULT, "ENCODER FAULT"),
@@ -119,6 +122,7 @@ pub mod fault {
         (DISPLAY_ERROR, "DISPLAY ERROR"),
         (BROKER_OFFLINE, "BROKER OFFLINE"),
         (REALTIME_OFF, "REALTIME OFF"),
+        (RECIPE_REFUSED, "RECIPE REFUSED"),
     ];
 }
 

@@ -162,6 +162,31 @@ pub fn check(cfg: &StationConfig) -> Vec<Finding> {
             Ok(format!("{name}, {} {}, loaded", cfg.tool.kind, precision.name()))
         }),
     ));
+    if !cfg.recipes.is_empty() {
+        // Every recipe: its classes, rules and routing, then its model loaded.
+        let book = super::recipes::RecipeBook::open(cfg);
+        out.push(finding(
+            "recipes",
+            book.as_ref()
+                .map(|b| format!("{} ({} classes together)", b.names().join(", "), b.classes.len()))
+                .map_err(|e| anyhow!("{e:#}")),
+        ));
+        for e in book.iter().flat_map(|b| b.entries.iter().skip(1)) {
+            let rc = &e.cfg;
+            out.push(finding(
+                format!("recipe {} model", e.name),
+                rc.precision().and_then(|precision| {
+                    let m = Manifest::load(&rc.resolve(&rc.tool.manifest))?;
+                    Tool::load(&rc.tool.kind, m, precision, rc.segment_rules()?)?;
+                    Ok(format!("{}, loaded", e.model_line))
+                }),
+            ));
+        }
+        out.push(finding(
+            "control socket",
+            Ok(super::control_socket::socket_path(cfg).display().to_string()),
+        ));
+    }
     match cfg.camera.source.as_str() {
         "v4l2" => {
             let dev = cfg.camera.device.clone().unwrap_or_default();

@@ -91,6 +91,7 @@ pub fn run_until(cfg: &StationConfig, control: &Control, mut on_item: impl FnMut
     let plc = match cfg.modbus_listen()? {
         Some(addr) => {
             let state = std::sync::Arc::new(crate::plc::PlcState::new(clock, cfg.plc_trigger()));
+            state.set_recipe_count(cfg.recipe_names().len() as u16);
             let field = format!("{}: field `modbus.listen`", cfg.path.display());
             let server = crate::plc::modbus::ModbusServer::start(addr, state.clone(), &field)?;
             Some((state, server))
@@ -118,9 +119,6 @@ pub fn run_until(cfg: &StationConfig, control: &Control, mut on_item: impl FnMut
     let (tracker, speed) = tracking::open_tracker(cfg, &ejectors, clock)?;
     let (recipe_names, recipe_models) = (book.names(), book.model_lines());
     let with_recipes = !cfg.recipes.is_empty();
-    if let Some((state, _)) = &plc {
-        state.set_recipe_count(book.entries.len() as u16);
-    }
     let switcher = std::sync::Arc::new(recipes::Switcher::new(book, 0, largest_size));
     let socket = match with_recipes {
         true => {
@@ -356,6 +354,7 @@ fn frame_loop(
     on_item: &mut impl FnMut(&ItemReport<'_>),
     (switcher, recipe0_rules): (&recipes::Switcher, &mut Option<lifecycle::NewRules>),
 ) {
+    let mut recipes_refused_seen = 0;
     loop {
         if control.stop_requested() {
             break;
@@ -376,6 +375,11 @@ fn frame_loop(
         }
         if let Some(loaded) = switcher.take() {
             switch_recipe(loaded, switcher, inspect, tracking, report, recipe0_rules.as_ref());
+        }
+        let refused = switcher.refused.load(std::sync::atomic::Ordering::Relaxed);
+        if refused > recipes_refused_seen {
+            recipes_refused_seen = refused;
+            report.note(screen_fault::RECIPE_REFUSED, clock.now());
         }
         if let Some(n) = notifier.as_mut() {
             n.tick(clock.now(), &report.counters, control.reload_counts());
