@@ -45,7 +45,7 @@ pub fn socket_path(cfg: &StationConfig) -> PathBuf {
     }
     let dir = ["RUNTIME_DIRECTORY", "XDG_RUNTIME_DIR"]
         .iter()
-        .filter_map(|v| std::env::var_os(v))
+        .filter_map(std::env::var_os)
         .map(PathBuf::from)
         .find(|p| p.is_dir())
         .unwrap_or_else(|| PathBuf::from("/tmp"));
