@@ -1,7 +1,10 @@
 //! Recipes on a running station (`boards/host-sim-plc.toml`: NEU classify and KolektorSDD
 //! segment): switched over the control socket with `ferroscope recipe set`, every item is
 //! decided by one whole recipe and none is lost; a broken recipe is refused and the running
-//! one stays; a profile whose recipe does not fit its model does not start.
+//! one stays; a profile whose recipe does not fit its model does not start. Over MQTT, a
+//! product change is taken from an authenticated connection only.
+
+mod broker;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -300,5 +303,136 @@ fn a_recipe_that_does_not_fit_its_model_or_the_line_stops_the_start_naming_it() 
             assert!(err.contains(w), "{edit:?}: `{w}` not in: {err}");
         }
     }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_authenticated_mqtt_command_switches_the_recipe_and_the_station_announces_it() {
+    use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+    use std::sync::{Arc, Mutex};
+    let b = broker::Embedded::start_with(None, &[("line3", "s3cret")]);
+    let dir = workdir("mqtt");
+    let mqtt = format!(
+        "\n[mqtt]\nhost = \"127.0.0.1\"\nport = {}\nusername = \"line3\"\npassword = \"s3cret\"\nrecipe_commands = true\n",
+        b.port
+    );
+    let p = profile(&dir, |t| t + &mqtt);
+    // The plant's side: it listens to what the station says, then asks for the other product.
+    let mut o = MqttOptions::new("plant-recipes", "127.0.0.1", b.port);
+    o.set_credentials("line3", "s3cret");
+    o.set_keep_alive(Duration::from_secs(5));
+    let (client, mut conn) = Client::new(o, 64);
+    let heard: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    {
+        let (client, heard) = (client.clone(), heard.clone());
+        std::thread::spawn(move || {
+            for ev in conn.iter() {
+                match ev {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        let _ = client.try_subscribe("ferroscope/host-sim-plc/recipe/#", QoS::AtLeastOnce);
+                        let _ = client.try_subscribe("ferroscope/host-sim-plc/recipe", QoS::AtLeastOnce);
+                    }
+                    Ok(Event::Incoming(Packet::Publish(m))) => heard
+                        .lock()
+                        .unwrap()
+                        .push((m.topic.clone(), String::from_utf8_lossy(&m.payload).into_owned())),
+                    Ok(_) => {}
+                    Err(_) => std::thread::sleep(Duration::from_millis(100)),
+                }
+            }
+        });
+    }
+    let wait_for = |topic: &str, payload: &str| {
+        let t0 = Instant::now();
+        while !heard
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(t, m)| t == topic && m.contains(payload))
+        {
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "never heard {topic} {payload}: {:?}",
+                heard.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let mut station = run_station(&p, 10);
+    wait_ready(&p, &mut station);
+    wait_for("ferroscope/host-sim-plc/recipe", "neu-strip");
+    client
+        .publish(
+            "ferroscope/host-sim-plc/recipe/set",
+            QoS::AtLeastOnce,
+            false,
+            "no-such-recipe",
+        )
+        .unwrap();
+    wait_for("ferroscope/host-sim-plc/recipe/answer", "\"ok\":false");
+    client
+        .publish(
+            "ferroscope/host-sim-plc/recipe/set",
+            QoS::AtLeastOnce,
+            false,
+            "kolektor-commutator",
+        )
+        .unwrap();
+    wait_for("ferroscope/host-sim-plc/recipe/answer", "\"ok\":true");
+    wait_for("ferroscope/host-sim-plc/recipe", "kolektor-commutator");
+    let (items, summary, _) = finish(station);
+    assert_eq!(items[0]["recipe"], "neu-strip");
+    assert_eq!(items.last().unwrap()["recipe"], "kolektor-commutator");
+    assert_eq!(summary["recipes"]["switches"], 1, "{}", summary["recipes"]);
+    assert_eq!(summary["faults"], 0, "{summary}");
+
+    // Without a user name (or client certificate), recipe commands are refused at start-up.
+    let p = profile(&dir, |t| {
+        t + &mqtt.replace("username = \"line3\"\npassword = \"s3cret\"\n", "")
+    });
+    let out = Command::new(env!("CARGO_BIN_EXE_ferroscope"))
+        .args(["run", "--json", "--duration-s", "1", "--config"])
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("mqtt.recipe_commands") && err.contains("authenticated"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_active_recipe_survives_a_restart() {
+    let dir = workdir("restart");
+    let p = profile(&dir, |t| t);
+    let mut station = run_station(&p, 4);
+    wait_ready(&p, &mut station);
+    let (ok, a) = recipe_set(&p, "kolektor-commutator");
+    assert!(ok, "{a}");
+    let (items, _, _) = finish(station);
+    assert_eq!(items.last().unwrap()["recipe"], "kolektor-commutator");
+    // The records folder keeps the product the line ran: the next start begins with it.
+    let kept = std::fs::read_to_string(dir.join("records/active-recipe")).unwrap();
+    assert_eq!(kept.trim(), "kolektor-commutator");
+    let mut station = run_station(&p, 3);
+    wait_ready(&p, &mut station);
+    let (items, summary, _) = finish(station);
+    assert!(items.len() > 5, "{}", items.len());
+    assert!(
+        items.iter().all(|i| i["recipe"] == "kolektor-commutator"),
+        "{}",
+        items[0]
+    );
+    assert_eq!(summary["recipes"]["active"], "kolektor-commutator");
+    assert_eq!(summary["recipes"]["switches"], 0);
+    // A name the profile no longer has: recipe 0, said on stderr.
+    std::fs::write(dir.join("records/active-recipe"), "gone\n").unwrap();
+    let station = run_station(&p, 2);
+    let (items, _, err) = finish(station);
+    assert!(items.iter().all(|i| i["recipe"] == "neu-strip"));
+    assert!(err.contains("\"gone\" was active before the restart"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }

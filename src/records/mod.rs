@@ -118,6 +118,21 @@ pub struct MqttSection {
     /// Keep-alive, seconds.
     #[serde(default = "keep_alive")]
     pub keep_alive_s: u32,
+    /// Take product changes from the broker: a recipe name published to
+    /// `ferroscope/<station>/recipe/set` (default off). Needs `[[recipes]]` and an
+    /// authenticated connection (`username`, or a client certificate): the broker's access
+    /// rules then decide who may change the product.
+    #[serde(default)]
+    pub recipe_commands: bool,
+}
+
+/// The station's recipes as the MQTT thread reaches them (`mqtt.recipe_commands`).
+pub trait RecipeCommands: Send + Sync + std::fmt::Debug {
+    /// Ask for the recipe called `name` (loaded off the frame path, applied between two
+    /// items); an error names what is wrong with the request.
+    fn request_by_name(&self, name: &str) -> std::result::Result<(), String>;
+    /// The recipe deciding now: its index.
+    fn active_index(&self) -> usize;
 }
 
 fn flush_ms() -> u32 {
@@ -360,6 +375,8 @@ pub struct RecorderSetup<'a> {
     pub recipes: &'a [String],
     /// Each recipe's model name, version and precision.
     pub recipe_models: &'a [String],
+    /// The recipes, for `mqtt.recipe_commands` (`None`: a profile without `[[recipes]]`).
+    pub recipe_commands: Option<Arc<dyn RecipeCommands>>,
     /// `[records]`, with its folder resolved.
     pub records: Option<&'a RecordsSection>,
     /// `[archive]`, with its folder resolved.
@@ -508,6 +525,20 @@ impl Recorder {
                 }
                 None => None,
             };
+            if m.recipe_commands {
+                if s.recipe_commands.is_none() {
+                    bail!(
+                        "{}: field `mqtt.recipe_commands` needs `[[recipes]]` to switch between",
+                        p.display()
+                    );
+                }
+                if m.username.is_none() && m.client_cert_file.is_none() {
+                    bail!(
+                        "{}: field `mqtt.recipe_commands` needs an authenticated connection (`mqtt.username`, or `mqtt.client_cert_file`): anyone who may publish to the broker could change the product",
+                        p.display()
+                    );
+                }
+            }
             let setup = mqtt::MqttSetup {
                 host: m.host.clone(),
                 port: m.port,
@@ -526,6 +557,7 @@ impl Recorder {
                 model: s.model.to_string(),
                 recipes: s.recipes.to_vec(),
                 recipe_models: s.recipe_models.to_vec(),
+                recipe_commands: s.recipe_commands.clone().filter(|_| m.recipe_commands),
                 boot: now_unix_ms(),
             };
             let health = health.clone();

@@ -67,6 +67,8 @@ pub struct MqttSetup {
     pub recipes: Vec<String>,
     /// Each recipe's model name, version and precision.
     pub recipe_models: Vec<String>,
+    /// Where product changes from the broker go (`mqtt.recipe_commands`).
+    pub recipe_commands: Option<std::sync::Arc<dyn super::RecipeCommands>>,
     /// This run's id (ms since 1970 at start-up), to tell runs apart.
     pub boot: u64,
 }
@@ -141,6 +143,9 @@ pub fn run(s: MqttSetup, events: Receiver<LogRecord>, store: Arc<Mutex<Store>>, 
     let mut next_counters = Instant::now();
     let mut retry_at: Option<Instant> = None;
     let started = Instant::now();
+    // Recipe commands: the topic taken, and the active recipe last announced (retained).
+    let recipe_set = format!("{prefix}/recipe/set");
+    let mut announced: Option<usize> = None;
 
     let take = |outbox: &mut VecDeque<LogRecord>, r: LogRecord, health: &Health| {
         if outbox.len() >= s.queue {
@@ -204,6 +209,19 @@ pub fn run(s: MqttSetup, events: Receiver<LogRecord>, store: Arc<Mutex<Store>>, 
                     pkid: None,
                 });
             }
+            if let Some(cmd) = &s.recipe_commands {
+                let active = cmd.active_index();
+                if announced != Some(active) {
+                    let name = s.recipes.get(active).cloned().unwrap_or_default();
+                    if client
+                        .try_publish(format!("{prefix}/recipe"), QoS::AtLeastOnce, true, name)
+                        .is_ok()
+                    {
+                        sent.push_back(Sent { item: None, pkid: None });
+                        announced = Some(active);
+                    }
+                }
+            }
             if Instant::now() >= next_counters {
                 next_counters = Instant::now() + s.counters_every;
                 let counters = store.lock().ok().map(|st| counters_json(&st));
@@ -256,6 +274,31 @@ pub fn run(s: MqttSetup, events: Receiver<LogRecord>, store: Arc<Mutex<Store>>, 
                     sent.push_back(Sent { item: None, pkid: None });
                 }
                 next_counters = Instant::now();
+                if s.recipe_commands.is_some() {
+                    // A clean session: the subscription is made again on every connection.
+                    let _ = client.try_subscribe(recipe_set.clone(), QoS::AtLeastOnce);
+                    announced = None;
+                }
+            }
+            Ok(Ok(Event::Incoming(Packet::Publish(p)))) if p.topic == recipe_set => {
+                if let Some(cmd) = &s.recipe_commands {
+                    let name = String::from_utf8_lossy(&p.payload).trim().to_string();
+                    let answer = match cmd.request_by_name(&name) {
+                        Ok(()) => serde_json::json!({"asked": name, "ok": true}),
+                        Err(e) => serde_json::json!({"asked": name, "ok": false, "error": e}),
+                    };
+                    if client
+                        .try_publish(
+                            format!("{prefix}/recipe/answer"),
+                            QoS::AtLeastOnce,
+                            false,
+                            answer.to_string(),
+                        )
+                        .is_ok()
+                    {
+                        sent.push_back(Sent { item: None, pkid: None });
+                    }
+                }
             }
             Ok(Ok(Event::Outgoing(Outgoing::Publish(pkid)))) => {
                 if let Some(m) = sent.iter_mut().find(|m| m.pkid.is_none()) {

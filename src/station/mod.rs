@@ -100,11 +100,22 @@ pub fn run_until(cfg: &StationConfig, control: &Control, mut on_item: impl FnMut
     };
     // Start-up, in the order a frame passes: any error here stops the station. Every recipe
     // is checked first; recipe 0's model is loaded (its classes are the station's first).
+    // The recipe the line ran before a restart (kept in the records folder), else recipe 0.
     let book = recipes::RecipeBook::open(cfg)?;
-    let (mut inspect, _) = Inspect::load(cfg)?;
-    inspect.class_map = book.entries[0].class_map;
+    let with_recipes = !cfg.recipes.is_empty();
+    let persist = match with_recipes {
+        true => cfg.record_sections().0.map(|r| r.dir.join(recipes::ACTIVE_RECIPE_FILE)),
+        false => None,
+    };
+    let start_recipe = persist
+        .as_deref()
+        .and_then(|f| recipes::read_active(f, &book))
+        .unwrap_or(0);
+    let start_cfg = &book.entries[start_recipe].cfg;
+    let (mut inspect, _) = Inspect::load(start_cfg)?;
+    inspect.class_map = book.entries[start_recipe].class_map;
     let classes = book.classes.clone();
-    let ejectors = cfg.ejectors(inspect.tool.manifest())?;
+    let ejectors = book.ejectors(start_recipe, &start_cfg.ejectors(inspect.tool.manifest())?);
     let CameraSetup {
         camera,
         frame_bytes,
@@ -118,8 +129,7 @@ pub fn run_until(cfg: &StationConfig, control: &Control, mut on_item: impl FnMut
     }
     let (tracker, speed) = tracking::open_tracker(cfg, &ejectors, clock)?;
     let (recipe_names, recipe_models) = (book.names(), book.model_lines());
-    let with_recipes = !cfg.recipes.is_empty();
-    let switcher = std::sync::Arc::new(recipes::Switcher::new(book, 0, largest_size));
+    let switcher = std::sync::Arc::new(recipes::Switcher::new(book, start_recipe, largest_size, persist));
     let socket = match with_recipes {
         true => {
             let path = control_socket::socket_path(cfg);
@@ -177,6 +187,7 @@ pub fn run_until(cfg: &StationConfig, control: &Control, mut on_item: impl FnMut
                 cfg,
                 classes,
                 (&recipe_names, &recipe_models),
+                with_recipes.then(|| switcher.clone() as std::sync::Arc<dyn crate::records::RecipeCommands>),
                 frame_bytes,
                 audit_cap,
                 rt_report.clone(),
@@ -197,6 +208,7 @@ pub fn run_until(cfg: &StationConfig, control: &Control, mut on_item: impl FnMut
         if let Some((state, _)) = &plc {
             report.attach_plc(state.clone());
         }
+        report.set_recipe(start_recipe);
         if with_recipes {
             let started = switcher.spawn(scope).and_then(|_| {
                 let Some(sock) = socket else { return Ok(()) };
@@ -369,9 +381,7 @@ fn frame_loop(
             *recipe0_rules = Some(new);
         }
         if let Some(index) = report.plc_recipe_request() {
-            if index != switcher.active() {
-                switcher.request(index, None);
-            }
+            switcher.request(index, None);
         }
         if let Some(loaded) = switcher.take() {
             switch_recipe(loaded, switcher, inspect, tracking, report, recipe0_rules.as_ref());

@@ -39,6 +39,42 @@ use crate::model::manifest::Manifest;
 /// asking more often than this is refused ("busy") rather than queued without end.
 pub const MAX_PENDING_SWITCHES: usize = 4;
 
+/// The file in the records folder naming the active recipe, so that a restart (or a power
+/// cut) comes back with the product the line was running.
+pub const ACTIVE_RECIPE_FILE: &str = "active-recipe";
+
+/// The recipe `file` names, if it names one of `book`'s (a name the profile no longer has is
+/// said on stderr and ignored).
+pub fn read_active(file: &std::path::Path, book: &RecipeBook) -> Option<usize> {
+    let text = std::fs::read_to_string(file).ok()?;
+    let name = text.trim();
+    match book.find(name) {
+        Some(i) => Some(i),
+        None => {
+            eprintln!(
+                "{}: recipe \"{name}\" was active before the restart but the profile has no such recipe; starting with \"{}\"",
+                file.display(),
+                book.entries[0].name
+            );
+            None
+        }
+    }
+}
+
+/// Write `name` to `file` so that it survives a power cut: a temporary file, synced, renamed.
+fn write_active(file: &std::path::Path, name: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = file.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    writeln!(f, "{name}")?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, file)?;
+    if let Some(dir) = file.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
 /// Routing of one recipe: what each ejector takes, in station class indices.
 pub type Routes = [OutcomeSet; MAX_EJECTORS];
 
@@ -224,6 +260,8 @@ pub struct Switcher {
     pub(super) applied: AtomicU64,
     pub(super) refused: AtomicU64,
     largest: Option<(usize, usize)>,
+    /// Where the active recipe is kept across restarts (`[records]`), by the loader thread.
+    persist: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for Switcher {
@@ -238,7 +276,12 @@ impl std::fmt::Debug for Switcher {
 impl Switcher {
     /// A switcher over `book`, with recipe `active` running; new tools are sized for
     /// `largest` frames.
-    pub(super) fn new(book: RecipeBook, active: usize, largest: Option<(usize, usize)>) -> Switcher {
+    pub(super) fn new(
+        book: RecipeBook,
+        active: usize,
+        largest: Option<(usize, usize)>,
+        persist: Option<std::path::PathBuf>,
+    ) -> Switcher {
         Switcher {
             book,
             jobs: Mutex::new(None),
@@ -249,6 +292,7 @@ impl Switcher {
             applied: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             largest,
+            persist,
         }
     }
 
@@ -379,8 +423,16 @@ impl Switcher {
     }
 
     fn loader(&self, rx: Receiver<Job>) {
+        let mut persisted = self.active();
         loop {
-            let job = match rx.recv_timeout(Duration::from_millis(200)) {
+            let active = self.active();
+            if let (Some(file), true) = (&self.persist, active != persisted) {
+                match write_active(file, &self.book.entries[active].name) {
+                    Ok(()) => persisted = active,
+                    Err(e) => eprintln!("{}: cannot keep the active recipe: {e}", file.display()),
+                }
+            }
+            let job = match rx.recv_timeout(Duration::from_millis(100)) {
                 Ok(j) => j,
                 Err(RecvTimeoutError::Timeout) => continue,
                 Err(RecvTimeoutError::Disconnected) => break,
@@ -439,6 +491,28 @@ impl Switcher {
                 .map_err(|e| anyhow!("the model failed its warm-up inference: {e:?}"))?;
         }
         Ok(inspect)
+    }
+}
+
+impl crate::records::RecipeCommands for Switcher {
+    fn request_by_name(&self, name: &str) -> std::result::Result<(), String> {
+        match self.book.find(name) {
+            Some(i) => {
+                self.request(i, None);
+                Ok(())
+            }
+            None => {
+                self.refused.fetch_add(1, Ordering::Relaxed);
+                Err(format!(
+                    "no recipe \"{name}\" (recipes: {})",
+                    self.book.names().join(", ")
+                ))
+            }
+        }
+    }
+
+    fn active_index(&self) -> usize {
+        self.active()
     }
 }
 
