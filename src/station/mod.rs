@@ -186,8 +186,11 @@ pub fn run_until(cfg: &StationConfig, control: &Control, mut on_item: impl FnMut
             let report = Report::start(
                 cfg,
                 classes,
-                (&recipe_names, &recipe_models),
-                with_recipes.then(|| switcher.clone() as std::sync::Arc<dyn crate::records::RecipeCommands>),
+                (
+                    &recipe_names,
+                    &recipe_models,
+                    with_recipes.then(|| switcher.clone() as std::sync::Arc<dyn crate::records::RecipeCommands>),
+                ),
                 frame_bytes,
                 audit_cap,
                 rt_report.clone(),

@@ -145,6 +145,13 @@ pub(super) struct Item<'a> {
     pub(super) scores: &'a [f32],
 }
 
+/// The recipes' names and model lines (by index), and where MQTT recipe commands go.
+pub(super) type RecipeLabels<'a> = (
+    &'a [String],
+    &'a [String],
+    Option<Arc<dyn crate::records::RecipeCommands>>,
+);
+
 /// The frame loop's reporting: counters, the audit, the log, records and the screen.
 pub(super) struct Report<'c> {
     /// The station's configuration.
@@ -194,8 +201,7 @@ impl<'c> Report<'c> {
     pub(super) fn start(
         cfg: &'c StationConfig,
         classes: Vec<String>,
-        recipes: (&[String], &[String]),
-        recipe_commands: Option<Arc<dyn crate::records::RecipeCommands>>,
+        recipes: RecipeLabels<'_>,
         frame_bytes: usize,
         audit_cap: usize,
         realtime: Arc<RealtimeReport>,
@@ -215,7 +221,7 @@ impl<'c> Report<'c> {
             model: &recipes.1[0],
             recipes: recipes.0,
             recipe_models: recipes.1,
-            recipe_commands,
+            recipe_commands: recipes.2,
             records: records_sec.as_ref(),
             archive: archive_sec.as_ref(),
             mqtt: mqtt_sec.as_ref(),
