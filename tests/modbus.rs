@@ -159,6 +159,8 @@ fn station_with(port: u16, loops: u32, seconds: u32, plc_trigger: bool) -> Child
     let mut text = std::fs::read_to_string(root().join("boards/host-sim-plc.toml"))
         .unwrap()
         .replace("127.0.0.1:1502", &format!("127.0.0.1:{port}"))
+        // The OPC UA server on a port of its own (tests run beside each other).
+        .replace("127.0.0.1:4840", &format!("127.0.0.1:{}", free_port()))
         .replace("loops = 0 ", &format!("loops = {loops} "))
         .replace("\"../", &format!("\"{boards}/../"))
         // Tests run beside each other: each station its own control socket.

@@ -13,6 +13,7 @@
 //!   client can reach the frame path or the pulses.
 
 pub mod modbus;
+pub mod opcua;
 
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, AtomicU8, Ordering};
 
@@ -69,7 +70,7 @@ pub enum StationState {
 }
 
 /// The last item as one word: bit 63 set once any item was decided; bits 0–31 the inspection
-/// ID, 32–39 the result code, 40–55 the class.
+/// ID, 32–39 the result code, 40–55 the class, 56–61 the recipe.
 const HAS_ITEM: u64 = 1 << 63;
 
 /// The PLC's view of the station, shared by the frame loop and the protocol servers.
@@ -94,6 +95,10 @@ pub struct PlcState {
     recipes: AtomicU16,
     recipe_active: AtomicU16,
     recipe_request: AtomicU32,
+    /// The last item's score (f32 bits) and decision time (the station clock, µs), stored
+    /// before its word.
+    last_score: AtomicU32,
+    last_at_us: AtomicU64,
 }
 
 impl std::fmt::Debug for PlcState {
@@ -135,6 +140,8 @@ impl PlcState {
             recipes: AtomicU16::new(1),
             recipe_active: AtomicU16::new(0),
             recipe_request: AtomicU32::new(0),
+            last_score: AtomicU32::new(0),
+            last_at_us: AtomicU64::new(0),
         }
     }
 
@@ -198,6 +205,19 @@ pub struct LastItem {
     pub code: u16,
     /// Class index, or [`NO_CLASS`].
     pub class: u16,
+    /// The recipe that decided it.
+    pub recipe: u16,
+}
+
+/// The last item with its score and time, read consistently.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LastResult {
+    /// ID, result code, class, recipe.
+    pub item: LastItem,
+    /// The class's score (0 when none).
+    pub score: f32,
+    /// When it was decided, on the station's clock.
+    pub at: Instant,
 }
 
 impl PlcState {
@@ -205,10 +225,15 @@ impl PlcState {
     pub fn publish(&self, id: u32, d: &Decision, fault: Option<&str>, inspected: u64, rejected: u64) {
         let code = result_code_of(d, fault) as u64;
         let class = d.class.map(u16::from).unwrap_or(NO_CLASS) as u64;
+        let recipe = (self.recipe_active.load(Ordering::Relaxed) & 0x3F) as u64;
         self.inspected.store(inspected as u32, Ordering::Relaxed);
         self.rejected.store(rejected as u32, Ordering::Relaxed);
-        self.last
-            .store(HAS_ITEM | id as u64 | (code << 32) | (class << 40), Ordering::Release);
+        self.last_score.store(d.score.to_bits(), Ordering::Relaxed);
+        self.last_at_us.store(self.clock.now().us, Ordering::Relaxed);
+        self.last.store(
+            HAS_ITEM | id as u64 | (code << 32) | (class << 40) | (recipe << 56),
+            Ordering::Release,
+        );
         self.result_valid.store(true, Ordering::Release);
         self.busy.store(false, Ordering::Relaxed);
     }
@@ -231,14 +256,36 @@ impl PlcState {
 
     /// The last item decided, if any.
     pub fn last(&self) -> Option<LastItem> {
-        let w = self.last.load(Ordering::Acquire);
+        decode_last(self.last.load(Ordering::Acquire))
+    }
+
+    /// The last item with its score and time; the three are of one item (read again while
+    /// the frame loop publishes the next).
+    pub fn last_result(&self) -> Option<LastResult> {
+        loop {
+            let before = self.last.load(Ordering::Acquire);
+            let score = f32::from_bits(self.last_score.load(Ordering::Acquire));
+            let at = Instant::from_us(self.last_at_us.load(Ordering::Acquire));
+            std::sync::atomic::fence(Ordering::Acquire);
+            if self.last.load(Ordering::Acquire) == before {
+                return decode_last(before).map(|item| LastResult { item, score, at });
+            }
+        }
+    }
+}
+
+fn decode_last(w: u64) -> Option<LastItem> {
+    {
         (w & HAS_ITEM != 0).then_some(LastItem {
             id: w as u32,
             code: ((w >> 32) & 0xFF) as u16,
             class: ((w >> 40) & 0xFFFF) as u16,
+            recipe: ((w >> 56) & 0x3F) as u16,
         })
     }
+}
 
+impl PlcState {
     /// Items inspected and rejected so far.
     pub fn counts(&self) -> (u32, u32) {
         (
@@ -285,6 +332,11 @@ impl PlcState {
     /// The station: how many recipes the profile has (holding register 0 takes 0..count).
     pub fn set_recipe_count(&self, count: u16) {
         self.recipes.store(count.max(1), Ordering::Release);
+    }
+
+    /// The station's clock (the one item times are on).
+    pub fn clock(&self) -> &MonotonicClock {
+        &self.clock
     }
 
     /// The recipe deciding now (holding register 0 reads it).
@@ -359,6 +411,7 @@ mod tests {
         assert_eq!(
             s.last(),
             Some(LastItem {
+                recipe: 0,
                 id: u32::MAX,
                 code: result_code::ACCEPT,
                 class: NO_CLASS

@@ -91,6 +91,9 @@ pub struct StationConfig {
     /// `[modbus]`: the PLC's Modbus TCP server.
     #[serde(default)]
     pub modbus: Option<ModbusSection>,
+    /// `[opcua]`: the OPC UA server.
+    #[serde(default)]
+    pub opcua: Option<OpcuaSection>,
     /// `[[recipes]]`: the other products the station can switch to while running (recipe 0
     /// is the profile's own `[tool]` and `[decision]`, named `station.recipe`).
     #[serde(default)]
@@ -334,6 +337,17 @@ impl StationConfig {
         c.check_display()?;
         c.check_realtime()?;
         c.modbus_listen()?;
+        if let Some(o) = &c.opcua {
+            if o.listen.parse::<std::net::SocketAddr>().is_err() {
+                bail!(
+                    "{p}: field `opcua.listen` is \"{}\"; expected an address and port such as \"127.0.0.1:4840\"",
+                    o.listen
+                );
+            }
+            if o.users.is_empty() && !o.allow_anonymous {
+                bail!("{p}: `[opcua]` has no `[[opcua.users]]` and `allow_anonymous` is off: nobody could connect");
+            }
+        }
         c.check_product()?;
         if !matches!(c.outputs.backend.as_str(), "recording" | "gpio") {
             bail!(
@@ -599,6 +613,59 @@ impl StationConfig {
                 m.listen
             )
         })
+    }
+
+    /// `[opcua]`: its address, users and PKI folder, checked and resolved (none: no section).
+    pub fn opcua_setup(&self, classes: &[String]) -> Result<Option<crate::plc::opcua::OpcuaSetup>> {
+        let Some(o) = &self.opcua else { return Ok(None) };
+        let p = self.path.display();
+        let listen = o.listen.parse().map_err(|_| {
+            anyhow!(
+                "{p}: field `opcua.listen` is \"{}\"; expected an address and port such as \"127.0.0.1:4840\"",
+                o.listen
+            )
+        })?;
+        if o.users.is_empty() && !o.allow_anonymous {
+            bail!("{p}: `[opcua]` has no `[[opcua.users]]` and `allow_anonymous` is off: nobody could connect");
+        }
+        let mut users = Vec::new();
+        for (i, u) in o.users.iter().enumerate() {
+            let pass = match (&u.password, &u.password_file) {
+                (Some(pw), None) => pw.clone(),
+                (None, Some(f)) => {
+                    let f = self.resolve(f);
+                    std::fs::read_to_string(&f)
+                        .map_err(|e| anyhow!("{p}: field `opcua.users[{i}].password_file`: {}: {e}", f.display()))?
+                        .lines()
+                        .next()
+                        .unwrap_or("")
+                        .to_string()
+                }
+                _ => bail!(
+                    "{p}: `opcua.users[{i}]` (\"{}\") needs exactly one of `password` and `password_file`",
+                    u.user
+                ),
+            };
+            if u.user.is_empty() || pass.is_empty() {
+                bail!("{p}: `opcua.users[{i}]`: an empty user name or password");
+            }
+            users.push((u.user.clone(), pass));
+        }
+        let pki_dir = match (&o.pki_dir, self.record_sections().0) {
+            (Some(d), _) => self.resolve(d),
+            (None, Some(r)) => r.dir.join("opcua-pki"),
+            (None, None) => std::env::temp_dir().join(format!("ferroscope-{}-opcua-pki", self.station.name)),
+        };
+        Ok(Some(crate::plc::opcua::OpcuaSetup {
+            listen,
+            users,
+            allow_anonymous: o.allow_anonymous,
+            pki_dir,
+            trust_client_certs: o.trust_client_certs,
+            station: self.station.name.clone(),
+            classes: classes.to_vec(),
+            recipes: self.recipe_names(),
+        }))
     }
 
     /// `[realtime]`: priorities, CPUs and the spin within their ranges.

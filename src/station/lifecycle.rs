@@ -226,6 +226,7 @@ pub fn changed_outside_decision(running: &StationConfig, new: &StationConfig) ->
         mqtt => "`[mqtt]`",
         realtime => "`[realtime]`",
         modbus => "`[modbus]`",
+        opcua => "`[opcua]`",
         recipes => "`[[recipes]]`",
     );
     if running.decision.failsafe != new.decision.failsafe {

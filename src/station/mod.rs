@@ -88,15 +88,18 @@ pub fn run_until(cfg: &StationConfig, control: &Control, mut on_item: impl FnMut
     let _frame_cpus = realtime::pin_frame_loop(&cfg.realtime, &rt_report);
     // The PLC's server first: a client connected during start-up reads "starting" and then
     // every item.
-    let plc = match cfg.modbus_listen()? {
-        Some(addr) => {
+    let plc = match (cfg.modbus_listen()?, &cfg.opcua) {
+        (None, None) => None,
+        (modbus, _) => {
             let state = std::sync::Arc::new(crate::plc::PlcState::new(clock, cfg.plc_trigger()));
             state.set_recipe_count(cfg.recipe_names().len() as u16);
             let field = format!("{}: field `modbus.listen`", cfg.path.display());
-            let server = crate::plc::modbus::ModbusServer::start(addr, state.clone(), &field)?;
+            let server = match modbus {
+                Some(addr) => Some(crate::plc::modbus::ModbusServer::start(addr, state.clone(), &field)?),
+                None => None,
+            };
             Some((state, server))
         }
-        None => None,
     };
     // Start-up, in the order a frame passes: any error here stops the station. Every recipe
     // is checked first; recipe 0's model is loaded (its classes are the station's first).
@@ -139,6 +142,20 @@ pub fn run_until(cfg: &StationConfig, control: &Control, mut on_item: impl FnMut
         false => None,
     };
     let socket_stop = std::sync::atomic::AtomicBool::new(false);
+    // The OPC UA server: the vision system's state, results and recipes.
+    let opcua = match (cfg.opcua_setup(&classes)?, &plc) {
+        (Some(setup), Some((state, _))) => {
+            let field = format!("{}: field `opcua.listen`", cfg.path.display());
+            let commands = with_recipes.then(|| switcher.clone() as std::sync::Arc<dyn crate::records::RecipeCommands>);
+            Some(crate::plc::opcua::OpcuaServer::start(
+                setup,
+                state.clone(),
+                commands,
+                &field,
+            )?)
+        }
+        _ => None,
+    };
     let mut recipe0_rules: Option<lifecycle::NewRules> = None;
     let audit_cap = tracking::audit_capacity(expected_items);
     let steal_before = realtime::cpu_steal_us();
@@ -311,7 +328,8 @@ pub fn run_until(cfg: &StationConfig, control: &Control, mut on_item: impl FnMut
             "refused": switcher.refused.load(Relaxed),
         }));
     }
-    summary.modbus = plc.map(|(state, server)| server.stats_json(&state));
+    summary.modbus = plc.and_then(|(state, server)| server.map(|s| s.stats_json(&state)));
+    drop(opcua);
     summary.cpu_steal_ms = steal_before
         .zip(realtime::cpu_steal_us())
         .map(|(a, b)| b.saturating_sub(a) as f64 / 1000.0);

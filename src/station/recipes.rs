@@ -351,7 +351,7 @@ impl Switcher {
     /// Ask for the recipe called `name` and wait (at most `timeout`) for the outcome.
     pub fn select(&self, name: &str, timeout: Duration) -> SwitchOutcome {
         let Some(index) = self.book.find(name) else {
-            self.refused.fetch_add(1, Ordering::Relaxed);
+            // Not a switch that failed: a name to correct (not counted, not a fault).
             return SwitchOutcome::Refused(format!(
                 "no recipe \"{name}\" (recipes: {})",
                 self.book.names().join(", ")

@@ -488,3 +488,40 @@ pub struct ModbusSection {
     #[serde(default)]
     pub software_trigger: bool,
 }
+
+/// `[opcua]`: the OPC UA server (a vision system after OPC 40100).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpcuaSection {
+    /// Address and port, e.g. `"127.0.0.1:4840"` (this machine only) or `"0.0.0.0:4840"`.
+    pub listen: String,
+    /// Sessions without a user name (default off).
+    #[serde(default)]
+    pub allow_anonymous: bool,
+    /// Users who may open a session.
+    #[serde(default)]
+    pub users: Vec<OpcuaUserSection>,
+    /// The server's certificate and key (made on first start) and the trusted client
+    /// certificates (`trusted/`); default `opcua-pki` in the records folder, else a folder
+    /// under `/tmp` named after the station.
+    #[serde(default)]
+    pub pki_dir: Option<PathBuf>,
+    /// Trust every client certificate (default off: only those in the PKI's `trusted/`; a
+    /// refused one is kept in its `rejected/`).
+    #[serde(default)]
+    pub trust_client_certs: bool,
+}
+
+/// `[[opcua.users]]`: one user name and its password.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpcuaUserSection {
+    /// User name.
+    pub user: String,
+    /// Password (or `password_file`).
+    #[serde(default)]
+    pub password: Option<String>,
+    /// A file whose first line is the password.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+}
