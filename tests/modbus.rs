@@ -156,11 +156,12 @@ fn station(port: u16, loops: u32, seconds: u32) -> Child {
 /// The same, with the PLC's software trigger as the part-present signal when `plc_trigger`.
 fn station_with(port: u16, loops: u32, seconds: u32, plc_trigger: bool) -> Child {
     let boards = root().join("boards").display().to_string();
-    let mut text = std::fs::read_to_string(root().join("boards/host-sim-plc.toml"))
-        .unwrap()
+    let full = std::fs::read_to_string(root().join("boards/host-sim-plc.toml")).unwrap();
+    // Without the OPC UA server (tests/opcua.rs has it): [opcua] is followed by [modbus].
+    let opcua = &full[full.find("[opcua]").unwrap()..full.find("[modbus]").unwrap()];
+    let mut text = full
+        .replace(opcua, "")
         .replace("127.0.0.1:1502", &format!("127.0.0.1:{port}"))
-        // The OPC UA server on a port of its own (tests run beside each other).
-        .replace("127.0.0.1:4840", &format!("127.0.0.1:{}", free_port()))
         .replace("loops = 0 ", &format!("loops = {loops} "))
         .replace("\"../", &format!("\"{boards}/../"))
         // Tests run beside each other: each station its own control socket.

@@ -39,8 +39,9 @@ fn asyncua_installed() -> bool {
 fn profile(dir: &Path, port: u16) -> PathBuf {
     let boards = root().join("boards").display().to_string();
     let text = std::fs::read_to_string(root().join("boards/host-sim-plc.toml")).unwrap();
-    let (head, tail) = text.split_at(text.find("[modbus]").unwrap());
-    let opcua = &tail[tail.find("[opcua]").unwrap()..];
+    // [opcua] and then [modbus] are the profile's last sections.
+    let (head, tail) = text.split_at(text.find("[opcua]").unwrap());
+    let opcua = &tail[..tail.find("[modbus]").unwrap()];
     let text = format!(
         "{head}{}\npki_dir = \"{}\"\n",
         opcua.replace("127.0.0.1:4840", &format!("127.0.0.1:{port}")),

@@ -20,7 +20,7 @@ BIN = os.environ.get("FERROSCOPE_BIN", os.path.join(ROOT, "target/release/ferros
 def profile(work):
     """host-sim-plc without its Modbus port, its control socket in `work`."""
     text = open(os.path.join(ROOT, "boards/host-sim-plc.toml")).read()
-    text = text[: text.index("[modbus]")]
+    text = text[: text.index("[opcua]")]  # no OPC UA or Modbus port
     boards = os.path.join(ROOT, "boards")
     text = text.replace('"../', '"%s/../' % boards)
     text = text.replace('name = "host-sim-plc"', 'name = "host-sim-plc"\ncontrol_socket = "%s/control.sock"' % work)

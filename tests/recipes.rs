@@ -37,8 +37,8 @@ fn workdir(tag: &str) -> PathBuf {
 fn profile(dir: &Path, edit: impl FnOnce(String) -> String) -> PathBuf {
     let boards = root().join("boards").display().to_string();
     let text = std::fs::read_to_string(root().join("boards/host-sim-plc.toml")).unwrap();
-    // [modbus] and [opcua] are the profile's last sections.
-    let mut text = text[..text.find("[modbus]").unwrap()].to_string();
+    // [opcua] and [modbus] are the profile's last sections.
+    let mut text = text[..text.find("[opcua]").unwrap()].to_string();
     text = text.replace("\"../", &format!("\"{boards}/../")).replace(
         "name = \"host-sim-plc\"",
         &format!(
