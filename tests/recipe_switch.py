@@ -11,7 +11,7 @@ the one the switch's answer named.
 
 FERROSCOPE_BIN: the binary (default target/release/ferroscope).
 """
-import argparse, json, os, subprocess, sys, tempfile, time
+import argparse, json, os, subprocess, sys, tempfile, threading, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.environ.get("FERROSCOPE_BIN", os.path.join(ROOT, "target/release/ferroscope"))
@@ -40,6 +40,10 @@ def run(seconds, switch_every, start=None):
     p = profile(work)
     st = subprocess.Popen([BIN, "run", "--json", "--duration-s", str(seconds), "--config", p],
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Read the item lines as they come: a full pipe would make the station drop lines.
+    lines_out = []
+    reader = threading.Thread(target=lambda: lines_out.extend(st.stdout), daemon=True)
+    reader.start()
     t0 = time.monotonic()
     while subprocess.run([BIN, "recipe", "list", "--config", p], capture_output=True).returncode != 0:
         if time.monotonic() - t0 > 60 or st.poll() is not None:
@@ -59,13 +63,18 @@ def run(seconds, switch_every, start=None):
         if a.get("ok"):
             applied.append((a["recipe"], a["after_items"]))
         k += 1
-    out, err = st.communicate()
-    lines = [json.loads(l) for l in out.splitlines()]
+    st.wait()
+    reader.join()
+    lines = [json.loads(l) for l in lines_out]
     summary, items = lines[-1], lines[:-1]
-    expected = ["neu-strip"] * len(items)
-    for name, after in applied:
-        for i in range(after, len(items)):
-            expected[i] = name
+    # Inspection IDs count the items from 0: the item with ID k is the (k+1)-th decided.
+    expected = []
+    for it in items:
+        name = "neu-strip"
+        for n, after in applied:
+            if it["id"] >= after:
+                name = n
+        expected.append(name)
     # A run that starts with a switch to recipe 1: its items before the switch are left out.
     first = applied[0][1] if start is not None else 0
     lat = [it["latency_ms"] for it in items[first:]]
@@ -77,8 +86,9 @@ def run(seconds, switch_every, start=None):
         "latency_ms_p50": pct(lat, 50),
         "latency_ms_p99": pct(lat, 99),
         "latency_ms_max": max(lat) if lat else None,
-        "first_after_switch_ms_max": max((items[a]["latency_ms"] for _, a in applied[1 if start else 0:] if a < len(items)), default=None),
+        "first_after_switch_ms_max": max((it["latency_ms"] for it in items for _, a in applied[1 if start else 0:] if it["id"] == a), default=None),
         "faults": summary["faults"],
+        "item_lines_dropped": summary["item_lines_dropped"],
         "missed_rejects": summary["missed_rejects"],
         "false_rejects": summary["false_rejects"],
     }
