@@ -50,13 +50,14 @@ async def session(a, out):
         out["state"] = await state.read_value()
         lr = await vs.get_child(q("ResultManagement", "LastResult"))
         out["last_result_fields"] = sorted([(await n.read_browse_name()).Name for n in await lr.get_children()])
-        # Several readings of the last result, each one item's (its ID moves on between them).
+        # Several readings of the last result, each its fields in one request (its ID moves on
+        # between readings): every reading must be one item's.
+        names = ["InspectionId", "ResultId", "IsPass", "ResultCode", "ClassName", "Score", "Recipe", "CreationTime"]
+        fields = [await lr.get_child(q(n)) for n in names]
         results = []
         for _ in range(a.results):
-            r = {}
-            for name in ["InspectionId", "ResultId", "IsPass", "ResultCode", "ClassName", "Score", "Recipe"]:
-                r[name] = await (await lr.get_child(q(name))).read_value()
-            r["CreationTime"] = (await (await lr.get_child(q("CreationTime"))).read_value()).isoformat()
+            r = dict(zip(names, await c.read_values(fields)))
+            r["CreationTime"] = r["CreationTime"].isoformat()
             results.append(r)
             await asyncio.sleep(0.25)
         out["results"] = results

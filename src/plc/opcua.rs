@@ -26,9 +26,10 @@
 //! ```
 //!
 //! Guarantees:
-//! - every value is read from the PLC table ([`super::PlcState`]) when a client reads it:
-//!   the server never waits for the frame loop, and a result's ID, code, class, recipe,
-//!   score and time are of one item;
+//! - every value comes from the PLC table ([`super::PlcState`]): the server never waits for
+//!   the frame loop. The state, counts and active recipe are read when a client reads them;
+//!   the last result's eight variables are written together within [`RESULT_POLL_MS`] of
+//!   each new item, so a client that reads them in one request gets one item's fields;
 //! - no anonymous session unless the profile says `allow_anonymous = true`; users are names
 //!   with passwords (`opcua.users`), accepted only on the Basic256Sha256 sign-and-encrypt
 //!   endpoint, so a password never crosses the network in clear; the unsecured endpoint
@@ -59,7 +60,7 @@ use opcua::types::{
     UAString, Variant,
 };
 
-use super::{PlcState, StationState, NO_CLASS};
+use super::{PlcState, StationState};
 use crate::hal::Clock;
 use crate::records::RecipeCommands;
 
@@ -196,10 +197,26 @@ impl OpcuaServer {
         let ns = handle
             .get_namespace_index(&ns_uri)
             .ok_or_else(|| anyhow!("OPC UA server: no namespace {ns_uri}"))?;
+        let (state_for_results, setup_station, setup_classes, setup_recipes) = (
+            state.clone(),
+            setup.station.clone(),
+            setup.classes.clone(),
+            setup.recipes.clone(),
+        );
         build_address_space(&manager, ns, &setup, state, recipes);
         drop(entered);
+        let publisher = publish_results(
+            manager.clone(),
+            handle.subscriptions().clone(),
+            ns,
+            state_for_results,
+            setup_station,
+            setup_classes,
+            setup_recipes,
+        );
         let thread = std::thread::Builder::new().name("opcua".into()).spawn(move || {
             runtime.block_on(async move {
+                tokio::spawn(publisher);
                 match tokio::net::TcpListener::from_std(std_listener) {
                     Ok(l) => {
                         if let Err(e) = server.run_with(l).await {
@@ -222,6 +239,60 @@ impl OpcuaServer {
         self.local_addr
     }
 }
+
+/// The last result's eight variables, written together (one write lock) whenever a new item
+/// is decided: a client reading them in one request gets one item's fields.
+async fn publish_results(
+    manager: Arc<SimpleNodeManager>,
+    subscriptions: Arc<opcua::server::SubscriptionCache>,
+    ns: u16,
+    state: Arc<PlcState>,
+    station: String,
+    classes: Vec<String>,
+    recipes: Vec<String>,
+) {
+    let id = |s: &str| NodeId::new(ns, s.to_string());
+    let nodes = [
+        "InspectionId",
+        "ResultId",
+        "IsPass",
+        "ResultCode",
+        "ClassName",
+        "Score",
+        "CreationTime",
+        "Recipe",
+    ]
+    .map(id);
+    let mut shown: Option<u32> = None;
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(RESULT_POLL_MS));
+    loop {
+        tick.tick().await;
+        let Some(r) = state.last_result() else { continue };
+        if shown == Some(r.item.id) {
+            continue;
+        }
+        let l = r.item;
+        // The station's clock to wall time: now, less how long ago it was decided.
+        let ago_us = state.clock().now().us_since(r.at) as i64;
+        let values: [Variant; 8] = [
+            Variant::from(l.id),
+            Variant::from(format!("{station}-{}", l.id)),
+            Variant::from(l.code == super::result_code::ACCEPT),
+            Variant::from(l.code),
+            Variant::from(classes.get(l.class as usize).cloned().unwrap_or_default()),
+            Variant::from(r.score as f64),
+            Variant::from(DateTime::from(DateTime::now().ticks() - ago_us * 10)),
+            Variant::from(recipes.get(l.recipe as usize).cloned().unwrap_or_default()),
+        ];
+        let updates = nodes.iter().zip(values).map(|(n, v)| (n, None, DataValue::new_now(v)));
+        if manager.set_values(&subscriptions, updates).is_ok() {
+            shown = Some(l.id);
+        }
+    }
+}
+
+/// How often the server looks for a new result, ms: a tenth of the fastest line's item period.
+const RESULT_POLL_MS: u64 = 5;
 
 fn build_address_space(
     manager: &Arc<SimpleNodeManager>,
@@ -315,57 +386,6 @@ fn build_address_space(
     read(id("CurrentState"), Box::new(|s| Variant::from(state_name(s))));
     read(id("ItemsInspected"), Box::new(|s| Variant::from(s.counts().0)));
     read(id("ItemsRejected"), Box::new(|s| Variant::from(s.counts().1)));
-    read(
-        id("InspectionId"),
-        Box::new(|s| Variant::from(s.last().map_or(0, |l| l.id))),
-    );
-    let station = setup.station.clone();
-    read(
-        id("ResultId"),
-        Box::new(move |s| Variant::from(s.last().map_or(String::new(), |l| format!("{station}-{}", l.id)))),
-    );
-    read(
-        id("IsPass"),
-        Box::new(|s| Variant::from(s.last().is_some_and(|l| l.code == super::result_code::ACCEPT))),
-    );
-    read(
-        id("ResultCode"),
-        Box::new(|s| Variant::from(s.last().map_or(0, |l| l.code))),
-    );
-    let classes = setup.classes.clone();
-    read(
-        id("ClassName"),
-        Box::new(move |s| {
-            let c = s.last().map_or(NO_CLASS, |l| l.class);
-            Variant::from(classes.get(c as usize).cloned().unwrap_or_default())
-        }),
-    );
-    read(
-        id("Score"),
-        Box::new(|s| Variant::from(s.last_result().map_or(0.0, |r| r.score as f64))),
-    );
-    read(
-        id("CreationTime"),
-        Box::new(|s| {
-            let Some(r) = s.last_result() else {
-                return Variant::from(DateTime::null());
-            };
-            // The station's clock to wall time: now, less how long ago it was decided.
-            let ago_us = s.clock().now().us_since(r.at) as i64;
-            Variant::from(DateTime::from(DateTime::now().ticks() - ago_us * 10))
-        }),
-    );
-    let names = setup.recipes.clone();
-    read(
-        id("Recipe"),
-        Box::new(move |s| {
-            Variant::from(
-                s.last()
-                    .and_then(|l| names.get(l.recipe as usize).cloned())
-                    .unwrap_or_default(),
-            )
-        }),
-    );
     let names = setup.recipes.clone();
     read(
         id("ActiveRecipe"),
