@@ -292,7 +292,7 @@ async fn publish_results(
 }
 
 /// How often the server looks for a new result, ms: a tenth of the fastest line's item period.
-const RESULT_POLL_MS: u64 = 5;
+pub const RESULT_POLL_MS: u64 = 5;
 
 fn build_address_space(
     manager: &Arc<SimpleNodeManager>,
