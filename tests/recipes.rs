@@ -63,6 +63,18 @@ fn run_station(profile: &Path, seconds: u32) -> Child {
         .unwrap()
 }
 
+/// Run `profile`, which must not start (exit 2); its error message.
+fn refused_start(profile: &Path) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_ferroscope"))
+        .args(["run", "--json", "--duration-s", "1", "--config"])
+        .arg(profile)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    err
+}
+
 fn recipe_set(profile: &Path, name: &str) -> (bool, serde_json::Value) {
     let out = Command::new(env!("CARGO_BIN_EXE_ferroscope"))
         .args(["recipe", "set", name, "--json", "--config"])
@@ -249,13 +261,7 @@ fn a_recipe_broken_after_the_start_is_refused_with_its_reason_and_the_running_on
     assert_eq!(summary["faults"], 0, "{summary}");
 
     // Broken before the start: the station does not start, and says which recipe.
-    let out = Command::new(env!("CARGO_BIN_EXE_ferroscope"))
-        .args(["run", "--json", "--duration-s", "1", "--config"])
-        .arg(&p)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused_start(&p);
     assert!(
         err.contains("`recipes[1]` (\"damaged\")") && err.contains("sha256"),
         "{err}"
@@ -291,13 +297,7 @@ fn a_recipe_that_does_not_fit_its_model_or_the_line_stops_the_start_naming_it() 
             assert!(t.contains(edit.0), "{}", edit.0);
             t.replace(edit.0, edit.1)
         });
-        let out = Command::new(env!("CARGO_BIN_EXE_ferroscope"))
-            .args(["run", "--json", "--duration-s", "1", "--config"])
-            .arg(&p)
-            .output()
-            .unwrap();
-        assert_eq!(out.status.code(), Some(2), "{edit:?}");
-        let err = String::from_utf8_lossy(&out.stderr);
+        let err = refused_start(&p);
         for w in &words {
             assert!(err.contains(w), "{edit:?}: `{w}` not in: {err}");
         }
@@ -389,13 +389,7 @@ fn an_authenticated_mqtt_command_switches_the_recipe_and_the_station_announces_i
     let p = profile(&dir, |t| {
         t + &mqtt.replace("username = \"line3\"\npassword = \"s3cret\"\n", "")
     });
-    let out = Command::new(env!("CARGO_BIN_EXE_ferroscope"))
-        .args(["run", "--json", "--duration-s", "1", "--config"])
-        .arg(&p)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused_start(&p);
     assert!(
         err.contains("mqtt.recipe_commands") && err.contains("authenticated"),
         "{err}"

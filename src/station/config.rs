@@ -337,17 +337,7 @@ impl StationConfig {
         c.check_display()?;
         c.check_realtime()?;
         c.modbus_listen()?;
-        if let Some(o) = &c.opcua {
-            if o.listen.parse::<std::net::SocketAddr>().is_err() {
-                bail!(
-                    "{p}: field `opcua.listen` is \"{}\"; expected an address and port such as \"127.0.0.1:4840\"",
-                    o.listen
-                );
-            }
-            if o.users.is_empty() && !o.allow_anonymous {
-                bail!("{p}: `[opcua]` has no `[[opcua.users]]` and `allow_anonymous` is off: nobody could connect");
-            }
-        }
+        c.opcua_listen()?;
         c.check_product()?;
         if !matches!(c.outputs.backend.as_str(), "recording" | "gpio") {
             bail!(
@@ -615,8 +605,9 @@ impl StationConfig {
         })
     }
 
-    /// `[opcua]`: its address, users and PKI folder, checked and resolved (none: no section).
-    pub fn opcua_setup(&self, classes: &[String]) -> Result<Option<crate::plc::opcua::OpcuaSetup>> {
+    /// `[opcua] listen` as a socket address (none: no `[opcua]`), checked with the users: a
+    /// server nobody could open a session on is an error.
+    pub fn opcua_listen(&self) -> Result<Option<std::net::SocketAddr>> {
         let Some(o) = &self.opcua else { return Ok(None) };
         let p = self.path.display();
         let listen = o.listen.parse().map_err(|_| {
@@ -628,6 +619,15 @@ impl StationConfig {
         if o.users.is_empty() && !o.allow_anonymous {
             bail!("{p}: `[opcua]` has no `[[opcua.users]]` and `allow_anonymous` is off: nobody could connect");
         }
+        Ok(Some(listen))
+    }
+
+    /// `[opcua]`: its address, users and PKI folder, checked and resolved (none: no section).
+    pub fn opcua_setup(&self, classes: &[String]) -> Result<Option<crate::plc::opcua::OpcuaSetup>> {
+        let (Some(o), Some(listen)) = (&self.opcua, self.opcua_listen()?) else {
+            return Ok(None);
+        };
+        let p = self.path.display();
         let mut users = Vec::new();
         for (i, u) in o.users.iter().enumerate() {
             let pass = match (&u.password, &u.password_file) {

@@ -177,6 +177,12 @@ impl RecipeBook {
         self.entries.iter().position(|e| e.name == name)
     }
 
+    /// The index of the recipe called `name`, or the error its asker is given.
+    pub fn index_of(&self, name: &str) -> std::result::Result<usize, String> {
+        self.find(name)
+            .ok_or_else(|| format!("no recipe \"{name}\" (recipes: {})", self.names().join(", ")))
+    }
+
     /// Recipe `index`'s ejectors: the profile's, with the recipe's routing in station class
     /// indices.
     pub fn ejectors(&self, index: usize, base: &[EjectorConfig]) -> Vec<EjectorConfig> {
@@ -350,12 +356,10 @@ impl Switcher {
 
     /// Ask for the recipe called `name` and wait (at most `timeout`) for the outcome.
     pub fn select(&self, name: &str, timeout: Duration) -> SwitchOutcome {
-        let Some(index) = self.book.find(name) else {
-            // Not a switch that failed: a name to correct (not counted, not a fault).
-            return SwitchOutcome::Refused(format!(
-                "no recipe \"{name}\" (recipes: {})",
-                self.book.names().join(", ")
-            ));
+        // An unknown name is not a switch that failed: a name to correct (not counted).
+        let index = match self.book.index_of(name) {
+            Ok(i) => i,
+            Err(why) => return SwitchOutcome::Refused(why),
         };
         let (tx, rx) = sync_channel(1);
         self.request(index, Some(tx));
@@ -496,19 +500,8 @@ impl Switcher {
 
 impl crate::records::RecipeCommands for Switcher {
     fn request_by_name(&self, name: &str) -> std::result::Result<(), String> {
-        match self.book.find(name) {
-            Some(i) => {
-                self.request(i, None);
-                Ok(())
-            }
-            None => {
-                self.refused.fetch_add(1, Ordering::Relaxed);
-                Err(format!(
-                    "no recipe \"{name}\" (recipes: {})",
-                    self.book.names().join(", ")
-                ))
-            }
-        }
+        self.request(self.book.index_of(name)?, None);
+        Ok(())
     }
 
     fn active_index(&self) -> usize {
