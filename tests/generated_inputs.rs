@@ -188,14 +188,34 @@ fn damaged_manifests_are_refused_by_name_or_read() {
     });
 }
 
+/// Peak resident memory of this process so far, bytes.
+fn peak_rss() -> u64 {
+    // SAFETY: `usage` is a valid, writable rusage; RUSAGE_SELF is a constant of the platform.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    usage.ru_maxrss as u64 * 1024
+}
+
+/// What loading a damaged model may add to the test's peak resident memory: the undamaged
+/// model loads in about 100 MiB (its 512 × 512 maps and tract's plan), so a case that takes
+/// several times that has allocated something the file asked for.
+const MODEL_CASE_PEAK_BYTES: u64 = 1 << 30;
+
 #[test]
 fn damaged_model_files_give_an_error_not_a_crash() {
     let path = root().join("models/kolektor_anomaly.onnx");
     let original = std::fs::read(&path).unwrap();
     // The undamaged file loads: the damage, not the harness, is what fails.
     Engine::from_bytes(&original, &path, &[1, 1, 512, 512]).unwrap();
+    let ceiling = peak_rss() + MODEL_CASE_PEAK_BYTES;
+    // Each case is written here before it runs, so a case that kills the process (the kernel's
+    // OOM killer, an abort) is named by the file it leaves.
+    let last_case = std::env::var_os("FERROSCOPE_FUZZ_LAST_CASE").map(PathBuf::from);
     let strategy = prop::collection::vec(damage(), 1..4);
     run("model files", cases(), strategy, |d| {
+        if let Some(p) = &last_case {
+            std::fs::write(p, format!("{d:?}\n")).unwrap();
+        }
         let bytes = apply(&original, &d);
         if let Err(e) = Engine::from_bytes(&bytes, &path, &[1, 1, 512, 512]) {
             let msg = format!("{e:#}");
@@ -204,8 +224,49 @@ fn damaged_model_files_give_an_error_not_a_crash() {
                 "error does not name the file: {msg}"
             );
         }
+        let peak = peak_rss();
+        prop_assert!(peak <= ceiling, "peak resident memory {peak} bytes after this case");
         Ok(())
     });
+}
+
+/// A shape constant with a high bit set (here the length `ConstantOfShape` makes: 4 becomes
+/// 2³⁰ + 4) in a file whose declared intermediate shapes are gone: tract would make and fill a
+/// gigabytes-long tensor while it types the model. The loader refuses it by name before tract
+/// sees it, with memory untouched.
+#[test]
+fn a_constant_asking_for_a_huge_tensor_is_refused_before_it_is_made() {
+    use prost::Message;
+    use tract_onnx::prelude::Framework;
+    let path = root().join("models/kolektor_anomaly.onnx");
+    let original = std::fs::read(&path).unwrap();
+    let mut proto = tract_onnx::onnx().proto_model_for_read(&mut &original[..]).unwrap();
+    let graph = proto.graph.as_mut().unwrap();
+    graph.value_info.clear();
+    let feeds: Vec<String> = graph
+        .node
+        .iter()
+        .filter(|n| n.op_type == "ConstantOfShape")
+        .map(|n| n.input[0].clone())
+        .collect();
+    assert!(!feeds.is_empty(), "the anomaly model has no ConstantOfShape");
+    let constant = graph
+        .node
+        .iter_mut()
+        .find(|n| n.op_type == "Constant" && n.output[0] == feeds[0])
+        .unwrap();
+    let t = constant.attribute[0].t.as_mut().unwrap();
+    assert_eq!(t.raw_data, 4i64.to_le_bytes(), "the shape constant is not [4]");
+    t.raw_data = ((1i64 << 30) + 4).to_le_bytes().to_vec();
+    let damaged = proto.encode_to_vec();
+    let before = peak_rss();
+    let e = Engine::from_bytes(&damaged, &path, &[1, 1, 512, 512])
+        .err()
+        .expect("the damaged model loaded");
+    let msg = format!("{e:#}");
+    assert!(msg.contains("kolektor_anomaly.onnx"), "{msg}");
+    assert!(msg.contains("ConstantOfShape") && msg.contains("1073741828"), "{msg}");
+    assert!(peak_rss() < before + (64 << 20), "memory grew while refusing: {msg}");
 }
 
 fn sample_images() -> Vec<Vec<u8>> {

@@ -67,6 +67,103 @@ fn check_tensor_sizes(proto: &tract_onnx::pb::ModelProto) -> Result<()> {
             }
         }
     }
+    check_shape_constants(graph)
+}
+
+/// The integer values of a tensor the file holds inline (`int64` or `int32`), at most
+/// [`SHAPE_VALUES`] of them; `None` for any other type or a longer tensor.
+fn int_values(t: &tract_onnx::pb::TensorProto) -> Option<Vec<i64>> {
+    use tract_onnx::pb::tensor_proto::DataType;
+    let (width, from_inline): (usize, Vec<i64>) = match DataType::try_from(t.data_type).ok()? {
+        DataType::Int64 => (8, t.int64_data.clone()),
+        DataType::Int32 => (4, t.int32_data.iter().map(|&v| v as i64).collect()),
+        _ => return None,
+    };
+    let values: Vec<i64> = if t.raw_data.is_empty() {
+        from_inline
+    } else {
+        t.raw_data
+            .chunks_exact(width)
+            .map(|c| match width {
+                8 => i64::from_le_bytes(c.try_into().unwrap_or([0; 8])),
+                _ => i32::from_le_bytes(c.try_into().unwrap_or([0; 4])) as i64,
+            })
+            .collect()
+    };
+    (values.len() <= SHAPE_VALUES).then_some(values)
+}
+
+/// Longest shape or repeat list read by [`check_shape_constants`]: a tensor's rank is far
+/// below this; a longer list is not a shape.
+const SHAPE_VALUES: usize = 64;
+
+/// Refuse constants that ask for a huge tensor to be made. tract evaluates an operator whose
+/// inputs are all constant while it types the model, so a `ConstantOfShape`, `Expand`, `Tile`
+/// or `Range` fed by a damaged constant (a shape value with a high bit set) would allocate and
+/// fill gigabytes before any output shape can be checked. Each such input that the file holds
+/// as a constant or initializer is read here, and a tensor it asks for beyond
+/// [`MAX_TENSOR_BYTES`] (at 8 bytes per element) is refused, naming the node.
+fn check_shape_constants(graph: &tract_onnx::pb::GraphProto) -> Result<()> {
+    use std::collections::HashMap;
+    let mut constants: HashMap<&str, &tract_onnx::pb::TensorProto> = HashMap::new();
+    for t in &graph.initializer {
+        constants.insert(t.name.as_str(), t);
+    }
+    for node in graph.node.iter().filter(|n| n.op_type == "Constant") {
+        if let (Some(out), Some(t)) = (node.output.first(), node.attribute.iter().find_map(|a| a.t.as_ref())) {
+            constants.insert(out.as_str(), t);
+        }
+    }
+    let values = |node: &tract_onnx::pb::NodeProto, k: usize| -> Option<Vec<i64>> {
+        node.input
+            .get(k)
+            .and_then(|name| constants.get(name.as_str()))
+            .and_then(|t| int_values(t))
+    };
+    let limit = MAX_TENSOR_BYTES / 8;
+    let refuse = |node: &tract_onnx::pb::NodeProto, what: String| -> Result<()> {
+        bail!(
+            "{} node `{}`: {what}, larger than {MAX_TENSOR_BYTES} bytes",
+            node.op_type,
+            node.name
+        )
+    };
+    for node in &graph.node {
+        let (input, kind) = match node.op_type.as_str() {
+            "ConstantOfShape" => (0, "shape"),
+            "Expand" => (1, "shape"),
+            "Tile" => (1, "repeats"),
+            "Range" => {
+                let (Some(start), Some(end), Some(step)) = (values(node, 0), values(node, 1), values(node, 2)) else {
+                    continue;
+                };
+                let (Some(&start), Some(&end), Some(&step)) = (start.first(), end.first(), step.first()) else {
+                    continue;
+                };
+                let span = (end as i128 - start as i128).unsigned_abs();
+                let count = if step == 0 {
+                    u128::MAX
+                } else {
+                    span / step.unsigned_abs() as u128
+                };
+                if count > limit as u128 {
+                    refuse(node, format!("{count} values from {start} to {end} by {step}"))?;
+                }
+                continue;
+            }
+            _ => continue,
+        };
+        let Some(dims) = values(node, input) else { continue };
+        if dims.iter().any(|&d| d < 0) {
+            bail!("{} node `{}`: negative {kind} {dims:?}", node.op_type, node.name);
+        }
+        let elements = dims
+            .iter()
+            .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64).filter(|&n| n <= limit));
+        if elements.is_none() {
+            refuse(node, format!("{kind} {dims:?} asks for a tensor"))?;
+        }
+    }
     Ok(())
 }
 
