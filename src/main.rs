@@ -95,7 +95,10 @@ fn main() -> ExitCode {
         Command::Screen(a) => screen::screen(a.config.as_deref(), &a.state, &a.out, a.size.as_deref()),
         Command::BenchScreen(a) => screen::bench_screen(a.passes, a.json),
         Command::BenchCamera(a) => camera::bench_camera(a.image.as_deref(), a.passes, a.json),
-        Command::Simulate(a) => simulate::simulate(a.seed, a.items, a.encoder, a.timeline.as_deref(), a.json),
+        Command::Simulate(a) => match &a.coprocessor {
+            Some(device) => simulate::simulate_coprocessor(&a, device),
+            None => simulate::simulate(a.seed, a.items, a.encoder, a.timeline.as_deref(), a.json),
+        },
         Command::BenchTiming(a) => simulate::bench_timing(a.config.as_deref(), a.items, a.rate_fps, a.load, a.json),
         Command::Bench(a) => bench::bench(
             &a.model,

@@ -639,3 +639,147 @@ fn modbus_requests_of_any_address_count_and_value_are_answered_or_refused() {
         Ok(())
     });
 }
+
+/// Frames of both directions of the co-processor link, one of each kind, back to back.
+fn link_stream() -> Vec<u8> {
+    use ferroscope::core::link::*;
+    let mut out = Vec::new();
+    let mut push = |n: usize, f: &[u8; MAX_FRAME]| out.extend_from_slice(&f[..n]);
+    let to = [
+        ToMcu::Hello { protocol: PROTOCOL },
+        ToMcu::Ejector {
+            index: 1,
+            ejector: WireEjector {
+                distance_mm: 600.0,
+                pulse_width_us: 20_000,
+                min_gap_us: 10_000,
+                extend: false,
+                classes: 0b111000,
+                uncertain: true,
+                failsafe: true,
+            },
+        },
+        ToMcu::Start {
+            ejectors: 2,
+            failsafe: 0,
+            belt: WireBelt::Encoder(4.0),
+            link_timeout_ms: 15,
+            clocking: Clocking::Hardware,
+        },
+        ToMcu::Capture {
+            id: 1234,
+            at_us: 987_654_321,
+        },
+        ToMcu::Decide {
+            id: 1234,
+            decision: WireDecision {
+                outcome: 1,
+                reject: true,
+                class: Some(3),
+                score: 0.93,
+            },
+            at_us: 987_700_000,
+        },
+        ToMcu::Speed {
+            mm_per_s: 812.0,
+            at_us: 5,
+        },
+        ToMcu::Encoder { count: -77, at_us: 6 },
+        ToMcu::Advance { to_us: 1 << 40 },
+        ToMcu::Ping { seq: 9 },
+        ToMcu::Stats,
+    ];
+    for m in &to {
+        let mut f = [0u8; MAX_FRAME];
+        let n = encode(m, &mut f).unwrap();
+        push(n, &f);
+    }
+    let from = [
+        FromMcu::Hello {
+            protocol: PROTOCOL,
+            version: [0, 1, 0],
+        },
+        FromMcu::Started { error: 0 },
+        FromMcu::Edge {
+            output: LINE_STOP,
+            active: true,
+            at_us: 42,
+        },
+        FromMcu::Fired {
+            id: 7,
+            ejector: 1,
+            on_us: 100,
+            off_us: 20_100,
+            merged: true,
+            clipped: false,
+            failsafe: true,
+        },
+        FromMcu::Overdue { id: 8 },
+        FromMcu::Refused { id: 9, why: 2 },
+        FromMcu::Advanced {
+            now_us: 5,
+            next_us: Some(6),
+            in_flight: 3,
+            losses: 0,
+        },
+        FromMcu::Pong { seq: 9, now_us: 11 },
+        FromMcu::Stats(WireStats {
+            items: 10,
+            fired: [1, 2, 3, 4],
+            ..WireStats::default()
+        }),
+    ];
+    for m in &from {
+        let mut f = [0u8; MAX_FRAME];
+        let n = encode(m, &mut f).unwrap();
+        push(n, &f);
+    }
+    out
+}
+
+/// Feed `bytes` to a decoder of `T`: every frame ended by a zero is either a message, which
+/// encodes back to a frame that decodes to the same message, or counted as dropped.
+fn check_link<T>(bytes: &[u8]) -> Result<(), TestCaseError>
+where
+    T: serde::Serialize + for<'de> serde::Deserialize<'de> + PartialEq + std::fmt::Debug,
+{
+    use ferroscope::core::link::*;
+    let mut d = FrameDecoder::new();
+    let mut ended = 0u64;
+    let mut run = 0usize;
+    for &b in bytes {
+        if b == 0 {
+            if run > 0 {
+                ended += 1;
+            }
+            run = 0;
+        } else {
+            run += 1;
+        }
+        if let Some(Ok(m)) = d.push::<T>(b) {
+            let mut f = [0u8; MAX_FRAME];
+            let n = encode(&m, &mut f).map_err(|e| TestCaseError::fail(format!("{m:?} does not encode: {e}")))?;
+            let mut again = FrameDecoder::new();
+            let back = f[..n].iter().find_map(|&b| again.push::<T>(b));
+            prop_assert_eq!(back, Some(Ok(m)));
+        }
+    }
+    let s = d.stats();
+    prop_assert_eq!(s.frames + s.dropped(), ended, "frames ended by a zero: {:?}", s);
+    Ok(())
+}
+
+#[test]
+fn coprocessor_link_frames_decode_or_are_dropped() {
+    use ferroscope::core::link::{FromMcu, ToMcu};
+    let stream = link_stream();
+    run("link frames", cases(), prop::collection::vec(damage(), 1..6), |d| {
+        let bytes = apply(&stream, &d);
+        check_link::<ToMcu>(&bytes)?;
+        check_link::<FromMcu>(&bytes)
+    });
+    run("link bytes", cases(), prop::collection::vec(any::<u8>(), 0..512), |b| {
+        check_link::<ToMcu>(&b)?;
+        check_link::<FromMcu>(&b)
+    });
+}

@@ -33,9 +33,95 @@ pub struct SimulateArgs {
     /// Write the output timeline (`<µs> <output> <on|off>` per line) to this file.
     #[arg(long)]
     pub timeline: Option<PathBuf>,
+    /// Also run the line on the reject co-processor behind this serial device, in lockstep,
+    /// and compare its pulses with this machine's tracker, edge by edge.
+    #[arg(long, value_name = "DEVICE")]
+    pub coprocessor: Option<PathBuf>,
+    /// The co-processor link's speed.
+    #[arg(long, default_value_t = ferroscope::sim::coprocessor::DEFAULT_BAUD)]
+    pub baud: u32,
+    /// The co-processor counts the link lost after this long without a frame (ms).
+    #[arg(long, default_value_t = 15)]
+    pub link_timeout_ms: u16,
+    /// Cut the link right after this item's capture (before its decision): the co-processor
+    /// must detect the loss and fire what it still holds on its own, this item by the
+    /// fail-safe; the pulses it owes are printed (`expected_after_cut`).
+    #[arg(long, requires = "coprocessor")]
+    pub cut_after: Option<u32>,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `ferroscope simulate --coprocessor`: the seeded line on this machine's tracker and on the
+/// co-processor's, side by side.
+pub fn simulate_coprocessor(a: &SimulateArgs, device: &Path) -> Result<ExitCode> {
+    use ferroscope::sim::conveyor::{self, SimConfig};
+    use ferroscope::sim::coprocessor::Coprocessor;
+    let cfg = SimConfig::reference(a.seed, a.items, a.encoder);
+    let golden = conveyor::run(&cfg);
+    let mut mcu = Coprocessor::connect(device, a.baud, a.link_timeout_ms)?;
+    if let Some(k) = a.cut_after {
+        mcu.cut_after(k);
+    }
+    let started = std::time::Instant::now();
+    let r = conveyor::run_on(&cfg, &mut mcu).map_err(anyhow::Error::msg)?;
+    let secs = started.elapsed().as_secs_f64();
+    if let Some(e) = mcu.error() {
+        anyhow::bail!("{e}");
+    }
+    let link = mcu.link_stats();
+    let version = mcu.version;
+    let mut j = serde_json::json!({
+        "seed": a.seed,
+        "mode": if a.encoder { "encoder" } else { "speed" },
+        "firmware": format!("{}.{}.{}", version[0], version[1], version[2]),
+        "frames_sent": mcu.sent,
+        "frames_received": link.frames,
+        "frames_dropped": link.dropped(),
+        "refused_decisions": mcu.refused,
+        "link_losses": mcu.losses,
+        "seconds": secs,
+    });
+    let ok = if a.cut_after.is_some() {
+        let expected = mcu.expected_after_cut();
+        j["cut"] = mcu.was_cut().into();
+        j["last_advance_us"] = mcu.last_advance().us.into();
+        j["expected_after_cut"] = expected
+            .iter()
+            .map(|&(at, out, on)| serde_json::json!([at, out, on]))
+            .collect::<Vec<_>>()
+            .into();
+        mcu.was_cut()
+    } else {
+        // Edge by edge: time, output, level.
+        let first_difference = golden
+            .timeline
+            .iter()
+            .zip(&r.timeline)
+            .position(|(g, c)| g != c)
+            .or((golden.timeline.len() != r.timeline.len()).then(|| golden.timeline.len().min(r.timeline.len())));
+        let identical = first_difference.is_none();
+        let pulses = r.timeline.iter().filter(|e| e.active).count();
+        j["items"] = r.items.into();
+        j["pulses"] = pulses.into();
+        j["edges"] = r.timeline.len().into();
+        j["pulses_identical"] = identical.into();
+        j["first_difference"] = first_difference.into();
+        j["timeline_sha256"] = conveyor::timeline_digest(&r.timeline).into();
+        j["golden_timeline_sha256"] = conveyor::timeline_digest(&golden.timeline).into();
+        j["missed_rejects"] = r.missed_rejects.into();
+        j["false_rejects"] = r.false_rejects.into();
+        j["tracker_stats_identical"] = (r.tracker == golden.tracker).into();
+        identical && r.tracker == golden.tracker && r.missed_rejects == golden.missed_rejects
+    };
+    j["ok"] = ok.into();
+    if a.json {
+        println!("{j}");
+    } else {
+        println!("{}", serde_json::to_string_pretty(&j)?);
+    }
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 /// `ferroscope bench-timing`.

@@ -12,6 +12,7 @@ pub mod decision;
 pub mod encoder;
 pub mod frame;
 pub mod latency;
+pub mod link;
 pub mod num;
 pub mod pixel;
 pub mod regions;

@@ -258,8 +258,77 @@ fn expected_ejector(cfg: &SimConfig, d: &Decision) -> Option<usize> {
     }
 }
 
-/// Run the simulation.
+/// What the simulation drives: the core's [`Tracker`] in this process, or one behind a link
+/// (the reject co-processor, [`crate::sim::coprocessor`]).
+pub trait Line {
+    /// Start tracking with `cfg`'s ejectors and fail-safe on `belt` (the simulated line's
+    /// model at time 0); an error names what refused it.
+    fn start(&mut self, cfg: &SimConfig, belt: Belt) -> Result<(), String>;
+    /// The belt's speed changed (speed mode).
+    fn set_speed(&mut self, at: Instant, mm_per_s: f32);
+    /// An encoder count (encoder mode).
+    fn on_encoder(&mut self, count: i64, at: Instant);
+    /// An item passed the camera.
+    fn begin(&mut self, id: u32, at: Instant);
+    /// An item's decision; false when it was not taken (late, unknown).
+    fn decide(&mut self, id: u32, d: &Decision, now: Instant) -> bool;
+    /// Poll at `now`: the events then due.
+    fn poll(&mut self, now: Instant, emit: &mut dyn FnMut(TrackEvent));
+    /// The next moment something is due.
+    fn next_event(&self, now: Instant) -> Option<Instant>;
+    /// No item in flight.
+    fn is_idle(&self) -> bool;
+    /// Running totals.
+    fn stats(&mut self) -> TrackerStats;
+}
+
+impl Line for Tracker {
+    fn start(&mut self, _cfg: &SimConfig, belt: Belt) -> Result<(), String> {
+        *self.belt_mut() = belt;
+        Ok(())
+    }
+    fn set_speed(&mut self, at: Instant, mm_per_s: f32) {
+        self.belt_mut().set_speed(at, mm_per_s);
+    }
+    fn on_encoder(&mut self, count: i64, at: Instant) {
+        self.belt_mut().on_encoder(count, at);
+    }
+    fn begin(&mut self, id: u32, at: Instant) {
+        Tracker::begin(self, id, at);
+    }
+    fn decide(&mut self, id: u32, d: &Decision, now: Instant) -> bool {
+        Tracker::decide(self, id, d, now).is_ok()
+    }
+    fn poll(&mut self, now: Instant, emit: &mut dyn FnMut(TrackEvent)) {
+        Tracker::poll(self, now, emit);
+    }
+    fn next_event(&self, now: Instant) -> Option<Instant> {
+        Tracker::next_event(self, now)
+    }
+    fn is_idle(&self) -> bool {
+        Tracker::is_idle(self)
+    }
+    fn stats(&mut self) -> TrackerStats {
+        *Tracker::stats(self)
+    }
+}
+
+/// The tracker the simulated line runs, as [`run`] builds it; `None` when the configuration
+/// is refused.
+pub fn tracker_for(cfg: &SimConfig) -> Option<Tracker> {
+    Tracker::new(&cfg.ejectors, cfg.failsafe, Belt::from_speed(0.0, Instant::from_us(0))).ok()
+}
+
+/// Run the simulation on the core's tracker in this process.
 pub fn run(cfg: &SimConfig) -> SimReport {
+    match tracker_for(cfg) {
+        Some(mut t) => run_on(cfg, &mut t).unwrap_or_default(),
+        None => SimReport::default(),
+    }
+}
+
+/// Run the simulation on `line`.
+pub fn run_on(cfg: &SimConfig, tracker: &mut dyn Line) -> Result<SimReport, String> {
     let mut rng = SplitMix64::new(cfg.seed);
     // Items along the belt.
     let mut items: Vec<SimItem> = Vec::with_capacity(cfg.items as usize);
@@ -369,9 +438,7 @@ pub fn run(cfg: &SimConfig) -> SimReport {
         Some(e) => Belt::from_encoder(e.counts_per_mm).unwrap_or_else(|| Belt::from_speed(0.0, Instant::from_us(0))),
         None => Belt::from_speed(steps[0].1, Instant::from_us(0)),
     };
-    let Ok(mut tracker) = Tracker::new(&cfg.ejectors, cfg.failsafe, belt) else {
-        return SimReport::default();
-    };
+    tracker.start(cfg, belt)?;
     let nm_per_count = cfg.encoder.map(|e| 1e6 / e.counts_per_mm as f64);
     let mut next_count: i64 = 1;
     let mut last_edge_us = 0u64;
@@ -401,16 +468,14 @@ pub fn run(cfg: &SimConfig) -> SimReport {
     loop {
         // Inputs due at `now`.
         while step_i < steps.len() && steps[step_i].0 <= now.us {
-            tracker
-                .belt_mut()
-                .set_speed(Instant::from_us(steps[step_i].0), steps[step_i].1);
+            tracker.set_speed(Instant::from_us(steps[step_i].0), steps[step_i].1);
             step_i += 1;
         }
         while let Some((t, c)) = enc {
             if t > now.us {
                 break;
             }
-            tracker.belt_mut().on_encoder(c, Instant::from_us(t));
+            tracker.on_encoder(c, Instant::from_us(t));
             enc = next_encoder(&mut rng, &mut next_count, &mut last_edge_us);
         }
         while cap_i < items.len() && items[cap_i].capture_us <= now.us {
@@ -420,12 +485,12 @@ pub fn run(cfg: &SimConfig) -> SimReport {
         while dec_i < order.len() && items[order[dec_i]].decide_us <= now.us {
             let i = order[dec_i];
             let d = items[i].decision;
-            if tracker.decide(id_of(i), &d, now).is_err() {
+            if !tracker.decide(id_of(i), &d, now) {
                 items[i].overdue = true;
             }
             dec_i += 1;
         }
-        tracker.poll(now, |ev| match ev {
+        tracker.poll(now, &mut |ev| match ev {
             TrackEvent::Edge { output, active, .. } => timeline.push(SimEdge {
                 at_us: now.us,
                 output,
@@ -481,7 +546,8 @@ pub fn run(cfg: &SimConfig) -> SimReport {
         }
         now = Instant::from_us(next);
     }
-    check(cfg, &items, &motion, &timeline, *tracker.stats())
+    let stats = tracker.stats();
+    Ok(check(cfg, &items, &motion, &timeline, stats))
 }
 
 fn check(cfg: &SimConfig, items: &[SimItem], motion: &Motion, timeline: &[SimEdge], stats: TrackerStats) -> SimReport {

@@ -1,0 +1,173 @@
+#!/usr/bin/env bash
+# The reject co-processor under emulation: its firmware (firmware/reject-coprocessor, built for
+# the STM32F405) boots in qemu-system-arm's netduinoplus2 board, its USART1 on a pseudo-terminal
+# that the station opens as its serial line, its defmt log on semihosting.
+#
+#  1. lockstep: `ferroscope simulate --coprocessor` replays the seeded reference line (speed
+#     mode) on the co-processor and on this machine's tracker; every edge (time, output, level)
+#     must be the same, and the tracker totals too;
+#  2. encoder: the same with a replayed encoder (counts and their times sent over the link);
+#  3. link loss: a third line is cut right after one item's capture, before its decision. The
+#     co-processor must see the silence within its link timeout (15 ms, under the reference
+#     line's closest item spacing of 20 ms), go on on its own clock and fire every pulse it
+#     still owes, the cut item's by the fail-safe, when due; the pulses it owes come from this
+#     machine's tracker given the same inputs;
+#  4. the defmt log is decoded (defmt-print) and must hold the start, the loss and its pulses.
+#
+#   bash tests/coprocessor_qemu.sh [--items N] [--json]     # default 10 000 items
+#
+# FERROSCOPE_BIN: the station binary (target/release/ferroscope, built when missing).
+# Needs: qemu-system-arm, the thumbv7em-none-eabihf target, defmt-print (installed with
+# `cargo install --locked defmt-print` when missing).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+ITEMS=10000
+JSON=0
+while [ $# -gt 0 ]; do
+    case $1 in
+        --items) ITEMS=$2; shift 2 ;;
+        --json) JSON=1; shift ;;
+        *) echo "usage: bash tests/coprocessor_qemu.sh [--items N] [--json]" >&2; exit 2 ;;
+    esac
+done
+command -v qemu-system-arm >/dev/null || { echo "qemu-system-arm is missing (apt-get install qemu-system-arm)" >&2; exit 2; }
+if ! command -v defmt-print >/dev/null; then
+    echo "== installing defmt-print (cargo install --locked defmt-print)" >&2
+    cargo install --locked defmt-print >&2
+fi
+BIN=${FERROSCOPE_BIN:-$ROOT/target/release/ferroscope}
+if [ ! -x "$BIN" ]; then
+    cargo build --release --bin ferroscope >&2
+fi
+echo "== firmware (thumbv7em-none-eabihf, emulator: defmt over semihosting)" >&2
+(cd firmware/reject-coprocessor && cargo build --release --no-default-features --features emulator >&2)
+WORK=$(mktemp -d /tmp/ferroscope-coprocessor.XXXXXX)
+# A copy: the image qemu runs is the one whose defmt table decodes its log, whatever is built
+# meanwhile.
+ELF=$WORK/firmware.elf
+cp firmware/reject-coprocessor/target/thumbv7em-none-eabihf/release/ferroscope-reject-coprocessor "$ELF"
+QEMU_PID=
+cleanup() {
+    [ -n "$QEMU_PID" ] && kill "$QEMU_PID" 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+qemu-system-arm -M netduinoplus2 -nographic -monitor none -kernel "$ELF" \
+    -semihosting-config enable=on,target=native -serial pty >"$WORK/qemu.out" 2>"$WORK/qemu.err" &
+QEMU_PID=$!
+PTS=
+for _ in $(seq 100); do
+    PTS=$(grep -ao '/dev/pts/[0-9]*' "$WORK/qemu.out" 2>/dev/null | head -1 || true)
+    [ -n "$PTS" ] && break
+    sleep 0.1
+done
+[ -n "$PTS" ] || { echo "qemu did not open its serial line:" >&2; cat "$WORK/qemu.err" >&2; exit 1; }
+echo "== co-processor on $PTS" >&2
+
+echo "== 1. lockstep, speed mode, $ITEMS items" >&2
+"$BIN" simulate --coprocessor "$PTS" --items "$ITEMS" --link-timeout-ms 200 --json >"$WORK/speed.json" || true
+echo "== 2. lockstep, encoder mode, $((ITEMS / 100)) items" >&2
+"$BIN" simulate --coprocessor "$PTS" --encoder --seed 2 --items $((ITEMS / 100)) --link-timeout-ms 200 --json >"$WORK/encoder.json" || true
+echo "== 3. link cut after item 80's capture" >&2
+"$BIN" simulate --coprocessor "$PTS" --seed 3 --items 100 --cut-after 80 --link-timeout-ms 15 --json >"$WORK/cut.json" || true
+# Let the co-processor fire what it owes (its own clock runs in real time under qemu).
+WAIT=$(python3 -c '
+import json, sys
+j = json.load(open(sys.argv[1]))
+owed = [e[0] for e in j.get("expected_after_cut", [])]
+print(max(0.0, (max(owed) - j["last_advance_us"]) / 1e6) + 3.0 if owed else 3.0)
+' "$WORK/cut.json" 2>/dev/null || echo 2)
+sleep "$WAIT"
+kill "$QEMU_PID" 2>/dev/null || true
+wait "$QEMU_PID" 2>/dev/null || true
+QEMU_PID=
+# qemu's first line names the pseudo-terminal; the defmt frames follow.
+tail -n +2 "$WORK/qemu.out" | defmt-print -e "$ELF" >"$WORK/defmt.txt" 2>&1 || true
+
+python3 - "$WORK" "$JSON" <<'PY'
+import json, re, sys
+work, as_json = sys.argv[1], sys.argv[2] == "1"
+def load(name):
+    try:
+        return json.load(open(f"{work}/{name}.json"))
+    except Exception as e:
+        return {"error": f"{name}: {e}"}
+speed, enc, cut = load("speed"), load("encoder"), load("cut")
+log = open(f"{work}/defmt.txt", errors="replace").read().splitlines()
+lost = [i for i, l in enumerate(log) if "LINK LOST" in l]
+after = log[lost[-1]:] if lost else []
+m = re.search(r"no frame for (\d+) us \(timeout (\d+) us\)", after[0]) if after else None
+silent_us = int(m.group(1)) if m else None
+timeout_us = int(m.group(2)) if m else None
+edges = []
+for l in after[1:]:
+    e = re.search(r"edge (\d+) (true|false) planned (\d+) us, driven (\d+) us", l)
+    if e:
+        edges.append((int(e.group(3)), int(e.group(1)), e.group(2) == "true", int(e.group(4))))
+expected = [tuple(x) for x in cut.get("expected_after_cut", [])]
+matched, worst_planned, worst_driven = 0, 0, 0
+pool = list(edges)
+for at, out, on in expected:
+    cands = [e for e in pool if e[1] == out and e[2] == on]
+    if not cands:
+        continue
+    best = min(cands, key=lambda e: abs(e[0] - at))
+    pool.remove(best)
+    matched += 1
+    worst_planned = max(worst_planned, abs(best[0] - at))
+    worst_driven = max(worst_driven, abs(best[3] - at))
+failsafe_fired = sum(1 for l in after if "failsafe true" in l)
+# Reference line: items 20-120 mm apart at up to 1000 mm/s: at least 20 ms between items.
+SPACING_US = 20_000
+link_loss_ok = (
+    cut.get("cut") is True
+    and silent_us is not None
+    and silent_us <= SPACING_US
+    and matched == len(expected)
+    and len(pool) == 0
+    and worst_planned <= 1_000
+    and worst_driven <= 5_000
+    and failsafe_fired >= 1
+)
+r = {
+    "items": speed.get("items"),
+    "pulses": speed.get("pulses"),
+    "edges": speed.get("edges"),
+    "pulses_identical": speed.get("pulses_identical") is True and speed.get("tracker_stats_identical") is True,
+    "first_difference": speed.get("first_difference"),
+    "timeline_sha256": speed.get("timeline_sha256"),
+    "link_losses_during_lockstep": (speed.get("link_losses"), enc.get("link_losses")),
+    "frames_dropped": (speed.get("frames_dropped"), enc.get("frames_dropped"), cut.get("frames_dropped")),
+    "lockstep_seconds": speed.get("seconds"),
+    "encoder_items": enc.get("items"),
+    "encoder_pulses_identical": enc.get("pulses_identical") is True and enc.get("tracker_stats_identical") is True,
+    "defmt_lines": len(log),
+    "link_loss_failsafe": link_loss_ok,
+    "link_loss_detected_after_us": silent_us,
+    "link_timeout_us": timeout_us,
+    "owed_edges": len(expected),
+    "owed_edges_driven": matched,
+    "unexpected_edges_after_loss": len(pool),
+    "owed_failsafe_items_fired": failsafe_fired,
+    "worst_planned_deviation_us": worst_planned,
+    "worst_driven_late_us": worst_driven,
+    "errors": [x["error"] for x in (speed, enc, cut) if "error" in x],
+}
+r["ok"] = (
+    r["pulses_identical"]
+    and r["encoder_pulses_identical"]
+    and link_loss_ok
+    and any("reject co-processor" in l for l in log)
+    and not r["errors"]
+)
+if as_json:
+    print(json.dumps(r))
+else:
+    for k, v in r.items():
+        print(f"{k}: {v}")
+    if not r["ok"]:
+        print("--- defmt log (tail) ---")
+        print("\n".join(log[-30:]))
+sys.exit(0 if r["ok"] else 1)
+PY
