@@ -1,6 +1,6 @@
 //! Generated inputs for every parser that reads what the station is given: board profiles,
-//! model manifests, model files, image files, camera frames (raw and MJPEG) and decision-log
-//! segments. Each target starts from the real thing (a shipped profile, manifest, model,
+//! model manifests, model files, image files, camera frames (raw and MJPEG), decision-log
+//! segments, MQTT packets, Modbus requests and the reject co-processor's link frames. Each target starts from the real thing (a shipped profile, manifest, model,
 //! sample image, a written log) and damages it at random — bit flips, cut ends, spliced
 //! garbage, repeated and dropped lines — or generates bytes outright.
 //!
@@ -10,7 +10,9 @@
 //!
 //! Cases per target: `FERROSCOPE_FUZZ_CASES` (default [`DEFAULT_CASES`]). The long run is
 //! `FERROSCOPE_FUZZ_CASES=1000000 cargo test --release --test generated_inputs -- --nocapture`,
-//! which also prints each target's slowest case.
+//! which also prints each target's slowest case. With `FERROSCOPE_FUZZ_LAST_CASE=FILE` the
+//! model-file target writes each case there before running it, so a case that kills the
+//! process is named by the file it leaves.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
