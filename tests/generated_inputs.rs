@@ -1,8 +1,9 @@
 //! Generated inputs for every parser that reads what the station is given: board profiles,
 //! model manifests, model files, image files, camera frames (raw and MJPEG), decision-log
-//! segments, MQTT packets, Modbus requests and the reject co-processor's link frames. Each target starts from the real thing (a shipped profile, manifest, model,
-//! sample image, a written log) and damages it at random — bit flips, cut ends, spliced
-//! garbage, repeated and dropped lines — or generates bytes outright.
+//! segments, MQTT packets, Modbus requests and the reject co-processor's link frames. Each
+//! target starts from the real thing (a shipped profile, manifest, model, sample image, a
+//! written log) and damages it at random — bit flips, cut ends, spliced garbage, repeated and
+//! dropped lines — or generates bytes outright.
 //!
 //! What every target asserts: no panic, and either a clear error or a result that keeps its
 //! own invariants (a decoded image has the pixels its size says and respects the size limits;

@@ -239,6 +239,7 @@ pub fn bench_timing(
             "with_inference": r.with_inference,
             "items": r.items,
             "missed_rejects": a.missed_rejects,
+            "missed_late_output": a.missed_late_output,
             "timing_error_us_p50": a.timing_error_us_p50,
             "timing_error_us_p99": a.timing_error_us_p99,
             "timing_error_us_max": a.timing_error_us_max,
@@ -246,6 +247,7 @@ pub fn bench_timing(
             "share_over_100_us": share(r),
             "edge_error_us_p50": r.edge_error_us.0,
             "edge_error_us_p99": r.edge_error_us.1,
+            "edge_error_us_max": r.edge_error_us.2,
         })
     };
     let (idle, loaded) = (&runs[0].2, &runs[1].2);

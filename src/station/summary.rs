@@ -167,8 +167,8 @@ impl Summary {
             .count()
     }
 
-    /// Edge scheduling error (actual − planned) of the reject lines: (p50, p99) in µs.
-    pub fn edge_error_us(&self) -> (u64, u64) {
+    /// Edge scheduling error (actual − planned) of the reject lines: (p50, p99, max) in µs.
+    pub fn edge_error_us(&self) -> (u64, u64, u64) {
         edge_error_us(&self.timeline)
     }
 
@@ -184,7 +184,7 @@ impl Summary {
         let fired = named(&self.ejectors, &self.tracker.fired);
         let f = &self.faults;
         let t = &self.tracker;
-        let (ee50, ee99) = self.edge_error_us();
+        let (ee50, ee99, ee_max) = self.edge_error_us();
         let a = self.audit.clone().unwrap_or_default();
         let mm = |us: Option<u64>| us.map(|u| travel_distance_mm(u, a.belt_speed_mm_per_s));
         let k = &self.camera;
@@ -276,6 +276,9 @@ impl Summary {
         j["modbus"] = json!(self.modbus);
         j["recipes"] = json!(self.recipes);
         j["pulses_over_100_us"] = json!(self.audit.as_ref().map(|a| a.pulses_over_late_limit));
+        j["missed_late_output"] = json!(self.audit.as_ref().map(|a| a.missed_late_output));
+        j["missed_ids"] = json!(self.audit.as_ref().map(|a| &a.missed_ids));
+        j["edge_error_us_max"] = json!(ee_max);
         j
     }
 }

@@ -37,8 +37,8 @@ pub struct TimingReport {
     pub with_inference: bool,
     /// Pulse placement against true arrival.
     pub audit: RejectAudit,
-    /// Edge error (actual − planned), p50 and p99, µs.
-    pub edge_error_us: (u64, u64),
+    /// Edge error (actual − planned), p50, p99 and max, µs.
+    pub edge_error_us: (u64, u64, u64),
 }
 
 /// Real scheduling on this machine: the station's actuator thread and output backend, on the

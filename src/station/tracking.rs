@@ -80,6 +80,9 @@ pub(super) struct FiredItem {
     pub(super) clipped: bool,
 }
 
+/// Missed items whose IDs the audit names.
+pub const MISSED_IDS_KEPT: usize = 16;
+
 /// The reject audit: what the outputs actually did to each item, against its true arrival.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct RejectAudit {
@@ -87,6 +90,11 @@ pub struct RejectAudit {
     pub items: u64,
     /// Items decided reject whose true arrival no actual pulse on their ejector covered.
     pub missed_rejects: u64,
+    /// Of those, items the pulse as planned would have covered: the output line changed
+    /// late (the host did not run the actuator in time), not a wrong plan.
+    pub missed_late_output: u64,
+    /// The first missed items' IDs (at most [`MISSED_IDS_KEPT`]), to find them in the log.
+    pub missed_ids: Vec<u32>,
     /// Items decided accept whose true arrival an actual pulse covered, on any ejector.
     pub false_rejects: u64,
     /// |actual pulse centre − true arrival| of items alone in their pulse, µs: p50.
@@ -560,25 +568,9 @@ pub(super) fn audit(
     ejectors: &[EjectorConfig],
     speed_mm_per_s: f32,
 ) -> RejectAudit {
-    // Actual pulses per ejector.
-    let mut pulses: Vec<Vec<(u64, u64)>> = vec![Vec::new(); ejectors.len()];
-    let mut on: Vec<Option<u64>> = vec![None; ejectors.len()];
-    for e in timeline {
-        if let OutputLine::Reject(n) = e.line {
-            let n = n as usize;
-            if n >= ejectors.len() {
-                continue;
-            }
-            match (e.active, on[n]) {
-                (true, None) => on[n] = Some(e.actual.us),
-                (false, Some(s)) => {
-                    pulses[n].push((s, e.actual.us));
-                    on[n] = None;
-                }
-                _ => {}
-            }
-        }
-    }
+    // Pulses per ejector, as they happened and as they were planned.
+    let pulses = pulses_of(timeline, ejectors.len(), |e| e.actual.us);
+    let planned = pulses_of(timeline, ejectors.len(), |e| e.planned.us);
     let arrival = |it: &AuditItem, e: usize| -> u64 {
         let travel = travel_time_us(ejectors[e].ejector_distance_mm, speed_mm_per_s);
         it.captured.add_us(travel.unwrap_or(u64::MAX)).us
@@ -607,12 +599,23 @@ pub(super) fn audit(
             Action::Reject => {
                 let Some(f) = by_id.get(&it.id) else {
                     a.missed_rejects += 1;
+                    if a.missed_ids.len() < MISSED_IDS_KEPT {
+                        a.missed_ids.push(it.id);
+                    }
                     continue;
                 };
                 let e = f.ejector as usize;
                 let t = arrival(it, e);
                 match covering_at(e, t) {
-                    None => a.missed_rejects += 1,
+                    None => {
+                        a.missed_rejects += 1;
+                        if planned[e].iter().any(|(on, off)| *on <= t && t <= *off) {
+                            a.missed_late_output += 1;
+                        }
+                        if a.missed_ids.len() < MISSED_IDS_KEPT {
+                            a.missed_ids.push(it.id);
+                        }
+                    }
                     Some(k) => {
                         let alone = sharing.get(&(e, k)) == Some(&1);
                         if alone && !f.merged && !f.clipped {
@@ -641,13 +644,43 @@ pub(super) fn audit(
     a
 }
 
-/// Edge scheduling error (actual − planned) of the reject lines in `timeline`: (p50, p99), µs.
-pub(super) fn edge_error_us(timeline: &[Event]) -> (u64, u64) {
+/// The (on, off) pulses of each of `lines` reject lines in `timeline`, at the time `at` reads
+/// from each edge (as it happened, or as planned).
+fn pulses_of(timeline: &[Event], lines: usize, at: impl Fn(&Event) -> u64) -> Vec<Vec<(u64, u64)>> {
+    let mut pulses: Vec<Vec<(u64, u64)>> = vec![Vec::new(); lines];
+    let mut on: Vec<Option<u64>> = vec![None; lines];
+    for e in timeline {
+        if let OutputLine::Reject(n) = e.line {
+            let n = n as usize;
+            if n >= lines {
+                continue;
+            }
+            match (e.active, on[n]) {
+                (true, None) => on[n] = Some(at(e)),
+                (false, Some(s)) => {
+                    pulses[n].push((s, at(e)));
+                    on[n] = None;
+                }
+                _ => {}
+            }
+        }
+    }
+    pulses
+}
+
+/// Edge scheduling error (actual − planned) of the reject lines in `timeline`: (p50, p99,
+/// max), µs.
+pub(super) fn edge_error_us(timeline: &[Event]) -> (u64, u64, u64) {
     let mut h = LatencyHistogram::default();
     for e in timeline.iter().filter(|e| matches!(e.line, OutputLine::Reject(_))) {
         h.record(e.actual.us_since(e.planned));
     }
-    (h.percentile_us(50.0).unwrap_or(0), h.percentile_us(99.0).unwrap_or(0))
+    let max = if h.count() > 0 { h.max_us() } else { 0 };
+    (
+        h.percentile_us(50.0).unwrap_or(0),
+        h.percentile_us(99.0).unwrap_or(0),
+        max,
+    )
 }
 
 #[cfg(test)]
@@ -814,5 +847,14 @@ mod tests {
             500.0,
         );
         assert_eq!(a.missed_rejects, 1);
+        assert_eq!((a.missed_late_output, a.missed_ids.clone()), (0, vec![2]));
+        // Item 2's pulse planned on time but written 15 ms late: missed, by the output.
+        let mut late = timeline;
+        for e in &mut late[2..4] {
+            e.actual = e.actual.add_us(15_000);
+        }
+        let a = audit(&items, &[fired(1), fired(2), fired(3), fired(4)], &late, &[e], 500.0);
+        assert_eq!((a.missed_rejects, a.missed_late_output), (1, 1));
+        assert_eq!(edge_error_us(&late).2, 15_000);
     }
 }
