@@ -87,7 +87,7 @@ fn main() -> ExitCode {
         Command::Grains(a) => grains::grains(a),
         Command::Eval { tool } => eval::run(tool),
         Command::Run(a) => run::run(a.config.as_deref(), a.json, a.duration_s),
-        Command::Check(a) => check::check(a.config.as_deref(), a.json),
+        Command::Check(a) => check::check(&a),
         Command::Camera { cmd } => camera::camera(cmd),
         Command::Recipe { cmd } => recipe::recipe(cmd),
         Command::Records(a) => records::records(a.config.as_deref(), a.dir.as_deref(), a.last, a.json),

@@ -371,3 +371,56 @@ fn bench_timing_reports_every_run_idle_and_under_load_with_the_share_of_late_pul
         "{e}"
     );
 }
+
+#[test]
+fn check_names_a_coprocessor_that_is_not_there_or_does_not_answer() {
+    let profile = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("boards/host-sim.toml");
+    let row = |device: &std::path::Path| {
+        let out = Command::new(env!("CARGO_BIN_EXE_ferroscope"))
+            .args(["check", "--json", "--config"])
+            .arg(&profile)
+            .arg("--coprocessor")
+            .arg(device)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+        let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(j["ok"], false, "{j}");
+        let rows = j["checks"].as_array().unwrap();
+        // The profile's own devices are all there: only the co-processor fails.
+        assert!(rows.iter().filter(|r| r["ok"] == false).count() == 1, "{j}");
+        rows.iter()
+            .find(|r| r["what"].as_str().unwrap().starts_with("reject co-processor"))
+            .unwrap()
+            .clone()
+    };
+    let missing = std::path::Path::new("/dev/ferroscope-no-such-serial");
+    let r = row(missing);
+    assert_eq!(r["ok"], false);
+    assert!(r["detail"].as_str().unwrap().contains("cannot open"), "{r}");
+    assert!(r["detail"].as_str().unwrap().contains(missing.to_str().unwrap()), "{r}");
+    // A serial line with nothing behind it: a pseudo-terminal whose other end stays silent.
+    // SAFETY: plain libc calls on a descriptor this test owns; ptsname's buffer is copied at
+    // once.
+    let (master, slave) = unsafe {
+        let fd = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY);
+        assert!(fd >= 0);
+        assert_eq!(libc::grantpt(fd), 0);
+        assert_eq!(libc::unlockpt(fd), 0);
+        let name = std::ffi::CStr::from_ptr(libc::ptsname(fd))
+            .to_str()
+            .unwrap()
+            .to_string();
+        (fd, std::path::PathBuf::from(name))
+    };
+    let r = row(&slave);
+    assert!(
+        r["detail"]
+            .as_str()
+            .unwrap()
+            .contains("no answer from the co-processor"),
+        "{r}"
+    );
+    // SAFETY: `master` is this test's descriptor, closed once.
+    unsafe { libc::close(master) };
+}

@@ -12,7 +12,9 @@
 #     line's closest item spacing of 20 ms), go on on its own clock and fire every pulse it
 #     still owes, the cut item's by the fail-safe, when due; the pulses it owes come from this
 #     machine's tracker given the same inputs;
-#  4. the defmt log is decoded (defmt-print) and must hold the start, the loss and its pulses.
+#  4. the defmt log is decoded (defmt-print) and must hold the start, the loss and its pulses;
+#  5. before the runs, `ferroscope check --coprocessor` must find the co-processor answering
+#     with this release's protocol and firmware version.
 #
 #   bash tests/coprocessor_qemu.sh [--items N] [--json]     # default 10 000 items
 #
@@ -65,6 +67,8 @@ done
 [ -n "$PTS" ] || { echo "qemu did not open its serial line:" >&2; cat "$WORK/qemu.err" >&2; exit 1; }
 echo "== co-processor on $PTS" >&2
 
+echo "== ferroscope check --coprocessor $PTS" >&2
+"$BIN" check --config boards/host-sim.toml --coprocessor "$PTS" --json >"$WORK/check.json" || true
 echo "== 1. lockstep, speed mode, $ITEMS items" >&2
 "$BIN" simulate --coprocessor "$PTS" --items "$ITEMS" --link-timeout-ms 200 --json >"$WORK/speed.json" || true
 echo "== 2. lockstep, encoder mode, $((ITEMS / 100)) items" >&2
@@ -93,7 +97,8 @@ def load(name):
         return json.load(open(f"{work}/{name}.json"))
     except Exception as e:
         return {"error": f"{name}: {e}"}
-speed, enc, cut = load("speed"), load("encoder"), load("cut")
+speed, enc, cut, check = load("speed"), load("encoder"), load("cut"), load("check")
+mcu = [c for c in check.get("checks", []) if c["what"].startswith("reject co-processor")]
 log = open(f"{work}/defmt.txt", errors="replace").read().splitlines()
 lost = [i for i, l in enumerate(log) if "LINK LOST" in l]
 after = log[lost[-1]:] if lost else []
@@ -142,6 +147,8 @@ r = {
     "lockstep_seconds": speed.get("seconds"),
     "encoder_items": enc.get("items"),
     "encoder_pulses_identical": enc.get("pulses_identical") is True and enc.get("tracker_stats_identical") is True,
+    "check_ok": len(mcu) == 1 and mcu[0]["ok"] is True,
+    "check_detail": mcu[0]["detail"] if mcu else check.get("error"),
     "defmt_lines": len(log),
     "link_loss_failsafe": link_loss_ok,
     "link_loss_detected_after_us": silent_us,
@@ -152,11 +159,12 @@ r = {
     "owed_failsafe_items_fired": failsafe_fired,
     "worst_planned_deviation_us": worst_planned,
     "worst_driven_late_us": worst_driven,
-    "errors": [x["error"] for x in (speed, enc, cut) if "error" in x],
+    "errors": [x["error"] for x in (speed, enc, cut, check) if "error" in x],
 }
 r["ok"] = (
     r["pulses_identical"]
     and r["encoder_pulses_identical"]
+    and r["check_ok"]
     and link_loss_ok
     and any("reject co-processor" in l for l in log)
     and not r["errors"]

@@ -5,7 +5,9 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Args;
-use ferroscope::station::{self, config::StationConfig};
+use ferroscope::core::link::{FIRMWARE_VERSION, PROTOCOL};
+use ferroscope::sim::coprocessor::Coprocessor;
+use ferroscope::station::{self, check::Finding, config::StationConfig};
 
 /// `ferroscope check`.
 #[derive(Args)]
@@ -17,13 +19,25 @@ pub struct CheckArgs {
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// Also check the reject co-processor behind this serial device: it answers, speaks this
+    /// release's link protocol and runs this release's firmware.
+    #[arg(long, value_name = "DEVICE")]
+    pub coprocessor: Option<PathBuf>,
+    /// The co-processor link's speed.
+    #[arg(long, default_value_t = ferroscope::sim::coprocessor::DEFAULT_BAUD)]
+    pub baud: u32,
 }
 
-/// Check the profile at `config`; exit 0 when everything is usable, 1 otherwise.
-pub fn check(config: Option<&Path>, json: bool) -> Result<ExitCode> {
-    let config = &super::profile(config)?;
+/// Check the profile of `a.config` (and the co-processor of `a.coprocessor`); exit 0 when
+/// everything is usable, 1 otherwise.
+pub fn check(a: &CheckArgs) -> Result<ExitCode> {
+    let json = a.json;
+    let config = &super::profile(a.config.as_deref())?;
     let cfg = StationConfig::load(config)?;
-    let findings = station::check::check(&cfg);
+    let mut findings = station::check::check(&cfg);
+    if let Some(device) = &a.coprocessor {
+        findings.push(coprocessor(device, a.baud));
+    }
     let bad = findings.iter().filter(|f| !f.ok).count();
     if json {
         let rows: Vec<_> = findings
@@ -52,4 +66,30 @@ pub fn check(config: Option<&Path>, json: bool) -> Result<ExitCode> {
         }
     }
     Ok(if bad == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// Say hello to the co-processor behind `device`: its protocol and firmware version.
+fn coprocessor(device: &Path, baud: u32) -> Finding {
+    let what = format!("reject co-processor {}", device.display());
+    let t0 = std::time::Instant::now();
+    let (ok, detail) = match Coprocessor::connect(device, baud, 0) {
+        Err(e) => (false, format!("{e:#}")),
+        Ok(mcu) => {
+            let [a, b, c] = mcu.version;
+            let [x, y, z] = FIRMWARE_VERSION;
+            let answered = format!(
+                "protocol {PROTOCOL}, firmware {a}.{b}.{c}, answered in {:.1} ms at {baud} Bd",
+                t0.elapsed().as_secs_f64() * 1000.0
+            );
+            if mcu.version == FIRMWARE_VERSION {
+                (true, answered)
+            } else {
+                (
+                    false,
+                    format!("{answered}: this release ships firmware {x}.{y}.{z}; flash firmware/reject-coprocessor of this release"),
+                )
+            }
+        }
+    };
+    Finding { what, ok, detail }
 }

@@ -31,6 +31,10 @@ use super::time::Instant;
 /// The protocol's version; both ends must say the same.
 pub const PROTOCOL: u16 = 1;
 
+/// The firmware version this release ships (`firmware/reject-coprocessor`), major.minor.patch:
+/// the firmware's `Hello` says it, and `ferroscope check --coprocessor` wants the same.
+pub const FIRMWARE_VERSION: [u8; 3] = [0, 1, 0];
+
 /// Longest serialised message with its CRC, bytes. The largest message is
 /// [`FromMcu::Stats`] (up to 10 bytes per counter in postcard's variable-length integers,
 /// well under this in practice).

@@ -19,8 +19,8 @@ use ferroscope::core::link::{
 use ferroscope::core::reject::{EjectorConfig, Output, TrackEvent, Tracker, TrackerError, MAX_EJECTORS};
 use ferroscope::core::time::Instant;
 
-/// The firmware's version, as `Hello` reports it.
-pub const VERSION: [u8; 3] = [0, 1, 0];
+/// The firmware's version, as `Hello` reports it: the one the station's release ships.
+pub const VERSION: [u8; 3] = ferroscope::core::link::FIRMWARE_VERSION;
 
 /// The heartbeat's half period while the link is up: 250 ms on, 250 ms off.
 pub const HEARTBEAT_HALF_PERIOD_US: u64 = 250_000;
