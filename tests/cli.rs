@@ -424,3 +424,105 @@ fn check_names_a_coprocessor_that_is_not_there_or_does_not_answer() {
     // SAFETY: `master` is this test's descriptor, closed once.
     unsafe { libc::close(master) };
 }
+
+/// The co-processor profile with `device` and its relative paths made absolute.
+fn coprocessor_profile(device: &str) -> String {
+    let root = env!("CARGO_MANIFEST_DIR");
+    std::fs::read_to_string(format!("{root}/boards/host-sim-coprocessor.toml"))
+        .unwrap()
+        .replace("\"../", &format!("\"{root}/"))
+        .replace("device = \"/dev/ttyUSB0\"", &format!("device = \"{device}\""))
+}
+
+#[test]
+fn a_coprocessor_profile_refuses_what_its_link_cannot_carry_naming_the_field() {
+    use ferroscope::station::config::StationConfig;
+    let path = std::path::Path::new("boards/x.toml");
+    let good = coprocessor_profile("/dev/ttyUSB0");
+    let cfg = StationConfig::parse(&good, path).unwrap_or_else(|e| panic!("{e:#}"));
+    let cp = cfg.outputs.coprocessor.as_ref().unwrap();
+    assert_eq!((cp.baud, cp.link_timeout_ms), (921_600, 50));
+    for (text, needle) in [
+        (
+            good.replace("baud = 921600", "baud = 12345"),
+            "outputs.coprocessor.baud",
+        ),
+        (
+            good.replace("link_timeout_ms = 50", "link_timeout_ms = 1"),
+            "outputs.coprocessor.link_timeout_ms",
+        ),
+        (
+            good.replace("backend = \"coprocessor\"", "backend = \"recording\""),
+            "[outputs.coprocessor]",
+        ),
+        (
+            good.replace("belt_speed_mm_per_s = 500.0", "encoder_counts_per_mm = 4.0")
+                .replace(
+                    "[realtime]",
+                    "[inputs]\ngpio_chip = \"/dev/gpiochip0\"\n[inputs.encoder]\nline = 3\n\n[realtime]",
+                ),
+            "speed mode",
+        ),
+    ] {
+        let e = match StationConfig::parse(&text, path) {
+            Ok(_) => panic!("accepted a profile that should be refused ({needle})"),
+            Err(e) => format!("{e:#}"),
+        };
+        assert!(e.contains("boards/x.toml") && e.contains(needle), "{e}");
+    }
+    // Without `[outputs.coprocessor]`: the error names the section.
+    let bare = good
+        .lines()
+        .filter(|l| !l.starts_with("device =") && !l.starts_with("baud =") && !l.starts_with("link_timeout_ms ="))
+        .filter(|l| *l != "[outputs.coprocessor]")
+        .collect::<Vec<_>>()
+        .join("\n");
+    let e = format!("{:#}", StationConfig::parse(&bare, path).unwrap_err());
+    assert!(e.contains("needs section `[outputs.coprocessor]`"), "{e}");
+}
+
+#[test]
+fn a_station_whose_coprocessor_is_missing_or_silent_does_not_start_and_names_the_device() {
+    let dir = std::env::temp_dir().join(format!("ferroscope-coprocessor-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let run = |device: &str| {
+        let profile = dir.join("station.toml");
+        std::fs::write(&profile, coprocessor_profile(device)).unwrap();
+        let t0 = std::time::Instant::now();
+        let out = Command::new(env!("CARGO_BIN_EXE_ferroscope"))
+            .args(["run", "--json", "--config"])
+            .arg(&profile)
+            .output()
+            .unwrap();
+        assert!(t0.elapsed() < std::time::Duration::from_secs(20));
+        assert_ne!(out.status.code(), Some(0), "started without its co-processor");
+        assert!(out.stdout.is_empty(), "{}", String::from_utf8_lossy(&out.stdout));
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let e = run("/dev/ferroscope-no-such-serial");
+    assert!(
+        e.contains("/dev/ferroscope-no-such-serial") && e.contains("cannot open"),
+        "{e}"
+    );
+    // SAFETY: plain libc calls on a descriptor this test owns; ptsname's buffer is copied at
+    // once.
+    let (master, slave) = unsafe {
+        let fd = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY);
+        assert!(fd >= 0);
+        assert_eq!(libc::grantpt(fd), 0);
+        assert_eq!(libc::unlockpt(fd), 0);
+        let name = std::ffi::CStr::from_ptr(libc::ptsname(fd))
+            .to_str()
+            .unwrap()
+            .to_string();
+        (fd, name)
+    };
+    let e = run(&slave);
+    assert!(
+        e.contains(&slave) && e.contains("no answer from the co-processor"),
+        "{e}"
+    );
+    // SAFETY: `master` is this test's descriptor, closed once.
+    unsafe { libc::close(master) };
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -20,7 +20,8 @@ pub struct CheckArgs {
     #[arg(long)]
     pub json: bool,
     /// Also check the reject co-processor behind this serial device: it answers, speaks this
-    /// release's link protocol and runs this release's firmware.
+    /// release's link protocol and runs this release's firmware (a profile with
+    /// `outputs.backend = "coprocessor"` has its own checked without this).
     #[arg(long, value_name = "DEVICE")]
     pub coprocessor: Option<PathBuf>,
     /// The co-processor link's speed.
@@ -35,8 +36,11 @@ pub fn check(a: &CheckArgs) -> Result<ExitCode> {
     let config = &super::profile(a.config.as_deref())?;
     let cfg = StationConfig::load(config)?;
     let mut findings = station::check::check(&cfg);
-    if let Some(device) = &a.coprocessor {
-        findings.push(coprocessor(device, a.baud));
+    match (&a.coprocessor, &cfg.outputs.coprocessor) {
+        (Some(device), _) => findings.push(coprocessor(device, a.baud)),
+        // The profile's own co-processor (`outputs.backend = "coprocessor"`).
+        (None, Some(cp)) => findings.push(coprocessor(&cp.device, cp.baud)),
+        (None, None) => {}
     }
     let bad = findings.iter().filter(|f| !f.ok).count();
     if json {

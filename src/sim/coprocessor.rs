@@ -45,7 +45,8 @@ pub struct Serial {
     path: PathBuf,
 }
 
-fn baud_constant(baud: u32) -> Option<libc::speed_t> {
+/// The termios speed of `baud`; `None` for a rate the serial line cannot be set to.
+pub fn baud_constant(baud: u32) -> Option<libc::speed_t> {
     Some(match baud {
         9_600 => libc::B9600,
         19_200 => libc::B19200,
@@ -62,6 +63,28 @@ fn baud_constant(baud: u32) -> Option<libc::speed_t> {
 }
 
 impl Serial {
+    /// A second handle on the same open line (for a writer on another thread), made
+    /// non-blocking for both: a write the line has no room for fails rather than waits.
+    pub fn writer(&self) -> Result<std::fs::File> {
+        let f = self
+            .file
+            .try_clone()
+            .with_context(|| format!("{}: cannot share the serial line", self.path.display()))?;
+        // SAFETY: `f` is an open descriptor; F_GETFL/F_SETFL only change its status flags.
+        unsafe {
+            let flags = libc::fcntl(f.as_raw_fd(), libc::F_GETFL);
+            if flags < 0 || libc::fcntl(f.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) != 0 {
+                bail!("{}: cannot make the serial line non-blocking", self.path.display());
+            }
+        }
+        Ok(f)
+    }
+
+    /// The line's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// Open `path` read-write; where it is a terminal, make it raw at `baud`, 8N1.
     pub fn open(path: &Path, baud: u32) -> Result<Serial> {
         let speed = baud_constant(baud).with_context(|| format!("{}: unsupported baud rate {baud}", path.display()))?;
@@ -100,7 +123,7 @@ impl Serial {
     }
 
     /// Bytes available within `timeout` (at least one), or none when it passed.
-    fn read_some(&mut self, buf: &mut [u8], timeout: Duration) -> Result<usize> {
+    pub fn read_some(&mut self, buf: &mut [u8], timeout: Duration) -> Result<usize> {
         let mut pfd = libc::pollfd {
             fd: self.file.as_raw_fd(),
             events: libc::POLLIN,
@@ -128,7 +151,8 @@ impl Serial {
         }
     }
 
-    fn write_all(&mut self, bytes: &[u8]) -> Result<()> {
+    /// Write all of `bytes`.
+    pub fn write_all(&mut self, bytes: &[u8]) -> Result<()> {
         self.file
             .write_all(bytes)
             .with_context(|| format!("{}: write", self.path.display()))

@@ -339,9 +339,9 @@ impl StationConfig {
         c.modbus_listen()?;
         c.opcua_listen()?;
         c.check_product()?;
-        if !matches!(c.outputs.backend.as_str(), "recording" | "gpio") {
+        if !matches!(c.outputs.backend.as_str(), "recording" | "gpio" | "coprocessor") {
             bail!(
-                "{p}: field `outputs.backend` is \"{}\"; allowed: \"recording\", \"gpio\"",
+                "{p}: field `outputs.backend` is \"{}\"; allowed: \"recording\", \"gpio\", \"coprocessor\"",
                 c.outputs.backend
             );
         }
@@ -452,7 +452,45 @@ impl StationConfig {
             b.check(path)?;
         }
         c.check_recipes()?;
+        c.check_coprocessor()?;
         Ok(c)
+    }
+
+    /// `outputs.backend = "coprocessor"`: its section, and what the link carries today.
+    fn check_coprocessor(&self) -> Result<()> {
+        let p = self.path.display();
+        let Some(cp) = &self.outputs.coprocessor else {
+            if self.outputs.backend == "coprocessor" {
+                bail!("{p}: backend \"coprocessor\" needs section `[outputs.coprocessor]` (field `device`)");
+            }
+            return Ok(());
+        };
+        if self.outputs.backend != "coprocessor" {
+            bail!(
+                "{p}: section `[outputs.coprocessor]` is for `outputs.backend = \"coprocessor\"` (the backend is \"{}\")",
+                self.outputs.backend
+            );
+        }
+        if crate::sim::coprocessor::baud_constant(cp.baud).is_none() {
+            bail!(
+                "{p}: field `outputs.coprocessor.baud` is {}; allowed: 9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600, 1000000, 2000000",
+                cp.baud
+            );
+        }
+        if cp.link_timeout_ms < 5 {
+            bail!("{p}: field `outputs.coprocessor.link_timeout_ms` must be >= 5 (the station keeps the link alive every quarter of it)");
+        }
+        if self.conveyor.encoder_counts_per_mm.is_some() {
+            bail!(
+                "{p}: backend \"coprocessor\" runs in speed mode (`conveyor.belt_speed_mm_per_s`): an encoder is wired to the co-processor, and the station does not follow its count yet"
+            );
+        }
+        if !self.recipes.is_empty() {
+            bail!(
+                "{p}: `[[recipes]]` with backend \"coprocessor\": a recipe's ejector routing is not carried over the link yet"
+            );
+        }
+        Ok(())
     }
 
     /// The product's sections: the tool's kind and its calibration section.

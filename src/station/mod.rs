@@ -37,6 +37,7 @@ pub mod capture;
 pub mod check;
 pub mod config;
 pub mod control_socket;
+pub mod coprocessor;
 pub mod inputs;
 pub mod inspect;
 pub mod lifecycle;
@@ -163,6 +164,13 @@ pub fn run_until(cfg: &StationConfig, control: &Control, mut on_item: impl FnMut
     let _cpu_latency = realtime::hold_cpu_latency(&cfg.realtime, &rt_report);
     let out = actuate::open_outputs(cfg, clock)?;
     let timing = actuate::timing_of(cfg, &ejectors, speed);
+    let (link_tx, link_rx) = match cfg.outputs.backend.as_str() {
+        "coprocessor" => {
+            let (tx, rx) = coprocessor::open(cfg, &ejectors, speed, clock, crate::sim::recording::MAX_TIMELINE_EVENTS)?;
+            (Some(tx), Some(rx))
+        }
+        _ => (None, None),
+    };
     let signals = Signals::default();
     let mut queues = Queues::new();
     let mut ends = queues.split();
@@ -172,9 +180,10 @@ pub fn run_until(cfg: &StationConfig, control: &Control, mut on_item: impl FnMut
         .as_ref()
         .and_then(|e| e.standstill_ms)
         .map(|ms| ((ms as f64 * 1000.0) as u64, clock.now()));
+    ends.actuator.link = link_tx;
     let frame_thread = std::thread::current();
 
-    let (end, loop_end, act_end, mut report, capture) = std::thread::scope(|scope| -> Result<_> {
+    let (end, loop_end, act_end, mut report, capture, link_end) = std::thread::scope(|scope| -> Result<_> {
         let parts = actuate::ActuatorParts {
             tracker,
             fired_capacity: audit_cap,
@@ -183,6 +192,25 @@ pub fn run_until(cfg: &StationConfig, control: &Control, mut on_item: impl FnMut
             frame: frame_thread.clone(),
         };
         let act = actuate::spawn(scope, cfg, parts, out, timing, clock, &rt_report)?;
+        // The co-processor's link: kept alive from now on; ends after the actuator.
+        let link = match link_rx {
+            Some(rx) => {
+                let signals = &signals;
+                let spawned = std::thread::Builder::new()
+                    .name("coprocessor-link".into())
+                    .spawn_scoped(scope, move || rx.run(signals, &signals.inputs_stop, clock));
+                match spawned {
+                    Ok(h) => Some(h),
+                    Err(e) => {
+                        signals.stop.store(true, std::sync::atomic::Ordering::Release);
+                        signals.inputs_stop.store(true, std::sync::atomic::Ordering::Release);
+                        act.thread().unpark();
+                        return Err(anyhow!("cannot start the co-processor's link thread: {e}"));
+                    }
+                }
+            }
+            None => None,
+        };
         let wake = inputs::Wake {
             actuator: act.thread().clone(),
             frame: frame_thread.clone(),
@@ -278,11 +306,31 @@ pub fn run_until(cfg: &StationConfig, control: &Control, mut on_item: impl FnMut
         for i in inputs {
             let _ = i.join();
         }
-        Ok((end, loop_end, act_end, report, capture))
+        let link_end = match link {
+            Some(h) => Some(h.join().map_err(|_| anyhow!("co-processor link thread panicked"))?),
+            None => None,
+        };
+        Ok((end, loop_end, act_end, report, capture, link_end))
     })?;
     let m = inspect.tool.manifest();
     let model = format!("{} {} ({})", m.model.name, m.model.version, inspect.precision.name());
-    let timeline = end.out.events().to_vec();
+    // With the co-processor, the pulses it drove are the timeline; the station's own plan is
+    // compared with them.
+    let (timeline, coprocessor_json) = match link_end {
+        Some(l) => {
+            let mut j = l.json;
+            let cmp = coprocessor::compare(end.out.events(), &l.timeline);
+            if let (Some(a), Some(b)) = (j.as_object_mut(), cmp.as_object()) {
+                a.extend(b.clone());
+                a.insert(
+                    "tracker_stats_identical".into(),
+                    serde_json::json!(l.mcu_stats.as_ref() == Some(end.tracker.stats())),
+                );
+            }
+            (l.timeline, Some(j))
+        }
+        None => (end.out.events().to_vec(), None),
+    };
     let audit_on = speed.map(|v| (v, ejectors.as_slice()));
     let drain_timed_out = signals.drain_timed_out.load(std::sync::atomic::Ordering::Relaxed);
     {
@@ -329,6 +377,7 @@ pub fn run_until(cfg: &StationConfig, control: &Control, mut on_item: impl FnMut
         }));
     }
     summary.modbus = plc.and_then(|(state, server)| server.map(|s| s.stats_json(&state)));
+    summary.coprocessor = coprocessor_json;
     drop(opcua);
     summary.cpu_steal_ms = steal_before
         .zip(realtime::cpu_steal_us())

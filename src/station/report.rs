@@ -645,6 +645,7 @@ impl<'c> Report<'c> {
             realtime: Vec::new(),
             cpu_steal_ms: None,
             modbus: None,
+            coprocessor: None,
             recipes: None,
         }
     }

@@ -153,6 +153,8 @@ pub struct Summary {
     pub cpu_steal_ms: Option<f64>,
     /// The Modbus server's counters (`[modbus]`), when one ran.
     pub modbus: Option<serde_json::Value>,
+    /// The reject co-processor's link (`outputs.backend = "coprocessor"`), when one ran.
+    pub coprocessor: Option<serde_json::Value>,
     /// With `[[recipes]]`: their names, the one active at the end, switches applied and
     /// refused.
     pub recipes: Option<serde_json::Value>,
@@ -274,6 +276,9 @@ impl Summary {
         j["realtime"] = json!(self.realtime);
         j["cpu_steal_ms"] = json!(self.cpu_steal_ms);
         j["modbus"] = json!(self.modbus);
+        if let Some(c) = &self.coprocessor {
+            j["coprocessor"] = c.clone();
+        }
         j["recipes"] = json!(self.recipes);
         j["pulses_over_100_us"] = json!(self.audit.as_ref().map(|a| a.pulses_over_late_limit));
         j["missed_late_output"] = json!(self.audit.as_ref().map(|a| a.missed_late_output));

@@ -251,6 +251,7 @@ impl Queues {
                 encoder: ec,
                 trigger: tc,
                 standstill: None,
+                link: None,
             },
             encoder: ep,
             trigger: (tp, wp),
@@ -284,6 +285,9 @@ pub(super) struct ActuatorEnds<'q> {
     pub(super) trigger: Consumer<'q, InputEvent, EDGE_QUEUE>,
     /// Encoder mode with `inputs.encoder.standstill_ms`: the limit, µs, and the run's start.
     pub(super) standstill: Option<(u64, Instant)>,
+    /// Backend `coprocessor`: every capture and decision the register takes goes to the
+    /// co-processor's tracker too, in the same order.
+    pub(super) link: Option<super::coprocessor::LinkTx>,
 }
 
 impl ActuatorEnds<'_> {
@@ -294,6 +298,9 @@ impl ActuatorEnds<'_> {
         }
         while let Some(ev) = self.trigger.dequeue() {
             apply_edge(tracker, ev, self.standstill, signals);
+            if let (Some(link), InputEvent::Trigger { id, at }) = (self.link.as_mut(), ev) {
+                link.capture(id, at, signals);
+            }
         }
     }
 
@@ -304,11 +311,17 @@ impl ActuatorEnds<'_> {
         while let Some(cmd) = self.commands.dequeue() {
             self.take_edges(tracker, signals);
             let answer = match cmd {
-                Command::Begin { seq, id, at } => Answer {
-                    seq,
-                    tracked: tracker.begin(id, at),
-                    result: Ok(()),
-                },
+                Command::Begin { seq, id, at } => {
+                    let tracked = tracker.begin(id, at);
+                    if let Some(link) = self.link.as_mut() {
+                        link.capture(id, at, signals);
+                    }
+                    Answer {
+                        seq,
+                        tracked,
+                        result: Ok(()),
+                    }
+                }
                 Command::Decide {
                     seq,
                     id,
@@ -317,11 +330,14 @@ impl ActuatorEnds<'_> {
                     begin_at,
                 } => {
                     let tracked = begin_at.is_none_or(|at| tracker.begin(id, at));
-                    Answer {
-                        seq,
-                        tracked,
-                        result: tracker.decide(id, &decision, now),
+                    let result = tracker.decide(id, &decision, now);
+                    if let Some(link) = self.link.as_mut() {
+                        if let Some(at) = begin_at {
+                            link.capture(id, at, signals);
+                        }
+                        link.decide(id, &decision, now, signals);
                     }
+                    Answer { seq, tracked, result }
                 }
                 Command::Routes { seq, routes } => Answer {
                     seq,

@@ -45,7 +45,7 @@ QEMU = {
     "aarch64": ("qemu-aarch64", "/usr/aarch64-linux-gnu"),
     "armv7": ("qemu-arm", "/usr/arm-linux-gnueabihf"),
 }
-MODELS = ["neu_classify", "neu7_classify", "kolektor_segment", "kolektor_anomaly", "grains_316l"]
+MODELS = ["neu_classify", "neu7_classify", "kolektor_segment", "kolektor_anomaly", "grains_316l", "neu_segment"]
 QUICK_MODELS = ["neu_classify"]
 STEP_MACS = 200_000_000
 MAX_MACS_PER_INSN = 16

@@ -314,6 +314,33 @@ pub struct OutputsSection {
     /// The line-stop line (backend `gpio`; needed when `decision.failsafe = "line_stop"`).
     #[serde(default)]
     pub line_stop: Option<GpioLineSection>,
+    /// The reject co-processor's serial line (backend `coprocessor`).
+    #[serde(default)]
+    pub coprocessor: Option<CoprocessorSection>,
+}
+
+/// `[outputs.coprocessor]`: the reject co-processor that fires the pulses
+/// (`docs/integrators/coprocessor.md`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoprocessorSection {
+    /// Its serial line, e.g. `/dev/ttyAMA0`.
+    pub device: PathBuf,
+    /// Line speed, Bd (8N1).
+    #[serde(default = "coprocessor_baud")]
+    pub baud: u32,
+    /// The co-processor counts the link lost (and fires undecided items by the fail-safe)
+    /// after this long without a frame from the station.
+    #[serde(default = "coprocessor_link_timeout")]
+    pub link_timeout_ms: u16,
+}
+
+fn coprocessor_baud() -> u32 {
+    921_600
+}
+
+fn coprocessor_link_timeout() -> u16 {
+    50
 }
 
 fn fault_hold() -> u32 {
