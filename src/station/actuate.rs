@@ -146,7 +146,11 @@ pub(super) fn timing_of(cfg: &StationConfig, ejectors: &[EjectorConfig], speed: 
             None => 10_000_000,
         },
         reject_lines: ejectors.len() as u8,
-        spin_us: cfg.realtime.spin_us as u64,
+        // With the co-processor the station's own edges drive no line: nothing to spin for.
+        spin_us: match cfg.outputs.backend.as_str() {
+            "coprocessor" => 0,
+            _ => cfg.realtime.spin_us as u64,
+        },
     }
 }
 

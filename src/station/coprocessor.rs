@@ -18,9 +18,11 @@
 //!   with `Ping`/`Pong` ([`SYNC_PINGS`] before the first item, then every quarter of
 //!   `link_timeout_ms`) and keeps the estimate of the fastest round trip among the last
 //!   [`SYNC_WINDOW`];
-//! - the actuator never waits on the link: each frame is one write to a non-blocking line; a
-//!   frame the line has no room for is dropped and counted as an output error (the
-//!   co-processor's tracker then gives that item the fail-safe at its deadline);
+//! - the actuator waits on the link at most half the link timeout: each frame goes to a
+//!   non-blocking line, and a frame the line has no room for within that is dropped and
+//!   counted as an output error (the co-processor's tracker then gives that item the
+//!   fail-safe at its deadline); the actuator's own plan drives no line here, so it does not
+//!   spin before its edges (`realtime.spin_us` is for lines the station drives);
 //! - the link thread keeps the link alive, reads every frame back and counts a silence longer
 //!   than the link timeout as an output fault (the heartbeat holds, the screen shows it); on
 //!   the co-processor the same silence fires every undecided item by the fail-safe;
@@ -80,6 +82,39 @@ pub(super) struct LinkShared {
 pub(super) struct LinkTx {
     out: File,
     shared: Arc<LinkShared>,
+    /// Longest wait for room on the line, µs.
+    room_wait_us: u64,
+}
+
+/// Write all of `frame` to the non-blocking line `out`, waiting for room at most `wait_us`
+/// (a line that drains at its baud rate makes room within milliseconds; one that does not is
+/// a co-processor that stopped reading). `false`: not all of it went out.
+fn write_frame(out: &mut File, frame: &[u8], wait_us: u64) -> bool {
+    use std::os::fd::AsRawFd;
+    let until = WallInstant::now() + Duration::from_micros(wait_us);
+    let mut done = 0;
+    while done < frame.len() {
+        match out.write(&frame[done..]) {
+            Ok(0) => return false,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                let left = until.saturating_duration_since(WallInstant::now());
+                if left.is_zero() {
+                    return false;
+                }
+                let mut pfd = libc::pollfd {
+                    fd: out.as_raw_fd(),
+                    events: libc::POLLOUT,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd; the wait is bounded by `left`.
+                unsafe { libc::poll(&mut pfd, 1, left.as_millis().clamp(1, 1_000) as i32) };
+            }
+            Err(_) => return false,
+        }
+    }
+    true
 }
 
 impl LinkTx {
@@ -90,7 +125,7 @@ impl LinkTx {
     fn send(&mut self, msg: &ToMcu, signals: &Signals, now: Instant) {
         let mut f = [0u8; MAX_FRAME];
         let ok = match encode(msg, &mut f) {
-            Ok(n) => matches!(self.out.write(&f[..n]), Ok(w) if w == n),
+            Ok(n) => write_frame(&mut self.out, &f[..n], self.room_wait_us),
             Err(_) => false,
         };
         if ok {
@@ -391,6 +426,7 @@ pub(super) fn open(
     let tx = LinkTx {
         out: port.writer()?,
         shared: shared.clone(),
+        room_wait_us: link_timeout_us / 2,
     };
     let out = port.writer()?;
     let mut timeline = Vec::with_capacity(timeline_capacity);
@@ -427,7 +463,7 @@ impl LinkRx {
     fn send(&mut self, msg: &ToMcu) -> bool {
         let mut f = [0u8; MAX_FRAME];
         let ok = match encode(msg, &mut f) {
-            Ok(n) => matches!(self.out.write(&f[..n]), Ok(w) if w == n),
+            Ok(n) => write_frame(&mut self.out, &f[..n], self.link_timeout_us / 2),
             Err(_) => false,
         };
         let count = if ok {
