@@ -372,6 +372,24 @@ fn bench_timing_reports_every_run_idle_and_under_load_with_the_share_of_late_pul
     );
 }
 
+/// A serial line with nothing behind it: a pseudo-terminal whose other end (the returned
+/// descriptor, for the caller to close) stays silent, and the path of the line.
+fn silent_pty() -> (i32, String) {
+    // SAFETY: plain libc calls on a descriptor this test owns; ptsname's buffer is copied at
+    // once.
+    unsafe {
+        let fd = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY);
+        assert!(fd >= 0);
+        assert_eq!(libc::grantpt(fd), 0);
+        assert_eq!(libc::unlockpt(fd), 0);
+        let name = std::ffi::CStr::from_ptr(libc::ptsname(fd))
+            .to_str()
+            .unwrap()
+            .to_string();
+        (fd, name)
+    }
+}
+
 #[test]
 fn check_names_a_coprocessor_that_is_not_there_or_does_not_answer() {
     let profile = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("boards/host-sim.toml");
@@ -400,19 +418,8 @@ fn check_names_a_coprocessor_that_is_not_there_or_does_not_answer() {
     assert!(r["detail"].as_str().unwrap().contains("cannot open"), "{r}");
     assert!(r["detail"].as_str().unwrap().contains(missing.to_str().unwrap()), "{r}");
     // A serial line with nothing behind it: a pseudo-terminal whose other end stays silent.
-    // SAFETY: plain libc calls on a descriptor this test owns; ptsname's buffer is copied at
-    // once.
-    let (master, slave) = unsafe {
-        let fd = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY);
-        assert!(fd >= 0);
-        assert_eq!(libc::grantpt(fd), 0);
-        assert_eq!(libc::unlockpt(fd), 0);
-        let name = std::ffi::CStr::from_ptr(libc::ptsname(fd))
-            .to_str()
-            .unwrap()
-            .to_string();
-        (fd, std::path::PathBuf::from(name))
-    };
+    let (master, slave) = silent_pty();
+    let slave = std::path::PathBuf::from(slave);
     let r = row(&slave);
     assert!(
         r["detail"]
@@ -504,19 +511,7 @@ fn a_station_whose_coprocessor_is_missing_or_silent_does_not_start_and_names_the
         e.contains("/dev/ferroscope-no-such-serial") && e.contains("cannot open"),
         "{e}"
     );
-    // SAFETY: plain libc calls on a descriptor this test owns; ptsname's buffer is copied at
-    // once.
-    let (master, slave) = unsafe {
-        let fd = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY);
-        assert!(fd >= 0);
-        assert_eq!(libc::grantpt(fd), 0);
-        assert_eq!(libc::unlockpt(fd), 0);
-        let name = std::ffi::CStr::from_ptr(libc::ptsname(fd))
-            .to_str()
-            .unwrap()
-            .to_string();
-        (fd, name)
-    };
+    let (master, slave) = silent_pty();
     let e = run(&slave);
     assert!(
         e.contains(&slave) && e.contains("no answer from the co-processor"),

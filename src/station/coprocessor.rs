@@ -74,8 +74,6 @@ pub(super) struct LinkShared {
     sent: AtomicU64,
     /// Frames the line had no room for (or a failed write).
     write_errors: AtomicU64,
-    /// The link thread ended (no more edges will be read).
-    done: AtomicBool,
 }
 
 /// The actuator's end of the link: sends captures and decisions, never waits.
@@ -84,6 +82,19 @@ pub(super) struct LinkTx {
     shared: Arc<LinkShared>,
     /// Longest wait for room on the line, µs.
     room_wait_us: u64,
+}
+
+/// Encode `msg` and write it to `out` ([`write_frame`]); counted in `shared` as sent or as a
+/// write error. `false`: it did not go out.
+fn send_frame(out: &mut File, msg: &ToMcu, wait_us: u64, shared: &LinkShared) -> bool {
+    let mut f = [0u8; MAX_FRAME];
+    let ok = match encode(msg, &mut f) {
+        Ok(n) => write_frame(out, &f[..n], wait_us),
+        Err(_) => false,
+    };
+    let count = if ok { &shared.sent } else { &shared.write_errors };
+    count.fetch_add(1, Ordering::Relaxed);
+    ok
 }
 
 /// Write all of `frame` to the non-blocking line `out`, waiting for room at most `wait_us`
@@ -123,15 +134,7 @@ impl LinkTx {
     }
 
     fn send(&mut self, msg: &ToMcu, signals: &Signals, now: Instant) {
-        let mut f = [0u8; MAX_FRAME];
-        let ok = match encode(msg, &mut f) {
-            Ok(n) => write_frame(&mut self.out, &f[..n], self.room_wait_us),
-            Err(_) => false,
-        };
-        if ok {
-            self.shared.sent.fetch_add(1, Ordering::Relaxed);
-        } else {
-            self.shared.write_errors.fetch_add(1, Ordering::Relaxed);
+        if !send_frame(&mut self.out, msg, self.room_wait_us, &self.shared) {
             signals.output_errors.fetch_add(1, Ordering::Relaxed);
             signals.note_fault(now);
         }
@@ -461,18 +464,7 @@ const PINGS_KEPT: usize = 8;
 
 impl LinkRx {
     fn send(&mut self, msg: &ToMcu) -> bool {
-        let mut f = [0u8; MAX_FRAME];
-        let ok = match encode(msg, &mut f) {
-            Ok(n) => write_frame(&mut self.out, &f[..n], self.link_timeout_us / 2),
-            Err(_) => false,
-        };
-        let count = if ok {
-            &self.shared.sent
-        } else {
-            &self.shared.write_errors
-        };
-        count.fetch_add(1, Ordering::Relaxed);
-        ok
+        send_frame(&mut self.out, msg, self.link_timeout_us / 2, &self.shared)
     }
 
     /// The link thread: runs until `stop` (the actuator ended) and [`TAIL_US`] after.
@@ -587,7 +579,6 @@ impl LinkRx {
                 }
             }
         }
-        self.shared.done.store(true, Ordering::Release);
         let link = self.decoder.stats();
         let [x, y, z] = self.version;
         let (lo, hi) = self.sync.offset_range.unwrap_or((0, 0));
