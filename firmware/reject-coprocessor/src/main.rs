@@ -4,9 +4,16 @@
 //! reject tracker and drives the pulses on its own clock, so Linux's scheduling no longer
 //! decides when an air jet fires.
 //!
-//! The loop: read the link, keep time ([`service::Service::tick`]): no interrupts but
-//! SysTick's, no heap, no allocation. Logs are defmt: over RTT on the part (a debug probe
-//! reads them), over semihosting under qemu-system-arm (`--features emulator`).
+//! Time and pulses: TIM2 is the clock (1 MHz, 32 bits). The next edge the tracker plans is
+//! armed on the compare (SysTick), whose interrupt writes the planned levels to the output
+//! lines at the planned microsecond; the main loop reports the edge afterwards, and drives it
+//! itself only when the compare has not within [`service::COMPARE_GRACE_US`].
+//!
+//! The loop: read the link (bytes arrive by USART1's interrupt into a ring), keep time
+//! ([`service::Service::tick`]), arm the compare, and sleep (WFI) until the next thing to do,
+//! a byte or the compare. Interrupts: USART1 receive and SysTick; no heap, no allocation. Logs
+//! are defmt: over RTT on the part (a debug probe reads them), over semihosting under
+//! qemu-system-arm (`--features emulator`).
 
 #![no_std]
 #![no_main]
@@ -25,34 +32,60 @@ use ferroscope::core::reject::Output;
 /// The link's speed: 921 600 Bd, 8N1 (about 11 µs a byte; a decision frame is under 20 bytes).
 pub const BAUD: u32 = 921_600;
 
+/// Read the encoder's count at least this often, µs. Its 16 bits hold 32 767 counts: 400 ms
+/// at 4 counts/mm and 20 m/s, so 1 ms also keeps the belt model's speed fresh.
+const ENCODER_POLL_US: u64 = 1_000;
+
 /// Log the link's counters every this many own-clock microseconds.
 const REPORT_EVERY_US: u64 = 10_000_000;
 
-struct Stm32;
+/// The board, and the own time of the edge its compare holds.
+struct Stm32 {
+    armed_at: Option<u64>,
+}
 
 impl service::Board for Stm32 {
     fn send(&mut self, bytes: &[u8]) {
         hw::write_all(bytes);
     }
     fn output(&mut self, output: Output, on: bool) {
-        match output {
-            Output::Ejector(n) if n < 4 => hw::set_output(n, on),
-            Output::Ejector(_) => {}
-            Output::LineStop => hw::set_output(4, on),
+        if let Some(p) = pin(output) {
+            hw::set_output(p, on);
         }
     }
     fn heartbeat(&mut self, on: bool) {
         hw::set_output(5, on);
     }
+    fn arm(&mut self, at_us: u64, edges: &[(Output, bool)], now_us: u64) -> bool {
+        let word = edges.iter().fold(0u32, |w, &(output, on)| match pin(output) {
+            Some(p) => w | hw::bsrr_bit(p, on),
+            None => w,
+        });
+        let armed = hw::compare_arm(at_us, word, now_us);
+        self.armed_at = armed.then_some(at_us);
+        armed
+    }
+    fn disarm(&mut self) {
+        hw::compare_disarm();
+        self.armed_at = None;
+    }
+}
+
+/// GPIO B's pin for an output line: ejectors 0–3 on PB0–PB3, the line stop on PB4.
+fn pin(output: Output) -> Option<u8> {
+    match output {
+        Output::Ejector(n) if n < 4 => Some(n),
+        Output::Ejector(_) => None,
+        Output::LineStop => Some(4),
+    }
 }
 
 #[entry]
 fn main() -> ! {
-    let cp = cortex_m::Peripherals::take().unwrap_or_else(|| defmt::panic!("peripherals taken twice"));
     let real_part = hw::clock_tree_present();
     hw::init_clock();
     hw::init_peripherals(BAUD);
-    hw::start_clock(cp.SYST);
+    hw::start_clock(real_part);
     defmt::info!(
         "ferroscope reject co-processor {=u8}.{=u8}.{=u8}, protocol {=u16}, {=u32} Hz core, {}",
         service::VERSION[0],
@@ -66,7 +99,7 @@ fn main() -> ! {
             "emulated clock"
         }
     );
-    let mut board = Stm32;
+    let mut board = Stm32 { armed_at: None };
     let mut svc = service::Service::new();
     let mut report_at = REPORT_EVERY_US;
     let mut last_encoder = hw::encoder_count();
@@ -76,26 +109,41 @@ fn main() -> ! {
         while let Some(b) = hw::try_read() {
             svc.on_byte(b, hw::now_us(), &mut board);
         }
-        // The timer counts both edges of both channels; 16 bits, so read at least every
-        // 32 767 counts (at 4 counts/mm and 20 m/s: every 400 ms; the loop runs in µs).
+        // The timer counts both edges of both channels; 16 bits (see ENCODER_POLL_US).
         let count = hw::encoder_count();
         if count != last_encoder {
             encoder += count.wrapping_sub(last_encoder) as i16 as i64;
             last_encoder = count;
             svc.on_encoder(encoder, now);
         }
-        svc.tick(now, &mut board);
+        // The compare's time first, then the clock: the clock is read after it.
+        let fired = hw::compare_take();
+        let now = hw::now_us();
+        if fired.is_some() {
+            board.armed_at = None;
+        }
+        svc.tick(now, fired.map(|low| hw::extend(low, now)), &mut board);
         if now >= report_at {
             let s = svc.link_stats();
             defmt::info!(
-                "link: {=u64} frames, {=u64} dropped; {=u64} edges; {=u32} losses",
+                "link: {=u64} frames, {=u64} dropped, {=u32} bytes lost; {=u64} edges; {=u32} losses; on the own clock {=u64} edges by the compare (at most {=u32} us late), {=u64} by the loop",
                 s.frames,
                 s.dropped(),
+                hw::rx_lost(),
                 svc.edges,
-                svc.losses
+                svc.losses,
+                svc.compare_edges,
+                hw::compare_late_max_us(),
+                svc.loop_edges
             );
             report_at = now + REPORT_EVERY_US;
         }
+        let wake = svc
+            .next_wake(now)
+            .unwrap_or(u64::MAX)
+            .min(report_at)
+            .min(now + ENCODER_POLL_US);
+        hw::sleep_until(wake, board.armed_at);
     }
 }
 

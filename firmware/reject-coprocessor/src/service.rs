@@ -33,6 +33,45 @@ pub trait Board {
     fn output(&mut self, output: Output, on: bool);
     /// Drive the heartbeat line.
     fn heartbeat(&mut self, on: bool);
+    /// Arm the hardware compare: at own time `at_us` drive every one of `edges` (a line and
+    /// its level) at once, without the main loop. False when it cannot (`at_us` is not after
+    /// `now_us`): the caller's poll drives them. Arming replaces what was armed.
+    fn arm(&mut self, at_us: u64, edges: &[(Output, bool)], now_us: u64) -> bool;
+    /// Disarm the compare: what it holds is not driven.
+    fn disarm(&mut self);
+}
+
+/// Edges one compare drives at once: every line may change at the same microsecond.
+pub const COMPARE_EDGES: usize = MAX_EJECTORS + 1;
+
+/// How long after an armed edge's time the main loop waits for the compare before it drives
+/// the edge itself. The compare fires within a microsecond on the part; the wait only matters
+/// where it did not fire (under an emulator whose timers run behind the clock).
+pub const COMPARE_GRACE_US: u64 = 200;
+
+/// With an encoder, the plan moves with every count: re-plan the compare at most this often
+/// for counts alone (a message or a pulse re-plans at once).
+const ENCODER_REPLAN_US: u64 = 200;
+
+/// What the compare was last armed with.
+#[derive(Clone, Copy)]
+struct Armed {
+    /// Tracker time of the edges.
+    at: Instant,
+    edges: [(Output, bool); COMPARE_EDGES],
+    len: usize,
+    /// The hardware holds it (not fired, not disarmed).
+    live: bool,
+}
+
+/// An edge's planned time moves by the tracker's rounding (a microsecond) with the time it is
+/// polled at: within this, an edge the poll emits is the one the compare was armed with.
+const SAME_EDGE_US: u64 = 2;
+
+impl Armed {
+    fn holds(&self, output: Output, active: bool, at: Instant) -> bool {
+        at.us.abs_diff(self.at.us) <= SAME_EDGE_US && self.edges[..self.len].contains(&(output, active))
+    }
 }
 
 /// Running state.
@@ -55,6 +94,18 @@ pub struct Service {
     losses_since_start: u16,
     /// Edges driven since start.
     pub edges: u64,
+    /// Of the edges on the own clock, those the compare drove, and those the main loop did.
+    pub compare_edges: u64,
+    pub loop_edges: u64,
+    /// The compare's plan: what it holds, and the plan (version, next time) it was made for.
+    armed: Option<Armed>,
+    plan_version: u32,
+    planned: Option<(u32, Instant)>,
+    /// An encoder count moved the plan; when the compare was last re-planned for counts.
+    encoder_moved: bool,
+    encoder_replan_us: u64,
+    /// The tracker copied to find the next edges without taking them.
+    scratch: Option<Tracker>,
 }
 
 impl Service {
@@ -74,7 +125,37 @@ impl Service {
             losses: 0,
             losses_since_start: 0,
             edges: 0,
+            compare_edges: 0,
+            loop_edges: 0,
+            armed: None,
+            plan_version: 0,
+            planned: None,
+            encoder_moved: false,
+            encoder_replan_us: 0,
+            scratch: None,
         }
+    }
+
+    /// Own time of tracker time `t` (the inverse of [`Service::tracker_time`]).
+    fn own_time(&self, t: Instant) -> u64 {
+        match self.clocking {
+            Clocking::Hardware => t.us,
+            Clocking::Lockstep => {
+                let (at, given) = self.lockstep;
+                given + t.us.saturating_sub(at.us)
+            }
+        }
+    }
+
+    /// Take the compare back before the plan changes: an edge it holds may no longer be due.
+    fn hold_compare(&mut self, board: &mut impl Board) {
+        if let Some(a) = self.armed.as_mut() {
+            if a.live {
+                board.disarm();
+                a.live = false;
+            }
+        }
+        self.plan_version = self.plan_version.wrapping_add(1);
     }
 
     /// The tracker's time for own time `own_us`.
@@ -103,6 +184,9 @@ impl Service {
     pub fn on_byte(&mut self, byte: u8, own_us: u64, board: &mut impl Board) {
         match self.decoder.push::<ToMcu>(byte) {
             Some(Ok(msg)) => {
+                if !matches!(msg, ToMcu::Ping { .. } | ToMcu::Stats | ToMcu::Hello { .. }) {
+                    self.hold_compare(board);
+                }
                 self.last_frame_us = own_us;
                 if self.link_lost {
                     self.link_lost = false;
@@ -285,8 +369,10 @@ impl Service {
     }
 
     /// Keep time at own time `own_us`: the link watchdog, the heartbeat, and (on its own
-    /// clock, or after a link loss) the tracker's pulses when due.
-    pub fn tick(&mut self, own_us: u64, board: &mut impl Board) {
+    /// clock, or after a link loss) the tracker's pulses when due. `fired`: the own time the
+    /// compare drove what it was armed with, if it did since the last call. Then the compare
+    /// is armed for the next edges.
+    pub fn tick(&mut self, own_us: u64, fired: Option<u64>, board: &mut impl Board) {
         let Some(tracker) = self.tracker.as_ref() else { return };
         if !self.link_lost && own_us.saturating_sub(self.last_frame_us) > self.link_timeout_us {
             self.link_lost = true;
@@ -308,29 +394,49 @@ impl Service {
             board.heartbeat(self.heartbeat);
             self.heartbeat_at_us = own_us + HEARTBEAT_HALF_PERIOD_US;
         }
+        if let (Some(_), Some(a)) = (fired, self.armed.as_mut()) {
+            a.live = false;
+        }
         let own_clock = self.clocking == Clocking::Hardware || self.link_lost;
         if !own_clock {
+            self.hold_compare(board);
             return;
         }
         let now = self.tracker_time(own_us);
         let lost = self.link_lost;
+        let armed = self.armed;
+        let driven_by_compare = fired.map(|f| self.tracker_time(f));
         let Some(t) = self.tracker.as_mut() else { return };
-        if t.next_event(now).is_none_or(|n| n > now) {
+        let Some(next) = t.next_event(now) else { return };
+        // An edge the compare holds is left to it, for a grace period.
+        let waiting = armed.is_some_and(|a| a.live && now.us < a.at.us + COMPARE_GRACE_US);
+        if next > now || waiting {
+            self.rearm(own_us, board);
             return;
         }
-        let mut edges = 0u64;
-        t.poll(now, |ev| {
+        // When the compare drove the due edges, the tracker takes them at the time it did: a
+        // pulse's end is planned from when it really began. Anything due later is taken at
+        // the next call.
+        let at = driven_by_compare.filter(|&f| f >= next && f <= now).unwrap_or(now);
+        let (mut edges, mut by_compare) = (0u64, 0u64);
+        t.poll(at, |ev| {
             match ev {
                 TrackEvent::Edge { output, active, at } => {
+                    // Driven again by the loop even when the compare drove it: the same level.
                     board.output(output, active);
                     edges += 1;
+                    let compare = driven_by_compare.filter(|_| armed.is_some_and(|a| a.holds(output, active, at)));
+                    if compare.is_some() {
+                        by_compare += 1;
+                    }
                     if lost {
                         defmt::info!(
-                            "edge {=u8} {=bool} planned {=u64} us, driven {=u64} us",
+                            "edge {=u8} {=bool} planned {=u64} us, driven {=u64} us by the {=str}",
                             ferroscope::core::link::output_code(output),
                             active,
                             at.us,
-                            now.us
+                            compare.unwrap_or(at).us,
+                            if compare.is_some() { "compare" } else { "loop" }
                         );
                     }
                 }
@@ -345,6 +451,67 @@ impl Service {
             }
         });
         self.edges += edges;
+        self.compare_edges += by_compare;
+        self.loop_edges += edges - by_compare;
+        self.hold_compare(board);
+        self.rearm(own_us, board);
+    }
+
+    /// The own time by which [`Service::tick`] next has something to do (a pulse, a deadline,
+    /// the heartbeat, the link watchdog), if anything is tracked; the loop may sleep until then.
+    pub fn next_wake(&self, own_us: u64) -> Option<u64> {
+        let t = self.tracker.as_ref()?;
+        let mut wake = u64::MAX;
+        if !self.link_lost {
+            wake = wake
+                .min(self.heartbeat_at_us)
+                .min(self.last_frame_us + self.link_timeout_us + 1);
+        }
+        if self.clocking == Clocking::Hardware || self.link_lost {
+            if let Some(next) = t.next_event(self.tracker_time(own_us)) {
+                wake = wake.min(self.own_time(next));
+            }
+        }
+        Some(wake)
+    }
+
+    /// Arm the compare for the tracker's next edges, if they are not armed already: a copy of
+    /// the tracker is polled at its next event, and the edges that poll emits are the plan.
+    fn rearm(&mut self, own_us: u64, board: &mut impl Board) {
+        if self.encoder_moved && own_us >= self.encoder_replan_us + ENCODER_REPLAN_US {
+            self.encoder_moved = false;
+            self.encoder_replan_us = own_us;
+            self.hold_compare(board);
+        }
+        let now = self.tracker_time(own_us);
+        let Some(t) = self.tracker.as_ref() else { return };
+        let Some(next) = t.next_event(now) else { return };
+        if self.planned == Some((self.plan_version, next)) {
+            return;
+        }
+        self.planned = Some((self.plan_version, next));
+        let scratch = self.scratch.get_or_insert_with(|| t.clone());
+        scratch.clone_from(t);
+        let mut armed = Armed {
+            at: next,
+            edges: [(Output::LineStop, false); COMPARE_EDGES],
+            len: 0,
+            live: false,
+        };
+        // The edges due by `next`; they are planned at `next` give or take the rounding.
+        scratch.poll(next, |ev| {
+            if let TrackEvent::Edge { output, active, at } = ev {
+                if armed.len < COMPARE_EDGES {
+                    armed.at = if armed.len == 0 { at } else { armed.at.min(at) };
+                    armed.edges[armed.len] = (output, active);
+                    armed.len += 1;
+                }
+            }
+        });
+        if armed.len > 0 {
+            armed.live = board.arm(self.own_time(next), &armed.edges[..armed.len], own_us);
+            self.armed = Some(armed);
+        }
     }
 
     /// The hardware encoder counted to `count` at own time `own_us`: followed on the own
@@ -356,6 +523,7 @@ impl Service {
         if let Some(t) = self.tracker.as_mut() {
             if t.belt().is_encoder() {
                 t.belt_mut().on_encoder(count, Instant::from_us(own_us));
+                self.encoder_moved = true;
             }
         }
     }
