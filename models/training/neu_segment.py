@@ -28,13 +28,18 @@ a whole image) with the eight flips/quarter turns and, optionally, brightness/co
 AdamW with 5 % warm-up then cosine to zero, stopped on steps. Two stages, both scored on the
 validation split by the mean Dice per image at its best level (f32):
   1. sweep: every --variants entry (loss Dice alone or Dice+BCE, photometric jitter on or off)
-     trained from the same seed on a short schedule (--sweep-steps), scored at its end;
-  2. the best variant trained from the same seed on the long schedule (--steps), checkpoints
-     scored every --eval-every steps from 50 % of it; the best step is shipped as it is
-     (trained on the pool minus validation; no refit).
-The pixel threshold is then the level with the best mean Dice per image of the int8 model on
-validation; the validation metrics of the int8 and f32 ONNX files (onnxruntime, one thread) go
-to the metrics file. About 10 minutes on 2 free cores; a concurrent build slows it several-fold.
+     trained from the same seed on a short schedule (--sweep-steps, --sweep-batch), scored at
+     its end;
+  2. the best variant trained from the same seed on the long schedule (--steps, --batch),
+     checkpoints scored every --eval-every steps from 50 % of it; the best step is shipped as
+     it is (trained on the pool minus validation; no refit).
+The long schedule's defaults (16000 steps of 32 crops of 128, lr 0.003) come from a sweep of
+11 schedules on the validation split (--train-only runs one; the table is in the metrics
+file's selection.schedule_sweep). The pixel threshold is then the level with the best mean
+Dice per image of the int8 model on validation; the validation metrics of the int8 and f32 ONNX
+files (onnxruntime, one thread) go to the metrics file. --device cuda trains on a GPU (about
+4 minutes for the long schedule); on 2 CPU cores it takes about 72 minutes (0.27 s a step).
+CUDA's convolutions are not bit-reproducible: a file retrained there differs in its last digits.
 
 Writes models/neu_segment.onnx (int8 QDQ), models/neu_segment.f32.onnx, the manifest
 models/neu_segment.toml (without [metrics]; the Rust evaluator measures the held-out list),
@@ -66,6 +71,7 @@ MEAN, STD = common.MEAN, common.STD
 WIDTH = (12, 32, 48)  # the U-Net levels at 100, 50 and 25 pixels
 HEAD = 8  # channels brought back to full resolution
 LEVELS = [round(0.05 * k, 2) for k in range(1, 20)]  # pixel threshold candidates
+VERSION = "1.1.0"
 
 
 def block(cin, cout):
@@ -237,13 +243,14 @@ def lr_at(step, steps, lr):
 
 
 def predict(model, items, chunk=16):
-    """Probability maps (f32, torch) of items, N x 200 x 200."""
+    """Probability maps (f32, numpy) of items, N x 200 x 200, on the model's device."""
     model.eval()
+    dev = next(model.parameters()).device
     out = []
     with torch.no_grad():
         for i in range(0, len(items), chunk):
             x = torch.from_numpy(np.stack([common.normalise(it["img"]) for it in items[i : i + chunk]])[:, None])
-            out.append(torch.sigmoid(model(x))[:, 0].numpy())
+            out.append(torch.sigmoid(model(x.to(dev)))[:, 0].cpu().numpy())
     return np.concatenate(out)
 
 
@@ -254,7 +261,8 @@ def train_variant(variant, fit, val, args, log, steps, eval_from):
     loss_name, aug = variant.split(":")
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
-    model = UNet()
+    dev = torch.device(args.device)
+    model = UNet().to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     scored = []
     t0 = time.time()
@@ -264,6 +272,7 @@ def train_variant(variant, fit, val, args, log, steps, eval_from):
             g["lr"] = lr
         model.train()
         x, t = sample_batch(fit, args.batch, rng, photometric=aug == "photo", crop=args.crop)
+        x, t = x.to(dev, non_blocking=True), t.to(dev, non_blocking=True)
         logits = model(x)
         dice = soft_dice_loss(logits, t)
         loss = dice
@@ -281,7 +290,8 @@ def train_variant(variant, fit, val, args, log, steps, eval_from):
             probs = predict(model, val)
             per_level = [pixel_metrics(probs, val, lv)["dice_mean_per_image"] for lv in LEVELS]
             k = int(np.argmax(per_level))
-            scored.append((step, LEVELS[k], per_level[k], copy.deepcopy(model.state_dict())))
+            state = {k2: v.detach().cpu().clone() for k2, v in model.state_dict().items()}
+            scored.append((step, LEVELS[k], per_level[k], state))
             log(f"  [{variant}] step {step} validation mean Dice per image {per_level[k]:.4f} at {LEVELS[k]} (f32)")
     return scored
 
@@ -368,9 +378,10 @@ def main():
                     help="comma-separated loss:augmentation (loss dice | dice+bce; augmentation photo = flips, "
                          "quarter turns, brightness/contrast; geo = flips and quarter turns only)")
     ap.add_argument("--sweep-steps", type=int, default=400, help="schedule of each sweep variant")
-    ap.add_argument("--steps", type=int, default=6000, help="schedule of the chosen variant")
-    ap.add_argument("--eval-every", type=int, default=500)
-    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=16000, help="schedule of the chosen variant")
+    ap.add_argument("--eval-every", type=int, default=1000)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--sweep-batch", type=int, default=8, help="batch of the variant sweep")
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--crop", type=int, default=128, help="training crop side, a multiple of 8 (200: whole images)")
     ap.add_argument("--threads", type=int, default=2)
@@ -378,6 +389,12 @@ def main():
                     help="what the graph's `mask` output is: sigmoid(logit) (every segment manifest's "
                          "`activation = \"sigmoid\"`) or the logit itself")
     ap.add_argument("--ship-only", action="store_true", help="export + quantise the saved checkpoint, no training")
+    ap.add_argument("--checkpoint", default=os.path.join(ROOT, "models", "training", f"{STEM}.pt"),
+                    help="the checkpoint written by training and read by --ship-only")
+    ap.add_argument("--device", default="cpu", help="torch device for training (cpu, cuda)")
+    ap.add_argument("--train-only", metavar="VARIANT",
+                    help="no sweep and no export: train VARIANT (loss:augmentation) on the --steps schedule, score "
+                         "its checkpoints on validation, save the best to --checkpoint (one run of a schedule sweep)")
     args = ap.parse_args()
     if args.crop % 8 or not 8 <= args.crop <= TILE:
         ap.error("--crop must be a multiple of 8 in 8..200")
@@ -395,16 +412,32 @@ def main():
     log(f"{len(items)} masked images: pool {len(pool)} (fit {len(fit)}, validation {len(val)}), held-out {len(held)}")
     model = UNet()
     log(f"parameters {sum(p.numel() for p in model.parameters())}, multiply-adds {multiply_adds(model) / 1e6:.1f} M per image")
-    ckpt = os.path.join(ROOT, "models", "training", f"{STEM}.pt")
+    ckpt = args.checkpoint
+    if args.train_only:
+        table, best = [], None
+        for step, level, dice, state in train_variant(args.train_only, fit, val, args, log, args.steps, args.steps // 2):
+            table.append({"step": step, "level": level, "dice_mean_per_image": round(dice, 6)})
+            if best is None or dice > best[1] + 1e-9:
+                best = (step, dice, state)
+        step, dice, state = best
+        selection = {"variant": args.train_only, "step": step, "steps": args.steps, "batch": args.batch,
+                     "crop": args.crop, "lr": args.lr, "device": args.device, "checkpoints": table,
+                     "train_minutes": round((time.time() - t_start) / 60, 1)}
+        torch.save({"state_dict": state, "selection": selection}, ckpt)
+        log(f"train-only {args.train_only} steps {args.steps} batch {args.batch} crop {args.crop} lr {args.lr}: "
+            f"best step {step}, validation mean Dice per image {dice:.4f} (f32)")
+        return None
     if args.ship_only:
-        saved = torch.load(ckpt)
+        saved = torch.load(ckpt, map_location="cpu")
         model.load_state_dict(saved["state_dict"])
         return ship(model, saved["selection"], fit, val, held, args, t_start)
 
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     sweep, best = [], None
+    sweep_args = copy.copy(args)
+    sweep_args.batch = args.sweep_batch
     for variant in variants:
-        (step, level, dice, _), = train_variant(variant, fit, val, args, log, args.sweep_steps, args.sweep_steps)
+        (step, level, dice, _), = train_variant(variant, fit, val, sweep_args, log, args.sweep_steps, args.sweep_steps)
         sweep.append({"variant": variant, "steps": step, "level": level, "dice_mean_per_image": round(dice, 6)})
         # ties keep the earlier entry (the list's order)
         if best is None or dice > best[1] + 1e-9:
@@ -424,6 +457,29 @@ def main():
     torch.save({"state_dict": state, "selection": selection}, ckpt)
     model.load_state_dict(state)
     ship(model, selection, fit, val, held, args, t_start)
+
+
+def selection_rule(selection, args):
+    """The manifest's account of how the shipped checkpoint was chosen (validation only)."""
+    text = (
+        f"variant sweep: {', '.join(v['variant'] for v in selection.get('sweep', []))} (loss:augmentation), each from "
+        f"seed {args.seed} on a {selection.get('sweep_steps', args.sweep_steps)}-step schedule, the best mean Dice per "
+        f"image at its best level on the validation split (f32) chose {selection['variant']}; "
+    )
+    sched = selection.get("schedule_sweep")
+    if sched:
+        text += (
+            f"schedule sweep: {len(sched)} schedules (steps x batch x crop x lr, {selection['variant']} and the photometric "
+            f"variant beside it) from seed {args.seed}, checkpoints every 1000 steps from 50 % scored the same way "
+            f"({STEM}.metrics.json, selection.schedule_sweep); the best checkpoint, {args.steps} steps x batch {args.batch} "
+            f"x crop {args.crop} at lr {args.lr}, step {selection['step']}, is shipped as it is, trained on the pool minus validation"
+        )
+    else:
+        text += (
+            f"then that variant on the {args.steps}-step schedule, checkpoints every {args.eval_every} steps from 50 % "
+            f"scored the same way; the best step is shipped as it is, trained on the pool minus validation"
+        )
+    return text
 
 
 def ship(model, selection, fit, val, held, args, t_start):
@@ -494,7 +550,7 @@ def ship(model, selection, fit, val, held, args, t_start):
 [model]
 name = "{STEM}"
 tool = "segment"
-version = "1.0.0"
+version = "{VERSION}"
 file = "{STEM}.onnx"
 sha256 = "{common.sha256_file(int8_path)}"
 f32_file = "{STEM}.f32.onnx"
@@ -551,7 +607,7 @@ loss = "{loss_text}"
 augmentation = "{aug_text}"
 lr = {args.lr}
 schedule = "AdamW (weight decay 1e-4), 5 % linear warm-up then cosine to zero over {args.steps} steps, stopped on steps"
-selection_rule = "sweep: variants {', '.join(s for s in args.variants.split(','))} (loss:augmentation), each from seed {args.seed} on a {selection.get('sweep_steps', args.sweep_steps)}-step schedule, the best mean Dice per image at its best level on the validation split (f32) chooses loss and augmentation; then that variant on the {args.steps}-step schedule, checkpoints every {args.eval_every} steps from 50 % scored the same way; the best step is shipped as it is, trained on the pool minus validation"
+selection_rule = "{selection_rule(selection, args)}"
 """
     with open(os.path.join(out, f"{STEM}.toml"), "w") as fh:
         fh.write(toml)
