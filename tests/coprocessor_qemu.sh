@@ -20,7 +20,8 @@
 #     NEU samples in real time; the co-processor, on its own clock, must drive every pulse the
 #     station's tracker planned (same lines, levels and order), end with the same tracker
 #     totals, with no link silence or dropped frame and no false reject, pulses from the part's
-#     timer compare, and the two plans' times within EMULATED_CLOCK_US below.
+#     timer compare, the same items fired on the same ejectors (by id), and the two plans' times
+#     within EMULATED_CLOCK_US below.
 #
 #   bash tests/coprocessor_qemu.sh [--items N] [--json]     # default 10 000 items
 #
@@ -126,8 +127,9 @@ reports = [m for m in reports if m]
 compare = {"edges_by_compare": int(reports[-1].group(1)), "compare_late_us_max": int(reports[-1].group(2)),
            "edges_by_loop": int(reports[-1].group(3))} if reports else {}
 # The station's own run on the co-processor: every pulse the station's tracker planned driven
-# by the co-processor (line, level, order), the same tracker totals, a healthy link, no false
-# reject, and pulses driven by the part's timer compare. The station and the co-processor
+# by the co-processor (line, level, order), the same tracker totals and the same items fired on
+# the same ejectors, a healthy link, no false reject, and pulses driven by the part's timer
+# compare. The station and the co-processor
 # each plan an edge on their own clock; the station follows the co-processor's clock from ping
 # round trips. Under qemu the part's clock (TIM2) keeps the host's time, but its interrupts
 # reach the sleeping emulated core when the host runs qemu again: measured 0.07-4.5 ms late
@@ -138,6 +140,7 @@ EMULATED_CLOCK_US = 50_000
 station_ok = (
     cop.get("edges_identical") is True
     and cop.get("tracker_stats_identical") is True
+    and cop.get("fired_identical") is True
     and cop.get("edges_driven", 0) > 0
     and cop.get("link_silences") == 0
     and cop.get("write_errors") == 0

@@ -269,6 +269,9 @@ pub(super) struct LinkRx {
     version: [u8; 3],
     device: String,
     timeline: Vec<Event>,
+    /// The items the co-processor fired (`Fired`): id and ejector, as many as the timeline
+    /// has room for edges.
+    fired: Vec<(u32, u8)>,
     /// The belt's speed, mm/s (station clock).
     speed: f32,
 }
@@ -284,6 +287,8 @@ pub const RATE_EVERY_US: u64 = 250_000;
 pub(super) struct LinkEnd {
     /// The co-processor's edges, on the station's clock.
     pub(super) timeline: Vec<Event>,
+    /// The items it fired: id and ejector, in the order it fired them.
+    pub(super) fired: Vec<(u32, u8)>,
     /// The co-processor tracker's totals at the end (`None`: it did not answer).
     pub(super) mcu_stats: Option<TrackerStats>,
     /// The link's report for the summary (`coprocessor`).
@@ -443,6 +448,9 @@ pub(super) fn open(
         },
     );
     timeline.clear();
+    let mut fired = Vec::with_capacity(timeline_capacity);
+    fired.resize(timeline_capacity, (0, 0));
+    fired.clear();
     let rx = LinkRx {
         port,
         out,
@@ -454,6 +462,7 @@ pub(super) fn open(
         version,
         device: cp.device.display().to_string(),
         timeline,
+        fired,
         speed,
     };
     Ok((tx, rx))
@@ -571,7 +580,12 @@ impl LinkRx {
                             dropped_edges += 1;
                         }
                     }
-                    FromMcu::Fired { .. } => fired += 1,
+                    FromMcu::Fired { id, ejector, .. } => {
+                        fired += 1;
+                        if self.fired.len() < self.fired.capacity() {
+                            self.fired.push((id, ejector));
+                        }
+                    }
                     FromMcu::Overdue { .. } => overdue += 1,
                     FromMcu::Refused { .. } => refused += 1,
                     FromMcu::Stats(s) => mcu_stats = Some(s),
@@ -605,6 +619,7 @@ impl LinkRx {
         });
         LinkEnd {
             timeline: self.timeline,
+            fired: self.fired,
             mcu_stats: mcu_stats.map(TrackerStats::from),
             json,
         }
@@ -642,6 +657,26 @@ pub(super) fn compare(planned: &[Event], driven: &[Event]) -> serde_json::Value 
         "edges_identical": matched == n_planned && n_planned == n_driven,
         "first_difference": first_difference,
         "edge_time_difference_us_max": worst,
+    })
+}
+
+/// The items the station's tracker fired against those the co-processor fired, by id and
+/// ejector (each list sorted): how many agree, whether all do, and the first id that differs.
+pub(super) fn compare_fired(station: &[(u32, u8)], mcu: &[(u32, u8)]) -> serde_json::Value {
+    let (mut a, mut b) = (station.to_vec(), mcu.to_vec());
+    a.sort_unstable();
+    b.sort_unstable();
+    let matched = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
+    let first = match (a.get(matched), b.get(matched)) {
+        (Some(x), Some(y)) => Some(x.0.min(y.0)),
+        (Some(x), None) | (None, Some(x)) => Some(x.0),
+        (None, None) => None,
+    };
+    json!({
+        "fired_station": a.len(),
+        "fired_coprocessor": b.len(),
+        "fired_identical": a == b,
+        "first_fired_difference": first,
     })
 }
 
@@ -687,6 +722,22 @@ mod tests {
         );
         let (lo, hi) = s.offset_range.unwrap();
         assert!(hi - lo > 25_000, "the offset moved 1 % of 3 s: {lo}..{hi}");
+    }
+
+    #[test]
+    fn fired_items_are_compared_by_id_and_ejector_whatever_their_order() {
+        let j = compare_fired(&[(3, 0), (1, 1), (2, 0)], &[(1, 1), (2, 0), (3, 0)]);
+        assert_eq!(j["fired_identical"], true, "{j}");
+        assert_eq!(j["first_fired_difference"], serde_json::Value::Null, "{j}");
+        // Item 2 on another ejector.
+        let j = compare_fired(&[(1, 1), (2, 0), (3, 0)], &[(1, 1), (2, 1), (3, 0)]);
+        assert_eq!(j["fired_identical"], false, "{j}");
+        assert_eq!(j["first_fired_difference"], 2, "{j}");
+        // Item 3 not fired by the co-processor.
+        let j = compare_fired(&[(1, 1), (3, 0)], &[(1, 1)]);
+        assert_eq!(j["fired_identical"], false, "{j}");
+        assert_eq!(j["first_fired_difference"], 3, "{j}");
+        assert_eq!(j["fired_coprocessor"], 1, "{j}");
     }
 
     #[test]

@@ -320,8 +320,11 @@ pub fn run_until(cfg: &StationConfig, control: &Control, mut on_item: impl FnMut
         Some(l) => {
             let mut j = l.json;
             let cmp = coprocessor::compare(end.out.events(), &l.timeline);
-            if let (Some(a), Some(b)) = (j.as_object_mut(), cmp.as_object()) {
+            let station_fired: Vec<(u32, u8)> = end.fired.iter().map(|f| (f.id, f.ejector)).collect();
+            let cmp_fired = coprocessor::compare_fired(&station_fired, &l.fired);
+            if let (Some(a), Some(b), Some(c)) = (j.as_object_mut(), cmp.as_object(), cmp_fired.as_object()) {
                 a.extend(b.clone());
+                a.extend(c.clone());
                 a.insert(
                     "tracker_stats_identical".into(),
                     serde_json::json!(l.mcu_stats.as_ref() == Some(end.tracker.stats())),
