@@ -7,10 +7,11 @@
 //! - in lockstep the tracker is polled at exactly the time each `Advance` names, so its pulses
 //!   are the station's simulated line's, item for item;
 //! - the link counts as lost after `link_timeout_ms` of the co-processor's own time without a
-//!   frame while it tracks. From then on the co-processor keeps time itself (in lockstep: from
-//!   the last time advanced), every item still undecided gets the fail-safe at its deadline as
-//!   the tracker plans it, pulses already planned fire on time, and the heartbeat stops at its
-//!   fault level. A frame arriving later ends the loss;
+//!   frame while it tracks (time it did not run, [`LOOP_GAP_MAX_US`], is not counted). From
+//!   then on the co-processor keeps time itself (in lockstep: from the last time advanced),
+//!   every item still undecided gets the fail-safe at its deadline as the tracker plans it,
+//!   pulses already planned fire on time, and the heartbeat stops at its fault level. A frame
+//!   arriving later ends the loss;
 //! - nothing allocates: the tracker and the frame buffers are fixed.
 
 use ferroscope::core::link::{
@@ -49,6 +50,11 @@ pub const COMPARE_EDGES: usize = MAX_EJECTORS + 1;
 /// where it did not fire (under an emulator whose timers run behind the clock).
 pub const COMPARE_GRACE_US: u64 = 200;
 
+/// The longest the main loop takes between two calls of [`Service::tick`] while it runs: it
+/// wakes at least every millisecond, and answering a burst of frames at 921 600 Bd takes a few
+/// more. A longer gap means the core was not running.
+pub const LOOP_GAP_MAX_US: u64 = 5_000;
+
 /// With an encoder, the plan moves with every count: re-plan the compare at most this often
 /// for counts alone (a message or a pulse re-plans at once).
 const ENCODER_REPLAN_US: u64 = 200;
@@ -62,6 +68,8 @@ struct Armed {
     len: usize,
     /// The hardware holds it (not fired, not disarmed).
     live: bool,
+    /// The plan it was made from ([`Service::plan_version`] then).
+    version: u32,
 }
 
 /// An edge's planned time moves by the tracker's rounding (a microsecond) with the time it is
@@ -83,6 +91,8 @@ pub struct Service {
     link_timeout_us: u64,
     /// Own time of the last frame received.
     last_frame_us: u64,
+    /// Own time of the last [`Service::tick`].
+    last_tick_us: u64,
     /// Lockstep: the station's last time, and the own time it was given at.
     lockstep: (Instant, u64),
     link_lost: bool,
@@ -118,6 +128,7 @@ impl Service {
             clocking: Clocking::Hardware,
             link_timeout_us: 0,
             last_frame_us: 0,
+            last_tick_us: 0,
             lockstep: (Instant::from_us(0), 0),
             link_lost: false,
             heartbeat: false,
@@ -373,6 +384,14 @@ impl Service {
     /// compare drove what it was armed with, if it did since the last call. Then the compare
     /// is armed for the next edges.
     pub fn tick(&mut self, own_us: u64, fired: Option<u64>, board: &mut impl Board) {
+        // Silence counts only while the firmware runs to hear it: a gap between two calls
+        // longer than the loop ever takes (a halted core, a debugger, an emulator the host did
+        // not run) is not silence, and moves the last frame's time on by as much.
+        let paused = own_us.saturating_sub(self.last_tick_us).saturating_sub(LOOP_GAP_MAX_US);
+        if paused > 0 && self.last_frame_us <= self.last_tick_us {
+            self.last_frame_us += paused;
+        }
+        self.last_tick_us = own_us;
         let Some(tracker) = self.tracker.as_ref() else { return };
         if !self.link_lost && own_us.saturating_sub(self.last_frame_us) > self.link_timeout_us {
             self.link_lost = true;
@@ -405,7 +424,10 @@ impl Service {
         let now = self.tracker_time(own_us);
         let lost = self.link_lost;
         let armed = self.armed;
-        let driven_by_compare = fired.map(|f| self.tracker_time(f));
+        // The compare's time stands for the tracker's only if nothing changed the plan since it
+        // was armed (a message applied after the compare fired is later than that time).
+        let unchanged = armed.is_some_and(|a| a.version == self.plan_version);
+        let driven_by_compare = fired.filter(|_| unchanged).map(|f| self.tracker_time(f));
         let Some(t) = self.tracker.as_mut() else { return };
         let Some(next) = t.next_event(now) else { return };
         // An edge the compare holds is left to it, for a grace period.
@@ -497,6 +519,7 @@ impl Service {
             edges: [(Output::LineStop, false); COMPARE_EDGES],
             len: 0,
             live: false,
+            version: self.plan_version,
         };
         // The edges due by `next`; they are planned at `next` give or take the rounding.
         scratch.poll(next, |ev| {
