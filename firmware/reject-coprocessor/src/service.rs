@@ -439,9 +439,9 @@ impl Service {
         // When the compare drove the due edges, the tracker takes them at the time it did: a
         // pulse's end is planned from when it really began. Anything due later is taken at
         // the next call.
-        let at = driven_by_compare.filter(|&f| f >= next && f <= now).unwrap_or(now);
+        let poll_at = driven_by_compare.filter(|&f| f >= next && f <= now).unwrap_or(now);
         let (mut edges, mut by_compare) = (0u64, 0u64);
-        t.poll(at, |ev| {
+        t.poll(poll_at, |ev| {
             match ev {
                 TrackEvent::Edge { output, active, at } => {
                     // Driven again by the loop even when the compare drove it: the same level.
@@ -457,7 +457,7 @@ impl Service {
                             ferroscope::core::link::output_code(output),
                             active,
                             at.us,
-                            compare.unwrap_or(at).us,
+                            compare.unwrap_or(poll_at).us,
                             if compare.is_some() { "compare" } else { "loop" }
                         );
                     }
