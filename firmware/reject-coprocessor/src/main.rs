@@ -39,10 +39,7 @@ const ENCODER_POLL_US: u64 = 1_000;
 /// Log the link's counters every this many own-clock microseconds.
 const REPORT_EVERY_US: u64 = 10_000_000;
 
-/// The board, and the own time of the edge its compare holds.
-struct Stm32 {
-    armed_at: Option<u64>,
-}
+struct Stm32;
 
 impl service::Board for Stm32 {
     fn send(&mut self, bytes: &[u8]) {
@@ -61,13 +58,10 @@ impl service::Board for Stm32 {
             Some(p) => w | hw::bsrr_bit(p, on),
             None => w,
         });
-        let armed = hw::compare_arm(at_us, word, now_us);
-        self.armed_at = armed.then_some(at_us);
-        armed
+        hw::compare_arm(at_us, word, now_us)
     }
     fn disarm(&mut self) {
         hw::compare_disarm();
-        self.armed_at = None;
     }
 }
 
@@ -99,7 +93,7 @@ fn main() -> ! {
             "emulated clock"
         }
     );
-    let mut board = Stm32 { armed_at: None };
+    let mut board = Stm32;
     let mut svc = service::Service::new();
     let mut report_at = REPORT_EVERY_US;
     let mut last_encoder = hw::encoder_count();
@@ -119,9 +113,6 @@ fn main() -> ! {
         // The compare's time first, then the clock: the clock is read after it.
         let fired = hw::compare_take();
         let now = hw::now_us();
-        if fired.is_some() {
-            board.armed_at = None;
-        }
         svc.tick(now, fired.map(|low| hw::extend(low, now)), &mut board);
         if now >= report_at {
             let s = svc.link_stats();
@@ -143,7 +134,7 @@ fn main() -> ! {
             .unwrap_or(u64::MAX)
             .min(report_at)
             .min(now + ENCODER_POLL_US);
-        hw::sleep_until(wake, board.armed_at);
+        hw::sleep_until(wake, svc.armed_at());
     }
 }
 

@@ -479,6 +479,11 @@ impl Service {
         self.rearm(own_us, board);
     }
 
+    /// The own time of the edges the compare holds, if it holds any.
+    pub fn armed_at(&self) -> Option<u64> {
+        self.armed.filter(|a| a.live).map(|a| self.own_time(a.at))
+    }
+
     /// The own time by which [`Service::tick`] next has something to do (a pulse, a deadline,
     /// the heartbeat, the link watchdog), if anything is tracked; the loop may sleep until then.
     pub fn next_wake(&self, own_us: u64) -> Option<u64> {
@@ -532,7 +537,7 @@ impl Service {
             }
         });
         if armed.len > 0 {
-            armed.live = board.arm(self.own_time(next), &armed.edges[..armed.len], own_us);
+            armed.live = board.arm(self.own_time(armed.at), &armed.edges[..armed.len], own_us);
             self.armed = Some(armed);
         }
     }
