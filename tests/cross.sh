@@ -7,9 +7,10 @@
 # floor read from its symbol versions (or its being static), then under qemu-user:
 #   - tests/arch_scores.rs: the shipped classify, segment and grains models give the same
 #     scores on the same images as on x86_64 (pixels exact, int8 within 1e-6, f32 within 1e-4);
-#   - aarch64: the library's tests of the model operators (`model::`): every integer-convolution kernel
-#     this architecture has (SDOT under a Cortex-A76, SMLAL under a Cortex-A72) against the
-#     convolution's definition, the requantisation, the pads and pools against tract's;
+#   - aarch64 and armv7: the library's tests of the model operators (`model::`): every
+#     integer-convolution kernel the architecture has (SDOT under a Cortex-A76, SMLAL under a
+#     Cortex-A72, NEON's VMLAL under a Cortex-A8) against the convolution's definition, the
+#     requantisation, the pads and pools against tract's;
 #   - the reject-timing simulation through the binary itself: `ferroscope simulate` in speed
 #     and encoder mode must equal the x86_64 output field for field (timeline digest included),
 #     with no missed or false rejects;
@@ -43,7 +44,9 @@ for T in "${TARGETS[@]}"; do
         aarch64-unknown-linux-gnu) ZT=$T.$GLIBC_FLOOR; QEMU=(qemu-aarch64 -cpu cortex-a72 -L /usr/aarch64-linux-gnu); TESTS=(arch_scores)
             # the tests again on a core with the dot-product extension: the int8 models' SDOT kernel
             QEMU_DOT=(qemu-aarch64 -cpu cortex-a76 -L /usr/aarch64-linux-gnu); LIB_TESTS=1 ;;
-        armv7-unknown-linux-gnueabihf) ZT=$T.$GLIBC_FLOOR; QEMU=(qemu-arm -cpu cortex-a8 -L /usr/arm-linux-gnueabihf); TESTS=(arch_scores) ;;
+        armv7-unknown-linux-gnueabihf) ZT=$T.$GLIBC_FLOOR; QEMU=(qemu-arm -cpu cortex-a8 -L /usr/arm-linux-gnueabihf); TESTS=(arch_scores)
+            # the NEON kernel (VMLAL) and requantisation against the definition
+            LIB_TESTS=1 ;;
         # the same architecture as the gnu build: its binary is what the emulated board boots
         aarch64-unknown-linux-musl) ZT=$T; QEMU=(qemu-aarch64 -cpu cortex-a72); TESTS=() ;;
         *) echo "unknown target $T"; exit 2 ;;
@@ -98,14 +101,14 @@ PY
         if ! "${QEMU[@]}" "$exe" $FILTER --test-threads 2 --nocapture >"$LOG" 2>&1; then
             tail -40 "$LOG"; echo "FAIL: $(basename "$exe") under ${QEMU[0]}"; exit 1
         fi
-        grep -E "^test |largest difference|^test result" "$LOG" || true
+        grep -E "^test |largest difference|^test result|^integer kernels tested" "$LOG" || true
         echo "($(( $(date +%s) - TSTART )) s under emulation)"
         if [ ${#QEMU_DOT[@]} -gt 0 ]; then
             echo "-- $(basename "$exe") under ${QEMU_DOT[*]:0:3} (SDOT kernel)"
             if ! "${QEMU_DOT[@]}" "$exe" $FILTER --test-threads 2 --nocapture >"$LOG.dot" 2>&1; then
                 tail -40 "$LOG.dot"; echo "FAIL: $(basename "$exe") under ${QEMU_DOT[*]:0:3}"; exit 1
             fi
-            grep -E "^test result" "$LOG.dot" || true
+            grep -E "^test result|^integer kernels tested" "$LOG.dot" || true
         fi
     done
 

@@ -46,7 +46,8 @@ pub struct BoardSection {
     #[serde(default)]
     pub tract_cpu: Option<String>,
     /// armv7: the cores have NEON (tract's NEON kernels); absent: tract reads `/proc/cpuinfo`.
-    /// The environment variable `TRACT_CPU_ARM32_NEON` still overrides it.
+    /// The environment variable `TRACT_CPU_ARM32_NEON` still overrides it. `false` also keeps
+    /// ferroscope's integer convolution off NEON (it otherwise follows `AT_HWCAP`).
     #[serde(default)]
     pub neon: Option<bool>,
     /// The oldest supported OS image.

@@ -18,8 +18,8 @@ Checks (any failure exits 1, naming the row): every count positive, the two step
 core retires more than 16 multiply-accumulates per instruction (SDOT's 16 8-bit MACs are the
 most any of these cores does; more means the count is broken), on cores without the dot-product
 extension no dot-product kernel runs and on cores with it any int8 kernel is the dot-product
-one, every int8 model runs the integer convolution (`qconv_i8_*`) on every aarch64 core (SDOT
-with the dot product, SMLAL without), and the JSON round-trips.
+one, every int8 model runs the integer convolution (`qconv_i8_*`) on every core (SDOT
+with the dot product, SMLAL on the other aarch64 cores, VMLAL on armv7), and the JSON round-trips.
 """
 import argparse
 import concurrent.futures
@@ -127,8 +127,7 @@ def check(rows, tolerance):
                           f"instructions is above {MAX_MACS_PER_INSN} per instruction: the count is broken")
         dot = [k for k in r["kernels"] if k.endswith("_dot") or "_dot_" in k]
         i32 = [k for k in r["kernels"] if "_i32_" in k or k.startswith("qconv_i8_")]
-        if r["precision"] == "int8" and r["arch"] == "aarch64" \
-                and not [k for k in r["kernels"] if k.startswith("qconv_i8_")]:
+        if r["precision"] == "int8" and not [k for k in r["kernels"] if k.startswith("qconv_i8_")]:
             errors.append(f"{name}: the int8 model runs no integer convolution")
         if not CORES[r["cpu"]]["dotprod"] and dot:
             errors.append(f"{name}: dot-product kernels {dot} picked on a core without them")

@@ -445,3 +445,236 @@ pub(super) mod arm {
         }
     }
 }
+
+/// armv7 with NEON (Cortex-A8/A9/A7: BeagleBone Black). The armv7 targets are built without
+/// NEON (`-neon`, d0–d15 only) and Rust's NEON intrinsics and `target_feature(enable =
+/// "neon")` are not stable there, so the kernels are inline assembly under `.fpu neon`, run
+/// only where the kernel reports NEON at run time (`AT_HWCAP`, [`has_neon`]).
+///
+/// Registers: q0–q7 (d0–d15) are declared clobbered; q8–q15 (d16–d31) exist only with NEON's
+/// 32 double registers, which the compiler of a `-d32` target never allocates and the
+/// procedure-call standard leaves to the callee (not preserved across calls), so the assembly
+/// uses them freely for accumulators.
+#[cfg(target_arch = "arm")]
+pub(super) mod armv7 {
+    use super::{Rows, M_TILE, P_TILE};
+    use std::arch::asm;
+
+    /// Whether this core has NEON: `HWCAP_NEON` in the auxiliary vector, unless the board
+    /// profile's hint (`TRACT_CPU_ARM32_NEON`, which tract's kernels also follow) says it has
+    /// none.
+    pub fn has_neon() -> bool {
+        const HWCAP_NEON: libc::c_ulong = 1 << 12;
+        if let Some(v) = std::env::var_os("TRACT_CPU_ARM32_NEON") {
+            if matches!(v.to_str(), Some("false" | "0" | "no")) {
+                return false;
+            }
+        }
+        // SAFETY: getauxval has no preconditions.
+        unsafe { libc::getauxval(libc::AT_HWCAP) & HWCAP_NEON != 0 }
+    }
+
+    /// 4 output channels × 2 pixels over every segment: per 16 bytes of k, two pixel loads,
+    /// two loads of the 4 channels' 64 weight bytes and, per channel and pixel, `VMULL.S8`,
+    /// `VMLAL.S8` (two products in each 16-bit lane) and `VPADAL.S16` into 32 bits: 30
+    /// instructions per 128 multiply-adds. Writes the pixels' 4 sums to `out[0..4]` and
+    /// `out[8..12]` (two rows of a `[[i32; M_TILE]; P_TILE]` tile).
+    ///
+    /// # Safety
+    /// The CPU has NEON; `w` holds the 4 channels' weights in `[k/16][4][16]` order for the
+    /// whole reduction (`nseg`·`seg_len` bytes per channel); `segs` holds `nseg` ≥ 1 offsets,
+    /// each giving `seg_len` (a positive multiple of 16) readable bytes from `p0` and `p1`; `out`
+    /// writes 12 i32. No weight is −128.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    unsafe fn tile_4x2(
+        w: *const i8,
+        segs: *const usize,
+        nseg: usize,
+        seg_len: usize,
+        p0: *const u8,
+        p1: *const u8,
+        out: *mut i32,
+    ) {
+        unsafe {
+            asm!(
+                ".fpu neon",
+                "vmov.i32 q8, #0",
+                "vmov.i32 q9, #0",
+                "vmov.i32 q10, #0",
+                "vmov.i32 q11, #0",
+                "vmov.i32 q12, #0",
+                "vmov.i32 q13, #0",
+                "vmov.i32 q14, #0",
+                "vmov.i32 q15, #0",
+                "2:",
+                "ldr {a1}, [{segs}], #4",
+                "add {a0}, {p0}, {a1}",
+                "add {a1}, {p1}, {a1}",
+                "mov {cnt}, {seg_len}",
+                "3:",
+                "vld1.8 {{d0, d1}}, [{a0}]!",
+                "vld1.8 {{d2, d3}}, [{a1}]!",
+                "vld1.8 {{d4, d5, d6, d7}}, [{w}]!",
+                "vld1.8 {{d8, d9, d10, d11}}, [{w}]!",
+                "vmull.s8 q6, d4, d0",
+                "vmull.s8 q7, d4, d2",
+                "vmlal.s8 q6, d5, d1",
+                "vmlal.s8 q7, d5, d3",
+                "vpadal.s16 q8, q6",
+                "vpadal.s16 q9, q7",
+                "vmull.s8 q6, d6, d0",
+                "vmull.s8 q7, d6, d2",
+                "vmlal.s8 q6, d7, d1",
+                "vmlal.s8 q7, d7, d3",
+                "vpadal.s16 q10, q6",
+                "vpadal.s16 q11, q7",
+                "vmull.s8 q6, d8, d0",
+                "vmull.s8 q7, d8, d2",
+                "vmlal.s8 q6, d9, d1",
+                "vmlal.s8 q7, d9, d3",
+                "vpadal.s16 q12, q6",
+                "vpadal.s16 q13, q7",
+                "vmull.s8 q6, d10, d0",
+                "vmull.s8 q7, d10, d2",
+                "vmlal.s8 q6, d11, d1",
+                "vmlal.s8 q7, d11, d3",
+                "vpadal.s16 q14, q6",
+                "vpadal.s16 q15, q7",
+                "subs {cnt}, {cnt}, #16",
+                "bne 3b",
+                "subs {nseg}, {nseg}, #1",
+                "bne 2b",
+                // horizontal sums: pixel 0's channels are q8, q10, q12, q14; pixel 1's q9..q15
+                "vpadd.i32 d16, d16, d17",
+                "vpadd.i32 d20, d20, d21",
+                "vpadd.i32 d24, d24, d25",
+                "vpadd.i32 d28, d28, d29",
+                "vpadd.i32 d0, d16, d20",
+                "vpadd.i32 d1, d24, d28",
+                "vst1.32 {{d0, d1}}, [{out}]",
+                "vpadd.i32 d18, d18, d19",
+                "vpadd.i32 d22, d22, d23",
+                "vpadd.i32 d26, d26, d27",
+                "vpadd.i32 d30, d30, d31",
+                "vpadd.i32 d2, d18, d22",
+                "vpadd.i32 d3, d26, d30",
+                "add {out}, {out}, #{row}",
+                "vst1.32 {{d2, d3}}, [{out}]",
+                w = inout(reg) w => _,
+                segs = inout(reg) segs => _,
+                nseg = inout(reg) nseg => _,
+                seg_len = in(reg) seg_len,
+                p0 = in(reg) p0,
+                p1 = in(reg) p1,
+                out = inout(reg) out => _,
+                a0 = out(reg) _,
+                a1 = out(reg) _,
+                cnt = out(reg) _,
+                row = const M_TILE * 4,
+                out("d0") _, out("d1") _, out("d2") _, out("d3") _,
+                out("d4") _, out("d5") _, out("d6") _, out("d7") _,
+                out("d8") _, out("d9") _, out("d10") _, out("d11") _,
+                out("d12") _, out("d13") _, out("d14") _, out("d15") _,
+                options(nostack)
+            );
+        }
+    }
+
+    /// NEON tile: `rows` (a multiple of 4) output channels × [`P_TILE`] pixels, 4 channels × 2
+    /// pixels at a time ([`tile_4x2`]).
+    ///
+    /// # Safety
+    /// The CPU has NEON ([`has_neon`]); `w` holds `rows`/4 blocks of 4 channels in `[k/16][4][16]`
+    /// order, `kp` bytes of k each; `b` as for [`super::tile_portable`]; no weight is −128.
+    pub unsafe fn tile_vmlal(w: &[i8], b: Rows<'_>, kp: usize, rows: usize, acc: &mut [[i32; M_TILE]; P_TILE]) {
+        debug_assert!(w.len() >= rows * kp && b.seg_len.is_multiple_of(16) && b.seg_len > 0 && rows.is_multiple_of(4));
+        debug_assert_eq!(b.segs.len() * b.seg_len, kp);
+        for m4 in 0..rows / 4 {
+            for pp in 0..P_TILE / 2 {
+                // SAFETY: the caller's contract; `acc[2·pp]` and the row after it are the
+                // 4 + 8 i32 written, from channel 4·m4 (< M_TILE − 3).
+                unsafe {
+                    tile_4x2(
+                        w.as_ptr().add(m4 * 4 * kp),
+                        b.segs.as_ptr(),
+                        b.segs.len(),
+                        b.seg_len,
+                        b.ptr[2 * pp],
+                        b.ptr[2 * pp + 1],
+                        acc[2 * pp].as_mut_ptr().add(m4 * 4),
+                    )
+                }
+            }
+        }
+    }
+
+    /// [`super::super::requantise`]'s 8 channels in NEON: `(acc + bias)` converted to f32 (to
+    /// nearest), `· mult`, clamped to ±10⁶, rounded half to even by the magic number
+    /// 1.5·2²³ (its bits subtracted, so the sum's low bits are the integer), `+ zy`, narrowed
+    /// with saturation to i16 and then u8 (the clamp to 0..255), sign bit flipped by `flip`.
+    /// The same arithmetic as the portable version, so the same bytes.
+    ///
+    /// # Safety
+    /// The CPU has NEON.
+    #[inline(always)]
+    pub unsafe fn requantise8(
+        acc: &[i32; M_TILE],
+        bias: &[i32; M_TILE],
+        mult: &[f32; M_TILE],
+        zy: u8,
+        flip: u8,
+    ) -> [u8; M_TILE] {
+        const MAGIC: f32 = 12_582_912.0;
+        let consts: [f32; 4] = [1.0e6, -1.0e6, MAGIC, 0.0];
+        let mut q = [0u8; M_TILE];
+        unsafe {
+            asm!(
+                ".fpu neon",
+                "vld1.32 {{d0, d1, d2, d3}}, [{acc}]",
+                "vld1.32 {{d4, d5, d6, d7}}, [{bias}]",
+                "vadd.i32 q0, q0, q2",
+                "vadd.i32 q1, q1, q3",
+                "vld1.32 {{d4, d5, d6, d7}}, [{mult}]",
+                "vcvt.f32.s32 q0, q0",
+                "vcvt.f32.s32 q1, q1",
+                "vmul.f32 q0, q0, q2",
+                "vmul.f32 q1, q1, q3",
+                "vld1.32 {{d8, d9}}, [{consts}]",
+                "vdup.32 q5, d8[0]",
+                "vdup.32 q6, d8[1]",
+                "vdup.32 q7, d9[0]",
+                "vmin.f32 q0, q0, q5",
+                "vmin.f32 q1, q1, q5",
+                "vmax.f32 q0, q0, q6",
+                "vmax.f32 q1, q1, q6",
+                "vadd.f32 q0, q0, q7",
+                "vadd.f32 q1, q1, q7",
+                "vsub.i32 q0, q0, q7",
+                "vsub.i32 q1, q1, q7",
+                "vdup.32 q2, {zy}",
+                "vadd.i32 q0, q0, q2",
+                "vadd.i32 q1, q1, q2",
+                "vqmovn.s32 d0, q0",
+                "vqmovn.s32 d1, q1",
+                "vqmovun.s16 d0, q0",
+                "vdup.8 d1, {flip}",
+                "veor d0, d0, d1",
+                "vst1.8 {{d0}}, [{q}]",
+                acc = in(reg) acc.as_ptr(),
+                bias = in(reg) bias.as_ptr(),
+                mult = in(reg) mult.as_ptr(),
+                consts = in(reg) consts.as_ptr(),
+                zy = in(reg) zy as u32,
+                flip = in(reg) flip as u32,
+                q = in(reg) q.as_mut_ptr(),
+                out("d0") _, out("d1") _, out("d2") _, out("d3") _,
+                out("d4") _, out("d5") _, out("d6") _, out("d7") _,
+                out("d8") _, out("d9") _, out("d10") _, out("d11") _,
+                out("d12") _, out("d13") _, out("d14") _, out("d15") _,
+                options(nostack, preserves_flags)
+            );
+        }
+        q
+    }
+}

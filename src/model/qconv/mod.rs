@@ -16,8 +16,10 @@
 //! - **Integer kernels where they pay**: VNNI (`vpdpbusd`, 32 multiply-adds per instruction at
 //!   256 bits; AVX-512 VNNI or AVX-VNNI) on x86-64; `SDOT` (16 per instruction) on aarch64 cores
 //!   with the dot-product extension (Cortex-A55/A76/A78); `SMULL`/`SMLAL2`/`SADALP` (16 per 3
-//!   instructions) on the other aarch64 cores (Cortex-A53/A72). The choice is made once, at
-//!   load, and named by [`QConv::kernel`]; elsewhere nothing is fused ([`fused_on_this_cpu`]).
+//!   instructions) on the other aarch64 cores (Cortex-A53/A72); `VMULL`/`VMLAL`/`VPADAL` (the
+//!   same 16 per 3, inline assembly) on armv7 cores with NEON (Cortex-A8: BeagleBone Black).
+//!   The choice is made once, at load, and named by [`QConv::kernel`]; elsewhere nothing is
+//!   fused ([`fused_on_this_cpu`]).
 //!   A portable kernel computes the same sums, for the tests and `FERROSCOPE_PORTABLE_KERNEL`.
 //! - **Pixels in the lanes where channels are few**: on the x86 broadcast kernel, a
 //!   convolution of one input channel per group at stride 1 with at most `PLANE_MAX_CH` (8) output
@@ -27,7 +29,8 @@
 //! - **Channels-last between convolutions**: a convolution whose every consumer is one hands
 //!   its output over channels-last and in the consumer's byte domain ([`chain_channels_last`]),
 //!   so only the model's first convolution transposes its input.
-//! - **Requantisation as vectors**: eight channels of one pixel at a time (NEON on aarch64).
+//! - **Requantisation as vectors**: eight channels of one pixel at a time (NEON on aarch64 and,
+//!   with the armv7 kernel, on armv7).
 //! - **No allocation per run but the output**: the transposed input and the im2col block are
 //!   scratch buffers kept in the operator's state, sized at the first run.
 //! - Every kernel, the requantisation and the hand-off are tested against the convolution's
@@ -105,9 +108,10 @@ pub fn read_fused(bytes: &[u8], check: impl FnOnce(&ModelProto) -> Result<()>) -
 
 /// Whether this CPU runs the quantised convolutions as [`QConv`]: where it has an integer
 /// kernel of its own (x86-64 VNNI; aarch64 `SDOT`, or `SMLAL` on the cores without the dot
-/// product), or where `FERROSCOPE_PORTABLE_KERNEL` asks for the portable kernel. The portable
-/// kernel retires more instructions than tract's f32 kernels (`tests/arm_cost.sh`), so elsewhere
-/// (x86-64 without VNNI, armv7) the QDQ graph stays as the file has it.
+/// product; armv7 with NEON), or where `FERROSCOPE_PORTABLE_KERNEL` asks for the portable
+/// kernel. The portable kernel retires more instructions than tract's f32 kernels
+/// (`tests/arm_cost.sh`), so elsewhere (x86-64 without VNNI, armv7 without NEON) the QDQ graph
+/// stays as the file has it.
 pub fn fused_on_this_cpu() -> bool {
     Kernel::detect() != Kernel::Portable || std::env::var_os("FERROSCOPE_PORTABLE_KERNEL").is_some()
 }
@@ -321,6 +325,8 @@ pub enum Kernel {
     ArmDot,
     /// aarch64 without the dot product: `SMULL`/`SMLAL2` into 16 bits, `SADALP` into 32: i8 × i8.
     ArmSmlal,
+    /// armv7 with NEON: `VMULL.S8`/`VMLAL.S8` into 16 bits, `VPADAL.S16` into 32: i8 × i8.
+    ArmV7Neon,
     /// Portable, vectorised by the compiler; u8 × i8 on x86-64, i8 × i8 elsewhere.
     Portable,
 }
@@ -346,6 +352,12 @@ impl Kernel {
             }
             return Kernel::ArmSmlal;
         }
+        #[cfg(target_arch = "arm")]
+        {
+            if kernels::armv7::has_neon() {
+                return Kernel::ArmV7Neon;
+            }
+        }
         #[allow(unreachable_code)]
         Kernel::Portable
     }
@@ -354,7 +366,7 @@ impl Kernel {
     fn signed_input(self) -> bool {
         match self {
             Kernel::X86Vnni | Kernel::X86AvxVnni => false,
-            Kernel::ArmDot | Kernel::ArmSmlal => true,
+            Kernel::ArmDot | Kernel::ArmSmlal | Kernel::ArmV7Neon => true,
             Kernel::Portable => !cfg!(target_arch = "x86_64"),
         }
     }
@@ -418,9 +430,9 @@ impl QConv {
         zy: u8,
         bias: Option<&[i32]>,
     ) -> TractResult<QConv> {
-        // SMLAL sums two products in 16 bits: no weight may be −128 (the portable kernel runs
+        // SMLAL and VMLAL sum two products in 16 bits: no weight may be −128 (the portable kernel runs
         // such a convolution instead).
-        let kernel = if kernel == Kernel::ArmSmlal && w.contains(&i8::MIN) {
+        let kernel = if matches!(kernel, Kernel::ArmSmlal | Kernel::ArmV7Neon) && w.contains(&i8::MIN) {
             Kernel::Portable
         } else {
             kernel
@@ -464,23 +476,10 @@ impl QConv {
             }
         }
         let w_packed = match kernel {
-            Kernel::ArmDot => {
-                // [g][m/4][k/4][4 m][4 k]
-                let mut p = vec![0i8; w_rows.len()];
-                for g in 0..group {
-                    for mq in 0..mgp / 4 {
-                        for kq in 0..kp / 4 {
-                            for mi in 0..4 {
-                                for ki in 0..4 {
-                                    let src = w_rows[(g * mgp + mq * 4 + mi) * kp + kq * 4 + ki];
-                                    p[((g * (mgp / 4) + mq) * (kp / 4) + kq) * 16 + mi * 4 + ki] = src;
-                                }
-                            }
-                        }
-                    }
-                }
-                p
-            }
+            // [g][m/4][k/4][4 m][4 k]: one SDOT register of 4 channels × 4 k at a time
+            Kernel::ArmDot => pack_m4(&w_rows, group, mgp, kp, 4),
+            // [g][m/4][k/16][4 m][16 k]: the NEON tile's two loads of 4 channels × 16 k
+            Kernel::ArmV7Neon => pack_m4(&w_rows, group, mgp, kp, 16),
             Kernel::X86Vnni => {
                 // [g][m/16][k/4][16 m][4 k], channels past mgp zero
                 let nv = mgp.div_ceil(ZMM_CH);
@@ -811,6 +810,10 @@ impl QConv {
                     Kernel::ArmSmlal => unsafe {
                         kernels::arm::tile_smlal(&self.w_rows[mrow * kp..][..rows * kp], b, kp, rows, &mut acc)
                     },
+                    #[cfg(target_arch = "arm")]
+                    Kernel::ArmV7Neon => unsafe {
+                        kernels::armv7::tile_vmlal(&self.w_packed[mrow * kp..][..rows * kp], b, kp, rows, &mut acc)
+                    },
                     _ => unsafe {
                         if self.kernel.signed_input() {
                             tile_portable::<i8>(&self.w_rows[mrow * kp..][..rows * kp], b, kp, rows, &mut acc)
@@ -823,6 +826,14 @@ impl QConv {
                 let count = P_TILE.min(np - first);
                 let c0 = gi * mg + mt * M_TILE;
                 for (pi, a) in acc.iter().enumerate().take(count) {
+                    #[cfg(target_arch = "arm")]
+                    let q = if self.kernel == Kernel::ArmV7Neon {
+                        // SAFETY: ArmV7Neon is chosen (or tested) only where the CPU has NEON.
+                        unsafe { kernels::armv7::requantise8(a, bias, mult, self.zy, flip) }
+                    } else {
+                        requantise(a, bias, mult, self.zy, flip)
+                    };
+                    #[cfg(not(target_arch = "arm"))]
                     let q = requantise(a, bias, mult, self.zy, flip);
                     self.store(yb, &q, valid, c0, p0 + first + pi, pixels);
                 }
@@ -999,6 +1010,23 @@ impl QConv {
     }
 }
 
+/// Weight rows (`group`·`mgp` rows of `kp` bytes) repacked per group and 4 output channels in
+/// blocks of `kb` bytes of k, the 4 channels' blocks side by side: `[g][m/4][k/kb][4 m][kb k]`.
+fn pack_m4(w_rows: &[i8], group: usize, mgp: usize, kp: usize, kb: usize) -> Vec<i8> {
+    let mut p = vec![0i8; w_rows.len()];
+    for g in 0..group {
+        for mq in 0..mgp / 4 {
+            for kq in 0..kp / kb {
+                for mi in 0..4 {
+                    let src = &w_rows[(g * mgp + mq * 4 + mi) * kp + kq * kb..][..kb];
+                    p[((g * (mgp / 4) + mq) * (kp / kb) + kq) * 4 * kb + mi * kb..][..kb].copy_from_slice(src);
+                }
+            }
+        }
+    }
+    p
+}
+
 /// Where [`QConv::block`] reads its input rows (see [`Rows`]). Every row a tile reads lies inside
 /// the buffer: an im2col block holds whole rows for every tile (its tail rows zeroed); the
 /// padded input holds every tap of every output pixel, by the output geometry.
@@ -1157,7 +1185,9 @@ struct Scratch {
     /// Offset of each kernel tap in `padded`, from a pixel's first tap.
     taps: Vec<usize>,
     /// The plane kernel's padded input plane as 4-byte windows, and one padded row of bytes.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     quads: Vec<u32>,
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     prow: Vec<u8>,
 }
 
@@ -1275,6 +1305,12 @@ mod tests {
                 k.push(Kernel::ArmDot);
             }
             k.push(Kernel::ArmSmlal);
+        }
+        #[cfg(target_arch = "arm")]
+        {
+            if kernels::armv7::has_neon() {
+                k.push(Kernel::ArmV7Neon);
+            }
         }
         k
     }
@@ -1423,6 +1459,8 @@ mod tests {
 
     #[test]
     fn every_kernel_computes_the_definition() {
+        // named in the log, so a cross run shows which kernels its core ran (tests/cross.sh)
+        eprintln!("integer kernels tested: {:?}", kernels_here());
         for (i, c) in cases().iter().enumerate() {
             let want = reference(c);
             for kernel in kernels_here() {
