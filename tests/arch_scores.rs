@@ -3,12 +3,14 @@
 //! on x86_64. The ARM builds run this test under qemu-user (`tests/cross.sh`).
 //!
 //! - decoded pixels: exact (a digest of every image's gray pixels);
-//! - int8 models: within [`INT8_TOLERANCE`] — the last bit on aarch64, up to 8e-5 on armv7;
+//! - int8 models: within [`INT8_TOLERANCE`] where the CPU runs the integer convolution (the
+//!   last bits of an f32 on aarch64 and armv7), [`INT8_F32_PATH_TOLERANCE`] where it does not;
 //! - f32 models: within [`F32_TOLERANCE`] (tract's f32 kernels differ per architecture in
 //!   the order of their sums).
 //!
 //! `FERROSCOPE_BLESS=1 cargo test --release --test arch_scores` rewrites the golden file (on
-//! x86_64 only) after an intended change of a model.
+//! x86_64 with VNNI only, the integer path) after an intended change of a model or of the
+//! int8 arithmetic.
 
 use std::path::PathBuf;
 
@@ -20,11 +22,18 @@ use ferroscope::tools::classify::Classifier;
 use ferroscope::tools::segment::{SegmentRules, Segmenter};
 use serde_json::{json, Value};
 
-/// Largest allowed |score − golden| for the int8 models. Measured: 1.2e-7 on aarch64 (the last
-/// bit of an f32) and 7.9e-5 on armv7 (two of twelve NEU images; every class and decision
-/// unchanged), whose kernels most likely round the requantisation of some activations
-/// differently.
-const INT8_TOLERANCE: f64 = 2e-4;
+/// Largest allowed |score − golden| for the int8 models where this CPU runs the integer
+/// convolution ([`ferroscope::model::qconv::fused_on_this_cpu`]): every kernel computes the same
+/// exact sums and requantises them alike, so only the f32 steps after the convolutions differ
+/// in their last bits. Measured against the golden file of 2026-12-04: 1.2e-7 on aarch64 (SMLAL
+/// and SDOT), 1.5e-7 on armv7 (NEON).
+const INT8_TOLERANCE: f64 = 1e-6;
+
+/// The same where the CPU has no integer kernel (x86-64 without VNNI, armv7 without NEON) and
+/// the QDQ graph's convolutions run in f32, whose rounding of ties can move an activation by one
+/// step: measured 1.1e-4 between the two paths (one NEU image's pitted_surface score; every
+/// class and decision unchanged).
+const INT8_F32_PATH_TOLERANCE: f64 = 2e-4;
 
 /// Largest allowed |score − golden| for the f32 models.
 const F32_TOLERANCE: f64 = 1e-4;
@@ -135,7 +144,7 @@ fn compare(
     want: &Value,
     tol: f64,
     skip_digests: bool,
-    worst: &mut f64,
+    worst: &mut (f64, String),
     bad: &mut Vec<String>,
 ) {
     match (got, want) {
@@ -159,7 +168,9 @@ fn compare(
             // Every value is an f32: compared as f32, so that a JSON round trip's last f64
             // digit does not count.
             let d = (g.as_f64().unwrap() as f32 - w.as_f64().unwrap() as f32).abs() as f64;
-            *worst = worst.max(d);
+            if d > worst.0 {
+                *worst = (d, path.to_string());
+            }
             if d > tol {
                 bad.push(format!("{path}: {g} vs golden {w}"));
             }
@@ -188,20 +199,32 @@ fn the_same_images_give_the_same_scores_as_on_x86_64() {
     let got = measure();
     if std::env::var_os("FERROSCOPE_BLESS").is_some() {
         assert_eq!(std::env::consts::ARCH, "x86_64", "the golden file is written on x86_64");
+        assert!(
+            ferroscope::model::qconv::fused_on_this_cpu(),
+            "the golden file is written where the integer convolution runs (VNNI)"
+        );
         std::fs::write(golden_path(), serde_json::to_string_pretty(&got).unwrap() + "\n").unwrap();
         return;
     }
     let want = golden();
     let arch = std::env::consts::ARCH;
+    let int8_tolerance = if ferroscope::model::qconv::fused_on_this_cpu() {
+        INT8_TOLERANCE
+    } else {
+        INT8_F32_PATH_TOLERANCE
+    };
     let mut failures = Vec::new();
     for (key, tol, skip_digests) in [
         ("pixels", 0.0, false),
-        ("int8", INT8_TOLERANCE, true),
+        ("int8", int8_tolerance, true),
         ("f32", F32_TOLERANCE, true),
     ] {
-        let (mut worst, mut bad) = (0.0, Vec::new());
+        let (mut worst, mut bad) = ((0.0, String::new()), Vec::new());
         compare(key, &got[key], &want[key], tol, skip_digests, &mut worst, &mut bad);
-        println!("{arch} {key}: largest difference from x86_64 {worst:.3e} (allowed {tol:.0e})");
+        println!(
+            "{arch} {key}: largest difference from x86_64 {:.3e} (allowed {tol:.0e}) at {}",
+            worst.0, worst.1
+        );
         failures.extend(bad);
     }
     assert!(
@@ -218,11 +241,12 @@ fn a_changed_score_or_digest_is_caught() {
     let mut got = want.clone();
     got["classify"]["a.png"][1] = json!(0.25 + 1e-6);
     got["grains"]["b.jpg"]["digest"] = json!("00fe");
-    let (mut worst, mut bad) = (0.0, Vec::new());
+    let (mut worst, mut bad) = ((0.0, String::new()), Vec::new());
     compare("int8", &got, &want, 0.0, false, &mut worst, &mut bad);
     assert_eq!(bad.len(), 2, "{bad:?}");
-    assert!(worst > 0.0);
-    let (mut worst, mut bad) = (0.0, Vec::new());
+    assert!(worst.0 > 0.0);
+    assert_eq!(worst.1, "int8/classify/a.png[1]");
+    let (mut worst, mut bad) = ((0.0, String::new()), Vec::new());
     compare("f32", &got, &want, 1e-4, true, &mut worst, &mut bad);
     assert!(bad.is_empty(), "{bad:?}");
 }

@@ -132,6 +132,19 @@ fn check(stem: &str) -> Vec<PlanNode> {
 #[test]
 fn classify_convolutions_are_integer() {
     check("neu_classify");
+    // the added red_iron model is quantised too (1.1.0): its convolutions are integer as well
+    let plan = check("neu7_classify");
+    let base = check("neu_classify");
+    let count = |p: &[PlanNode]| p.iter().filter(|n| n.op == "QConvInt8").count();
+    assert!(
+        count(&plan) > count(&base),
+        "neu7: the added model's convolutions are not integer"
+    );
+}
+
+#[test]
+fn neu_segment_convolutions_are_integer() {
+    check("neu_segment");
 }
 
 #[test]
