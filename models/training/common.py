@@ -50,9 +50,21 @@ def seeded_split(root, class_name, seed, val_fraction):
     return train, val
 
 
+def to_gray(rgb):
+    """Gray as the runtime decodes a colour file (image crate `into_luma8`: Rec. 709, truncated)."""
+    a = rgb.astype(np.uint32)
+    return ((2126 * a[..., 0] + 7152 * a[..., 1] + 722 * a[..., 2]) // 10000).astype(np.uint8)
+
+
 def load_gray(path):
-    """Gray image resized to the model input, as uint8 HxW (bilinear, like the runtime)."""
-    im = Image.open(path).convert("L")
+    """Gray image resized to the model input, as uint8 HxW (bilinear, like the runtime). A colour
+    file's gray is the runtime decoder's (the image crate's `into_luma8`: Rec. 709 weights,
+    truncated), not PIL's "L" (Rec. 601), so that training sees the pixels `ferroscope` sees."""
+    im = Image.open(path)
+    if im.mode in ("L", "I;16", "I", "F", "1"):
+        im = im.convert("L")
+    else:
+        im = Image.fromarray(to_gray(np.asarray(im.convert("RGB"))), "L")
     if im.size != (INPUT_SIZE, INPUT_SIZE):
         im = im.resize((INPUT_SIZE, INPUT_SIZE), Image.BILINEAR)
     return np.asarray(im, dtype=np.uint8)

@@ -114,17 +114,11 @@ def fuse(model):
     return m
 
 
-def to_gray(rgb):
-    """Gray as the runtime decodes it (image crate `into_luma8`: Rec. 709, truncated)."""
-    a = rgb.astype(np.uint32)
-    return ((2126 * a[..., 0] + 7152 * a[..., 1] + 722 * a[..., 2]) // 10000).astype(np.uint8)
-
-
 def load_set(root):
     names = sorted(f[:-4] for f in os.listdir(os.path.join(root, "images")) if f.endswith(".jpg"))
     items = []
     for n in names:
-        img = to_gray(np.asarray(Image.open(os.path.join(root, "images", n + ".jpg")).convert("RGB")))
+        img = common.to_gray(np.asarray(Image.open(os.path.join(root, "images", n + ".jpg")).convert("RGB")))
         mask = np.asarray(Image.open(os.path.join(root, "masks", n + ".png")).convert("L"), dtype=np.uint8)
         items.append({"name": n, "micrograph": n.split("_")[0], "img": img, "boundary": mask < 128})
     return items

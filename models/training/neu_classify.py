@@ -120,7 +120,7 @@ def main():
 
 
 def ship(model, classes, stem, out, data_root, train, held, design_note, extra_training, data_roots=None, calib_from=None,
-         pinned_from=None, keep_f32_prefix=None):
+         pinned_from=None, keep_f32_prefix=None, version="1.0.0", split_note=None):
     """Export f32 + int8 and write the manifest."""
     data_roots = data_roots or {c: data_root for c in classes}
     f32 = os.path.join(out, f"{stem}.f32.onnx")
@@ -145,7 +145,7 @@ def ship(model, classes, stem, out, data_root, train, held, design_note, extra_t
         "[model]",
         f'name = "{stem}"',
         'tool = "classify"',
-        'version = "1.0.0"',
+        f'version = "{version}"',
         f'file = "{stem}.onnx"',
         f'sha256 = "{common.sha256_file(q8)}"',
         f'f32_file = "{stem}.f32.onnx"',
@@ -167,14 +167,16 @@ def ship(model, classes, stem, out, data_root, train, held, design_note, extra_t
         'activation = "sigmoid"',
         "",
         "[quantisation]",
-        'format = "onnx QDQ: int8 weights (per output channel, 7-bit range), uint8 activations (per-tensor) around each Conv+Relu; pooling and heads f32. tract runs the convolutions between the quantise/dequantise pairs'
-        + ("; the added model stays f32 (quantised it cost 1 to 3 points), the shared backbone keeps the base model's grids" if keep_f32_prefix else "")
+        'format = "onnx QDQ: int8 weights (per output channel, 7-bit range), uint8 activations (per-tensor) around each Conv+Relu; pooling and heads f32; the loader fuses each dequantise, convolution and quantise into one integer convolution'
+        + ("; the added model stays f32 (quantised it cost more than the recipe allows on validation images), the shared backbone keeps the base model's grids" if keep_f32_prefix
+           else "; the added model quantised too, the shared backbone keeps the base model's grids" if pinned_from else "")
         + '"',
         f'calibration = "MinMax over {len(calib)} training images"',
         'tool = "onnxruntime.quantization.quantize_static"',
         "",
         "[training]",
         f'recipe = "models/training/{"neu_classify.py" if stem == "neu_classify" else "add_class.py"}"',
+        f'split = "{split_note}"' if split_note else
         f'split = "seeded per-class {100 - int(round(100 * len(held) / (len(held) + len(train))))}/{int(round(100 * len(held) / (len(held) + len(train))))} train/held-out, byte-identical duplicates kept on one side"',
         f'heldout_list = "{stem}.heldout.txt"',
         f"train_images = {len(train)}",

@@ -2,6 +2,10 @@
 the figures into the manifest's [metrics] table.
 
     python3 models/training/stamp_metrics.py models/neu_classify.toml models/kolektor_segment.toml [--ferroscope BIN]
+        --changed "what changed since each model's last line in models/heldout_log.jsonl"
+
+Every scoring (int8 and f32, each a held-out list read once) is appended to the held-out log
+(--heldout-log, default models/heldout_log.jsonl).
 """
 
 import argparse
@@ -15,12 +19,18 @@ DATA = [os.path.join(ROOT, "..", "shared", "datasets", d) for d in ("neu_cls", "
 KOLEKTOR = os.path.join(ROOT, "..", "shared", "datasets", "kolektorsdd")
 
 
+def log_args(args):
+    """`ferroscope eval`'s held-out log arguments: every scoring of a held-out list is logged."""
+    return ["--heldout-log", args.heldout_log, "--changed", args.changed]
+
+
 def tiled_lines(args, manifest, tool, heldout):
     """[metrics] of a segment (or anomaly) model from `ferroscope eval <tool>`."""
     lines = ["[metrics]", f"# measured by: ferroscope eval {tool} --model <this file> --data ../shared/datasets/kolektorsdd "
              "--list <heldout_list> --precision <int8|f32> --json"]
     for precision in ("int8", "f32"):
         cmd = [args.ferroscope, "eval", tool, "--model", manifest, "--data", KOLEKTOR, "--list", heldout, "--precision", precision, "--json"]
+        cmd += log_args(args)
         r = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
         keys = [k for k in ("image_ap", "image_auroc", "pixel_auroc", "dice", "iou") if isinstance(r.get(k), (int, float))]
         lines += [f"{precision}_heldout_images = {r['images']}"]
@@ -35,6 +45,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("manifests", nargs="+")
     ap.add_argument("--ferroscope", default=os.path.join(ROOT, "target", "release", "ferroscope"))
+    ap.add_argument("--heldout-log", default=os.path.join(ROOT, "models", "heldout_log.jsonl"),
+                    help="every scoring of a held-out list is appended to this log")
+    ap.add_argument("--changed", required=True, help="what changed since each model's last line in the log")
     args = ap.parse_args()
     for manifest in args.manifests:
         text = open(manifest).read()
@@ -50,6 +63,7 @@ def main():
                  "--data ../shared/datasets/x_sdd --list <heldout_list> --precision <int8|f32> --json"]
         for precision in ("int8", "f32"):
             cmd = [args.ferroscope, "eval", "classify", "--model", manifest, "--list", heldout, "--precision", precision, "--json"]
+            cmd += log_args(args)
             for d in DATA:
                 cmd += ["--data", d]
             r = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)

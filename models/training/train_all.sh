@@ -12,4 +12,5 @@ python3 models/training/grains_316l.py
 python3 models/training/kolektor_anomaly.py
 python3 models/training/neu_segment.py
 cargo build --release
-python3 models/training/stamp_metrics.py models/neu_classify.toml models/neu7_classify.toml models/kolektor_segment.toml models/kolektor_anomaly.toml
+python3 models/training/stamp_metrics.py models/neu_classify.toml models/neu7_classify.toml models/kolektor_segment.toml models/kolektor_anomaly.toml \
+    --changed "retrained by models/training/train_all.sh"
