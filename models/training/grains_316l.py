@@ -20,15 +20,25 @@ selection split of the training micrographs. Training crops are 256x256 (the mod
 with flips, 90-degree turns and brightness/contrast jitter. Images are converted to gray as
 the runtime does (image crate: Rec. 709 weights, truncated).
 
+Training runs a fixed number of steps (--steps; the schedule is by steps only, so a run
+reproduces). The analysis settings (pixel threshold, smallest grain, bridged gap) are then chosen
+with the Rust analysis itself, `ferroscope eval grains` over the training tiles (--ferroscope,
+built first), never the held-out ones; every setting tried is written to
+models/training/grains_316l.tuning.json.
+
 Writes models/grains_316l.onnx (int8), models/grains_316l.f32.onnx, the manifest
-models/grains_316l.toml (without [metrics]; `ferroscope eval grains` measures them) and the
+models/grains_316l.toml (without [metrics]: `python3 models/training/stamp_metrics.py
+models/grains_316l.toml --changed ...` scores the held-out list once and writes them) and the
 held-out list models/grains_316l.heldout.txt.
 """
 
 import argparse
+import json
 import math
 import os
 import random
+import subprocess
+import tempfile
 import time
 
 import numpy as np
@@ -46,9 +56,14 @@ MIN_OVERLAP = 32  # image pixels shared by neighbouring tiles, at least
 MEAN = 0.5
 STD = 0.25
 UM_PER_PX = 1 / 2.25  # the dataset's scale
+# The analysis settings are searched one at a time in this order, each at the best of those before.
+LEVELS = (0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7)
+MIN_GRAINS_UM2 = (20.0, 60.0, 100.0)
+BRIDGE_GAPS_UM = (0.0, 6.0, 10.0)
 TUNING_RULE = (
-    "pixel_threshold, min_grain_um2, bridge_gap_um: the best pooled histogram correlation (then |dG|) of "
-    "`ferroscope eval grains` over the training tiles; levels 0.2..0.7, 20/60/100 um2, 0/6/10 um"
+    "pixel_threshold, then min_grain_um2, then bridge_gap_um (each at the best of the ones before; start 60 um2, 6 um): "
+    "the best pooled histogram correlation (to 4 decimals, then the smallest mean |dG|) of `ferroscope eval grains` "
+    "(int8) over the training tiles; levels 0.2..0.7, 20/60/100 um2, 0/6/10 um"
 )
 
 
@@ -204,19 +219,15 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--val-fraction", type=float, default=0.2)
     ap.add_argument("--select-fraction", type=float, default=0.2)
-    ap.add_argument("--steps", type=int, default=1000)
-    ap.add_argument("--max-minutes", type=float, default=23.0, help="stop training early at this wall time")
+    ap.add_argument("--steps", type=int, default=1000, help="training steps; the schedule is by steps only")
     ap.add_argument("--eval-every", type=int, default=50)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--lr", type=float, default=3e-3)
-    # The analysis settings shipped in the manifest. They were chosen with the Rust analysis
-    # itself (`ferroscope eval grains --list <training tiles> --threshold T --min-grain-um2 M
-    # --bridge-gap-um B`): the best pooled histogram correlation, then |dG|, over the training
-    # tiles, never the held-out ones. --pixel-threshold -1 ships the best-Dice level instead.
-    ap.add_argument("--pixel-threshold", type=float, default=0.25)
-    ap.add_argument("--threshold-rule", default=TUNING_RULE)
-    ap.add_argument("--min-grain-um2", type=float, default=60.0)
-    ap.add_argument("--bridge-gap-um", type=float, default=6.0)
+    # The analysis settings shipped in the manifest are chosen with the Rust analysis itself
+    # (`ferroscope eval grains --list <training tiles> --threshold T --min-grain-um2 M
+    # --bridge-gap-um B`) over the training tiles, never the held-out ones (TUNING_RULE).
+    ap.add_argument("--ferroscope", default=os.path.join(ROOT, "target", "release", "ferroscope"),
+                    help="the binary whose `eval grains` chooses the analysis settings")
     ap.add_argument("--ship-only", action="store_true", help="export + quantise the saved checkpoint, no training")
     args = ap.parse_args()
     torch.manual_seed(args.seed)
@@ -229,8 +240,12 @@ def main():
     print(f"train {len(train)} tiles of {len({i['micrograph'] for i in train})} micrographs, held-out {len(held)} of {len({i['micrograph'] for i in held})}", flush=True)
     model = UNet()
     print(f"parameters {sum(p.numel() for p in model.parameters())}", flush=True)
+    if not os.path.exists(args.ferroscope):
+        raise SystemExit(f"{args.ferroscope}: not found; it chooses the analysis settings (cargo build --release)")
     if args.ship_only:
         model.load_state_dict(torch.load(ckpt))
+        with open(ckpt + ".json") as fh:
+            args.chosen_step = json.load(fh)["chosen_step"]
         return ship(model.eval(), train, held, args)
     fit, select = split(train, args.seed + 1, args.select_fraction)
     print(f"fit {len(fit)} tiles, selection {len(select)} tiles ({sorted({i['micrograph'] for i in select})})", flush=True)
@@ -238,9 +253,8 @@ def main():
     t0 = time.time()
     best = None
     for step in range(1, args.steps + 1):
-        # progress by steps or by wall time, whichever is further: the schedule (5 % warm-up,
-        # then cosine to zero) ends when training does
-        progress = max((step - 1) / args.steps, (time.time() - t0) / (args.max_minutes * 60))
+        # the schedule: 5 % warm-up, then cosine to zero at the last step
+        progress = (step - 1) / args.steps
         lr = args.lr * (progress / 0.05 if progress < 0.05 else 0.5 * (1 + math.cos(math.pi * min(1.0, (progress - 0.05) / 0.95))))
         for g in opt.param_groups:
             g["lr"] = lr
@@ -257,7 +271,7 @@ def main():
         elapsed = time.time() - t0
         if step % 25 == 0:
             print(f"step {step} lr {lr:.5f} bce {bce.item():.4f} dice-loss {dice.item():.4f} {elapsed:.0f}s", flush=True)
-        last = step == args.steps or elapsed > args.max_minutes * 60
+        last = step == args.steps
         if progress >= 0.3 and (step % args.eval_every == 0 or last):
             model.eval()
             with torch.no_grad():
@@ -269,10 +283,9 @@ def main():
                 best = (d, step)
                 mark = " *"
                 torch.save(model.state_dict(), ckpt)
+                with open(ckpt + ".json", "w") as fh:
+                    json.dump({"chosen_step": step, "selection_dice": d, "steps": args.steps, "seed": args.seed}, fh)
             print(f"  selection Dice@0.5 {d:.4f}{mark}", flush=True)
-        if last:
-            args.steps_run = step
-            break
     print(f"chosen checkpoint: step {best[1]} (selection Dice {best[0]:.4f})", flush=True)
     args.chosen_step = best[1]
     model.load_state_dict(torch.load(ckpt))
@@ -310,28 +323,71 @@ def ship(model, train, held, args):
     so.intra_op_num_threads = 1
     sess = ort.InferenceSession(int8_path, so, providers=["CPUExecutionProvider"])
     fn = lambda a: sess.run(None, {"image": a.astype(np.float32)})[0]
-    levels = [0.3, 0.4, 0.5, 0.6, 0.7]
     tr_maps = [predict_map(fn, it["img"]) for it in train]
-    tr_dice = dice_at(tr_maps, train, levels)
-    pixel_thr = levels[int(np.argmax(tr_dice))]
-    threshold_rule = "the level with the best boundary Dice over the training tiles (int8)"
-    if args.pixel_threshold >= 0:
-        pixel_thr = args.pixel_threshold
-        threshold_rule = args.threshold_rule
-    print("training Dice per threshold (int8):", dict(zip(levels, np.round(tr_dice, 4))), "->", pixel_thr, flush=True)
-    held_maps = [predict_map(fn, it["img"]) for it in held]
-    print(f"held-out boundary Dice (int8, onnxruntime) at {pixel_thr}: {float(dice_at(held_maps, held, [pixel_thr])[0]):.4f}", flush=True)
+    print("training boundary Dice per level (int8, onnxruntime):",
+          dict(zip(LEVELS, np.round(dice_at(tr_maps, train, list(LEVELS)), 4))), flush=True)
 
     with open(os.path.join(out, f"{stem}.heldout.txt"), "w") as fh:
         fh.write("# held-out grains_316l tiles (seeded split by micrograph); never trained on\n")
         for it in held:
             fh.write(f"{it['name']}.jpg\n")
     held_micro = sorted({it["micrograph"] for it in held}, key=lambda s: int(s[2:]))
+    manifest = os.path.join(out, f"{stem}.toml")
+    settings = {"pixel_threshold": 0.5, "min_grain_um2": 60.0, "bridge_gap_um": 6.0}
+    write_manifest(manifest, settings, train, held, held_micro, int8_path, f32_path, args)
+    settings = tune(manifest, train, args, settings)
+    write_manifest(manifest, settings, train, held, held_micro, int8_path, f32_path, args)
+    print(f"wrote {manifest} with {settings}", flush=True)
+
+
+def eval_training(manifest, train, args, s):
+    """`ferroscope eval grains` (int8) over the training tiles with the settings s."""
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as fh:
+        fh.write("".join(f"{it['name']}.jpg\n" for it in train))
+        listf = fh.name
+    try:
+        cmd = [args.ferroscope, "eval", "grains", "--model", manifest, "--data", args.data, "--list", listf,
+               "--precision", "int8", "--threshold", str(s["pixel_threshold"]),
+               "--min-grain-um2", str(s["min_grain_um2"]), "--bridge-gap-um", str(s["bridge_gap_um"]), "--json"]
+        r = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+    finally:
+        os.unlink(listf)
+    if r["images"] != len(train):
+        raise SystemExit(f"eval grains measured {r['images']} of {len(train)} training tiles: {r['errors']}")
+    return r
+
+
+def tune(manifest, train, args, start):
+    """The analysis settings by TUNING_RULE, one at a time; every try goes to grains_316l.tuning.json."""
+    best, tried, seen = dict(start), [], {}
+    key = lambda r: (round(r["histogram_correlation"], 4), -r["g_mean_abs_error"])
+    for name, values in (("pixel_threshold", LEVELS), ("min_grain_um2", MIN_GRAINS_UM2), ("bridge_gap_um", BRIDGE_GAPS_UM)):
+        scored = []
+        for v in values:
+            s = dict(best, **{name: v})
+            at = tuple(sorted(s.items()))
+            if at not in seen:
+                seen[at] = r = eval_training(manifest, train, args, s)
+                tried.append(dict(s, histogram_correlation=r["histogram_correlation"],
+                                  g_mean_abs_error=r["g_mean_abs_error"], boundary_dice=r["boundary_dice"]))
+            r = seen[at]
+            scored.append((key(r), v))
+            print(f"  training tiles {s}: correlation {r['histogram_correlation']:.4f} |dG| {r['g_mean_abs_error']:.3f} "
+                  f"Dice {r['boundary_dice']:.4f}", flush=True)
+        best[name] = max(scored)[1]
+    with open(os.path.join(ROOT, "models", "training", "grains_316l.tuning.json"), "w") as fh:
+        json.dump({"rule": TUNING_RULE, "images": len(train), "chosen": best, "tried": tried}, fh, indent=1)
+        fh.write("\n")
+    return best
+
+
+def write_manifest(path, settings, train, held, held_micro, int8_path, f32_path, args):
+    stem = "grains_316l"
     toml = f"""# Manifest of a ferroscope grains model. Paths are relative to this file.
 [model]
 name = "{stem}"
 tool = "grains"
-version = "1.0.0"
+version = "1.1.0"
 file = "{stem}.onnx"
 sha256 = "{common.sha256_file(int8_path)}"
 f32_file = "{stem}.f32.onnx"
@@ -358,14 +414,14 @@ tile = {TILE}
 min_overlap = {MIN_OVERLAP}
 cell = {CELL}
 # a pixel is grain boundary at or above this probability
-pixel_threshold = {pixel_thr}
-threshold_rule = "{threshold_rule}"
+pixel_threshold = {settings["pixel_threshold"]}
+threshold_rule = "{TUNING_RULE}"
 # the training micrographs' scale; `--um-per-px` gives another microscope's
 um_per_px = {UM_PER_PX:.6f}
 # regions smaller than this are not grains (masks and model alike)
-min_grain_um2 = {args.min_grain_um2}
+min_grain_um2 = {settings["min_grain_um2"]}
 # boundary gaps in the model map up to this are closed
-bridge_gap_um = {args.bridge_gap_um}
+bridge_gap_um = {settings["bridge_gap_um"]}
 
 [quantisation]
 format = "onnx QDQ: int8 weights (per output channel, 7-bit range), uint8 activations (per-tensor) around each Conv+Relu; pooling, transposed convolutions and concatenation f32"
@@ -380,16 +436,14 @@ heldout_list = "{stem}.heldout.txt"
 train_images = {len(train)}
 heldout_images = {len(held)}
 steps = {args.steps}
-wall_clock_limit_min = {args.max_minutes:g}
-steps_run = {getattr(args, "steps_run", args.steps)}
-chosen_step = {getattr(args, "chosen_step", args.steps)}
+chosen_step = {args.chosen_step}
 checkpoint_rule = "highest boundary Dice at 0.5 on a selection split of the training micrographs ({args.select_fraction:.0%}, seed {args.seed + 1}), every {args.eval_every} steps from 30 % of the schedule on"
 batch = {args.batch}
 seed = {args.seed}
 crop = {TILE}
 loss = "BCE + soft Dice on the boundary map"
 """
-    with open(os.path.join(out, f"{stem}.toml"), "w") as fh:
+    with open(path, "w") as fh:
         fh.write(toml)
 
 

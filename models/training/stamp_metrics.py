@@ -17,6 +17,7 @@ import subprocess
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DATA = [os.path.join(ROOT, "..", "shared", "datasets", d) for d in ("neu_cls", "x_sdd")]
 KOLEKTOR = os.path.join(ROOT, "..", "shared", "datasets", "kolektorsdd")
+GRAINS = os.path.join(ROOT, "..", "shared", "datasets", "grains_316l")
 
 
 def log_args(args):
@@ -41,6 +42,40 @@ def tiled_lines(args, manifest, tool, heldout):
     return lines
 
 
+def grains_lines(args, manifest, heldout):
+    """[metrics] of a grains model from `ferroscope eval grains`: pooled and per-tile figures."""
+    lines = ["[metrics]",
+             "# measured by: ferroscope eval grains --model <this file> --data ../shared/datasets/grains_316l "
+             "--list <heldout_list> --precision <int8|f32> --json",
+             "# histogram_*: the histograms pooled over the held-out tiles; tile_*: the mean over tiles of each",
+             "# tile's own figure; g_*: |dG| model vs mask, mean (and worst) over tiles"]
+    for precision in ("int8", "f32"):
+        cmd = [args.ferroscope, "eval", "grains", "--model", manifest, "--data", GRAINS, "--list", heldout,
+               "--precision", precision, "--json"]
+        cmd += log_args(args)
+        r = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+        if r["errors"]:
+            raise SystemExit(f"{manifest}: eval grains: {r['errors']}")
+        tile = r["per_image_mean"]
+        worst = max(row["g_abs_error"] for row in r["per_image"])
+        lines += [
+            f"{precision}_heldout_images = {r['images']}",
+            f"{precision}_histogram_correlation = {r['histogram_correlation']:.6f}",
+            f"{precision}_chi_square = {r['chi_square']:.6f}",
+            f"{precision}_intersection = {r['intersection']:.6f}",
+            f"{precision}_tile_histogram_correlation = {tile['histogram_correlation']:.6f}",
+            f"{precision}_tile_chi_square = {tile['chi_square']:.6f}",
+            f"{precision}_tile_intersection = {tile['intersection']:.6f}",
+            f"{precision}_g_mean_abs_error = {r['g_mean_abs_error']:.6f}",
+            f"{precision}_g_max_abs_error = {worst:.6f}",
+            f"{precision}_g_intercept_mean_abs_error = {r['g_intercept_mean_abs_error']:.6f}",
+            f"{precision}_boundary_dice = {r['boundary_dice']:.6f}",
+            f"{precision}_ms_per_tile_median = {r['ms_per_tile_median']:.1f}",
+        ]
+        print(manifest, precision, r["images"], "tiles, correlation", r["histogram_correlation"], "|dG|", r["g_mean_abs_error"])
+    return lines
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("manifests", nargs="+")
@@ -55,7 +90,7 @@ def main():
         heldout = os.path.join(os.path.dirname(os.path.abspath(manifest)), heldout)
         tool = re.search(r'tool = "([^"]+)"', text).group(1)
         if tool != "classify":
-            lines = tiled_lines(args, manifest, tool, heldout)
+            lines = grains_lines(args, manifest, heldout) if tool == "grains" else tiled_lines(args, manifest, tool, heldout)
             text = re.sub(r"\n\[metrics\][\s\S]*?(?=\n\[|\Z)", "", text).rstrip() + "\n\n" + "\n".join(lines) + "\n"
             open(manifest, "w").write(text)
             continue

@@ -4,6 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 pip install -q -r models/training/requirements.txt
+# the recipes that choose settings with the Rust evaluator (grains) need the binary first
+cargo build --release
 python3 models/training/neu_classify.py
 python3 models/training/add_class.py --name red_iron --folder ../shared/datasets/x_sdd/red_iron --out-stem neu7_classify --epochs 30
 python3 models/training/reference.py models/neu_classify.toml models/neu7_classify.toml
@@ -11,6 +13,6 @@ python3 models/training/kolektor_segment.py
 python3 models/training/grains_316l.py
 python3 models/training/kolektor_anomaly.py
 python3 models/training/neu_segment.py
-cargo build --release
 python3 models/training/stamp_metrics.py models/neu_classify.toml models/neu7_classify.toml models/kolektor_segment.toml models/kolektor_anomaly.toml \
+    models/grains_316l.toml \
     --changed "retrained by models/training/train_all.sh"
