@@ -9,8 +9,8 @@
 //!   the order of their sums).
 //!
 //! `FERROSCOPE_BLESS=1 cargo test --release --test arch_scores` rewrites the golden file (on
-//! x86_64 with VNNI only, the integer path) after an intended change of a model or of the
-//! int8 arithmetic.
+//! x86_64 where the integer path runs: VNNI or AVX2) after an intended change of a model or of
+//! the int8 arithmetic.
 
 use std::path::PathBuf;
 
@@ -29,7 +29,7 @@ use serde_json::{json, Value};
 /// and SDOT), 1.5e-7 on armv7 (NEON).
 const INT8_TOLERANCE: f64 = 1e-6;
 
-/// The same where the CPU has no integer kernel (x86-64 without VNNI, armv7 without NEON) and
+/// The same where the CPU has no integer kernel (x86-64 without AVX2, armv7 without NEON) and
 /// the QDQ graph's convolutions run in f32, whose rounding of ties can move an activation by one
 /// step: measured 1.1e-4 between the two paths (one NEU image's pitted_surface score; every
 /// class and decision unchanged).
@@ -201,7 +201,7 @@ fn the_same_images_give_the_same_scores_as_on_x86_64() {
         assert_eq!(std::env::consts::ARCH, "x86_64", "the golden file is written on x86_64");
         assert!(
             ferroscope::model::qconv::fused_on_this_cpu(),
-            "the golden file is written where the integer convolution runs (VNNI)"
+            "the golden file is written where the integer convolution runs (VNNI or AVX2)"
         );
         std::fs::write(golden_path(), serde_json::to_string_pretty(&got).unwrap() + "\n").unwrap();
         return;

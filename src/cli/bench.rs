@@ -454,6 +454,7 @@ fn bench_model_only(
                 "ArmSmlal" => "qconv_i8_smlal".to_string(),
                 "ArmV7Neon" => "qconv_i8_vmlal".to_string(),
                 "X86Vnni" | "X86AvxVnni" => "qconv_i8_vnni".to_string(),
+                "X86Avx2" => "qconv_i8_avx2".to_string(),
                 "X86Vnni (plane)" => "qconv_i8_vnni_plane".to_string(),
                 _ => "qconv_i8_portable".to_string(),
             })

@@ -302,6 +302,31 @@ pub(super) mod x86 {
     pub unsafe fn tile_avx_vnni(w: &[i8], b: Rows<'_>, kp: usize, rows: usize, acc: &mut [[i32; M_TILE]; P_TILE]) {
         vnni_tile!(w, b, kp, rows, acc, dpbusd_vex);
     }
+
+    /// `vpdpbusd` from AVX2 alone: `vpmaddubsw` multiplies the u8 pixels by the i8 weights and
+    /// adds neighbouring products into 16 bits (saturating), `vpmaddwd` by ones adds
+    /// neighbouring pairs of those into 32 bits. Exact when no pair saturates: with every weight
+    /// in ±[`AVX2_MAX_WEIGHT`], a pair is at most 2·255·64 = 32 640 in magnitude.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn dpbusd_avx2(acc: __m256i, b: __m256i, w: __m256i) -> __m256i {
+        _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(b, w), _mm256_set1_epi16(1)))
+    }
+
+    /// The largest weight magnitude [`tile_avx2`] sums exactly (ONNX Runtime's 7-bit weight
+    /// range, [−64, 63], fits).
+    pub const AVX2_MAX_WEIGHT: i8 = 64;
+
+    /// The VNNI tile on AVX2 ([`dpbusd_avx2`]): x86-64 cores without VNNI (Haswell to Ice Lake
+    /// clients, Zen 1–3).
+    ///
+    /// # Safety
+    /// The CPU has AVX2; every weight in `w` is within ±[`AVX2_MAX_WEIGHT`]; the buffers as for
+    /// [`tile_vnni`].
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn tile_avx2(w: &[i8], b: Rows<'_>, kp: usize, rows: usize, acc: &mut [[i32; M_TILE]; P_TILE]) {
+        vnni_tile!(w, b, kp, rows, acc, dpbusd_avx2);
+    }
 }
 
 #[cfg(target_arch = "aarch64")]

@@ -14,7 +14,8 @@
 //!   nothing (it holds the input's zero point). Only the rounding of ties in the f32 product can
 //!   differ from an f32 convolution's, by one step of the output's scale.
 //! - **Integer kernels where they pay**: VNNI (`vpdpbusd`, 32 multiply-adds per instruction at
-//!   256 bits; AVX-512 VNNI or AVX-VNNI) on x86-64; `SDOT` (16 per instruction) on aarch64 cores
+//!   256 bits; AVX-512 VNNI or AVX-VNNI) on x86-64, or `vpmaddubsw`/`vpmaddwd` (32 per 3) on
+//!   x86-64 cores with AVX2 only; `SDOT` (16 per instruction) on aarch64 cores
 //!   with the dot-product extension (Cortex-A55/A76/A78); `SMULL`/`SMLAL2`/`SADALP` (16 per 3
 //!   instructions) on the other aarch64 cores (Cortex-A53/A72); `VMULL`/`VMLAL`/`VPADAL` (the
 //!   same 16 per 3, inline assembly) on armv7 cores with NEON (Cortex-A8: BeagleBone Black).
@@ -107,10 +108,10 @@ pub fn read_fused(bytes: &[u8], check: impl FnOnce(&ModelProto) -> Result<()>) -
 }
 
 /// Whether this CPU runs the quantised convolutions as [`QConv`]: where it has an integer
-/// kernel of its own (x86-64 VNNI; aarch64 `SDOT`, or `SMLAL` on the cores without the dot
+/// kernel of its own (x86-64 VNNI, or AVX2; aarch64 `SDOT`, or `SMLAL` on the cores without the dot
 /// product; armv7 with NEON), or where `FERROSCOPE_PORTABLE_KERNEL` asks for the portable
 /// kernel. The portable kernel retires more instructions than tract's f32 kernels
-/// (`tests/arm_cost.sh`), so elsewhere (x86-64 without VNNI, armv7 without NEON) the QDQ graph
+/// (`tests/arm_cost.sh`), so elsewhere (x86-64 without AVX2, armv7 without NEON) the QDQ graph
 /// stays as the file has it.
 pub fn fused_on_this_cpu() -> bool {
     Kernel::detect() != Kernel::Portable || std::env::var_os("FERROSCOPE_PORTABLE_KERNEL").is_some()
@@ -321,6 +322,8 @@ pub enum Kernel {
     X86Vnni,
     /// AVX-VNNI, the same `vpdpbusd` in its VEX encoding (cores without AVX-512 VNNI).
     X86AvxVnni,
+    /// AVX2 without VNNI: `vpmaddubsw` + `vpmaddwd`, u8 × i8, for weights within ±64.
+    X86Avx2,
     /// aarch64 `SDOT` by element: i8 × i8.
     ArmDot,
     /// aarch64 without the dot product: `SMULL`/`SMLAL2` into 16 bits, `SADALP` into 32: i8 × i8.
@@ -344,6 +347,9 @@ impl Kernel {
             if std::arch::is_x86_feature_detected!("avxvnni") {
                 return Kernel::X86AvxVnni;
             }
+            if std::arch::is_x86_feature_detected!("avx2") {
+                return Kernel::X86Avx2;
+            }
         }
         #[cfg(target_arch = "aarch64")]
         {
@@ -365,7 +371,7 @@ impl Kernel {
     /// The input bytes are signed (sign bit flipped) for this kernel.
     fn signed_input(self) -> bool {
         match self {
-            Kernel::X86Vnni | Kernel::X86AvxVnni => false,
+            Kernel::X86Vnni | Kernel::X86AvxVnni | Kernel::X86Avx2 => false,
             Kernel::ArmDot | Kernel::ArmSmlal | Kernel::ArmV7Neon => true,
             Kernel::Portable => !cfg!(target_arch = "x86_64"),
         }
@@ -430,13 +436,18 @@ impl QConv {
         zy: u8,
         bias: Option<&[i32]>,
     ) -> TractResult<QConv> {
-        // SMLAL and VMLAL sum two products in 16 bits: no weight may be −128 (the portable kernel runs
-        // such a convolution instead).
-        let kernel = if matches!(kernel, Kernel::ArmSmlal | Kernel::ArmV7Neon) && w.contains(&i8::MIN) {
-            Kernel::Portable
-        } else {
-            kernel
+        // SMLAL and VMLAL sum two products in 16 bits: no weight may be −128; AVX2's
+        // `vpmaddubsw` sums two u8 × i8 products in 16 bits: no weight beyond ±64. The portable
+        // kernel runs such a convolution instead.
+        let in_16_bits = match kernel {
+            Kernel::ArmSmlal | Kernel::ArmV7Neon => !w.contains(&i8::MIN),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::X86Avx2 => w
+                .iter()
+                .all(|v| v.unsigned_abs() <= kernels::x86::AVX2_MAX_WEIGHT as u8),
+            _ => true,
         };
+        let kernel = if in_16_bits { kernel } else { Kernel::Portable };
         let [m_out, cg, kh, kw] = [wshape[0], wshape[1], wshape[2], wshape[3]];
         let group = geometry.group;
         if group == 0 || c_in != cg * group || m_out % group != 0 || [kh, kw] != geometry.kernel {
@@ -801,6 +812,12 @@ impl QConv {
                     #[cfg(target_arch = "x86_64")]
                     Kernel::X86AvxVnni => unsafe {
                         kernels::x86::tile_avx_vnni(&self.w_rows[mrow * kp..][..rows * kp], b, kp, rows, &mut acc)
+                    },
+                    // SAFETY: X86Avx2 is chosen (or tested) only where the CPU has AVX2, and kept
+                    // only for weights within ±64 (`with_kernel`).
+                    #[cfg(target_arch = "x86_64")]
+                    Kernel::X86Avx2 => unsafe {
+                        kernels::x86::tile_avx2(&self.w_rows[mrow * kp..][..rows * kp], b, kp, rows, &mut acc)
                     },
                     #[cfg(target_arch = "aarch64")]
                     Kernel::ArmDot => unsafe {
@@ -1298,6 +1315,9 @@ mod tests {
             if std::arch::is_x86_feature_detected!("avxvnni") {
                 k.push(Kernel::X86AvxVnni);
             }
+            if std::arch::is_x86_feature_detected!("avx2") {
+                k.push(Kernel::X86Avx2);
+            }
         }
         #[cfg(target_arch = "aarch64")]
         {
@@ -1466,6 +1486,36 @@ mod tests {
             for kernel in kernels_here() {
                 assert_eq!(run(&op(c, kernel), c, &c.x), want, "case {i}, kernel {kernel:?}");
             }
+        }
+    }
+
+    /// The kernels that add two products in 16 bits (SMLAL, VMLAL, AVX2's `vpmaddubsw`) at the
+    /// edge of their weight range: every input byte 255, weights ±64 with neighbouring channels
+    /// (one 16-bit pair) of one sign, so each pair sums to ±32 640 while the convolution's own
+    /// sum cancels (a pair that saturated would move every output). One weight past AVX2's range
+    /// sends that convolution to the portable kernel, still exact.
+    #[test]
+    fn the_16_bit_pair_kernels_are_exact_at_the_edge_of_their_weight_range() {
+        let mut rng = Rng(11);
+        let mut c = case(&mut rng, 32, 8, 3, 1, 1, 1, [6, 7]);
+        c.x.fill(255);
+        c.sw.fill(0.05);
+        for (i, v) in c.wts.iter_mut().enumerate() {
+            let ch = i / 9 % 32;
+            *v = if ch / 2 % 2 == 0 { 64 } else { -64 };
+        }
+        let want = reference(&c);
+        for kernel in kernels_here() {
+            assert_eq!(run(&op(&c, kernel), &c, &c.x), want, "kernel {kernel:?}");
+        }
+        c.wts[9 * 3] = -65;
+        let want = reference(&c);
+        for kernel in kernels_here() {
+            let o = op(&c, kernel);
+            if kernel == Kernel::X86Avx2 {
+                assert_eq!(o.kernel, Kernel::Portable, "a weight of -65 is past AVX2's pairs");
+            }
+            assert_eq!(run(&o, &c, &c.x), want, "kernel {kernel:?}");
         }
     }
 
