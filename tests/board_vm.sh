@@ -86,3 +86,23 @@ open(os.path.join(out, "order"), "w").write("\n".join(order) + "\n")
 print("modules:", " ".join(order))
 PY
 }
+
+# The aarch64 ferroscope into DIR/app/ferroscope. A glibc build (what the boards run, e.g.
+# tests/cross.sh's aarch64-unknown-linux-gnu) brings its dynamic loader and the libraries it
+# needs from the arm64 cross glibc (libc6-arm64-cross, /usr/aarch64-linux-gnu); a static build
+# (aarch64-unknown-linux-musl) goes in alone.
+vm_install_binary() {
+    local BIN=$1 IR=$2 SYSROOT=/usr/aarch64-linux-gnu/lib
+    file "$BIN" | grep -q "ARM aarch64" || { echo "FAIL: $BIN is not an aarch64 binary"; exit 1; }
+    cp "$BIN" "$IR/app/ferroscope"
+    local INTERP
+    INTERP=$(readelf -l "$BIN" | sed -n 's/.*Requesting program interpreter: \(.*\)]/\1/p')
+    [ -n "$INTERP" ] || return 0
+    mkdir -p "$IR/lib"
+    cp -L "$SYSROOT/$(basename "$INTERP")" "$IR$INTERP" \
+        || { echo "FAIL: no $(basename "$INTERP") in $SYSROOT (libc6-arm64-cross)"; exit 1; }
+    local LIB
+    for LIB in $(readelf -d "$BIN" | sed -n 's/.*Shared library: \[\(.*\)\]/\1/p'); do
+        cp -L "$SYSROOT/$LIB" "$IR/lib/$LIB" || { echo "FAIL: no $LIB in $SYSROOT"; exit 1; }
+    done
+}

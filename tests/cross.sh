@@ -15,8 +15,12 @@
 #     and encoder mode must equal the x86_64 output field for field (timeline digest included),
 #     with no missed or false rejects;
 #   - `ferroscope infer` on the NEU samples.
-# FERROSCOPE_CROSS_FAST=1 (CI) builds without LTO and with 16 codegen units, to fit CI's time;
-# the code and every other setting are the release profile's.
+# FERROSCOPE_CROSS_FAST=1 (CI) builds with .ci/fast-build.toml, to fit CI's time: no LTO, 16
+# codegen units, the crates off the inspection path at opt-level 1 (ferroscope, tract and the
+# decoders keep the release profile's opt-level 3).
+# FERROSCOPE_CROSS_STEP=build stops after each build and its glibc check; =test runs the tests
+# of what the last build step built, without cargo (CI builds armv7 in the background while
+# the aarch64 binary is tested, and no cargo may wait on that build's lock).
 #
 #   bash tests/cross.sh                       # all three targets
 #   bash tests/cross.sh aarch64-unknown-linux-gnu
@@ -30,8 +34,9 @@ GLIBC_FLOOR=2.31
 # is several times slower). Under qemu-arm, /proc/cpuinfo is the host's, so the BeagleBone
 # profile's NEON hint is given the way the profile gives it, to run tract's NEON kernels.
 export TRACT_CPU_ARM32_NEON=true
+FAST=()
 if [ "${FERROSCOPE_CROSS_FAST:-0}" = 1 ]; then
-    export CARGO_PROFILE_RELEASE_LTO=off CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16
+    FAST=(--config .ci/fast-build.toml)
 fi
 TARGETS=("$@")
 [ ${#TARGETS[@]} -gt 0 ] || TARGETS=(aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf aarch64-unknown-linux-musl)
@@ -51,18 +56,21 @@ for T in "${TARGETS[@]}"; do
         aarch64-unknown-linux-musl) ZT=$T; QEMU=(qemu-aarch64 -cpu cortex-a72); TESTS=() ;;
         *) echo "unknown target $T"; exit 2 ;;
     esac
-    echo "== $T: build (cargo zigbuild --release --target $ZT)"
-    START=$(date +%s)
-    ARGS=(--release --target "$ZT" --bin ferroscope)
-    for t in "${TESTS[@]+"${TESTS[@]}"}"; do ARGS+=(--test "$t"); done
-    cargo zigbuild "${ARGS[@]}" --message-format=json-render-diagnostics >"$TARGET_DIR/cross-$T.json"
-    if [ "$LIB_TESTS" = 1 ]; then
-        # and the library's own tests of the model operators (the integer kernels of this
-        # architecture against the definition, the requantisation, the pads and pools)
-        cargo-zigbuild test --release --target "$ZT" --lib --no-run \
-            --message-format=json-render-diagnostics >>"$TARGET_DIR/cross-$T.json"
+    STEP=${FERROSCOPE_CROSS_STEP:-all}
+    if [ "$STEP" != test ]; then
+        echo "== $T: build (cargo zigbuild --release --target $ZT)"
+        START=$(date +%s)
+        ARGS=("${FAST[@]+"${FAST[@]}"}" --release --target "$ZT" --bin ferroscope)
+        for t in "${TESTS[@]+"${TESTS[@]}"}"; do ARGS+=(--test "$t"); done
+        cargo zigbuild "${ARGS[@]}" --message-format=json-render-diagnostics >"$TARGET_DIR/cross-$T.json"
+        if [ "$LIB_TESTS" = 1 ]; then
+            # and the library's own tests of the model operators (the integer kernels of this
+            # architecture against the definition, the requantisation, the pads and pools)
+            cargo-zigbuild test "${FAST[@]+"${FAST[@]}"}" --release --target "$ZT" --lib --no-run \
+                --message-format=json-render-diagnostics >>"$TARGET_DIR/cross-$T.json"
+        fi
+        echo "built in $(( $(date +%s) - START )) s"
     fi
-    echo "built in $(( $(date +%s) - START )) s"
     BIN=$TARGET_DIR/$T/release/ferroscope
     file "$BIN"
 
@@ -78,6 +86,10 @@ for T in "${TARGETS[@]}"; do
             echo "FAIL: $BIN is not static:"; readelf -d "$BIN" | grep NEEDED; exit 1
         fi
         echo "static: no shared libraries needed"
+    fi
+    if [ "$STEP" = build ]; then
+        echo "== $T built"
+        continue
     fi
 
     echo "== $T: tests under ${QEMU[0]}"
@@ -114,7 +126,10 @@ PY
 
     echo "== $T: the binary under ${QEMU[0]}"
     "${QEMU[@]}" "$BIN" --version
-    [ -x "$TARGET_DIR/release/ferroscope" ] || cargo build --release -q --bin ferroscope
+    if [ ! -x "$TARGET_DIR/release/ferroscope" ]; then
+        [ "$STEP" != test ] || { echo "FAIL: no $TARGET_DIR/release/ferroscope to compare with"; exit 1; }
+        cargo "${FAST[@]+"${FAST[@]}"}" build --release -q --bin ferroscope
+    fi
     for MODE in "" "--encoder"; do
         "${QEMU[@]}" "$BIN" simulate --seed 7 --items 20000 $MODE --json >"$TARGET_DIR/cross-$T-sim.json"
         "$TARGET_DIR/release/ferroscope" simulate --seed 7 --items 20000 $MODE --json >"$TARGET_DIR/cross-host-sim.json"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Power cuts on the emulated board: the qemu-system-aarch64 board of tests/emulated_board.sh
-# (stock Debian arm64 kernel, busybox initramfs, the static aarch64 ferroscope) keeps its
+# (stock Debian arm64 kernel, busybox initramfs, the aarch64 ferroscope) keeps its
 # records on an ext4 file system on a virtio disk. Each cut:
 #   1. boots the board; it mounts the disk (ext4 replays its journal) and prints
 #      `ferroscope records --json` of what survived the previous cut;
@@ -48,17 +48,16 @@ mkdir -p "$WORK"
 
 BIN=${FERROSCOPE_BIN:-}
 if [ -z "$BIN" ]; then
-    cargo zigbuild --release --target aarch64-unknown-linux-musl --bin ferroscope >&2
-    BIN=$ROOT/target/aarch64-unknown-linux-musl/release/ferroscope
+    cargo zigbuild --release --target aarch64-unknown-linux-gnu.2.31 --bin ferroscope >&2
+    BIN=$ROOT/target/aarch64-unknown-linux-gnu/release/ferroscope
 fi
-file "$BIN" | grep -q "ARM aarch64" || { echo "FAIL: $BIN is not an aarch64 binary"; exit 1; }
 
 source tests/board_vm.sh
 vm_kernel >&2
 IR=$WORK/initramfs-power
 vm_initramfs_base "$IR" sh mount umount mkdir sleep cat echo ls insmod poweroff grep sync
 vm_modules "$IR/modules" ?crc32c_generic virtio_blk ext4 >&2
-cp "$BIN" "$IR/app/ferroscope"
+vm_install_binary "$BIN" "$IR"
 cp models/neu_classify.toml models/neu_classify.onnx models/neu_classify.f32.onnx "$IR/app/models/"
 mkdir -p "$IR/app/samples"
 cp -r tests/data/neu_samples/. "$IR/app/samples/"
