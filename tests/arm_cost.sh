@@ -14,7 +14,8 @@
 #
 #   bash tests/arm_cost.sh                 # every shipped model, a table
 #   bash tests/arm_cost.sh --json          # one object {"results": [{"model", "precision", "cpu", ...}]}
-#   bash tests/arm_cost.sh --quick         # CI: neu_classify only (about a minute)
+#   bash tests/arm_cost.sh --quick         # neu_classify only (about a minute)
+#   bash tests/arm_cost.sh --quick --cpu cortex-a72 --cpu cortex-a76   # CI: the aarch64 cores
 #   bash tests/arm_cost.sh --model kolektor_segment --cpu cortex-a76
 #   bash tests/arm_cost.sh --profile --model kolektor_segment [--precision f32] [--cpu cortex-a72]
 #                                          # where one inference spends them, function by function
@@ -64,12 +65,19 @@ build() { # target → path of the release binary
     cargo zigbuild --release --target "$t.$GLIBC_FLOOR" --bin ferroscope >&2
     echo "$TARGET_DIR/$t/release/ferroscope"
 }
+# The armv7 binary only when a Cortex-A8 is measured: every core unless `--cpu` names others.
+WANT_A8=1
+if [[ " $* " == *" --cpu "* ]] && [[ " $* " != *" cortex-a8 "* ]]; then WANT_A8=0; fi
 BIN_AARCH64=${FERROSCOPE_BIN_AARCH64:-}
 BIN_ARMV7=${FERROSCOPE_BIN_ARMV7:-}
 [ -n "$BIN_AARCH64" ] || BIN_AARCH64=$(build aarch64-unknown-linux-gnu)
-[ -n "$BIN_ARMV7" ] || BIN_ARMV7=$(build armv7-unknown-linux-gnueabihf)
 file -L "$BIN_AARCH64" | grep -q "ARM aarch64" || { echo "FAIL: $BIN_AARCH64 is not an aarch64 binary"; exit 1; }
-file -L "$BIN_ARMV7" | grep -q "ARM, EABI5" || { echo "FAIL: $BIN_ARMV7 is not an armv7 binary"; exit 1; }
+ARMV7_ARGS=()
+if [ "$WANT_A8" = 1 ]; then
+    [ -n "$BIN_ARMV7" ] || BIN_ARMV7=$(build armv7-unknown-linux-gnueabihf)
+    file -L "$BIN_ARMV7" | grep -q "ARM, EABI5" || { echo "FAIL: $BIN_ARMV7 is not an armv7 binary"; exit 1; }
+    ARMV7_ARGS=(--bin-armv7 "$BIN_ARMV7")
+fi
 
-exec python3 tests/arm_cost/run.py --bin-aarch64 "$BIN_AARCH64" --bin-armv7 "$BIN_ARMV7" \
+exec python3 tests/arm_cost/run.py --bin-aarch64 "$BIN_AARCH64" "${ARMV7_ARGS[@]+"${ARMV7_ARGS[@]}"}" \
     --plugin "$WORK/insn_count.so" --jobs "${ARM_COST_JOBS:-$(nproc)}" "$@"

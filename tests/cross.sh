@@ -19,8 +19,8 @@
 # codegen units, the crates off the inspection path at opt-level 1 (ferroscope, tract and the
 # decoders keep the release profile's opt-level 3).
 # FERROSCOPE_CROSS_STEP=build stops after each build and its glibc check; =test runs the tests
-# of what the last build step built, without cargo (CI builds armv7 in the background while
-# the aarch64 binary is tested, and no cargo may wait on that build's lock).
+# of what the last build step built, without cargo (CI lints armv7 in the background while the
+# aarch64 binary is tested, and no cargo may wait on that run's build lock).
 #
 #   bash tests/cross.sh                       # all three targets
 #   bash tests/cross.sh aarch64-unknown-linux-gnu

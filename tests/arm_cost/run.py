@@ -139,7 +139,7 @@ def check(rows, tolerance):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin-aarch64", required=True)
-    ap.add_argument("--bin-armv7", required=True)
+    ap.add_argument("--bin-armv7", help="needed for cortex-a8")
     ap.add_argument("--plugin", required=True)
     ap.add_argument("--quick", action="store_true", help="CI: neu_classify only")
     ap.add_argument("--model", action="append", help="only these models (repeatable)")
@@ -152,6 +152,9 @@ def main():
     models = args.model or (QUICK_MODELS if args.quick else MODELS)
     cpus = args.cpu or list(CORES)
     bins = {"aarch64": args.bin_aarch64, "armv7": args.bin_armv7}
+    for c in cpus:
+        if not bins[CORES[c]["arch"]]:
+            ap.error(f"--cpu {c} needs --bin-{CORES[c]['arch']}")
     macs = {m: macs_of(m) for m in models}
     jobs = [(m, p, c, bins[CORES[c]["arch"]], args.plugin, macs[m][p])
             for m in models for p in ("int8", "f32") if p in macs[m] for c in cpus]
