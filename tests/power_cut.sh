@@ -227,10 +227,7 @@ for k in range(cuts):
     # Where every earlier cut fell in start-up (a slow or busy host), the last one counts its
     # 0–5 s from the first item, so that there is a log whose survival is checked.
     if k == cuts - 1 and decided_total == 0:
-        waited = time.monotonic()
-        while (time.monotonic() - waited < 120 and p.poll() is None
-               and not any(s.startswith("#") for _, s in lines[run_at:])):
-            time.sleep(0.05)
+        wait_for(lines, p, lambda s: s.startswith("#"), 120)
     time.sleep(rng.uniform(0.0, 5.0))
     p.kill()
     cut_at = time.monotonic()
