@@ -8,6 +8,10 @@
 //! detected there, sizes are checked there, and a file that does not decode at all stays in
 //! the sequence and is delivered as [`CaptureError::Corrupt`] when its turn comes.
 //!
+//! Pacing: each frame is due one period after the previous one was due. A reader more than
+//! half a period late restarts the cadence from its own capture instead of catching up with a
+//! burst, so two frames are always more than half a period apart, as items on a belt are.
+//!
 //! Fault injection ([`FaultPlan`]) makes the replay misbehave as cameras do: dropped frames
 //! (a gap in the sequence numbers), corrupt frames (a JPEG cut short, as when a USB transfer
 //! loses packets, or with its start marker destroyed), and a disconnect for a number of
@@ -355,11 +359,16 @@ impl Camera for ReplayCamera {
             self.clock.sleep_until(due);
             let captured = self.clock.now();
             let started = *self.started.get_or_insert(captured);
-            // Free-run pacing: the next frame is due one period after this one was due.
-            self.next_at = Some(
+            // Free-run pacing: the next frame is due one period after this one was due. A
+            // capture more than half a period late (a stalled reader) starts the cadence again
+            // from itself: no burst of catch-up frames, so two frames are always more than half
+            // a period apart, as items on a belt are (two items stamped a millisecond apart
+            // would sit in one reject pulse).
+            self.next_at = Some(if captured.us_since(due) > self.period_us / 2 {
+                captured.add_us(self.period_us)
+            } else {
                 due.add_us(self.period_us)
-                    .max(Instant::from_us(captured.us.saturating_sub(self.period_us))),
-            );
+            });
             let repeats = self.plan.disconnect_every_s.is_some() || self.disconnects_begun == 0;
             if let (Some(after_s), true) = (self.plan.disconnect_after_s, repeats) {
                 let every_s = self.plan.disconnect_every_s.unwrap_or(0.0).max(0.0) as f64;
@@ -453,6 +462,33 @@ impl Reopen for ReplayCamera {
                 self.next_at = None;
                 Ok(())
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stalled_reader_gets_no_burst_of_frames_closer_than_half_a_period() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/neu_samples");
+        let clock = MonotonicClock::default();
+        let mut cam = ReplayCamera::open(&dir, 50.0, 0, clock).unwrap();
+        let mut buf = vec![0u8; cam.max_frame_bytes(OutputFormat::Gray)];
+        let mut stamps = vec![cam.capture(&mut buf).unwrap().captured];
+        // The reader stalls for three and a half periods, then reads as fast as it can.
+        std::thread::sleep(std::time::Duration::from_millis(70));
+        for _ in 0..4 {
+            stamps.push(cam.capture(&mut buf).unwrap().captured);
+        }
+        let half = cam.period_us() / 2;
+        for w in stamps.windows(2) {
+            assert!(
+                w[1].us_since(w[0]) > half,
+                "frames {} µs apart: {stamps:?}",
+                w[1].us_since(w[0])
+            );
         }
     }
 }
