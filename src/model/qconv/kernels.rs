@@ -284,6 +284,107 @@ pub(super) mod x86 {
         }
     }
 
+    /// Eight sums requantised at once on AVX2, as [`super::super::requantise`] does them:
+    /// `(acc + bias) · mult` in f32, clamped to ±10⁶, rounded half to even (`vcvtps2dq` under
+    /// the default rounding mode), `+ zy`, saturated to 0..=255 (through 16 bits).
+    ///
+    /// # Safety
+    /// The CPU has AVX2.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn requantise8_avx2(acc: &[i32; 8], bias: &[i32; 8], mult: &[f32; 8], zy: u8) -> [u8; 8] {
+        unsafe {
+            let a = _mm256_add_epi32(
+                _mm256_loadu_si256(acc.as_ptr() as *const __m256i),
+                _mm256_loadu_si256(bias.as_ptr() as *const __m256i),
+            );
+            let v = _mm256_mul_ps(_mm256_cvtepi32_ps(a), _mm256_loadu_ps(mult.as_ptr()));
+            let v = _mm256_min_ps(_mm256_max_ps(v, _mm256_set1_ps(-1.0e6)), _mm256_set1_ps(1.0e6));
+            let r = _mm256_add_epi32(_mm256_cvtps_epi32(v), _mm256_set1_epi32(zy as i32));
+            let w = _mm_packs_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256::<1>(r));
+            let q = _mm_packus_epi16(w, w);
+            let mut out = [0u8; 8];
+            _mm_storel_epi64(out.as_mut_ptr() as *mut __m128i, q);
+            out
+        }
+    }
+
+    /// Output pixels per 256-bit register of the plane kernel on AVX2 and AVX-VNNI
+    /// ([`plane_tile_ymm`]): eight lanes of i32.
+    pub const YMM_PX: usize = 8;
+
+    /// [`plane_tile`] on 256-bit registers, for x86-64 cores without AVX-512 VNNI: `MV` output
+    /// channels × `P` registers of [`YMM_PX`] consecutive output pixels of one row.
+    /// - With AVX-VNNI (`VEX`), `quads` holds 4-byte windows: each 4 taps of 8 pixels are one
+    ///   load and, per channel, one `vpdpbusd` against the channel's 4 weights broadcast.
+    /// - With AVX2 alone, `quads` holds windows of 2 pixels as 16-bit lanes: each 2 taps of 8
+    ///   pixels are one load and, per channel, one `vpmaddwd` against the channel's 2 weights
+    ///   as 16 bits, added in 32 (exact for every i8 weight: 255·128·2 fits; the byte form,
+    ///   `vpmaddubsw`, saturates past ±64 and filter banks use the whole range).
+    ///
+    /// A tile is `MV · P` = 8 sums, kept in registers beside the `P` windows and the `MV`
+    /// broadcast weights.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 (and AVX-VNNI when `VEX`); `quads` holds rows `r0..r0 + kh` of `row`
+    /// words and every load of 8 words from `x0 + 8·p + s·kq` (`s` = 4 taps a word with `VEX`,
+    /// else 2) stays inside them; `w` holds `kh · kq · MV` words, `kq` the words of a kernel row.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    #[allow(clippy::too_many_arguments, clippy::erasing_op, clippy::identity_op)] // k / P, k % P spelt out
+    pub unsafe fn plane_tile_ymm<const MV: usize, const P: usize, const VEX: bool>(
+        quads: *const u32,
+        row: usize,
+        x0: usize,
+        kh: usize,
+        kq: usize,
+        w: *const i32,
+        acc: &mut [[[i32; YMM_PX]; P]; MV],
+    ) {
+        const { assert!(MV * P == 8, "eight sums a tile") };
+        let step = if VEX { 4 } else { 2 };
+        let dp = |acc: __m256i, v: __m256i, w: __m256i| {
+            if VEX {
+                dpbusd_vex(acc, v, w)
+            } else {
+                _mm256_add_epi32(acc, _mm256_madd_epi16(v, w))
+            }
+        };
+        unsafe {
+            // Eight sums as eight variables, not an array: an array carried across the loop
+            // was kept in memory, one store per multiply-add.
+            let z = _mm256_setzero_si256();
+            let (mut s0, mut s1, mut s2, mut s3, mut s4, mut s5, mut s6, mut s7) = (z, z, z, z, z, z, z, z);
+            let mut wk = w;
+            for ky in 0..kh {
+                let r = quads.add(ky * row + x0);
+                for q in 0..kq {
+                    let mut v = [z; P];
+                    for (p, vp) in v.iter_mut().enumerate() {
+                        *vp = _mm256_loadu_si256(r.add(YMM_PX * p + step * q) as *const __m256i);
+                    }
+                    let mut wb = [z; MV];
+                    for (j, b) in wb.iter_mut().enumerate() {
+                        *b = _mm256_set1_epi32(*wk.add(j));
+                    }
+                    // sum k is channel k / P, register of pixels k % P
+                    s0 = dp(s0, v[0 % P], wb[0 / P]);
+                    s1 = dp(s1, v[1 % P], wb[1 / P]);
+                    s2 = dp(s2, v[2 % P], wb[2 / P]);
+                    s3 = dp(s3, v[3 % P], wb[3 / P]);
+                    s4 = dp(s4, v[4 % P], wb[4 / P]);
+                    s5 = dp(s5, v[5 % P], wb[5 / P]);
+                    s6 = dp(s6, v[6 % P], wb[6 / P]);
+                    s7 = dp(s7, v[7 % P], wb[7 / P]);
+                    wk = wk.add(MV);
+                }
+            }
+            for (k, sk) in [s0, s1, s2, s3, s4, s5, s6, s7].into_iter().enumerate() {
+                _mm256_storeu_si256(acc[k / P][k % P].as_mut_ptr() as *mut __m256i, sk);
+            }
+        }
+    }
+
     /// VNNI tile, AVX-512 VNNI encoding (EVEX, 256-bit registers).
     ///
     /// # Safety
@@ -323,9 +424,106 @@ pub(super) mod x86 {
     /// # Safety
     /// The CPU has AVX2; every weight in `w` is within ±[`AVX2_MAX_WEIGHT`]; the buffers as for
     /// [`tile_vnni`].
+    ///
+    /// Two weight rows × the 4 pixels at a time, not the VNNI tiles' four: AVX2 has 16
+    /// registers, and 8 sums, 4 pixel loads, a weight load, the constant of ones and a product
+    /// fit them (16 sums spilled to memory on every multiply-add). The sums are eight
+    /// variables, not an array, so none is kept in memory across the loop.
     #[target_feature(enable = "avx2")]
     pub unsafe fn tile_avx2(w: &[i8], b: Rows<'_>, kp: usize, rows: usize, acc: &mut [[i32; M_TILE]; P_TILE]) {
-        vnni_tile!(w, b, kp, rows, acc, dpbusd_avx2);
+        debug_assert!(rows.is_multiple_of(2) && w.len() >= rows * kp && b.seg_len.is_multiple_of(16));
+        let z = _mm256_setzero_si256();
+        for pair in 0..rows / 2 {
+            let (mut a0, mut a1, mut a2, mut a3) = (z, z, z, z);
+            let (mut b0, mut b1, mut b2, mut b3) = (z, z, z, z);
+            // SAFETY (the loads): the caller's contract; each row of `w` is `kp` bytes, the
+            // segments of every pixel `seg_len` bytes, read 32 (then 16) at a time.
+            let wr0 = unsafe { w.as_ptr().add(2 * pair * kp) };
+            let wr1 = unsafe { wr0.add(kp) };
+            let mut k = 0;
+            if b.seg_len == 16 {
+                // Segments of 16 bytes (16 channels a tap) two at a time, one in each half of
+                // the registers: the weights of neighbouring segments are contiguous.
+                for pair in b.segs.chunks(2) {
+                    let ld = |p: *const u8| unsafe {
+                        let lo = _mm_loadu_si128(p.add(pair[0]) as *const __m128i);
+                        match pair.get(1) {
+                            Some(&hi) => _mm256_inserti128_si256::<1>(
+                                _mm256_castsi128_si256(lo),
+                                _mm_loadu_si128(p.add(hi) as *const __m128i),
+                            ),
+                            None => _mm256_zextsi128_si256(lo),
+                        }
+                    };
+                    let (x0, x1, x2, x3) = (ld(b.ptr[0]), ld(b.ptr[1]), ld(b.ptr[2]), ld(b.ptr[3]));
+                    let lw = |p: *const i8| unsafe {
+                        if pair.len() == 2 {
+                            _mm256_loadu_si256(p.add(k) as *const __m256i)
+                        } else {
+                            _mm256_zextsi128_si256(_mm_loadu_si128(p.add(k) as *const __m128i))
+                        }
+                    };
+                    let w0 = lw(wr0);
+                    a0 = dpbusd_avx2(a0, x0, w0);
+                    a1 = dpbusd_avx2(a1, x1, w0);
+                    a2 = dpbusd_avx2(a2, x2, w0);
+                    a3 = dpbusd_avx2(a3, x3, w0);
+                    let w1 = lw(wr1);
+                    b0 = dpbusd_avx2(b0, x0, w1);
+                    b1 = dpbusd_avx2(b1, x1, w1);
+                    b2 = dpbusd_avx2(b2, x2, w1);
+                    b3 = dpbusd_avx2(b3, x3, w1);
+                    k += 16 * pair.len();
+                }
+            }
+            for &off in b.segs.iter().filter(|_| b.seg_len != 16) {
+                let mut kk = 0;
+                while kk + 32 <= b.seg_len {
+                    let ld = |p: *const u8| unsafe { _mm256_loadu_si256(p.add(off + kk) as *const __m256i) };
+                    let (x0, x1, x2, x3) = (ld(b.ptr[0]), ld(b.ptr[1]), ld(b.ptr[2]), ld(b.ptr[3]));
+                    let w0 = unsafe { _mm256_loadu_si256(wr0.add(k + kk) as *const __m256i) };
+                    a0 = dpbusd_avx2(a0, x0, w0);
+                    a1 = dpbusd_avx2(a1, x1, w0);
+                    a2 = dpbusd_avx2(a2, x2, w0);
+                    a3 = dpbusd_avx2(a3, x3, w0);
+                    let w1 = unsafe { _mm256_loadu_si256(wr1.add(k + kk) as *const __m256i) };
+                    b0 = dpbusd_avx2(b0, x0, w1);
+                    b1 = dpbusd_avx2(b1, x1, w1);
+                    b2 = dpbusd_avx2(b2, x2, w1);
+                    b3 = dpbusd_avx2(b3, x3, w1);
+                    kk += 32;
+                }
+                if kk < b.seg_len {
+                    // The last 16 bytes, in the low half of the registers.
+                    let ld = |p: *const u8| unsafe {
+                        _mm256_zextsi128_si256(_mm_loadu_si128(p.add(off + kk) as *const __m128i))
+                    };
+                    let (x0, x1, x2, x3) = (ld(b.ptr[0]), ld(b.ptr[1]), ld(b.ptr[2]), ld(b.ptr[3]));
+                    let w0 = unsafe { _mm256_zextsi128_si256(_mm_loadu_si128(wr0.add(k + kk) as *const __m128i)) };
+                    a0 = dpbusd_avx2(a0, x0, w0);
+                    a1 = dpbusd_avx2(a1, x1, w0);
+                    a2 = dpbusd_avx2(a2, x2, w0);
+                    a3 = dpbusd_avx2(a3, x3, w0);
+                    let w1 = unsafe { _mm256_zextsi128_si256(_mm_loadu_si128(wr1.add(k + kk) as *const __m128i)) };
+                    b0 = dpbusd_avx2(b0, x0, w1);
+                    b1 = dpbusd_avx2(b1, x1, w1);
+                    b2 = dpbusd_avx2(b2, x2, w1);
+                    b3 = dpbusd_avx2(b3, x3, w1);
+                }
+                k += b.seg_len;
+            }
+            for (r, [s0, s1, s2, s3]) in [[a0, a1, a2, a3], [b0, b1, b2, b3]].into_iter().enumerate() {
+                // Horizontal sums of the four pixels' accumulators.
+                let h = _mm256_hadd_epi32(_mm256_hadd_epi32(s0, s1), _mm256_hadd_epi32(s2, s3));
+                let v = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256::<1>(h));
+                let mut out = [0i32; 4];
+                // SAFETY: four i32 into an array of four.
+                unsafe { _mm_storeu_si128(out.as_mut_ptr() as *mut __m128i, v) };
+                for (p, x) in out.into_iter().enumerate() {
+                    acc[p][2 * pair + r] = x;
+                }
+            }
+        }
     }
 }
 

@@ -22,11 +22,11 @@
 //!   The choice is made once, at load, and named by [`QConv::kernel`]; elsewhere nothing is
 //!   fused ([`fused_on_this_cpu`]).
 //!   A portable kernel computes the same sums, for the tests and `FERROSCOPE_PORTABLE_KERNEL`.
-//! - **Pixels in the lanes where channels are few**: on the x86 broadcast kernel, a
+//! - **Pixels in the lanes where channels are few**: on the x86 kernels, a
 //!   convolution of one input channel per group at stride 1 with at most `PLANE_MAX_CH` (8) output
 //!   channels per group (filter banks, depthwise filters) runs on the plane kernel
-//!   (`QConv::run_plane`): 16 output pixels per register over 4-byte windows of the padded
-//!   plane, no im2col.
+//!   (`QConv::run_plane`): 16 output pixels per register (8 on AVX2 and AVX-VNNI,
+//!   `QConv::run_plane_ymm`) over 4-byte windows of the padded plane, no im2col.
 //! - **Channels-last between convolutions**: a convolution whose every consumer is one hands
 //!   its output over channels-last and in the consumer's byte domain ([`chain_channels_last`]),
 //!   so only the model's first convolution transposes its input.
@@ -73,9 +73,17 @@ const ZMM_CH: usize = 16;
 /// [`M_TILE`] or [`ZMM_CH`] channels from its first one, at most `ZMM_CH - 4` past the end of
 /// `mgp` (a multiple of 4).
 const CH_SLACK: usize = ZMM_CH;
-/// Output channels per group at most for the plane kernel ([`QConv::plane_weights`]): 8
-/// channels × 3 registers of 16 pixels fill 24 of the 32 registers with sums.
+/// Output channels per group at most for the plane kernel ([`QConv::plane_weights`]) on
+/// AVX-512: 8 channels × 3 registers of 16 pixels fill 24 of the 32 registers with sums.
 const PLANE_MAX_CH: usize = 8;
+/// Output channels per group at most for the plane kernel on 256 bits
+/// ([`QConv::run_plane_ymm`]): two passes of 8 over the same windows, so a model's first
+/// convolution (one input channel, 16 outputs) skips the im2col of its thin input.
+const PLANE_MAX_CH_YMM: usize = 16;
+/// What one group of a plane-kernel convolution reads and where: the group's input plane, its
+/// size, the output size, the group and its output channels.
+#[cfg(target_arch = "x86_64")]
+type PlaneIo<'a> = (&'a [u8], [usize; 2], [usize; 2], usize, usize);
 /// Output pixels per im2col block: 64 rows of at most a few KiB stay in L1/L2 while the tile
 /// loops reuse them for every output channel.
 const P_BLOCK: usize = 64;
@@ -129,7 +137,8 @@ pub fn chain_channels_last(model: &mut TypedModel) -> TractResult<usize> {
     let mut chained = 0;
     for id in 0..model.nodes().len() {
         let node = model.node(id);
-        if node.op_as::<QConv>().is_none() || outputs.contains(&OutletId::new(id, 0)) {
+        // The plane kernel reads and writes channel planes: its convolutions stay out of chains.
+        if node.op_as::<QConv>().is_none_or(|c| c.plane_mv > 0) || outputs.contains(&OutletId::new(id, 0)) {
             continue;
         }
         let succs: Vec<InletId> = node.outputs[0].successors.iter().copied().collect();
@@ -139,7 +148,7 @@ pub fn chain_channels_last(model: &mut TypedModel) -> TractResult<usize> {
                     && model
                         .node(s.node)
                         .op_as::<QConv>()
-                        .is_some_and(|c| c.geometry.group == 1)
+                        .is_some_and(|c| c.geometry.group == 1 && c.plane_mv == 0)
             });
         if !all_qconv {
             continue;
@@ -437,14 +446,18 @@ impl QConv {
         bias: Option<&[i32]>,
     ) -> TractResult<QConv> {
         // SMLAL and VMLAL sum two products in 16 bits: no weight may be −128; AVX2's
-        // `vpmaddubsw` sums two u8 × i8 products in 16 bits: no weight beyond ±64. The portable
-        // kernel runs such a convolution instead.
+        // `vpmaddubsw` sums two u8 × i8 products in 16 bits: no weight beyond ±64 (its plane
+        // kernel multiplies in 16 bits and takes every weight). The portable kernel runs such a
+        // convolution instead.
         let in_16_bits = match kernel {
             Kernel::ArmSmlal | Kernel::ArmV7Neon => !w.contains(&i8::MIN),
             #[cfg(target_arch = "x86_64")]
-            Kernel::X86Avx2 => w
-                .iter()
-                .all(|v| v.unsigned_abs() <= kernels::x86::AVX2_MAX_WEIGHT as u8),
+            Kernel::X86Avx2 => {
+                let (cg, mg) = (wshape[1], wshape[0] / geometry.group.max(1));
+                QConv::plane_fits(kernel, &geometry, cg, mg)
+                    || w.iter()
+                        .all(|v| v.unsigned_abs() <= kernels::x86::AVX2_MAX_WEIGHT as u8)
+            }
             _ => true,
         };
         let kernel = if in_16_bits { kernel } else { Kernel::Portable };
@@ -537,12 +550,14 @@ impl QConv {
     /// The plane kernel's tile width and weights for a convolution of one input channel per
     /// group at stride 1 without dilation and at most `PLANE_MAX_CH` (8) output channels per group
     /// (the anomaly model's filter banks: 17×17 taps 1 → 7, 21×21 taps depthwise over 7), on
-    /// the x86 broadcast kernel; `(0, [])` for any other. There the channels are too few to
+    /// the x86 kernels; `(0, [])` for any other. There the channels are too few to
     /// fill a register and the taps too many for im2col: the plane kernel puts 16 output
-    /// pixels in a register instead (see [`QConv::run_plane`]).
+    /// pixels in a register instead (8 on 256 bits; see [`QConv::run_plane`] and
+    /// [`QConv::run_plane_ymm`]). A word holds 4 taps as bytes, or on AVX2 2 taps as 16-bit
+    /// lanes ([`QConv::plane_step`]).
     fn plane_weights(kernel: Kernel, geometry: &Geometry, cg: usize, mg: usize, w: &[i8]) -> (usize, Vec<i32>) {
-        let plain = geometry.strides == [1, 1] && geometry.dilations == [1, 1];
-        if kernel != Kernel::X86Vnni || cg != 1 || mg > PLANE_MAX_CH || !plain {
+        let x86 = matches!(kernel, Kernel::X86Vnni | Kernel::X86AvxVnni | Kernel::X86Avx2);
+        if !x86 || !QConv::plane_fits(kernel, geometry, cg, mg) {
             return (0, Vec::new());
         }
         let mv = match mg {
@@ -551,27 +566,60 @@ impl QConv {
             3 | 4 => 4,
             _ => 8,
         };
+        // passes of `mv` channels over the same windows (one but on 256 bits past 8 channels)
+        let chunks = mg.div_ceil(mv);
         let [kh, kw] = geometry.kernel;
-        let kq4 = kw.div_ceil(4);
-        let mut words = vec![0i32; geometry.group * kh * kq4 * mv];
-        for g in 0..geometry.group {
+        let step = Self::plane_step(kernel);
+        let kq = kw.div_ceil(step);
+        let mut words = vec![0i32; geometry.group * chunks * kh * kq * mv];
+        for gc in 0..geometry.group * chunks {
+            let (g, c) = (gc / chunks, gc % chunks);
             for ky in 0..kh {
-                for kq in 0..kq4 {
-                    for j in 0..mg {
-                        let m = g * mg + j;
-                        let mut b = [0u8; 4];
-                        for (i, v) in b.iter_mut().enumerate() {
-                            let kx = 4 * kq + i;
+                for q in 0..kq {
+                    for j in 0..mv.min(mg - c * mv) {
+                        let m = g * mg + c * mv + j;
+                        let tap = |i: usize| {
+                            let kx = step * q + i;
                             if kx < kw {
-                                *v = w[(m * kh + ky) * kw + kx] as u8;
+                                w[(m * kh + ky) * kw + kx]
+                            } else {
+                                0
                             }
-                        }
-                        words[((g * kh + ky) * kq4 + kq) * mv + j] = i32::from_le_bytes(b);
+                        };
+                        let word = if step == 4 {
+                            i32::from_le_bytes([tap(0) as u8, tap(1) as u8, tap(2) as u8, tap(3) as u8])
+                        } else {
+                            // two 16-bit lanes, the first tap low
+                            (tap(0) as i16 as u16 as u32 | (tap(1) as i16 as u16 as u32) << 16) as i32
+                        };
+                        words[((gc * kh + ky) * kq + q) * mv + j] = word;
                     }
                 }
             }
         }
         (mv, words)
+    }
+
+    /// A convolution the plane kernel can run: one input channel per group, at most
+    /// `PLANE_MAX_CH` output channels per group (`PLANE_MAX_CH_YMM` on 256 bits), stride 1,
+    /// no dilation.
+    fn plane_fits(kernel: Kernel, geometry: &Geometry, cg: usize, mg: usize) -> bool {
+        let max = if kernel == Kernel::X86Vnni {
+            PLANE_MAX_CH
+        } else {
+            PLANE_MAX_CH_YMM
+        };
+        cg == 1 && mg <= max && geometry.strides == [1, 1] && geometry.dilations == [1, 1]
+    }
+
+    /// Kernel taps per word of the plane kernel: 4 bytes for `vpdpbusd`, 2 lanes of 16 bits
+    /// for AVX2's `vpmaddwd`.
+    fn plane_step(kernel: Kernel) -> usize {
+        if kernel == Kernel::X86Avx2 {
+            2
+        } else {
+            4
+        }
     }
 
     /// The kernel this CPU runs.
@@ -601,14 +649,24 @@ impl QConv {
                 if self.runs_on_planes() {
                     let xg = &x[(b * self.c_in + gi) * h * w..][..h * w];
                     let yb = &mut y[b * self.m_out * pixels..][..self.m_out * pixels];
-                    // SAFETY: the plane kernel is set up only for X86Vnni, chosen (or tested)
-                    // only where the CPU has AVX-512 VNNI.
+                    let io = (xg, [h, w], [oh, ow], gi, mg);
+                    // SAFETY: the plane kernel is set up only for the x86 kernels, each chosen
+                    // (or tested) only where the CPU has its instructions, X86Avx2 only for
+                    // weights within its range (`with_kernel`).
                     unsafe {
-                        match self.plane_mv {
-                            1 => self.run_plane::<1, 8>(scratch, xg, [h, w], [oh, ow], gi, mg, yb),
-                            2 => self.run_plane::<2, 8>(scratch, xg, [h, w], [oh, ow], gi, mg, yb),
-                            4 => self.run_plane::<4, 6>(scratch, xg, [h, w], [oh, ow], gi, mg, yb),
-                            _ => self.run_plane::<8, 3>(scratch, xg, [h, w], [oh, ow], gi, mg, yb),
+                        match (self.kernel, self.plane_mv) {
+                            (Kernel::X86Vnni, 1) => self.run_plane::<1, 8>(scratch, io, yb),
+                            (Kernel::X86Vnni, 2) => self.run_plane::<2, 8>(scratch, io, yb),
+                            (Kernel::X86Vnni, 4) => self.run_plane::<4, 6>(scratch, io, yb),
+                            (Kernel::X86Vnni, _) => self.run_plane::<8, 3>(scratch, io, yb),
+                            (Kernel::X86AvxVnni, 1) => self.run_plane_ymm::<1, 8, true>(scratch, io, yb),
+                            (Kernel::X86AvxVnni, 2) => self.run_plane_ymm::<2, 4, true>(scratch, io, yb),
+                            (Kernel::X86AvxVnni, 4) => self.run_plane_ymm::<4, 2, true>(scratch, io, yb),
+                            (Kernel::X86AvxVnni, _) => self.run_plane_ymm::<8, 1, true>(scratch, io, yb),
+                            (_, 1) => self.run_plane_ymm::<1, 8, false>(scratch, io, yb),
+                            (_, 2) => self.run_plane_ymm::<2, 4, false>(scratch, io, yb),
+                            (_, 4) => self.run_plane_ymm::<4, 2, false>(scratch, io, yb),
+                            (_, _) => self.run_plane_ymm::<8, 1, false>(scratch, io, yb),
                         }
                     }
                     continue;
@@ -879,37 +937,17 @@ impl QConv {
         }
     }
 
-    /// One group of a convolution the plane kernel runs ([`QConv::plane_weights`]): its input
-    /// plane `xg` (`h`×`w` bytes) is padded once into 4-byte windows, then every output row
-    /// is computed `MV` channels × `P` registers of 16 pixels at a time and requantised 16
-    /// pixels at a time into the channel planes of `yb` (one image's output). Lanes past the
-    /// row's end read the padding and are discarded.
-    ///
-    /// # Safety
-    /// The CPU has AVX-512 F and VNNI; `MV` is [`QConv::plane_mv`]; `[oh, ow]` the output size
-    /// of `[h, w]`.
+    /// The plane kernel's input: group `gi`'s plane `xg` (`h`×`w` bytes) padded once into
+    /// 4-byte windows, `row` words per padded row (`scratch.quads[r·row + x]` = the bytes at
+    /// `x..x + 4` of padded row `r`), for output rows of `owp` pixels (a multiple of the tile).
     #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f,avx512vnni")]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn run_plane<const MV: usize, const P: usize>(
-        &self,
-        scratch: &mut Scratch,
-        xg: &[u8],
-        [h, w]: [usize; 2],
-        [oh, ow]: [usize; 2],
-        gi: usize,
-        mg: usize,
-        yb: &mut [u8],
-    ) {
-        use kernels::x86::{plane_tile, requantise16};
+    fn plane_windows(&self, scratch: &mut Scratch, xg: &[u8], [h, w]: [usize; 2], oh: usize, owp: usize) -> usize {
         let g = &self.geometry;
         let [kh, kw] = g.kernel;
         let [pt, pl, _, _] = g.pads;
-        let kq4 = kw.div_ceil(4);
-        let chunk = P * ZMM_CH;
-        let owp = ow.div_ceil(chunk) * chunk;
-        // words per window row: every load of 16 from x0 + 16·p + 4·kq stays inside
-        let row = owp + 4 * kq4;
+        let step = Self::plane_step(self.kernel);
+        // words per window row: every load of a register from x0 + lanes·p + step·q stays inside
+        let row = owp + step * kw.div_ceil(step);
         let rows = oh + kh - 1;
         scratch.quads.resize(rows * row, 0);
         scratch.prow.resize(row + 3, 0);
@@ -920,10 +958,43 @@ impl QConv {
             if iy >= 0 && (iy as usize) < h {
                 prow[pl..pl + w].copy_from_slice(&xg[iy as usize * w..][..w]);
             }
-            for (q, win) in scratch.quads[r * row..][..row].iter_mut().zip(prow.windows(4)) {
-                *q = u32::from_le_bytes([win[0], win[1], win[2], win[3]]);
+            let quads = scratch.quads[r * row..][..row].iter_mut();
+            if step == 4 {
+                for (q, win) in quads.zip(prow.windows(4)) {
+                    *q = u32::from_le_bytes([win[0], win[1], win[2], win[3]]);
+                }
+            } else {
+                for (q, win) in quads.zip(prow.windows(2)) {
+                    *q = win[0] as u32 | (win[1] as u32) << 16;
+                }
             }
         }
+        row
+    }
+
+    /// One group of a convolution the plane kernel runs ([`QConv::plane_weights`]): its input
+    /// plane `xg` (`h`×`w` bytes) is padded once into 4-byte windows
+    /// ([`QConv::plane_windows`]), then every output row is computed `MV` channels × `P`
+    /// registers of 16 pixels at a time and requantised 16 pixels at a time into the channel
+    /// planes of `yb` (one image's output). Lanes past the row's end read the padding and are
+    /// discarded.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F and VNNI; `MV` is [`QConv::plane_mv`]; `[oh, ow]` the output size
+    /// of `[h, w]`.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512vnni")]
+    unsafe fn run_plane<const MV: usize, const P: usize>(
+        &self,
+        scratch: &mut Scratch,
+        (xg, [h, w], [oh, ow], gi, mg): PlaneIo<'_>,
+        yb: &mut [u8],
+    ) {
+        use kernels::x86::{plane_tile, requantise16};
+        let [kh, kw] = self.geometry.kernel;
+        let kq4 = kw.div_ceil(4);
+        let chunk = P * ZMM_CH;
+        let row = self.plane_windows(scratch, xg, [h, w], oh, ow.div_ceil(chunk) * chunk);
         let pixels = oh * ow;
         let wg = self.w_plane[gi * kh * kq4 * MV..][..kh * kq4 * MV].as_ptr();
         let mut acc = [[[0i32; ZMM_CH]; P]; MV];
@@ -948,6 +1019,77 @@ impl QConv {
                     }
                 }
                 x0 += chunk;
+            }
+        }
+    }
+
+    /// [`QConv::run_plane`] on 256-bit registers (AVX-VNNI's `vpdpbusd` over 4 taps when `VEX`,
+    /// else AVX2's `vpmaddwd` over 2): `MV` channels × `P` registers of 8 pixels a tile
+    /// ([`kernels::x86::plane_tile_ymm`]), requantised 8 pixels at a time.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 (and AVX-VNNI when `VEX`, the kernel then `X86AvxVnni`, else
+    /// `X86Avx2`); `MV` is [`QConv::plane_mv`]; `[oh, ow]` the output size of `[h, w]`.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn run_plane_ymm<const MV: usize, const P: usize, const VEX: bool>(
+        &self,
+        scratch: &mut Scratch,
+        (xg, [h, w], [oh, ow], gi, mg): PlaneIo<'_>,
+        yb: &mut [u8],
+    ) {
+        use kernels::x86::{plane_tile_ymm, YMM_PX};
+        let [kh, kw] = self.geometry.kernel;
+        let kq = kw.div_ceil(Self::plane_step(self.kernel));
+        let chunk = P * YMM_PX;
+        let row = self.plane_windows(scratch, xg, [h, w], oh, ow.div_ceil(chunk) * chunk);
+        let pixels = oh * ow;
+        let chunks = mg.div_ceil(MV);
+        let words = kh * kq * MV;
+        let mut acc = [[[0i32; YMM_PX]; P]; MV];
+        for oy in 0..oh {
+            let mut x0 = 0;
+            while x0 < ow {
+                for c in 0..chunks {
+                    let wg = self.w_plane[(gi * chunks + c) * words..][..words].as_ptr();
+                    // SAFETY: rows oy..oy + kh of `row` words; the loads stay inside (above);
+                    // the CPU and weights as the caller's contract says.
+                    unsafe {
+                        plane_tile_ymm::<MV, P, VEX>(scratch.quads[oy * row..].as_ptr(), row, x0, kh, kq, wg, &mut acc)
+                    };
+                    self.plane_store(&acc, (gi, mg, c * MV), (oy, ow, x0), pixels, yb);
+                }
+                x0 += chunk;
+            }
+        }
+    }
+
+    /// Requantise one tile of [`QConv::run_plane_ymm`] (`MV` channels from `j0` of group `gi`,
+    /// `P` registers of 8 pixels from `x0` of row `oy`) into the channel planes of `yb`.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    fn plane_store<const MV: usize, const P: usize>(
+        &self,
+        acc: &[[[i32; M_TILE]; P]; MV],
+        (gi, mg, j0): (usize, usize, usize),
+        (oy, ow, x0): (usize, usize, usize),
+        pixels: usize,
+        yb: &mut [u8],
+    ) {
+        for (jj, a) in acc.iter().enumerate().take(mg - j0) {
+            let j = j0 + jj;
+            let ch = gi * self.mgp + j;
+            let bias = [self.bias[ch]; M_TILE];
+            let mult = [self.mult[ch]; M_TILE];
+            for (p, ap) in a.iter().enumerate() {
+                let ox = x0 + p * M_TILE;
+                if ox >= ow {
+                    break;
+                }
+                // SAFETY: the plane kernels on 256 bits run where the CPU has AVX2.
+                let q = unsafe { kernels::x86::requantise8_avx2(ap, &bias, &mult, self.zy) };
+                let n = M_TILE.min(ow - ox);
+                yb[(gi * mg + j) * pixels + oy * ow + ox..][..n].copy_from_slice(&q[..n]);
             }
         }
     }
@@ -1474,6 +1616,9 @@ mod tests {
             case(&mut rng, 7, 7, 21, 1, 1, 7, [26, 53]),
             case(&mut rng, 1, 2, 5, 1, 1, 1, [6, 150]),
             case(&mut rng, 3, 9, 7, 1, 1, 3, [13, 17]),
+            case(&mut rng, 1, 12, 5, 1, 1, 1, [9, 30]),
+            // one 16-byte im2col row a pixel (1 channel, 3×3, stride 2)
+            case(&mut rng, 1, 8, 3, 2, 1, 1, [12, 15]),
         ]
     }
 
@@ -1519,13 +1664,52 @@ mod tests {
         }
     }
 
-    /// The plane kernel takes exactly the thin, wide convolutions (the last four cases), with
-    /// the tile width their channels need; the definition test above checks its bytes.
+    /// The plane kernel takes exactly the convolutions of one input channel per group with few
+    /// outputs, with the tile width their channels need; the definition test above checks its
+    /// bytes.
     #[test]
     fn the_plane_kernel_takes_one_input_channel_per_group_and_few_outputs() {
-        let mv: Vec<usize> = cases().iter().map(|c| op(c, Kernel::X86Vnni).plane_mv).collect();
-        assert_eq!(mv, [0, 0, 0, 0, 0, 1, 0, 0, 0, 8, 1, 2, 4]);
-        assert!(cases().iter().all(|c| op(c, Kernel::Portable).plane_mv == 0));
+        let mv = |kernel| cases().iter().map(|c| op(c, kernel).plane_mv).collect::<Vec<usize>>();
+        assert_eq!(mv(Kernel::X86Vnni), [0, 0, 0, 0, 0, 1, 0, 0, 0, 8, 1, 2, 4, 0, 0]);
+        // on 256 bits up to 16 channels, in passes of 8: the first case (1 → 16) and the last
+        for kernel in [Kernel::X86AvxVnni, Kernel::X86Avx2] {
+            assert_eq!(mv(kernel), [8, 0, 0, 0, 0, 1, 0, 0, 0, 8, 1, 2, 4, 8, 0], "{kernel:?}");
+        }
+        for kernel in [Kernel::Portable, Kernel::ArmDot, Kernel::ArmSmlal, Kernel::ArmV7Neon] {
+            assert!(cases().iter().all(|c| op(c, kernel).plane_mv == 0), "{kernel:?}");
+        }
+    }
+
+    /// Filter banks use the whole i8 range (the anomaly model's do): the plane kernels take
+    /// them on every x86 kernel, AVX2's included (16-bit products), and stay exact.
+    #[test]
+    fn the_plane_kernels_are_exact_over_the_whole_weight_range() {
+        let mut rng = Rng(13);
+        let mut banks = [
+            case(&mut rng, 1, 7, 17, 1, 1, 1, [21, 37]),
+            case(&mut rng, 7, 7, 21, 1, 1, 7, [24, 29]),
+        ];
+        for c in banks.iter_mut() {
+            for (i, v) in c.wts.iter_mut().enumerate() {
+                *v = match i % 5 {
+                    0 => i8::MIN,
+                    1 => i8::MAX,
+                    _ => rng.byte() as i8,
+                };
+            }
+            c.x.iter_mut().step_by(3).for_each(|v| *v = 255);
+        }
+        for (i, c) in banks.iter().enumerate() {
+            let want = reference(c);
+            for kernel in kernels_here() {
+                let o = op(c, kernel);
+                if matches!(kernel, Kernel::X86Vnni | Kernel::X86AvxVnni | Kernel::X86Avx2) {
+                    assert_eq!(o.kernel, kernel, "bank {i}");
+                    assert!(o.plane_mv > 0, "bank {i} on the plane kernel, {kernel:?}");
+                }
+                assert_eq!(run(&o, c, &c.x), want, "bank {i}, kernel {kernel:?}");
+            }
+        }
     }
 
     #[test]
