@@ -679,7 +679,8 @@ impl Tracker {
                 if let Some(last) = line.last_off {
                     let earliest = last.add_us(gap as u64);
                     if on < earliest {
-                        if earliest > now && earliest < arrival {
+                        // A window opening at the arrival itself still covers the item.
+                        if earliest > now && earliest <= arrival {
                             if let Some(it) = self.items.iter_mut().nth(idx) {
                                 it.not_before = Some(earliest);
                             }
