@@ -11,8 +11,9 @@
 //! the scope takes it back: after the first runs have sized it, a run asks the system
 //! allocator for nothing. Guarantees: the pool holds only system blocks of exactly the layout
 //! it serves (a block may leave it by any path and is freed normally); it holds at most
-//! [`POOL_CLASSES`] layouts, [`POOL_BLOCKS_PER_CLASS`] blocks each and [`POOL_MAX_BYTES`] in
-//! all, beyond which blocks go back to the system; system calls and pool hits are counted
+//! [`POOL_CLASSES`] layouts, [`POOL_BLOCKS_PER_CLASS`] blocks each, [`POOL_SMALL_BLOCKS`]
+//! blocks shorter than a pointer besides, and [`POOL_MAX_BYTES`] in all, beyond which blocks
+//! go back to the system; any alignment is served; system calls and pool hits are counted
 //! apart ([`Snapshot::count`] and [`Snapshot::pool_hits`]), so a pool that keeps growing after
 //! warm-up shows as system calls.
 
@@ -44,7 +45,26 @@ pub const POOL_BLOCKS_PER_CLASS: u32 = 64;
 /// Bytes the pool may hold per thread: a few times the largest model's live intermediates.
 pub const POOL_MAX_BYTES: usize = 256 << 20;
 
-/// One layout's free list: blocks linked through their first word.
+/// Blocks shorter than a pointer (no room for a link) the pool keeps aside, whatever their
+/// layout: tract frees a few scalars' worth per run (a segmentation run: eight of 4 bytes).
+pub const POOL_SMALL_BLOCKS: usize = 32;
+
+/// A block shorter than a pointer, kept aside; `ptr` null: a free slot.
+#[derive(Clone, Copy)]
+struct Small {
+    ptr: *mut u8,
+    size: usize,
+    align: usize,
+}
+
+const NO_SMALL: Small = Small {
+    ptr: std::ptr::null_mut(),
+    size: 0,
+    align: 0,
+};
+
+/// One layout's free list: blocks linked through their first word (written unaligned: a
+/// block aligned to less than a pointer holds one as well).
 #[derive(Clone, Copy)]
 struct Class {
     size: usize,
@@ -66,6 +86,7 @@ thread_local! {
     static CURRENT: Cell<u8> = const { Cell::new(0) };
     static LOCAL: [Cell<u64>; SCOPES] = const { [Cell::new(0), Cell::new(0), Cell::new(0)] };
     static POOL: Cell<[Class; POOL_CLASSES]> = const { Cell::new([EMPTY; POOL_CLASSES]) };
+    static SMALL: Cell<[Small; POOL_SMALL_BLOCKS]> = const { Cell::new([NO_SMALL; POOL_SMALL_BLOCKS]) };
     static POOL_BYTES: Cell<usize> = const { Cell::new(0) };
     static LOCAL_POOL_HITS: Cell<u64> = const { Cell::new(0) };
 }
@@ -82,6 +103,21 @@ fn in_tract() -> bool {
 
 /// Take a block of `layout` from this thread's pool.
 fn pool_take(layout: Layout) -> Option<*mut u8> {
+    if layout.size() < std::mem::size_of::<*mut u8>() {
+        return SMALL
+            .try_with(|cell| {
+                // SAFETY: as below, this thread's own table, not re-entered.
+                let small = unsafe { &mut *cell.as_ptr() };
+                let slot = small
+                    .iter_mut()
+                    .find(|b| !b.ptr.is_null() && b.size == layout.size() && b.align == layout.align())?;
+                let block = std::mem::replace(slot, NO_SMALL).ptr;
+                let _ = POOL_BYTES.try_with(|b| b.set(b.get() - layout.size()));
+                Some(block)
+            })
+            .ok()
+            .flatten();
+    }
     POOL.try_with(|cell| {
         // SAFETY: the pool is this thread's own and is not re-entered: nothing here allocates.
         let pool = unsafe { &mut *cell.as_ptr() };
@@ -90,7 +126,7 @@ fn pool_take(layout: Layout) -> Option<*mut u8> {
             .find(|c| c.size == layout.size() && c.align == layout.align() && c.len > 0)?;
         let block = class.head;
         // SAFETY: a pooled block starts with the link written by `pool_put`.
-        class.head = unsafe { (block as *mut *mut u8).read() };
+        class.head = unsafe { (block as *mut *mut u8).read_unaligned() };
         class.len -= 1;
         let _ = POOL_BYTES.try_with(|b| b.set(b.get() - layout.size()));
         Some(block)
@@ -101,12 +137,27 @@ fn pool_take(layout: Layout) -> Option<*mut u8> {
 
 /// Keep `block` in this thread's pool; false when the pool is full for it.
 fn pool_put(block: *mut u8, layout: Layout) -> bool {
-    if layout.size() < std::mem::size_of::<*mut u8>() || layout.align() < std::mem::align_of::<*mut u8>() {
+    let held = POOL_BYTES.try_with(|b| b.get()).unwrap_or(usize::MAX);
+    if held.saturating_add(layout.size()) > POOL_MAX_BYTES || layout.size() == 0 {
         return false;
     }
-    let held = POOL_BYTES.try_with(|b| b.get()).unwrap_or(usize::MAX);
-    if held.saturating_add(layout.size()) > POOL_MAX_BYTES {
-        return false;
+    if layout.size() < std::mem::size_of::<*mut u8>() {
+        return SMALL
+            .try_with(|cell| {
+                // SAFETY: as in `pool_take`.
+                let small = unsafe { &mut *cell.as_ptr() };
+                let slot = small.iter_mut().find(|b| b.ptr.is_null())?;
+                *slot = Small {
+                    ptr: block,
+                    size: layout.size(),
+                    align: layout.align(),
+                };
+                let _ = POOL_BYTES.try_with(|b| b.set(b.get() + layout.size()));
+                Some(())
+            })
+            .ok()
+            .flatten()
+            .is_some();
     }
     POOL.try_with(|cell| {
         // SAFETY: as in `pool_take`.
@@ -121,8 +172,8 @@ fn pool_put(block: *mut u8, layout: Layout) -> bool {
         }
         class.size = layout.size();
         class.align = layout.align();
-        // SAFETY: the block is at least one pointer long and aligned for one (checked above).
-        unsafe { (block as *mut *mut u8).write(class.head) };
+        // SAFETY: the block is at least one pointer long (checked above), written unaligned.
+        unsafe { (block as *mut *mut u8).write_unaligned(class.head) };
         class.head = block;
         class.len += 1;
         let _ = POOL_BYTES.try_with(|b| b.set(b.get() + layout.size()));
@@ -146,7 +197,7 @@ pub fn pool_release() {
                 // SAFETY: a pooled block starts with its link and came from `System` with
                 // this layout.
                 unsafe {
-                    class.head = (block as *mut *mut u8).read();
+                    class.head = (block as *mut *mut u8).read_unaligned();
                     if let Ok(layout) = layout {
                         System.dealloc(block, layout);
                     }
@@ -154,6 +205,17 @@ pub fn pool_release() {
                 class.len -= 1;
             }
             *class = EMPTY;
+        }
+    });
+    let _ = SMALL.try_with(|cell| {
+        // SAFETY: as in `pool_take`.
+        let small = unsafe { &mut *cell.as_ptr() };
+        for b in small.iter_mut().filter(|b| !b.ptr.is_null()) {
+            if let Ok(layout) = Layout::from_size_align(b.size, b.align) {
+                // SAFETY: the block came from `System` with this layout.
+                unsafe { System.dealloc(b.ptr, layout) };
+            }
+            *b = NO_SMALL;
         }
     });
     let _ = POOL_BYTES.try_with(|b| b.set(0));

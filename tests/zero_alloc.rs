@@ -174,3 +174,65 @@ fn grains_analysis_allocates_nothing_in_our_code_after_warm_up() {
     }
     assert!(grains > 0, "the samples have grains");
 }
+
+/// tract itself, after warm-up, asks the system allocator for nothing on any shipped model
+/// file, int8 or f32: every block it frees comes back from the engine's pool (tiny and
+/// low-aligned ones included), so its allocations per inference stay at 0, under the bound of
+/// 10 the runtime promises. Pool hits are counted apart and must be there (tract does allocate).
+#[test]
+fn tract_asks_the_system_for_nothing_per_inference_on_every_shipped_model() {
+    use ferroscope::alloc_count::scoped;
+    use ferroscope::model::engine::Engine;
+    use ferroscope::model::manifest::Manifest;
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let mut manifests: Vec<PathBuf> = std::fs::read_dir(root.join("models"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    manifests.sort();
+    assert!(manifests.len() >= 6, "the shipped manifests: {manifests:?}");
+    for m in &manifests {
+        // a grains manifest has a loader of its own
+        let manifest = Manifest::load(m)
+            .or_else(|_| ferroscope::grains::model::load_manifest(m).map(|(m, _)| m))
+            .unwrap();
+        for p in [Precision::Int8, Precision::F32] {
+            if p == Precision::F32 && manifest.model.f32_file.is_none() {
+                continue;
+            }
+            let file = manifest.model_path(p).unwrap();
+            let mut engine = Engine::load_outputs(&file, &manifest.input.shape).unwrap();
+            for (i, v) in engine.input_mut().iter_mut().enumerate() {
+                *v = (i * 7 % 256) as f32 / 64.0 - 2.0;
+            }
+            let mut out = vec![0.0f32; engine.output_len()];
+            for _ in 0..2 {
+                scoped(Scope::Tract, || engine.run(&mut out)).unwrap();
+            }
+            let before = Snapshot::take_thread();
+            for _ in 0..3 {
+                scoped(Scope::Tract, || engine.run(&mut out)).unwrap();
+            }
+            let after = Snapshot::take_thread();
+            let system = after.since(&before, Scope::Tract);
+            assert_eq!(
+                system,
+                0,
+                "{}: tract asked the system allocator {system} times in 3 runs",
+                file.display()
+            );
+            assert!(
+                after.pool_hits > before.pool_hits,
+                "{}: tract's requests served by the pool are counted",
+                file.display()
+            );
+            assert_eq!(
+                after.since(&before, Scope::Ours),
+                0,
+                "{}: our code allocated",
+                file.display()
+            );
+        }
+    }
+}
