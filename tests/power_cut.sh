@@ -224,10 +224,13 @@ for k in range(cuts):
         fails.append("cut %d: the records folder is gone, %d items were decided" % (k - 1, decided_total))
     # The power goes 0–5 s after the station starts: some cuts land in its start-up and
     # recovery (the model loads for about a second on the emulated CPU), most among items.
-    # Where every earlier cut fell in start-up (a slow or busy host), the last one counts its
-    # 0–5 s from the first item, so that there is a log whose survival is checked.
-    if k == cuts - 1 and decided_total == 0:
+    # Where no earlier cut left a record in the log (every one in start-up, or just after the
+    # first item, before its flush: a slow or busy host), the last one counts its 0–5 s from
+    # the first item plus a flush interval and the slack, so that there is a log whose
+    # survival and recovery are checked.
+    if k == cuts - 1 and before == 0:
         wait_for(lines, p, lambda s: s.startswith("#"), 120)
+        time.sleep((flush_ms + slack_ms) / 1000.0)
     time.sleep(rng.uniform(0.0, 5.0))
     p.kill()
     cut_at = time.monotonic()
