@@ -38,12 +38,29 @@ pub fn free_port() -> u16 {
 }
 
 fn wait_listening(port: u16, what: &str) {
+    assert!(
+        listening_within(port, READY_WITHIN),
+        "{what} never listened on 127.0.0.1:{port}"
+    );
+}
+
+/// Whether something accepts TCP connections on 127.0.0.1:`port` within `within`.
+fn listening_within(port: u16, within: Duration) -> bool {
     let t0 = Instant::now();
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(t0.elapsed() < READY_WITHIN, "{what} never listened on 127.0.0.1:{port}");
+        if t0.elapsed() >= within {
+            return false;
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
+    true
 }
+
+/// How many embedded brokers [`Embedded::start_with`] tries before it gives up.
+const EMBEDDED_TRIES: usize = 3;
+
+/// Longest wait for an embedded broker's first CONNACK.
+const CONNACK_WITHIN: Duration = Duration::from_secs(10);
 
 /// A broker certificate and key for 127.0.0.1 and the CA that signed it, as PEM files in a
 /// folder.
@@ -90,7 +107,37 @@ impl Embedded {
 
     /// With TLS (the broker's certificate and key) and, if `users` is not empty, only those
     /// user names and passwords.
+    ///
+    /// The broker counts as started once an MQTT client got its CONNACK (a port that merely
+    /// accepts connections may belong to someone else, or to a broker whose server thread never
+    /// answers); one that does not answer is left behind and another started on a new port.
     pub fn start_with(tls: Option<&Pki>, users: &[(&str, &str)]) -> Embedded {
+        let mut seen = Vec::new();
+        for _ in 0..EMBEDDED_TRIES {
+            let port = Embedded::launch(tls, users);
+            let probe = if listening_within(port, READY_WITHIN) {
+                connack_from(
+                    port,
+                    tls.map(|p| p.ca.as_path()),
+                    users.first().copied(),
+                    CONNACK_WITHIN,
+                )
+            } else {
+                Err("never listened".to_string())
+            };
+            match probe {
+                Ok(()) => return Embedded { port },
+                Err(e) => {
+                    eprintln!("embedded broker on 127.0.0.1:{port}: {e}; starting another");
+                    seen.push(format!("{port}: {e}"));
+                }
+            }
+        }
+        panic!("no embedded broker answered MQTT in {EMBEDDED_TRIES} tries: {seen:?}");
+    }
+
+    /// A broker thread on a fresh port; the port.
+    fn launch(tls: Option<&Pki>, users: &[(&str, &str)]) -> u16 {
         use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings, TlsConfig};
         let port = free_port();
         let server = ServerSettings {
@@ -129,9 +176,56 @@ impl Embedded {
                 panic!("embedded broker on port {port}: {e}");
             }
         });
-        wait_listening(port, "the embedded broker");
-        Embedded { port }
+        port
     }
+}
+
+/// MQTT options for a client `id` of the broker on 127.0.0.1:`port` (over TLS with the CA at
+/// `ca`, and with `credentials`, when given).
+fn options(id: String, port: u16, ca: Option<&Path>, credentials: Option<(&str, &str)>) -> rumqttc::MqttOptions {
+    use rumqttc::{MqttOptions, TlsConfiguration, Transport};
+    let mut o = MqttOptions::new(id, "127.0.0.1", port);
+    o.set_keep_alive(Duration::from_secs(5));
+    if let Some((u, p)) = credentials {
+        o.set_credentials(u, p);
+    }
+    if let Some(ca) = ca {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        o.set_transport(Transport::tls_with_config(TlsConfiguration::Simple {
+            ca: std::fs::read(ca).unwrap(),
+            alpn: None,
+            client_auth: None,
+        }));
+    }
+    o
+}
+
+/// Whether a clean-session client gets a CONNACK from 127.0.0.1:`port` within `within`; the
+/// last error seen when not.
+fn connack_from(
+    port: u16,
+    ca: Option<&Path>,
+    credentials: Option<(&str, &str)>,
+    within: Duration,
+) -> Result<(), String> {
+    use rumqttc::{Client, Event, Packet};
+    let (client, mut conn) = Client::new(options(format!("probe-{port}"), port, ca, credentials), 4);
+    let t0 = Instant::now();
+    let mut last = "no CONNACK".to_string();
+    while t0.elapsed() < within {
+        match conn.recv_timeout(Duration::from_millis(200)) {
+            Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => {
+                let _ = client.disconnect();
+                return Ok(());
+            }
+            Ok(Err(e)) => {
+                last = format!("no CONNACK ({e})");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            _ => {}
+        }
+    }
+    Err(format!("{last} within {within:?}"))
 }
 
 /// A TCP relay from `port` to a broker; [`Outage::cut`] takes the broker away for a while.
@@ -272,31 +366,32 @@ impl Consumer {
     /// Connects to `port` (over TLS with the CA at `ca`, and with `credentials`, when given)
     /// and returns once subscribed.
     pub fn start(port: u16, ca: Option<&Path>, credentials: Option<(&str, &str)>) -> Consumer {
-        use rumqttc::{Client, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
-        let mut o = MqttOptions::new(format!("plant-consumer-{port}"), "127.0.0.1", port);
+        use rumqttc::{Client, Event, Packet, QoS};
+        let mut o = options(format!("plant-consumer-{port}"), port, ca, credentials);
         o.set_clean_session(false);
-        o.set_keep_alive(Duration::from_secs(5));
-        if let Some((u, p)) = credentials {
-            o.set_credentials(u, p);
-        }
-        if let Some(ca) = ca {
-            let _ = rustls::crypto::ring::default_provider().install_default();
-            o.set_transport(Transport::tls_with_config(TlsConfiguration::Simple {
-                ca: std::fs::read(ca).unwrap(),
-                alpn: None,
-                client_auth: None,
-            }));
-        }
         let (client, mut conn) = Client::new(o, 64);
         let c = Consumer {
             rejects: Arc::default(),
             statuses: Arc::default(),
         };
         let subscribed = Arc::new(AtomicBool::new(false));
+        // What the connection did before the subscription was acknowledged, for the message
+        // when it never is.
+        let early: Arc<Mutex<Vec<String>>> = Arc::default();
         {
-            let (rejects, statuses, subscribed) = (c.rejects.clone(), c.statuses.clone(), subscribed.clone());
+            let (rejects, statuses, subscribed, early) =
+                (c.rejects.clone(), c.statuses.clone(), subscribed.clone(), early.clone());
             std::thread::spawn(move || {
                 for ev in conn.iter() {
+                    if !subscribed.load(Ordering::SeqCst) {
+                        let mut early = early.lock().unwrap();
+                        if early.len() < 40 {
+                            early.push(match &ev {
+                                Ok(e) => format!("{e:?}"),
+                                Err(e) => format!("error: {e}"),
+                            });
+                        }
+                    }
                     match ev {
                         Ok(Event::Incoming(Packet::ConnAck(_))) => {
                             let _ = client.try_subscribe("ferroscope/rec-test/#", QoS::AtLeastOnce);
@@ -325,7 +420,8 @@ impl Consumer {
         while !subscribed.load(Ordering::SeqCst) {
             assert!(
                 t0.elapsed() < READY_WITHIN,
-                "the consumer never subscribed on port {port}"
+                "the consumer never subscribed on port {port}; its connection saw: {:?}",
+                early.lock().unwrap()
             );
             std::thread::sleep(Duration::from_millis(20));
         }
