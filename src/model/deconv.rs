@@ -154,11 +154,13 @@ impl DeconvU8 {
                 return;
             }
         }
+        #[cfg(target_arch = "aarch64")]
         self.run_with(x, h, w, y, |wc, px, bias, rows| {
-            #[cfg(target_arch = "aarch64")]
             // SAFETY: NEON is part of aarch64.
-            let acc = unsafe { taps_neon(wc, px) };
-            #[cfg(not(target_arch = "aarch64"))]
+            unsafe { block_neon(wc, px, bias, scale, zero_point, rows) }
+        });
+        #[cfg(not(target_arch = "aarch64"))]
+        self.run_with(x, h, w, y, |wc, px, bias, rows| {
             let acc = taps_portable(wc, px);
             let mut row = [0.0f32; 2 * LANES];
             for (ky, out) in rows.iter_mut().enumerate() {
@@ -305,37 +307,76 @@ unsafe fn block_fma(
     }
 }
 
-/// [`taps_portable`] with fused multiply-adds: 4 × 4 registers of 4 sums.
+/// One output channel's block on aarch64: [`taps_portable`] with fused multiply-adds (16
+/// named registers of 4 sums, so that none is kept in memory between input channels), then the
+/// bias and the quantisation of `quant::quantise` four sums at a time (`FCVTNS` rounds half to
+/// even and saturates, NaN to 0), and the kx = 0 and kx = 1 taps' bytes interleaved into the
+/// two output rows.
 ///
 /// # Safety
 /// Always safe on aarch64 (NEON is part of it); `unsafe` for the intrinsics.
 #[cfg(target_arch = "aarch64")]
-unsafe fn taps_neon(wc: &[f32], px: &[[f32; LANES]]) -> [[f32; LANES]; 4] {
+unsafe fn block_neon(
+    wc: &[f32],
+    px: &[[f32; LANES]],
+    bias: f32,
+    scale: f32,
+    zero_point: u8,
+    rows: &mut [[u8; 2 * LANES]; 2],
+) {
     use std::arch::aarch64::*;
-    // SAFETY: every pointer below is into a 16-f32 array, read or written 4 at a time.
+    assert!(wc.len() >= 4 * px.len());
+    let (w, p) = (wc.as_ptr(), px.as_ptr() as *const f32);
+    // SAFETY: `ci` < `px.len()`: 16 pixels at `p + 16·ci`, 4 weights at `w + 4·ci` (asserted);
+    // each row is 32 bytes.
     unsafe {
-        let mut acc = [[vdupq_n_f32(0.0); 4]; 4];
-        for (wt, p) in wc.chunks_exact(4).zip(px) {
-            let v = [
-                vld1q_f32(p.as_ptr()),
-                vld1q_f32(p.as_ptr().add(4)),
-                vld1q_f32(p.as_ptr().add(8)),
-                vld1q_f32(p.as_ptr().add(12)),
-            ];
-            let wt = [wt[0], wt[1], wt[2], wt[3]];
-            for t in 0..4 {
-                for k in 0..4 {
-                    acc[t][k] = vfmaq_n_f32(acc[t][k], v[k], wt[t]);
-                }
-            }
+        let z = vdupq_n_f32(0.0);
+        // tap t (ky·2 + kx), pixels 4k..4k + 4: a{t}{k}
+        let (mut a00, mut a01, mut a02, mut a03) = (z, z, z, z);
+        let (mut a10, mut a11, mut a12, mut a13) = (z, z, z, z);
+        let (mut a20, mut a21, mut a22, mut a23) = (z, z, z, z);
+        let (mut a30, mut a31, mut a32, mut a33) = (z, z, z, z);
+        for ci in 0..px.len() {
+            let v0 = vld1q_f32(p.add(LANES * ci));
+            let v1 = vld1q_f32(p.add(LANES * ci + 4));
+            let v2 = vld1q_f32(p.add(LANES * ci + 8));
+            let v3 = vld1q_f32(p.add(LANES * ci + 12));
+            let wt = vld1q_f32(w.add(4 * ci));
+            a00 = vfmaq_laneq_f32::<0>(a00, v0, wt);
+            a01 = vfmaq_laneq_f32::<0>(a01, v1, wt);
+            a02 = vfmaq_laneq_f32::<0>(a02, v2, wt);
+            a03 = vfmaq_laneq_f32::<0>(a03, v3, wt);
+            a10 = vfmaq_laneq_f32::<1>(a10, v0, wt);
+            a11 = vfmaq_laneq_f32::<1>(a11, v1, wt);
+            a12 = vfmaq_laneq_f32::<1>(a12, v2, wt);
+            a13 = vfmaq_laneq_f32::<1>(a13, v3, wt);
+            a20 = vfmaq_laneq_f32::<2>(a20, v0, wt);
+            a21 = vfmaq_laneq_f32::<2>(a21, v1, wt);
+            a22 = vfmaq_laneq_f32::<2>(a22, v2, wt);
+            a23 = vfmaq_laneq_f32::<2>(a23, v3, wt);
+            a30 = vfmaq_laneq_f32::<3>(a30, v0, wt);
+            a31 = vfmaq_laneq_f32::<3>(a31, v1, wt);
+            a32 = vfmaq_laneq_f32::<3>(a32, v2, wt);
+            a33 = vfmaq_laneq_f32::<3>(a33, v3, wt);
         }
-        let mut out = [[0.0f32; LANES]; 4];
-        for (o, a) in out.iter_mut().zip(&acc) {
-            for (k, &s) in a.iter().enumerate() {
-                vst1q_f32(o.as_mut_ptr().add(4 * k), s);
-            }
+        let (b, s, zp) = (vdupq_n_f32(bias), vdupq_n_f32(scale), vdupq_n_s32(zero_point as i32));
+        // (x + bias)·scale rounded half to even, plus the zero point, saturated: as
+        // `quant::quantise` (its ±10⁶ clamp and NaN → 0 give the same bytes as the saturating
+        // conversion)
+        let q = |x: float32x4_t| vqaddq_s32(vcvtnq_s32_f32(vmulq_f32(vaddq_f32(x, b), s)), zp);
+        let bytes = |r: [float32x4_t; 4]| {
+            let lo = vcombine_s16(vqmovn_s32(q(r[0])), vqmovn_s32(q(r[1])));
+            let hi = vcombine_s16(vqmovn_s32(q(r[2])), vqmovn_s32(q(r[3])));
+            vcombine_u8(vqmovun_s16(lo), vqmovun_s16(hi))
+        };
+        for (row, [even, odd]) in rows
+            .iter_mut()
+            .zip([[[a00, a01, a02, a03], [a10, a11, a12, a13]], [[a20, a21, a22, a23], [a30, a31, a32, a33]]])
+        {
+            let (e, o) = (bytes(even), bytes(odd));
+            vst1q_u8(row.as_mut_ptr(), vzip1q_u8(e, o));
+            vst1q_u8(row.as_mut_ptr().add(LANES), vzip2q_u8(e, o));
         }
-        out
     }
 }
 
@@ -421,6 +462,36 @@ mod tests {
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("fma") {
             assert_eq!(equal, total, "bytes equal to tract's with AVX-512");
+        }
+    }
+
+    /// The aarch64 block quantises as `quant::quantise` does on ties, NaN, the saturation edges
+    /// and sums far out of range, and puts the kx = 0 and kx = 1 taps in the right columns.
+    #[cfg(target_arch = "aarch64")]
+    #[test]
+    fn the_neon_block_quantises_and_interleaves_like_the_portable_one() {
+        let values = [
+            0.5, 1.5, 2.5, -0.5, -1.5, 127.5, 128.5, 254.5, 255.5, 256.0, -255.5, 0.0, -0.0, f32::NAN, 1.0e7, -1.0e7,
+        ];
+        for (scale, zp, bias) in [(1.0f32, 0u8, 0.0f32), (1.0, 128, 0.0), (2.0, 3, 0.25), (0.5, 255, -1.0)] {
+            // one input channel, weights 1, 2, 3, 4: each tap's sum is one exact product
+            let wc = [1.0f32, 2.0, 4.0, 8.0];
+            let mut px = [[0.0f32; LANES]; 1];
+            px[0].copy_from_slice(&values);
+            let mut got = [[0u8; 2 * LANES]; 2];
+            // SAFETY: aarch64 has NEON.
+            unsafe { block_neon(&wc, &px, bias, scale, zp, &mut got) };
+            let acc = taps_portable(&wc, &px);
+            for (ky, row) in got.iter().enumerate() {
+                let mut sums = [0.0f32; 2 * LANES];
+                for l in 0..LANES {
+                    sums[2 * l] = acc[2 * ky][l] + bias;
+                    sums[2 * l + 1] = acc[2 * ky + 1][l] + bias;
+                }
+                let mut want = [0u8; 2 * LANES];
+                crate::model::quant::quantise(&sums, &mut want, scale, zp);
+                assert_eq!(row, &want, "row {ky}, scale {scale}, zero point {zp}, bias {bias}");
+            }
         }
     }
 }

@@ -619,6 +619,134 @@ pub(super) mod arm {
         }
     }
 
+    /// Output pixels per step of the plane kernel ([`plane_tile`]): one register of bytes.
+    pub const PLANE_PIXELS: usize = 16;
+
+    /// The plane kernel on NEON: `MV` (1, 2 or 4) output channels × [`PLANE_PIXELS`] pixels of
+    /// one output row, the pixels in the lanes. Each tap loads the 16 input bytes under the 16
+    /// pixels (`base + taps[t]`) and, per channel, its weight broadcast (`LD1R`); `SMULL` and
+    /// `SMULL2` multiply into 16-bit lanes and `SADDW`/`SADDW2` widen them into the 32-bit sums.
+    /// With `PAIRS` the taps go two at a time (`SMLAL`/`SMLAL2` adds the second product in 16
+    /// bits: 12 instructions per 32 multiply-adds of one channel), which needs no channel to
+    /// weigh both taps of a pair −128 (the one sum that leaves 16 bits); without it one tap at a
+    /// time. The sums are named variables, so none is kept in memory between taps. Writes
+    /// `out[j]` for the `MV` channels.
+    ///
+    /// # Safety
+    /// `taps.len()` is even when `PAIRS`; every `base + taps[t]` reads 16 bytes; `w` holds
+    /// `taps.len()`·`MV` weights, tap-major; with `PAIRS`, no channel has −128 at both taps of a
+    /// pair (`2i`, `2i + 1`).
+    #[target_feature(enable = "neon")]
+    pub unsafe fn plane_tile<const MV: usize, const PAIRS: bool>(
+        base: *const i8,
+        taps: &[usize],
+        w: *const i8,
+        out: &mut [[i32; PLANE_PIXELS]; 4],
+    ) {
+        debug_assert!(matches!(MV, 1 | 2 | 4) && (!PAIRS || taps.len() % 2 == 0));
+        unsafe {
+            let z = vdupq_n_s32(0);
+            let (mut a00, mut a01, mut a02, mut a03) = (z, z, z, z);
+            let (mut a10, mut a11, mut a12, mut a13) = (z, z, z, z);
+            let (mut a20, mut a21, mut a22, mut a23) = (z, z, z, z);
+            let (mut a30, mut a31, mut a32, mut a33) = (z, z, z, z);
+            // 16 products in two registers of 16-bit lanes into the channel's four sums
+            macro_rules! widen {
+                ($lo:expr, $hi:expr, $s0:ident, $s1:ident, $s2:ident, $s3:ident) => {{
+                    let (lo, hi) = ($lo, $hi);
+                    $s0 = vaddw_s16($s0, vget_low_s16(lo));
+                    $s1 = vaddw_high_s16($s1, lo);
+                    $s2 = vaddw_s16($s2, vget_low_s16(hi));
+                    $s3 = vaddw_high_s16($s3, hi);
+                }};
+            }
+            if PAIRS {
+                let mut t = 0;
+                while t < taps.len() {
+                    let xa = vld1q_s8(base.add(*taps.get_unchecked(t)));
+                    let xb = vld1q_s8(base.add(*taps.get_unchecked(t + 1)));
+                    let (wa, wb) = (w.add(t * MV), w.add((t + 1) * MV));
+                    macro_rules! channel {
+                        ($j:expr, $s0:ident, $s1:ident, $s2:ident, $s3:ident) => {{
+                            let va = vld1q_dup_s8(wa.add($j));
+                            let vb = vld1q_dup_s8(wb.add($j));
+                            let lo = vmlal_s8(vmull_s8(vget_low_s8(xa), vget_low_s8(va)), vget_low_s8(xb), vget_low_s8(vb));
+                            let hi = vmlal_high_s8(vmull_high_s8(xa, va), xb, vb);
+                            widen!(lo, hi, $s0, $s1, $s2, $s3);
+                        }};
+                    }
+                    channel!(0, a00, a01, a02, a03);
+                    if MV > 1 {
+                        channel!(1, a10, a11, a12, a13);
+                    }
+                    if MV > 2 {
+                        channel!(2, a20, a21, a22, a23);
+                        channel!(3, a30, a31, a32, a33);
+                    }
+                    t += 2;
+                }
+            } else {
+                for (t, &off) in taps.iter().enumerate() {
+                    let xa = vld1q_s8(base.add(off));
+                    let wa = w.add(t * MV);
+                    macro_rules! channel {
+                        ($j:expr, $s0:ident, $s1:ident, $s2:ident, $s3:ident) => {{
+                            let va = vld1q_dup_s8(wa.add($j));
+                            widen!(
+                                vmull_s8(vget_low_s8(xa), vget_low_s8(va)),
+                                vmull_high_s8(xa, va),
+                                $s0,
+                                $s1,
+                                $s2,
+                                $s3
+                            );
+                        }};
+                    }
+                    channel!(0, a00, a01, a02, a03);
+                    if MV > 1 {
+                        channel!(1, a10, a11, a12, a13);
+                    }
+                    if MV > 2 {
+                        channel!(2, a20, a21, a22, a23);
+                        channel!(3, a30, a31, a32, a33);
+                    }
+                }
+            }
+            for (o, s) in out.iter_mut().zip([
+                [a00, a01, a02, a03],
+                [a10, a11, a12, a13],
+                [a20, a21, a22, a23],
+                [a30, a31, a32, a33],
+            ])
+            .take(MV)
+            {
+                for (k, v) in s.into_iter().enumerate() {
+                    vst1q_s32(o.as_mut_ptr().add(4 * k), v);
+                }
+            }
+        }
+    }
+
+    /// One channel's [`PLANE_PIXELS`] sums requantised as `super::super::requantise` does (the
+    /// same NEON steps, with one bias and one multiplier for every lane), no sign flip.
+    #[inline]
+    #[target_feature(enable = "neon")]
+    pub unsafe fn requantise16(acc: &[i32; PLANE_PIXELS], bias: i32, mult: f32, zy: u8) -> [u8; PLANE_PIXELS] {
+        let mut q = [0u8; PLANE_PIXELS];
+        // SAFETY: four loads of 4 from an array of 16, one store of 16 into one.
+        unsafe {
+            let (b, m, z) = (vdupq_n_s32(bias), vdupq_n_f32(mult), vdupq_n_s32(zy as i32));
+            let r = |k: usize| {
+                let a = vaddq_s32(vld1q_s32(acc.as_ptr().add(4 * k)), b);
+                vqmovn_s32(vqaddq_s32(vcvtnq_s32_f32(vmulq_f32(vcvtq_f32_s32(a), m)), z))
+            };
+            let lo = vqmovun_s16(vcombine_s16(r(0), r(1)));
+            let hi = vqmovun_s16(vcombine_s16(r(2), r(3)));
+            vst1q_u8(q.as_mut_ptr(), vcombine_u8(lo, hi));
+        }
+        q
+    }
+
     /// SMLAL tile for the aarch64 cores without the dot product (Cortex-A53/A72): for each 16
     /// bytes of k and each of 4 output channels × 4 pixels, `SMULL` and `SMLAL2` multiply the
     /// 8-bit pairs into 16-bit lanes (two products per lane) and `SADALP` adds the lanes pairwise

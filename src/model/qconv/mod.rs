@@ -80,9 +80,9 @@ const PLANE_MAX_CH: usize = 8;
 /// ([`QConv::run_plane_ymm`]): two passes of 8 over the same windows, so a model's first
 /// convolution (one input channel, 16 outputs) skips the im2col of its thin input.
 const PLANE_MAX_CH_YMM: usize = 16;
-/// What one group of a plane-kernel convolution reads and where: the group's input plane, its
-/// size, the output size, the group and its output channels.
-#[cfg(target_arch = "x86_64")]
+/// What one group of a plane-kernel convolution reads and where: the group's input planes,
+/// their size, the output size, the group and its output channels.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 type PlaneIo<'a> = (&'a [u8], [usize; 2], [usize; 2], usize, usize);
 /// Output pixels per im2col block: 64 rows of at most a few KiB stay in L1/L2 while the tile
 /// loops reuse them for every output channel.
@@ -424,6 +424,13 @@ pub struct QConv {
     /// The plane kernel's weights: per group, kernel row and 4 taps of it, `plane_mv` words of
     /// 4 weights (taps past the row and channels past the group's zero).
     w_plane: Vec<i32>,
+    /// The aarch64 plane kernel adds the products of two taps in 16 bits (no channel weighs
+    /// both taps of a pair −128), see [`QConv::arm_plane_weights`].
+    plane_pairs: bool,
+    /// The aarch64 plane kernel's weights: per group, pass of `plane_mv` channels and tap (input
+    /// channel, kernel row, column; an even count, the last one zero when odd), `plane_mv` bytes
+    /// (channels past the group's zero).
+    w_taps: Vec<i8>,
 }
 
 impl Eq for QConv {}
@@ -450,7 +457,11 @@ impl QConv {
         // kernel multiplies in 16 bits and takes every weight). The portable kernel runs such a
         // convolution instead.
         let in_16_bits = match kernel {
-            Kernel::ArmSmlal | Kernel::ArmV7Neon => !w.contains(&i8::MIN),
+            Kernel::ArmSmlal => {
+                let (cg, mg) = (wshape[1], wshape[0] / geometry.group.max(1));
+                QConv::arm_plane_fits(kernel, &geometry, cg, mg) || !w.contains(&i8::MIN)
+            }
+            Kernel::ArmV7Neon => !w.contains(&i8::MIN),
             #[cfg(target_arch = "x86_64")]
             Kernel::X86Avx2 => {
                 let (cg, mg) = (wshape[1], wshape[0] / geometry.group.max(1));
@@ -521,6 +532,8 @@ impl QConv {
             _ => Vec::new(),
         };
         let (plane_mv, w_plane) = QConv::plane_weights(kernel, &geometry, cg, mg, w);
+        let (arm_mv, plane_pairs, w_taps) = QConv::arm_plane_weights(kernel, &geometry, cg, mg, w);
+        let plane_mv = plane_mv.max(arm_mv);
         Ok(QConv {
             geometry,
             c_in,
@@ -538,13 +551,68 @@ impl QConv {
             output_hwc: false,
             plane_mv,
             w_plane,
+            plane_pairs,
+            w_taps,
         })
     }
 
     /// Whether this convolution runs on the plane kernel: set up for it, on x86-64, and reading
     /// and writing channel planes (not chained channels-last).
     fn runs_on_planes(&self) -> bool {
-        cfg!(target_arch = "x86_64") && self.plane_mv > 0 && !self.input_hwc && !self.output_hwc
+        let here = match self.kernel {
+            Kernel::X86Vnni | Kernel::X86AvxVnni | Kernel::X86Avx2 => cfg!(target_arch = "x86_64"),
+            Kernel::ArmDot | Kernel::ArmSmlal => cfg!(target_arch = "aarch64"),
+            _ => false,
+        };
+        here && self.plane_mv > 0 && !self.input_hwc && !self.output_hwc
+    }
+
+    /// A convolution the aarch64 plane kernel runs ([`kernels::arm::plane_tile`]): on the
+    /// aarch64 kernels, at stride 1 without dilation, a kernel wider than one tap, and few output
+    /// channels per group (at most 4, or 8 in two passes with one input channel): neu_segment's
+    /// last convolution (9 → 1, 3×3 over 200×200) and the anomaly model's filter banks. There a
+    /// tile of 4 or 8 channels is mostly padding and the im2col rows outweigh the multiply-adds;
+    /// the plane kernel reads the padded input planes in place.
+    fn arm_plane_fits(kernel: Kernel, geometry: &Geometry, cg: usize, mg: usize) -> bool {
+        matches!(kernel, Kernel::ArmDot | Kernel::ArmSmlal)
+            && geometry.strides == [1, 1]
+            && geometry.dilations == [1, 1]
+            && geometry.kernel[0] * geometry.kernel[1] > 1
+            && (mg <= 4 || (cg == 1 && mg <= 2 * 4))
+    }
+
+    /// The aarch64 plane kernel's channels per pass, whether it may add taps in pairs, and its
+    /// weights (the layout of [`QConv::w_taps`]); `(0, false, [])` for a convolution it does not
+    /// run ([`QConv::arm_plane_fits`]).
+    fn arm_plane_weights(kernel: Kernel, geometry: &Geometry, cg: usize, mg: usize, w: &[i8]) -> (usize, bool, Vec<i8>) {
+        if !QConv::arm_plane_fits(kernel, geometry, cg, mg) {
+            return (0, false, Vec::new());
+        }
+        let mv = match mg {
+            1 => 1,
+            2 => 2,
+            _ => 4,
+        };
+        let passes = mg.div_ceil(mv);
+        let [kh, kw] = geometry.kernel;
+        let taps = cg * kh * kw;
+        let tp = taps.next_multiple_of(2);
+        let mut out = vec![0i8; geometry.group * passes * tp * mv];
+        for g in 0..geometry.group {
+            for pass in 0..passes {
+                for t in 0..taps {
+                    for j in 0..mv.min(mg - pass * mv) {
+                        let m = g * mg + pass * mv + j;
+                        // weights are [m][c][ky][kx]; tap t is (c, ky, kx) in that order
+                        out[((g * passes + pass) * tp + t) * mv + j] = w[m * taps + t];
+                    }
+                }
+            }
+        }
+        let pairs = out
+            .chunks_exact(2 * mv)
+            .all(|pair| (0..mv).all(|j| !(pair[j] == i8::MIN && pair[mv + j] == i8::MIN)));
+        (mv, pairs, out)
     }
 
     /// The plane kernel's tile width and weights for a convolution of one input channel per
@@ -667,6 +735,25 @@ impl QConv {
                             (_, 2) => self.run_plane_ymm::<2, 4, false>(scratch, io, yb),
                             (_, 4) => self.run_plane_ymm::<4, 2, false>(scratch, io, yb),
                             (_, _) => self.run_plane_ymm::<8, 1, false>(scratch, io, yb),
+                        }
+                    }
+                    continue;
+                }
+                #[cfg(target_arch = "aarch64")]
+                if self.runs_on_planes() {
+                    let xg = &x[(b * self.c_in + gi * cg) * h * w..][..cg * h * w];
+                    let yb = &mut y[b * self.m_out * pixels..][..self.m_out * pixels];
+                    let io = (xg, [h, w], [oh, ow], gi, mg);
+                    // SAFETY: `plane_pairs` is set only where no channel weighs both taps of a
+                    // pair −128 (`arm_plane_weights`); NEON is part of aarch64.
+                    unsafe {
+                        match (self.plane_mv, self.plane_pairs) {
+                            (1, true) => self.run_plane_arm::<1, true>(scratch, io, yb),
+                            (2, true) => self.run_plane_arm::<2, true>(scratch, io, yb),
+                            (_, true) => self.run_plane_arm::<4, true>(scratch, io, yb),
+                            (1, false) => self.run_plane_arm::<1, false>(scratch, io, yb),
+                            (2, false) => self.run_plane_arm::<2, false>(scratch, io, yb),
+                            (_, false) => self.run_plane_arm::<4, false>(scratch, io, yb),
                         }
                     }
                     continue;
@@ -933,6 +1020,88 @@ impl QConv {
         } else {
             for (c, &v) in q.iter().enumerate().take(valid) {
                 yb[(c0 + c) * pixels + p] = v;
+            }
+        }
+    }
+
+    /// One group of a convolution on the aarch64 plane kernel: the group's `cg` input planes
+    /// `xg` copied once, sign bit flipped, inside their padding (rows of the output width
+    /// rounded up to [`kernels::arm::PLANE_PIXELS`] plus the kernel's width, so every step reads
+    /// whole registers; the border keeps the pad byte between runs), then per pass of `MV`
+    /// channels, output row and 16 pixels one [`kernels::arm::plane_tile`], requantised into the
+    /// group's output planes in `yb`.
+    ///
+    /// # Safety
+    /// With `PAIRS`, [`QConv::plane_pairs`] holds.
+    #[cfg(target_arch = "aarch64")]
+    unsafe fn run_plane_arm<const MV: usize, const PAIRS: bool>(
+        &self,
+        scratch: &mut Scratch,
+        (xg, [h, w], [oh, ow], gi, mg): PlaneIo<'_>,
+        yb: &mut [u8],
+    ) {
+        use kernels::arm::{plane_tile, requantise16, PLANE_PIXELS};
+        let g = &self.geometry;
+        let cg = self.cg();
+        let [kh, kw] = g.kernel;
+        let [pt, pl, _, _] = g.pads;
+        let wpp = ow.next_multiple_of(PLANE_PIXELS) + kw - 1;
+        let hp = oh + kh - 1;
+        let plane = hp * wpp;
+        if scratch.padded.len() != cg * plane {
+            scratch.padded.clear();
+            scratch.padded.resize(cg * plane, self.pad_byte);
+        }
+        for c in 0..cg {
+            for yy in 0..h {
+                let dst = &mut scratch.padded[c * plane + (yy + pt) * wpp + pl..][..w];
+                for (d, s) in dst.iter_mut().zip(&xg[(c * h + yy) * w..][..w]) {
+                    *d = s ^ 0x80;
+                }
+            }
+        }
+        let taps = cg * kh * kw;
+        let tp = taps.next_multiple_of(2);
+        scratch.taps.clear();
+        for c in 0..cg {
+            for ky in 0..kh {
+                for kx in 0..kw {
+                    scratch.taps.push(c * plane + ky * wpp + kx);
+                }
+            }
+        }
+        // the odd tap's partner: weight 0 at any readable place
+        scratch.taps.resize(tp, 0);
+        let pixels = oh * ow;
+        let passes = mg.div_ceil(MV);
+        let mut sums = [[0i32; PLANE_PIXELS]; 4];
+        for pass in 0..passes {
+            let wts = &self.w_taps[(gi * passes + pass) * tp * MV..][..tp * MV];
+            let valid = MV.min(mg - pass * MV);
+            for oy in 0..oh {
+                for x0 in (0..ow).step_by(PLANE_PIXELS) {
+                    let at = oy * wpp + x0;
+                    debug_assert!(at + scratch.taps[..taps].iter().max().unwrap_or(&0) + PLANE_PIXELS <= cg * plane);
+                    // SAFETY: the last tap of the last step reads up to row oh − 1 + kh − 1 =
+                    // hp − 1 of the last plane, columns below x0 + 16 + kw − 1 ≤ wpp; `wts`
+                    // holds tp·MV weights; PAIRS as the caller promises.
+                    unsafe {
+                        plane_tile::<MV, PAIRS>(
+                            scratch.padded.as_ptr().add(at) as *const i8,
+                            &scratch.taps,
+                            wts.as_ptr(),
+                            &mut sums,
+                        )
+                    };
+                    let n = PLANE_PIXELS.min(ow - x0);
+                    for (j, s) in sums.iter().enumerate().take(valid) {
+                        let row = gi * self.mgp + pass * MV + j;
+                        // SAFETY: NEON is part of aarch64.
+                        let q = unsafe { requantise16(s, self.bias[row], self.mult[row], self.zy) };
+                        let c = gi * mg + pass * MV + j;
+                        yb[c * pixels + oy * ow + x0..][..n].copy_from_slice(&q[..n]);
+                    }
+                }
             }
         }
     }
@@ -1619,6 +1788,11 @@ mod tests {
             case(&mut rng, 1, 12, 5, 1, 1, 1, [9, 30]),
             // one 16-byte im2col row a pixel (1 channel, 3×3, stride 2)
             case(&mut rng, 1, 8, 3, 2, 1, 1, [12, 15]),
+            // the aarch64 plane kernel's: few outputs from several input channels (neu_segment's
+            // last convolution, 9 → 1 over 3×3), one, two and three (a padded pass of 4)
+            case(&mut rng, 9, 1, 3, 1, 1, 1, [20, 37]),
+            case(&mut rng, 6, 2, 3, 1, 1, 1, [9, 21]),
+            case(&mut rng, 5, 3, 3, 1, 1, 1, [7, 40]),
         ]
     }
 
@@ -1670,45 +1844,69 @@ mod tests {
     #[test]
     fn the_plane_kernel_takes_one_input_channel_per_group_and_few_outputs() {
         let mv = |kernel| cases().iter().map(|c| op(c, kernel).plane_mv).collect::<Vec<usize>>();
-        assert_eq!(mv(Kernel::X86Vnni), [0, 0, 0, 0, 0, 1, 0, 0, 0, 8, 1, 2, 4, 0, 0]);
-        // on 256 bits up to 16 channels, in passes of 8: the first case (1 → 16) and the last
+        assert_eq!(mv(Kernel::X86Vnni), [0, 0, 0, 0, 0, 1, 0, 0, 0, 8, 1, 2, 4, 0, 0, 0, 0, 0]);
+        // on 256 bits up to 16 channels, in passes of 8: the first case (1 → 16) and 1 → 12
         for kernel in [Kernel::X86AvxVnni, Kernel::X86Avx2] {
-            assert_eq!(mv(kernel), [8, 0, 0, 0, 0, 1, 0, 0, 0, 8, 1, 2, 4, 8, 0], "{kernel:?}");
+            assert_eq!(mv(kernel), [8, 0, 0, 0, 0, 1, 0, 0, 0, 8, 1, 2, 4, 8, 0, 0, 0, 0], "{kernel:?}");
         }
-        for kernel in [Kernel::Portable, Kernel::ArmDot, Kernel::ArmSmlal, Kernel::ArmV7Neon] {
+        // on aarch64 any input channels with up to 4 outputs, 1 → 7 in two passes of 4; never
+        // at a stride, a dilation or 1×1, nor past 8 outputs
+        for kernel in [Kernel::ArmDot, Kernel::ArmSmlal] {
+            assert_eq!(mv(kernel), [0, 0, 0, 0, 0, 1, 0, 0, 0, 4, 1, 2, 4, 0, 0, 1, 2, 4], "{kernel:?}");
+        }
+        for kernel in [Kernel::Portable, Kernel::ArmV7Neon] {
             assert!(cases().iter().all(|c| op(c, kernel).plane_mv == 0), "{kernel:?}");
         }
     }
 
     /// Filter banks use the whole i8 range (the anomaly model's do): the plane kernels take
-    /// them on every x86 kernel, AVX2's included (16-bit products), and stay exact.
+    /// them on every x86 kernel, AVX2's included (16-bit products), and on the aarch64 ones,
+    /// SMLAL's included (which elsewhere refuses −128), and stay exact: on aarch64 with pairs of
+    /// taps in 16 bits where no channel weighs both taps of a pair −128 (the first two banks:
+    /// one −128 in a pair, under inputs of 0, the largest products), one tap at a time where
+    /// one does (the third).
     #[test]
     fn the_plane_kernels_are_exact_over_the_whole_weight_range() {
         let mut rng = Rng(13);
         let mut banks = [
             case(&mut rng, 1, 7, 17, 1, 1, 1, [21, 37]),
             case(&mut rng, 7, 7, 21, 1, 1, 7, [24, 29]),
+            case(&mut rng, 1, 3, 5, 1, 1, 1, [11, 19]),
         ];
         for c in banks.iter_mut() {
             for (i, v) in c.wts.iter_mut().enumerate() {
                 *v = match i % 5 {
                     0 => i8::MIN,
                     1 => i8::MAX,
-                    _ => rng.byte() as i8,
+                    _ => (rng.byte() as i8).max(-127),
                 };
             }
             c.x.iter_mut().step_by(3).for_each(|v| *v = 255);
+            c.x.iter_mut().skip(1).step_by(3).for_each(|v| *v = 0);
         }
+        // the third bank's second channel: −128 at its first two taps
+        banks[2].wts[25] = i8::MIN;
+        banks[2].wts[26] = i8::MIN;
         for (i, c) in banks.iter().enumerate() {
             let want = reference(c);
             for kernel in kernels_here() {
                 let o = op(c, kernel);
-                if matches!(kernel, Kernel::X86Vnni | Kernel::X86AvxVnni | Kernel::X86Avx2) {
+                if matches!(
+                    kernel,
+                    Kernel::X86Vnni | Kernel::X86AvxVnni | Kernel::X86Avx2 | Kernel::ArmDot | Kernel::ArmSmlal
+                ) {
                     assert_eq!(o.kernel, kernel, "bank {i}");
                     assert!(o.plane_mv > 0, "bank {i} on the plane kernel, {kernel:?}");
                 }
+                if matches!(kernel, Kernel::ArmDot | Kernel::ArmSmlal) {
+                    assert_eq!(o.plane_pairs, i < 2, "bank {i}, {kernel:?}");
+                }
                 assert_eq!(run(&o, c, &c.x), want, "bank {i}, kernel {kernel:?}");
             }
+        }
+        // the pairing itself, wherever the tests run
+        for (i, c) in banks.iter().enumerate() {
+            assert_eq!(op(c, Kernel::ArmSmlal).plane_pairs, i < 2, "bank {i}");
         }
     }
 
