@@ -458,6 +458,7 @@ fn bench_model_only(
                 "X86Vnni (plane)" => "qconv_i8_vnni_plane".to_string(),
                 "X86AvxVnni (plane)" => "qconv_i8_avx_vnni_plane".to_string(),
                 "X86Avx2 (plane)" => "qconv_i8_avx2_plane".to_string(),
+                "ArmDot (plane)" | "ArmSmlal (plane)" => "qconv_i8_neon_plane".to_string(),
                 _ => "qconv_i8_portable".to_string(),
             })
             .collect();

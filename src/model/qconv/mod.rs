@@ -26,7 +26,11 @@
 //!   convolution of one input channel per group at stride 1 with at most `PLANE_MAX_CH` (8) output
 //!   channels per group (filter banks, depthwise filters) runs on the plane kernel
 //!   (`QConv::run_plane`): 16 output pixels per register (8 on AVX2 and AVX-VNNI,
-//!   `QConv::run_plane_ymm`) over 4-byte windows of the padded plane, no im2col.
+//!   `QConv::run_plane_ymm`) over 4-byte windows of the padded plane, no im2col. On the aarch64
+//!   kernels a convolution at stride 1 of more than one tap with at most 4 output channels per
+//!   group (8 from one input channel) runs on the NEON plane kernel (`QConv::run_plane_arm`):
+//!   16 output pixels per register, one tap of every input plane after another, products in
+//!   16 bits widened into 32.
 //! - **Channels-last between convolutions**: a convolution whose every consumer is one hands
 //!   its output over channels-last and in the consumer's byte domain ([`chain_channels_last`]),
 //!   so only the model's first convolution transposes its input.
