@@ -17,9 +17,10 @@ optimised plan on that core.
 Checks (any failure exits 1, naming the row): every count positive, the two steps agree, no
 core retires more than 16 multiply-accumulates per instruction (SDOT's 16 8-bit MACs are the
 most any of these cores does; more means the count is broken), on cores without the dot-product
-extension no dot-product kernel runs and on cores with it any int8 kernel is the dot-product
-one, every int8 model runs the integer convolution (`qconv_i8_*`) on every core (SDOT
-with the dot product, SMLAL on the other aarch64 cores, VMLAL on armv7), and the JSON round-trips.
+extension no dot-product kernel runs and on cores with it any int8 tile kernel is the dot-product
+one (the NEON plane kernel, `qconv_i8_neon_plane`, multiplies in 16 bits on both), every int8
+model runs the integer convolution (`qconv_i8_*`) on every core (SDOT with the dot product,
+SMLAL on the other aarch64 cores, VMLAL on armv7), and the JSON round-trips.
 """
 import argparse
 import concurrent.futures
@@ -131,8 +132,10 @@ def check(rows, tolerance):
             errors.append(f"{name}: the int8 model runs no integer convolution")
         if not CORES[r["cpu"]]["dotprod"] and dot:
             errors.append(f"{name}: dot-product kernels {dot} picked on a core without them")
-        if CORES[r["cpu"]]["dotprod"] and r["arch"] == "aarch64" and i32 and not dot:
-            errors.append(f"{name}: int8 kernels {i32} picked, none of them the dot-product one")
+        # the plane kernel multiplies in 16 bits on every aarch64 core; the tiles must be SDOT's
+        tiles = [k for k in i32 if k != "qconv_i8_neon_plane"]
+        if CORES[r["cpu"]]["dotprod"] and r["arch"] == "aarch64" and tiles and not dot:
+            errors.append(f"{name}: int8 kernels {tiles} picked, none of them the dot-product one")
     return errors
 
 
