@@ -369,10 +369,10 @@ unsafe fn block_neon(
             let hi = vcombine_s16(vqmovn_s32(q(r[2])), vqmovn_s32(q(r[3])));
             vcombine_u8(vqmovun_s16(lo), vqmovun_s16(hi))
         };
-        for (row, [even, odd]) in rows
-            .iter_mut()
-            .zip([[[a00, a01, a02, a03], [a10, a11, a12, a13]], [[a20, a21, a22, a23], [a30, a31, a32, a33]]])
-        {
+        for (row, [even, odd]) in rows.iter_mut().zip([
+            [[a00, a01, a02, a03], [a10, a11, a12, a13]],
+            [[a20, a21, a22, a23], [a30, a31, a32, a33]],
+        ]) {
             let (e, o) = (bytes(even), bytes(odd));
             vst1q_u8(row.as_mut_ptr(), vzip1q_u8(e, o));
             vst1q_u8(row.as_mut_ptr().add(LANES), vzip2q_u8(e, o));
@@ -471,7 +471,22 @@ mod tests {
     #[test]
     fn the_neon_block_quantises_and_interleaves_like_the_portable_one() {
         let values = [
-            0.5, 1.5, 2.5, -0.5, -1.5, 127.5, 128.5, 254.5, 255.5, 256.0, -255.5, 0.0, -0.0, f32::NAN, 1.0e7, -1.0e7,
+            0.5,
+            1.5,
+            2.5,
+            -0.5,
+            -1.5,
+            127.5,
+            128.5,
+            254.5,
+            255.5,
+            256.0,
+            -255.5,
+            0.0,
+            -0.0,
+            f32::NAN,
+            1.0e7,
+            -1.0e7,
         ];
         for (scale, zp, bias) in [(1.0f32, 0u8, 0.0f32), (1.0, 128, 0.0), (2.0, 3, 0.25), (0.5, 255, -1.0)] {
             // one input channel, weights 1, 2, 3, 4: each tap's sum is one exact product

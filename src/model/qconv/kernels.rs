@@ -670,7 +670,11 @@ pub(super) mod arm {
                         ($j:expr, $s0:ident, $s1:ident, $s2:ident, $s3:ident) => {{
                             let va = vld1q_dup_s8(wa.add($j));
                             let vb = vld1q_dup_s8(wb.add($j));
-                            let lo = vmlal_s8(vmull_s8(vget_low_s8(xa), vget_low_s8(va)), vget_low_s8(xb), vget_low_s8(vb));
+                            let lo = vmlal_s8(
+                                vmull_s8(vget_low_s8(xa), vget_low_s8(va)),
+                                vget_low_s8(xb),
+                                vget_low_s8(vb),
+                            );
                             let hi = vmlal_high_s8(vmull_high_s8(xa, va), xb, vb);
                             widen!(lo, hi, $s0, $s1, $s2, $s3);
                         }};
@@ -712,13 +716,15 @@ pub(super) mod arm {
                     }
                 }
             }
-            for (o, s) in out.iter_mut().zip([
-                [a00, a01, a02, a03],
-                [a10, a11, a12, a13],
-                [a20, a21, a22, a23],
-                [a30, a31, a32, a33],
-            ])
-            .take(MV)
+            for (o, s) in out
+                .iter_mut()
+                .zip([
+                    [a00, a01, a02, a03],
+                    [a10, a11, a12, a13],
+                    [a20, a21, a22, a23],
+                    [a30, a31, a32, a33],
+                ])
+                .take(MV)
             {
                 for (k, v) in s.into_iter().enumerate() {
                     vst1q_s32(o.as_mut_ptr().add(4 * k), v);

@@ -588,7 +588,13 @@ impl QConv {
     /// The aarch64 plane kernel's channels per pass, whether it may add taps in pairs, and its
     /// weights (the layout of [`QConv::w_taps`]); `(0, false, [])` for a convolution it does not
     /// run ([`QConv::arm_plane_fits`]).
-    fn arm_plane_weights(kernel: Kernel, geometry: &Geometry, cg: usize, mg: usize, w: &[i8]) -> (usize, bool, Vec<i8>) {
+    fn arm_plane_weights(
+        kernel: Kernel,
+        geometry: &Geometry,
+        cg: usize,
+        mg: usize,
+        w: &[i8],
+    ) -> (usize, bool, Vec<i8>) {
         if !QConv::arm_plane_fits(kernel, geometry, cg, mg) {
             return (0, false, Vec::new());
         }
@@ -1848,15 +1854,26 @@ mod tests {
     #[test]
     fn the_plane_kernel_takes_one_input_channel_per_group_and_few_outputs() {
         let mv = |kernel| cases().iter().map(|c| op(c, kernel).plane_mv).collect::<Vec<usize>>();
-        assert_eq!(mv(Kernel::X86Vnni), [0, 0, 0, 0, 0, 1, 0, 0, 0, 8, 1, 2, 4, 0, 0, 0, 0, 0]);
+        assert_eq!(
+            mv(Kernel::X86Vnni),
+            [0, 0, 0, 0, 0, 1, 0, 0, 0, 8, 1, 2, 4, 0, 0, 0, 0, 0]
+        );
         // on 256 bits up to 16 channels, in passes of 8: the first case (1 → 16) and 1 → 12
         for kernel in [Kernel::X86AvxVnni, Kernel::X86Avx2] {
-            assert_eq!(mv(kernel), [8, 0, 0, 0, 0, 1, 0, 0, 0, 8, 1, 2, 4, 8, 0, 0, 0, 0], "{kernel:?}");
+            assert_eq!(
+                mv(kernel),
+                [8, 0, 0, 0, 0, 1, 0, 0, 0, 8, 1, 2, 4, 8, 0, 0, 0, 0],
+                "{kernel:?}"
+            );
         }
         // on aarch64 any input channels with up to 4 outputs, 1 → 7 in two passes of 4; never
         // at a stride, a dilation or 1×1, nor past 8 outputs
         for kernel in [Kernel::ArmDot, Kernel::ArmSmlal] {
-            assert_eq!(mv(kernel), [0, 0, 0, 0, 0, 1, 0, 0, 0, 4, 1, 2, 4, 0, 0, 1, 2, 4], "{kernel:?}");
+            assert_eq!(
+                mv(kernel),
+                [0, 0, 0, 0, 0, 1, 0, 0, 0, 4, 1, 2, 4, 0, 0, 1, 2, 4],
+                "{kernel:?}"
+            );
         }
         for kernel in [Kernel::Portable, Kernel::ArmV7Neon] {
             assert!(cases().iter().all(|c| op(c, kernel).plane_mv == 0), "{kernel:?}");
