@@ -558,7 +558,7 @@ pub(super) mod arm {
     #[inline]
     #[target_feature(enable = "neon,dotprod")]
     unsafe fn tile_sdot_h<const H: usize>(w: &[i8], b: Rows<'_>, kp: usize, acc: &mut [[i32; M_TILE]; P_TILE]) {
-        debug_assert!(w.len() >= H * 4 * kp && b.seg_len % 16 == 0);
+        debug_assert!(w.len() >= H * 4 * kp && b.seg_len.is_multiple_of(16));
         unsafe {
             let zero = vdupq_n_s32(0);
             let mut s = [[zero; P_TILE]; H];
@@ -643,7 +643,7 @@ pub(super) mod arm {
         w: *const i8,
         out: &mut [[i32; PLANE_PIXELS]; 4],
     ) {
-        debug_assert!(matches!(MV, 1 | 2 | 4) && (!PAIRS || taps.len() % 2 == 0));
+        debug_assert!(matches!(MV, 1 | 2 | 4) && (!PAIRS || taps.len().is_multiple_of(2)));
         unsafe {
             let z = vdupq_n_s32(0);
             let (mut a00, mut a01, mut a02, mut a03) = (z, z, z, z);
@@ -764,7 +764,7 @@ pub(super) mod arm {
     /// [`super::tile_portable`]; no weight is −128.
     #[target_feature(enable = "neon")]
     pub unsafe fn tile_smlal(w: &[i8], b: Rows<'_>, kp: usize, rows: usize, acc: &mut [[i32; M_TILE]; P_TILE]) {
-        debug_assert!(w.len() >= rows * kp && b.seg_len % 16 == 0 && rows % 4 == 0);
+        debug_assert!(w.len() >= rows * kp && b.seg_len.is_multiple_of(16) && rows.is_multiple_of(4));
         unsafe {
             let mut m0 = 0;
             while m0 < rows {
