@@ -272,8 +272,6 @@ unsafe fn block_fma(
     let (lim_lo, lim_hi) = (_mm256_set1_ps(-1.0e6), _mm256_set1_ps(1.0e6));
     let zp = _mm256_set1_epi32(zero_point as i32);
     // quantise 8 sums: (x + bias)·scale, NaN → 0, clamped to ±10⁶, rounded half to even (the
-    // default rounding of the conversion), plus the zero point
-    // quantise 8 sums: (x + bias)·scale, NaN → 0, clamped to ±10⁶, rounded half to even (the
     // default rounding of the conversion), plus the zero point (a macro, not a closure: a
     // closure would not inherit this function's target features)
     macro_rules! q {

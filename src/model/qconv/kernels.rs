@@ -660,6 +660,19 @@ pub(super) mod arm {
                     $s3 = vaddw_high_s16($s3, hi);
                 }};
             }
+            // the `MV` channels of one step, by the step's own `channel!`
+            macro_rules! each_channel {
+                () => {{
+                    channel!(0, a00, a01, a02, a03);
+                    if MV > 1 {
+                        channel!(1, a10, a11, a12, a13);
+                    }
+                    if MV > 2 {
+                        channel!(2, a20, a21, a22, a23);
+                        channel!(3, a30, a31, a32, a33);
+                    }
+                }};
+            }
             if PAIRS {
                 let mut t = 0;
                 while t < taps.len() {
@@ -679,14 +692,7 @@ pub(super) mod arm {
                             widen!(lo, hi, $s0, $s1, $s2, $s3);
                         }};
                     }
-                    channel!(0, a00, a01, a02, a03);
-                    if MV > 1 {
-                        channel!(1, a10, a11, a12, a13);
-                    }
-                    if MV > 2 {
-                        channel!(2, a20, a21, a22, a23);
-                        channel!(3, a30, a31, a32, a33);
-                    }
+                    each_channel!();
                     t += 2;
                 }
             } else {
@@ -706,14 +712,7 @@ pub(super) mod arm {
                             );
                         }};
                     }
-                    channel!(0, a00, a01, a02, a03);
-                    if MV > 1 {
-                        channel!(1, a10, a11, a12, a13);
-                    }
-                    if MV > 2 {
-                        channel!(2, a20, a21, a22, a23);
-                        channel!(3, a30, a31, a32, a33);
-                    }
+                    each_channel!();
                 }
             }
             for (o, s) in out

@@ -566,8 +566,9 @@ impl QConv {
         })
     }
 
-    /// Whether this convolution runs on the plane kernel: set up for it, on x86-64, and reading
-    /// and writing channel planes (not chained channels-last).
+    /// Whether this convolution runs on the plane kernel: set up for it, built for the
+    /// architecture of its kernel, and reading and writing channel planes (not chained
+    /// channels-last).
     fn runs_on_planes(&self) -> bool {
         let here = match self.kernel {
             Kernel::X86Vnni | Kernel::X86AvxVnni | Kernel::X86Avx2 => cfg!(target_arch = "x86_64"),
@@ -739,10 +740,6 @@ impl QConv {
         let (cg, group, mg) = (self.cg(), g.group, self.m_out / g.group);
         let pixels = oh * ow;
         let signed = self.kernel.signed_input();
-        // RUN_SLACK bytes past the end let `copy_run` move short runs 16 bytes at a time.
-        if !self.input_hwc {
-            scratch.hwc.resize(h * w * cg + RUN_SLACK, 0);
-        }
         scratch.cols.resize(P_BLOCK * self.kp + RUN_SLACK, 0);
         for b in 0..n {
             for gi in 0..group {
@@ -791,56 +788,33 @@ impl QConv {
                     }
                     continue;
                 }
-                if self.cgp != cg {
-                    // Channel-padded (aarch64): the input straight into the padded buffer, each
-                    // pixel `cgp` bytes, then the direct path.
+                if group == 1 && (self.cgp.is_multiple_of(K_STEP) || (self.kernel == Kernel::X86Vnni && cg % 4 == 0)) {
+                    // Direct: the kernels read each tap's channels in place from the padded
+                    // channels-last input (no im2col), K = taps × `cgp` channels already a
+                    // multiple of K_STEP (the x86 broadcast kernel steps 4 bytes at a time: a
+                    // multiple of 4 will do). The input goes into the padded map in one pass:
+                    // from the channel planes (transposed, in the kernel's domain) or from a
+                    // chained convolution's channels-last hand-off, which is read as it is when
+                    // nothing is padded.
                     let [pt, pl, pb, pr] = g.pads;
                     let (hp, wp) = (h + pt + pb, w + pl + pr);
                     let cgp = self.cgp;
-                    if scratch.padded.len() != hp * wp * cgp {
-                        // The border keeps the pad byte; only the inside is written per run.
-                        scratch.padded.clear();
-                        scratch.padded.resize(hp * wp * cgp, self.pad_byte);
-                    }
-                    let at = (pt * wp + pl) * cgp;
-                    if self.input_hwc {
-                        let xb = &x[b * h * w * cg..][..h * w * cg];
-                        pixels_into_padded(&mut scratch.padded[at..], xb, cg, cgp, [h, w], wp);
+                    let base: &[u8] = if self.input_hwc && g.pads == [0; 4] && cgp == cg {
+                        &x[b * h * w * cg..][..h * w * cg]
                     } else {
-                        let xg = &x[(b * self.c_in + gi * cg) * h * w..][..cg * h * w];
-                        let flip = if signed { 0x80 } else { 0 };
-                        planes_into_padded(&mut scratch.padded[at..], xg, cg, cgp, [h, w], wp, flip);
-                    }
-                    let yb = &mut y[b * self.m_out * pixels..][..self.m_out * pixels];
-                    self.run_direct(&mut scratch.taps, &scratch.padded, wp, [oh, ow], mg, yb);
-                    continue;
-                }
-                // The group's input, channels last, in the kernel's domain: as it arrives from a
-                // chained convolution (one group), or transposed here.
-                let hwc: &[u8] = if self.input_hwc {
-                    &x[b * h * w * cg..][..h * w * cg]
-                } else {
-                    let xg = &x[(b * self.c_in + gi * cg) * h * w..][..cg * h * w];
-                    to_channels_last(&mut scratch.hwc, xg, cg, h * w, signed);
-                    &scratch.hwc
-                };
-                if group == 1 && (cg % K_STEP == 0 || (self.kernel == Kernel::X86Vnni && cg % 4 == 0)) {
-                    // Direct: the kernels read each tap's channels from the padded input in
-                    // place (no im2col), K = taps × channels already a multiple of K_STEP (the
-                    // x86 broadcast kernel steps 4 bytes at a time: a multiple of 4 will do).
-                    let [pt, pl, pb, pr] = g.pads;
-                    let (hp, wp) = (h + pt + pb, w + pl + pr);
-                    let base: &[u8] = if g.pads == [0; 4] {
-                        hwc
-                    } else {
-                        if scratch.padded.len() != hp * wp * cg {
+                        if scratch.padded.len() != hp * wp * cgp {
                             // The border keeps the pad byte; only the inside is written per run.
                             scratch.padded.clear();
-                            scratch.padded.resize(hp * wp * cg, self.pad_byte);
+                            scratch.padded.resize(hp * wp * cgp, self.pad_byte);
                         }
-                        for yy in 0..h {
-                            scratch.padded[((yy + pt) * wp + pl) * cg..][..w * cg]
-                                .copy_from_slice(&hwc[yy * w * cg..][..w * cg]);
+                        let inside = &mut scratch.padded[(pt * wp + pl) * cgp..];
+                        if self.input_hwc {
+                            let xb = &x[b * h * w * cg..][..h * w * cg];
+                            pixels_into_padded(inside, xb, cg, cgp, [h, w], wp);
+                        } else {
+                            let xg = &x[(b * self.c_in + gi * cg) * h * w..][..cg * h * w];
+                            let flip = if signed { 0x80 } else { 0 };
+                            planes_into_padded(inside, xg, cg, cgp, [h, w], wp, flip);
                         }
                         &scratch.padded
                     };
@@ -848,6 +822,17 @@ impl QConv {
                     self.run_direct(&mut scratch.taps, base, wp, [oh, ow], mg, yb);
                     continue;
                 }
+                // The group's input, channels last, in the kernel's domain: as it arrives from a
+                // chained convolution (one group), or transposed here; RUN_SLACK bytes past the
+                // end let `copy_run` move short runs 16 bytes at a time.
+                let hwc: &[u8] = if self.input_hwc {
+                    &x[b * h * w * cg..][..h * w * cg]
+                } else {
+                    scratch.hwc.resize(h * w * cg + RUN_SLACK, 0);
+                    let xg = &x[(b * self.c_in + gi * cg) * h * w..][..cg * h * w];
+                    to_channels_last(&mut scratch.hwc, xg, cg, h * w, signed);
+                    &scratch.hwc
+                };
                 let mut p0 = 0;
                 while p0 < pixels {
                     let np = P_BLOCK.min(pixels - p0);
@@ -1475,6 +1460,10 @@ fn copy_run(dst: &mut [u8], at: usize, src: &[u8], from: usize, n: usize) {
 fn pixels_into_padded(out: &mut [u8], x: &[u8], cg: usize, cgp: usize, [h, w]: [usize; 2], wp: usize) {
     for yy in 0..h {
         let row = &mut out[yy * wp * cgp..][..w * cgp];
+        if cgp == cg {
+            row.copy_from_slice(&x[yy * w * cg..][..w * cg]);
+            continue;
+        }
         for xx in 0..w {
             copy_run(row, xx * cgp, x, (yy * w + xx) * cg, cg);
         }
