@@ -50,6 +50,9 @@ pub struct DeconvU8 {
     bias: Vec<f32>,
     /// `DQ(b)` for every byte, computed at load by tract's `DequantizeLinearF32`.
     dq: Box<[f32; 256]>,
+    /// `(scale, zero_point)` where every entry of `dq` is `(b − zero_point)·scale` in f32 to
+    /// the bit (checked at load).
+    dq_formula: Option<(f32, i32)>,
 }
 
 impl DeconvU8 {
@@ -88,12 +91,19 @@ impl DeconvU8 {
             .remove(0);
         let mut table = Box::new([0.0f32; 256]);
         table.copy_from_slice(f.try_as_plain_ram()?.as_slice::<f32>()?);
+        // The table as arithmetic, where every entry is exactly `(b − zero_point)·scale` in f32
+        // (tract's formula): then vector code computes the same bits without a lookup per byte.
+        let formula = (0..256).all(|b| {
+            let v = (b - dq.zero_point) as f32 * dq.scale;
+            v.to_bits() == table[b as usize].to_bits()
+        });
         Ok(DeconvU8 {
             c_in,
             c_out,
             weights,
             bias,
             dq: table,
+            dq_formula: formula.then_some((dq.scale, dq.zero_point)),
         })
     }
 
@@ -174,7 +184,9 @@ impl DeconvU8 {
     }
 
     /// The loop around `block`, which gives one output channel's two output rows over 16 input
-    /// pixels (32 output pixels each), quantised.
+    /// pixels (32 output pixels each), quantised. The input is taken 16 pixels at a time in
+    /// the order of its plane, across the ends of its rows (a row whose width is not a multiple
+    /// of 16 computes no lanes past its end), and each block's output is cut at those ends.
     #[inline(always)]
     fn run_with(
         &self,
@@ -187,29 +199,71 @@ impl DeconvU8 {
         let (c_in, plane, ow) = (self.c_in, h * w, 2 * w);
         let mut pixels = [[0.0f32; LANES]; MAX_INPUT_CHANNELS];
         let mut rows = [[0u8; 2 * LANES]; 2];
-        for iy in 0..h {
-            for x0 in (0..w).step_by(LANES) {
-                let n = LANES.min(w - x0);
-                for (ci, px) in pixels[..c_in].iter_mut().enumerate() {
-                    let src = &x[ci * plane + iy * w + x0..][..n];
-                    for (p, &b) in px.iter_mut().zip(src) {
-                        *p = self.dq[b as usize];
-                    }
-                }
-                for co in 0..self.c_out {
-                    block(
-                        &self.weights[co * 4 * c_in..][..4 * c_in],
-                        &pixels[..c_in],
-                        self.bias[co],
-                        &mut rows,
-                    );
+        for i0 in (0..plane).step_by(LANES) {
+            let n = LANES.min(plane - i0);
+            for (ci, px) in pixels[..c_in].iter_mut().enumerate() {
+                self.dequantise(&x[ci * plane + i0..][..n], px);
+            }
+            for co in 0..self.c_out {
+                block(
+                    &self.weights[co * 4 * c_in..][..4 * c_in],
+                    &pixels[..c_in],
+                    self.bias[co],
+                    &mut rows,
+                );
+                let yc = &mut y[co * 4 * plane..][..4 * plane];
+                let (mut iy, mut ix, mut l) = (i0 / w, i0 % w, 0);
+                while l < n {
+                    // the lanes l.. that fall in input row iy, from column ix
+                    let k = (n - l).min(w - ix);
                     for (ky, row) in rows.iter().enumerate() {
-                        y[co * 4 * plane + (2 * iy + ky) * ow + 2 * x0..][..2 * n].copy_from_slice(&row[..2 * n]);
+                        let at = (2 * iy + ky) * ow + 2 * ix;
+                        if k == LANES {
+                            *as_array_mut::<{ 2 * LANES }>(yc, at) = *row;
+                        } else {
+                            yc[at..at + 2 * k].copy_from_slice(&row[2 * l..2 * (l + k)]);
+                        }
                     }
+                    (iy, ix, l) = (iy + 1, 0, l + k);
                 }
             }
         }
     }
+
+    /// The bytes `src` (at most [`LANES`]) dequantised into the first lanes of `px`: by the
+    /// formula in NEON on aarch64 where it is the table to the bit, else by the table.
+    #[inline(always)]
+    fn dequantise(&self, src: &[u8], px: &mut [f32; LANES]) {
+        #[cfg(target_arch = "aarch64")]
+        if let (Some((scale, zero)), true) = (self.dq_formula, src.len() == LANES) {
+            use std::arch::aarch64::*;
+            // SAFETY: NEON is part of aarch64; 16 bytes read from `src` (its length), 16 f32
+            // written to `px`.
+            unsafe {
+                let b = vld1q_u8(src.as_ptr());
+                let (z, s) = (vdupq_n_s32(zero), vdupq_n_f32(scale));
+                let lo = vreinterpretq_s16_u16(vmovl_u8(vget_low_u8(b)));
+                let hi = vreinterpretq_s16_u16(vmovl_high_u8(b));
+                let f = |v: int32x4_t| vmulq_f32(vcvtq_f32_s32(vsubq_s32(v, z)), s);
+                let d = px.as_mut_ptr();
+                vst1q_f32(d, f(vmovl_s16(vget_low_s16(lo))));
+                vst1q_f32(d.add(4), f(vmovl_high_s16(lo)));
+                vst1q_f32(d.add(8), f(vmovl_s16(vget_low_s16(hi))));
+                vst1q_f32(d.add(12), f(vmovl_high_s16(hi)));
+            }
+            return;
+        }
+        for (p, &b) in px.iter_mut().zip(src) {
+            *p = self.dq[b as usize];
+        }
+    }
+}
+
+/// `N` bytes of `buf` from `at`, as an array (a move of a whole array compiles to vector
+/// loads and stores in place).
+#[inline(always)]
+fn as_array_mut<const N: usize>(buf: &mut [u8], at: usize) -> &mut [u8; N] {
+    (&mut buf[at..at + N]).try_into().expect("N bytes")
 }
 
 /// One output channel's four taps over [`LANES`] pixels: `acc[tap][l] = Σ_ci w[ci][tap] ·
@@ -401,6 +455,7 @@ mod tests {
             (24, 12, 64, 64),
             (3, 5, 3, 21),
             (17, 2, 2, 7),
+            (12, 8, 5, 25),
         ] {
             let dq = DequantizeLinearF32 {
                 scale: 0.0173,
@@ -465,6 +520,36 @@ mod tests {
 
     /// The aarch64 block quantises as `quant::quantise` does on ties, NaN, the saturation edges
     /// and sums far out of range, and puts the kx = 0 and kx = 1 taps in the right columns.
+    #[test]
+    fn dequantising_by_the_formula_gives_the_tables_bytes() {
+        let mut seed = 11;
+        let dq = DequantizeLinearF32 {
+            scale: 0.0213,
+            zero_point: 131,
+        };
+        let (c_in, c_out, h, w) = (12, 5, 7, 25);
+        let kw: Vec<f32> = (0..c_out * c_in * 4)
+            .map(|_| (lcg(&mut seed) as f32 / 16_777_216.0 - 0.5) * 0.6)
+            .collect();
+        let kernel = Tensor::from_shape(&[c_out, c_in, 2, 2], &kw).unwrap();
+        let bias = Tensor::from_shape(&[c_out], &vec![0.25f32; c_out]).unwrap();
+        let by_formula = DeconvU8::new(&dq, &kernel, &bias).unwrap();
+        assert_eq!(
+            by_formula.dq_formula,
+            Some((0.0213, 131)),
+            "tract's table is the formula"
+        );
+        let by_table = DeconvU8 {
+            dq_formula: None,
+            ..by_formula.clone()
+        };
+        let xb: Vec<u8> = (0..c_in * h * w).map(|_| (lcg(&mut seed) >> 16) as u8).collect();
+        let (mut a, mut b) = (vec![0u8; c_out * 4 * h * w], vec![1u8; c_out * 4 * h * w]);
+        by_formula.run(&xb, h, w, &mut a, 1.0 / 0.05, 100);
+        by_table.run(&xb, h, w, &mut b, 1.0 / 0.05, 100);
+        assert_eq!(a, b);
+    }
+
     #[cfg(target_arch = "aarch64")]
     #[test]
     fn the_neon_block_quantises_and_interleaves_like_the_portable_one() {
