@@ -35,7 +35,10 @@
 //!   its output over channels-last and in the consumer's byte domain ([`chain_channels_last`]),
 //!   so only the model's first convolution transposes its input.
 //! - **Requantisation as vectors**: eight channels of one pixel at a time (NEON on aarch64 and,
-//!   with the armv7 kernel, on armv7).
+//!   with the armv7 kernel, on armv7); on aarch64 a whole tile of 4 pixels × 8 channels in
+//!   registers, into channel planes as one 4-byte store per channel (`QConv::store_tile_arm`).
+//! - **Transpositions as vectors on aarch64**: channel planes go into the direct path's padded
+//!   channels-last map 16 pixels × 16 channels at a time in registers (`planes_row_neon`).
 //! - **No allocation per run but the output**: the transposed input and the im2col block are
 //!   scratch buffers kept in the operator's state, sized at the first run.
 //! - Every kernel, the requantisation and the hand-off are tested against the convolution's
