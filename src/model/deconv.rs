@@ -18,6 +18,9 @@
 //!   bias is added and the sum quantised by `quant::quantise` (bit for bit tract's
 //!   `QuantizeLinearU8`). The unit test compares with tract's own operators; where tract's
 //!   kernel sums in another order a byte may differ by one step.
+//! - **tract's dequantisation**: by the table tract's `DequantizeLinearF32` computes at load,
+//!   or on aarch64 by its formula `(b − zero_point)·scale` in NEON where every entry of the
+//!   table is that formula to the bit (checked at load).
 //! - **No allocation per run**: the dequantised pixels live on the stack
 //!   ([`MAX_INPUT_CHANNELS`] × [`LANES`]).
 //! - Only what it runs as described is rewritten ([`DeconvU8::from_node`]): 2-D NCHW, group 1,
@@ -30,6 +33,8 @@ use tract_onnx::tract_core::ops::cnn::{Deconv, KernelFormat};
 use tract_onnx::tract_core::ops::nn::DataFormat;
 use tract_onnx::tract_core::ops::quant::DequantizeLinearF32;
 use tract_onnx::tract_hir::internal::*;
+
+use super::qconv::as_array_mut;
 
 /// Input channels at most: the dequantised pixels of one block are
 /// `MAX_INPUT_CHANNELS × LANES` f32 on the stack (16 KiB); the grains decoder has 48.
@@ -257,13 +262,6 @@ impl DeconvU8 {
             *p = self.dq[b as usize];
         }
     }
-}
-
-/// `N` bytes of `buf` from `at`, as an array (a move of a whole array compiles to vector
-/// loads and stores in place).
-#[inline(always)]
-fn as_array_mut<const N: usize>(buf: &mut [u8], at: usize) -> &mut [u8; N] {
-    (&mut buf[at..at + N]).try_into().expect("N bytes")
 }
 
 /// One output channel's four taps over [`LANES`] pixels: `acc[tap][l] = Σ_ci w[ci][tap] ·
@@ -518,8 +516,6 @@ mod tests {
         }
     }
 
-    /// The aarch64 block quantises as `quant::quantise` does on ties, NaN, the saturation edges
-    /// and sums far out of range, and puts the kx = 0 and kx = 1 taps in the right columns.
     #[test]
     fn dequantising_by_the_formula_gives_the_tables_bytes() {
         let mut seed = 11;
@@ -550,6 +546,8 @@ mod tests {
         assert_eq!(a, b);
     }
 
+    /// The aarch64 block quantises as `quant::quantise` does on ties, NaN, the saturation edges
+    /// and sums far out of range, and puts the kx = 0 and kx = 1 taps in the right columns.
     #[cfg(target_arch = "aarch64")]
     #[test]
     fn the_neon_block_quantises_and_interleaves_like_the_portable_one() {

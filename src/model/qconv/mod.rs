@@ -1717,7 +1717,7 @@ fn to_channels_last(out: &mut [u8], xg: &[u8], cg: usize, hw: usize, signed: boo
 /// `N` bytes of `buf` from `at`, as an array: a move of a whole array compiles to vector loads
 /// and stores in place, where `copy_from_slice` calls out to `memcpy`.
 #[inline(always)]
-fn as_array_mut<const N: usize>(buf: &mut [u8], at: usize) -> &mut [u8; N] {
+pub(super) fn as_array_mut<const N: usize>(buf: &mut [u8], at: usize) -> &mut [u8; N] {
     (&mut buf[at..at + N]).try_into().expect("N bytes")
 }
 
