@@ -65,13 +65,20 @@ build() { # target → path of the release binary
     cargo zigbuild --release --target "$t.$GLIBC_FLOOR" --bin ferroscope >&2
     echo "$TARGET_DIR/$t/release/ferroscope"
 }
-# The armv7 binary only when a Cortex-A8 is measured: every core unless `--cpu` names others.
-WANT_A8=1
-if [[ " $* " == *" --cpu "* ]] && [[ " $* " != *" cortex-a8 "* ]]; then WANT_A8=0; fi
+# Each binary only when one of its cores is measured: every core unless `--cpu` names some.
+WANT_A8=1 WANT_AARCH64=1
+if [[ " $* " == *" --cpu "* ]]; then
+    [[ " $* " == *" cortex-a8 "* ]] || WANT_A8=0
+    [[ " $* " == *" cortex-a72 "* || " $* " == *" cortex-a76 "* ]] || WANT_AARCH64=0
+fi
 BIN_AARCH64=${FERROSCOPE_BIN_AARCH64:-}
 BIN_ARMV7=${FERROSCOPE_BIN_ARMV7:-}
-[ -n "$BIN_AARCH64" ] || BIN_AARCH64=$(build aarch64-unknown-linux-gnu)
-file -L "$BIN_AARCH64" | grep -q "ARM aarch64" || { echo "FAIL: $BIN_AARCH64 is not an aarch64 binary"; exit 1; }
+AARCH64_ARGS=()
+if [ "$WANT_AARCH64" = 1 ]; then
+    [ -n "$BIN_AARCH64" ] || BIN_AARCH64=$(build aarch64-unknown-linux-gnu)
+    file -L "$BIN_AARCH64" | grep -q "ARM aarch64" || { echo "FAIL: $BIN_AARCH64 is not an aarch64 binary"; exit 1; }
+    AARCH64_ARGS=(--bin-aarch64 "$BIN_AARCH64")
+fi
 ARMV7_ARGS=()
 if [ "$WANT_A8" = 1 ]; then
     [ -n "$BIN_ARMV7" ] || BIN_ARMV7=$(build armv7-unknown-linux-gnueabihf)
@@ -79,5 +86,5 @@ if [ "$WANT_A8" = 1 ]; then
     ARMV7_ARGS=(--bin-armv7 "$BIN_ARMV7")
 fi
 
-exec python3 tests/arm_cost/run.py --bin-aarch64 "$BIN_AARCH64" "${ARMV7_ARGS[@]+"${ARMV7_ARGS[@]}"}" \
+exec python3 tests/arm_cost/run.py "${AARCH64_ARGS[@]+"${AARCH64_ARGS[@]}"}" "${ARMV7_ARGS[@]+"${ARMV7_ARGS[@]}"}" \
     --plugin "$WORK/insn_count.so" --jobs "${ARM_COST_JOBS:-$(nproc)}" "$@"
