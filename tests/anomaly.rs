@@ -51,8 +51,8 @@ fn frame(stem: &str) -> (usize, usize, Vec<u8>) {
     decode_gray(&std::fs::read(sample(stem)).unwrap()).unwrap()
 }
 
-/// An operating point between the good (about 0.02) and the defective (about 0.17) samples.
-const OPERATOR_THRESHOLD: f32 = 0.08;
+/// An operating point between the good (0.57 and 0.83) and the defective (0.99 and above) samples.
+const OPERATOR_THRESHOLD: f32 = 0.95;
 
 fn detector(rules: SegmentRules) -> AnomalyDetector {
     AnomalyDetector::load(&root().join(MODEL), Precision::Int8, rules).unwrap()

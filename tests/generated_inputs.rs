@@ -206,7 +206,7 @@ const MODEL_CASE_PEAK_BYTES: u64 = 1 << 30;
 
 #[test]
 fn damaged_model_files_give_an_error_not_a_crash() {
-    let path = root().join("models/kolektor_anomaly.onnx");
+    let path = root().join("models/kolektor_crack_filter.onnx");
     let original = std::fs::read(&path).unwrap();
     // The undamaged file loads: the damage, not the harness, is what fails.
     Engine::from_bytes(&original, &path, &[1, 1, 512, 512]).unwrap();
@@ -223,7 +223,7 @@ fn damaged_model_files_give_an_error_not_a_crash() {
         if let Err(e) = Engine::from_bytes(&bytes, &path, &[1, 1, 512, 512]) {
             let msg = format!("{e:#}");
             prop_assert!(
-                msg.contains("kolektor_anomaly.onnx"),
+                msg.contains("kolektor_crack_filter.onnx"),
                 "error does not name the file: {msg}"
             );
         }
@@ -241,7 +241,7 @@ fn damaged_model_files_give_an_error_not_a_crash() {
 fn a_constant_asking_for_a_huge_tensor_is_refused_before_it_is_made() {
     use prost::Message;
     use tract_onnx::prelude::Framework;
-    let path = root().join("models/kolektor_anomaly.onnx");
+    let path = root().join("models/kolektor_crack_filter.onnx");
     let original = std::fs::read(&path).unwrap();
     let mut proto = tract_onnx::onnx().proto_model_for_read(&mut &original[..]).unwrap();
     let graph = proto.graph.as_mut().unwrap();
@@ -267,7 +267,7 @@ fn a_constant_asking_for_a_huge_tensor_is_refused_before_it_is_made() {
         .err()
         .expect("the damaged model loaded");
     let msg = format!("{e:#}");
-    assert!(msg.contains("kolektor_anomaly.onnx"), "{msg}");
+    assert!(msg.contains("kolektor_crack_filter.onnx"), "{msg}");
     assert!(msg.contains("ConstantOfShape") && msg.contains("1073741828"), "{msg}");
     assert!(peak_rss() < before + (64 << 20), "memory grew while refusing: {msg}");
 }

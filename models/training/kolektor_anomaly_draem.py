@@ -46,7 +46,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import common
-from kolektor_anomaly import best_blur, blurred_max, split_groups
+from kolektor_crack_filter import best_blur, blurred_max, split_groups
 from kolektor_segment import ap_auroc, load_set, pad_width, tile_origins
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

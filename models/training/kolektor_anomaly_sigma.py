@@ -29,7 +29,7 @@ import os
 import numpy as np
 import torch
 
-import kolektor_anomaly as ka
+import kolektor_crack_filter as ka
 from kolektor_segment import ap_auroc
 
 ROWS = ka.ANGLES  # within +-30 degrees of the frame rows

@@ -13,7 +13,8 @@ python3 models/training/reference.py models/neu_classify.toml models/neu7_classi
 python3 models/training/kolektor_segment.py
 python3 models/training/grains_316l.py
 python3 models/training/kolektor_anomaly.py
+python3 models/training/kolektor_crack_filter.py   # the anomaly tool's hand-drawn option
 python3 models/training/neu_segment.py
 python3 models/training/stamp_metrics.py models/neu_classify.toml models/neu7_classify.toml models/kolektor_segment.toml models/kolektor_anomaly.toml \
-    models/grains_316l.toml \
+    models/kolektor_crack_filter.toml models/grains_316l.toml \
     --changed "retrained by models/training/train_all.sh"
