@@ -36,7 +36,6 @@ measures), the two lists and the checkpoint models/training/kolektor_anomaly.pt.
 import argparse
 import math
 import os
-import random
 import time
 
 import numpy as np
@@ -179,17 +178,14 @@ def validation_sets(val, seed):
     return clean, [draw_lines(im, rng)[0] for im in clean for _ in range(2)]
 
 
-def torch_fn(model, grid_for):
-    exp = {}
+def torch_fn(model):
+    """The exported graph's map (sigmoid, edge columns at 0) of a [1, 1, 512, 512] tile, in torch."""
+    exp = Export(model, TILE // CELL).eval()
 
     def fn(a):
-        g = a.shape[-1] // CELL
-        if g not in exp:
-            exp[g] = Export(model, g).eval()
         with torch.no_grad():
-            return exp[g](torch.from_numpy(a)).numpy()
+            return exp(torch.from_numpy(a)).numpy()
 
-    del grid_for
     return fn
 
 
@@ -241,7 +237,7 @@ def train(model, fit, val, args, ckpt):
             print(f"step {step} loss {loss.item():.4f} {time.time() - t0:.0f}s", flush=True)
         if step >= 0.4 * args.steps and (step % 250 == 0 or step == args.steps):
             model.eval()
-            fn = torch_fn(model, None)
+            fn = torch_fn(model)
             sc = [frame_map(fn, im, 4)[0] for im in clean] + [frame_map(fn, im, 4)[0] for im in synth]
             _, u = ap_auroc(sc, [0] * len(clean) + [1] * len(synth))
             mark = ""

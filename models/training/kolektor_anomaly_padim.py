@@ -50,7 +50,6 @@ shipped one (with --list models/kolektor_anomaly.heldout.txt), and rewrites the 
 
 import argparse
 import itertools
-import math
 import os
 import random
 

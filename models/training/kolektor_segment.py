@@ -14,11 +14,20 @@ int8 in tract, and the coarse map is enough to measure crack length in millimetr
 Training: the one-cycle schedule runs on 80 % of the training pool while the other 20 % (the
 selection split, by duplicate group) scores the checkpoints; the best step's schedule is then
 replayed from scratch on the whole training pool (--no-refit ships the selected checkpoint as it
-is). The held-out images are scored once, at the end.
+is). The held-out images are scored by the Rust evaluator only (stamp_metrics.py), once per
+shipped model, and every scoring is logged (models/heldout_log.jsonl).
+
+Two networks (--arch): "large", 2.0.0, the shipped one, reads the frame pixels with a 5x5
+stride-2 convolution and is wider and deeper at 1/8 resolution (16, 32, 32, 64, 64, 96, 96
+channels, dilations 2, 4, 8; about 1.9x the multiply-adds), and its decision head learns with
+the segmentation features' gradient stopped (the seed's gradient-adjusted training);
+"small", 1.0.0, averages the tile 2x2 first (16, 32, 32, 48, 64, 64 channels, dilations 2, 4).
+Both run on the same selection split (python3 models/training/kolektor_segment.py --arch small
+--no-refit reproduces 1.0.0's selection run).
 
 Tiles are 512x512 frame pixels (the frames are ~500x1250: width reflect-padded to 512, three
-overlapping tiles down the frame); the graph averages 2x2 first, so the convolutions run at half
-resolution. Masks are dilated (the seed dilates before downscaling) and max-pooled to the map grid.
+overlapping tiles down the frame); the convolutions run at half resolution and below. Masks are
+dilated (the seed dilates before downscaling) and max-pooled to the map grid.
 
 Writes models/kolektor_segment.onnx (int8), models/kolektor_segment.f32.onnx, the manifest
 models/kolektor_segment.toml (without [metrics]; stamp_metrics.py adds what the Rust evaluator
@@ -129,6 +138,12 @@ class Export(nn.Module):
     def forward(self, x):
         m, d = self.model(x)
         return torch.sigmoid(m), torch.sigmoid(d)
+
+
+DESIGNS = {
+    "large": "segmentation + decision network after Tabernik et al. 2020, 2.0.0: the frame pixels read by a 5x5 stride-2 convolution, Conv+ReLU blocks of 16, 32, 32, 64, 64, 96, 96 channels (three stride-2 stages, then 3x3 context dilated 2, 4, 8), a defect map at 1/8 of the frame resolution, and a decision head reading the segmentation features and the map (average and max pooled), trained with the segmentation features' gradient stopped at the head. The frame decision is the maximum over its tiles.",
+    "small": "segmentation + decision network after Tabernik et al. 2020: Conv+ReLU blocks (2x2 average first, two stride-2 stages, dilated 3x3 context), a defect map at 1/8 of the frame resolution, and a decision head reading the segmentation features and the map (average and max pooled). The frame decision is the maximum over its tiles.",
+}
 
 
 def fuse(model):
@@ -478,12 +493,12 @@ def ship(model, train, held, args):
 [model]
 name = "{stem}"
 tool = "segment"
-version = "1.0.0"
+version = "{'2.0.0' if args.arch == 'large' else '1.0.0'}"
 file = "{stem}.onnx"
 sha256 = "{common.sha256_file(int8_path)}"
 f32_file = "{stem}.f32.onnx"
 f32_sha256 = "{common.sha256_file(f32_path)}"
-design = "segmentation + decision network after Tabernik et al. 2020: Conv+ReLU blocks (2x2 average first, two stride-2 stages, dilated 3x3 context), a defect map at 1/8 of the frame resolution, and a decision head reading the segmentation features and the map (average and max pooled). The frame decision is the maximum over its tiles."
+design = "{DESIGNS[args.arch]}"
 
 [input]
 name = "image"
@@ -523,6 +538,7 @@ split = "seeded 80/20 train/held-out by duplicate group (byte-identical images o
 heldout_list = "{stem}.heldout.txt"
 train_images = {len(train)}
 heldout_images = {len(held)}
+arch = "{args.arch}"
 steps = {args.steps}
 chosen_step = {args.chosen_step or args.steps}
 checkpoint_rule = "highest AP, then widest log-odds margin, on a selection split of the training pool ({args.select_fraction:.0%} of its duplicate groups, seed {args.seed + 1}), every {args.eval_every} steps from 30 % on{'; then the same schedule replayed from scratch on the whole training pool up to that step' if args.refit else ''}"
