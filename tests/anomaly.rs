@@ -1,6 +1,6 @@
 //! The anomaly tool with the shipped KolektorSDD model (trained on good parts only): scores
-//! and regions on held-out frames, the CLI as a user runs it, the station over a replay of
-//! commutator frames, the frame path's allocations, and clear errors.
+//! and regions on held-out frames, the crack filter option, the CLI as a user runs it, the
+//! station over a replay of commutator frames, the frame path's allocations, and clear errors.
 //!
 //! Samples (`tests/data/kolektor_samples`): `091` and `180` are defective (every defective
 //! image is held out from the anomaly model's training), `002` is a held-out good frame,
@@ -336,6 +336,25 @@ fn a_station_config_with_anomaly_rules_for_another_tool_is_refused() {
     let wrong = text.replace("decide_by = \"head\"", "decide_by = \"score\"");
     let err = format!("{:#}", StationConfig::parse(&wrong, &path).expect_err("refused"));
     assert!(err.contains("anomaly.decide_by"), "{err}");
+}
+
+/// The hand-drawn option (`models/kolektor_crack_filter.toml`, the anomaly model up to 2.0.0)
+/// runs in the same tool: its shipped threshold rejects both defective samples and accepts
+/// both good ones.
+#[test]
+fn the_crack_filter_option_runs_in_the_anomaly_tool() {
+    let path = root().join("models/kolektor_crack_filter.toml");
+    let mut det = AnomalyDetector::load(&path, Precision::Int8, SegmentRules::default()).unwrap();
+    assert_eq!(det.manifest().model.name, "kolektor_crack_filter");
+    let samples = DEFECTIVE
+        .iter()
+        .map(|s| (*s, true))
+        .chain(GOOD.iter().map(|s| (*s, false)));
+    for (stem, defective) in samples {
+        let (w, h, px) = frame(stem);
+        let r = det.detect(&GrayFrame::new(&px, w, h, w).unwrap()).unwrap();
+        assert_eq!(r.reject, defective, "{stem}: score {}", r.score);
+    }
 }
 
 #[test]

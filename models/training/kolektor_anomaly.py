@@ -1,7 +1,7 @@
 """Train the KolektorSDD anomaly model on good images and synthetic anomalies only, and ship it
 as int8 ONNX.
 
-    python3 models/training/kolektor_anomaly.py          # from the repository root (about 30 min on 2 cores)
+    python3 models/training/kolektor_anomaly.py          # from the repository root (about 10 min on 2 cores)
 
 Design: a small fully convolutional network learns, from good frames alone, to find thin line
 anomalies drawn onto them. No labelled defective image is read: the anomalies are synthetic,
