@@ -262,6 +262,19 @@ def sha256_file(path):
         return hashlib.sha256(fh.read()).hexdigest()
 
 
+def ort_fn(onnx_path, all_outputs=False):
+    """A one-thread onnxruntime session on `onnx_path`, as a function of a float array shaped
+    like the model's input: its first output (every output with `all_outputs`)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    sess = ort.InferenceSession(onnx_path, so, providers=["CPUExecutionProvider"])
+    if all_outputs:
+        return lambda a: sess.run(None, {"image": a.astype(np.float32)})
+    return lambda a: sess.run(None, {"image": a.astype(np.float32)})[0]
+
+
 def ort_scores(onnx_path, images_u8):
     import onnxruntime as ort
 

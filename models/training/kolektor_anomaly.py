@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFilter
 
 import common
-from kolektor_crack_filter import NORM_EPS, NORM_MEAN_R, NORM_RMS_R, best_blur, blurred_max, box, frame_map, splits
+from kolektor_crack_filter import NORM_EPS, NORM_MEAN_R, NORM_RMS_R, best_blur, blurred_max, box, frame_map, splits, write_lists
 from kolektor_segment import ap_auroc, pad_width
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -251,8 +251,6 @@ def train(model, fit, val, args, ckpt):
 
 
 def ship(model, fit, val, held, args):
-    import onnxruntime as ort
-
     out = args.out
     f32_path = os.path.join(out, f"{STEM}.f32.onnx")
     int8_path = os.path.join(out, f"{STEM}.onnx")
@@ -277,14 +275,8 @@ def ship(model, fit, val, held, args):
     common.MEAN, common.STD = MEAN, STD
     common.quantise_int8(f32_path, int8_path, calib)
 
-    def ort_fn(path):
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = 1
-        sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
-        return lambda a: sess.run(None, {"image": a.astype(np.float32)})[0]
-
     clean, synth = validation_sets(val, args.seed)
-    fn = ort_fn(int8_path)
+    fn = common.ort_fn(int8_path)
     clean_maps = [frame_map(fn, im, 0)[1] for im in clean]
     synth_maps = [frame_map(fn, im, 0)[1] for im in synth]
     blur, auroc = best_blur(clean_maps, synth_maps, "drawn anomalies (int8)")
@@ -292,14 +284,7 @@ def ship(model, fit, val, held, args):
     thr = max(val_scores)
     print(f"good validation scores: max {thr:.4f}, median {float(np.median(val_scores)):.4f}", flush=True)
 
-    with open(os.path.join(out, f"{STEM}.heldout.txt"), "w") as fh:
-        fh.write("# held-out KolektorSDD images: every defective image and a seeded 20 % of the good duplicate groups; never used to build the model\n")
-        for it in held:
-            fh.write(f"{it['name']}.jpg\n")
-    with open(os.path.join(out, f"{STEM}.validation.txt"), "w") as fh:
-        fh.write("# good KolektorSDD images that chose the checkpoint, the score's blur and the threshold; never trained on\n")
-        for it in val:
-            fh.write(f"{it['name']}.jpg\n")
+    write_lists(out, held, val)
     step = getattr(args, "chosen_step", None)
     toml = f"""# Manifest of a ferroscope anomaly model. Paths are relative to this file.
 [model]

@@ -475,8 +475,6 @@ def main():
 
 
 def ship(model, fit, val, held, args):
-    import onnxruntime as ort
-
     out = args.out
     stem = "kolektor_anomaly_draem"
     f32_path = os.path.join(out, f"{stem}.f32.onnx")
@@ -502,16 +500,10 @@ def ship(model, fit, val, held, args):
     common.MEAN, common.STD = MEAN, STD
     common.quantise_int8(f32_path, int8_path, calib)
 
-    def ort_fn(path):
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = 1
-        sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
-        return lambda a: sess.run(None, {"image": a.astype(np.float32)})[0]
-
     # The score's blur radius, chosen without any defective image: the radius that best
     # separates the good validation frames from the same frames with one simulated anomaly each
     # (image AUROC; ties go to the larger radius, which is steadier on good parts).
-    fn = ort_fn(int8_path)
+    fn = common.ort_fn(int8_path)
     global BLUR_PX
     vrng = np.random.default_rng(args.seed + 2)
     pool = [it["half"] for it in fit]

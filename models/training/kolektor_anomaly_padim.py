@@ -59,7 +59,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import common
-from kolektor_crack_filter import best_blur, blurred_max, crack, frame_map, splits, tiles
+from kolektor_crack_filter import best_blur, blurred_max, crack, frame_map, splits, tiles, write_lists
 from kolektor_segment import ap_auroc, pad_width
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -232,8 +232,6 @@ def main():
 
 
 def ship(model, fit, val, held, args):
-    import onnxruntime as ort
-
     out = args.out
     f32_path = os.path.join(out, f"{STEM}.f32.onnx")
     int8_path = os.path.join(out, f"{STEM}.onnx")
@@ -260,19 +258,13 @@ def ship(model, fit, val, held, args):
     common.MEAN, common.STD = MEAN, STD
     common.quantise_int8(f32_path, int8_path, calib, keep_f32_prefix="/normal/")
 
-    def ort_fn(path):
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = 1
-        sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
-        return lambda a: sess.run(None, {"image": a.astype(np.float32)})[0]
-
     # The score's blur radius and the threshold, on the int8 model, without any defective image.
     clean, synth = validation_sets(val, args.seed)
-    fn = ort_fn(int8_path)
+    fn = common.ort_fn(int8_path)
     clean_maps = [frame_map(fn, im, 0)[1] for im in clean]
     synth_maps = [frame_map(fn, im, 0)[1] for im in synth]
     blur, synthetic_auroc = best_blur(clean_maps, synth_maps, "simulated cracks (int8)")
-    f32 = ort_fn(f32_path)
+    f32 = common.ort_fn(f32_path)
     _, f32_auroc = ap_auroc(
         [frame_map(f32, im, blur)[0] for im in clean] + [frame_map(f32, im, blur)[0] for im in synth],
         [0] * len(clean) + [1] * len(synth),
@@ -282,14 +274,7 @@ def ship(model, fit, val, held, args):
     thr = max(val_scores)
     print(f"good validation scores: max {thr:.4f}, median {float(np.median(val_scores)):.4f}", flush=True)
 
-    with open(os.path.join(out, f"{LISTS}.heldout.txt"), "w") as fh:
-        fh.write("# held-out KolektorSDD images: every defective image and a seeded 20 % of the good duplicate groups; never used to build the model\n")
-        for it in held:
-            fh.write(f"{it['name']}.jpg\n")
-    with open(os.path.join(out, f"{LISTS}.validation.txt"), "w") as fh:
-        fh.write("# good KolektorSDD images that calibrated the thresholds; never used to fit the normal\n")
-        for it in val:
-            fh.write(f"{it['name']}.jpg\n")
+    write_lists(out, held, val)
     blocks = ", ".join(f"{b[0].out_channels}" for b in model.blocks)
     toml = f"""# Manifest of a ferroscope anomaly model. Paths are relative to this file.
 [model]

@@ -284,6 +284,17 @@ def splits(args):
     return fit, val, held
 
 
+def write_lists(out, held, val):
+    """The held-out and validation lists of the KolektorSDD anomaly split, shared by
+    kolektor_anomaly.py, kolektor_anomaly_padim.py and this recipe (the same seeded split)."""
+    with open(os.path.join(out, "kolektor_anomaly.heldout.txt"), "w") as fh:
+        fh.write("# held-out KolektorSDD images: every defective image and a seeded 20 % of the good duplicate groups; never used to build the model\n")
+        fh.writelines(f"{it['name']}.jpg\n" for it in held)
+    with open(os.path.join(out, "kolektor_anomaly.validation.txt"), "w") as fh:
+        fh.write("# good KolektorSDD images that chose the checkpoint, the score's blur and the threshold; never trained on\n")
+        fh.writelines(f"{it['name']}.jpg\n" for it in val)
+
+
 def choose_blur(fn, val, seed):
     """The score's blur radius, chosen without any defective image: the radius that best
     separates the good validation frames from the same frames with one simulated crack each
@@ -310,8 +321,6 @@ def best_blur(clean_maps, synth_maps, what):
 
 
 def ship(model, fit, val, held, args):
-    import onnxruntime as ort
-
     out = args.out
     stem = "kolektor_crack_filter"
     lists = "kolektor_anomaly"  # the split is shared with the learnt anomaly model
@@ -337,14 +346,8 @@ def ship(model, fit, val, held, args):
     common.MEAN, common.STD = MEAN, STD
     common.quantise_int8(f32_path, int8_path, calib)
 
-    def ort_fn(path):
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = 1
-        sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
-        return lambda a: sess.run(None, {"image": a.astype(np.float32)})[0]
-
     # The score's blur radius, on the int8 model, without any defective image.
-    fn = ort_fn(int8_path)
+    fn = common.ort_fn(int8_path)
     global BLUR_PX
     BLUR_PX, args.synthetic_auroc, clean_maps = choose_blur(fn, val, args.seed)
     # Thresholds from the good validation images only (no defective image): the image
@@ -364,14 +367,7 @@ def ship(model, fit, val, held, args):
     fneg = sum(1 for s, l in zip(held_scores, labels) if s < thr and l)
     print(f"int8 (onnxruntime) held-out AP {a:.4f} AUROC {u:.4f} fp {fp} fn {fneg}", flush=True)
 
-    with open(os.path.join(out, f"{lists}.heldout.txt"), "w") as fh:
-        fh.write("# held-out KolektorSDD images: every defective image and a seeded 20 % of the good duplicate groups; never used to build the model\n")
-        for it in held:
-            fh.write(f"{it['name']}.jpg\n")
-    with open(os.path.join(out, f"{lists}.validation.txt"), "w") as fh:
-        fh.write("# good KolektorSDD images that calibrated the thresholds; never used to fit the normal\n")
-        for it in val:
-            fh.write(f"{it['name']}.jpg\n")
+    write_lists(out, held, val)
     angles = ", ".join(str(a) for a in ANGLES)
     margin_text = f" raised by {THRESHOLD_MARGIN_LOGIT:g} in log-odds" if THRESHOLD_MARGIN_LOGIT else ", no margin"
     toml = f"""# Manifest of a ferroscope anomaly model. Paths are relative to this file.

@@ -422,8 +422,6 @@ def train_loop(model, pool, args, rng, stop, select=None, ckpt=None):
 
 
 def ship(model, train, held, args):
-    import onnxruntime as ort
-
     out = args.out
     stem = "kolektor_segment"
     f32_path = os.path.join(out, f"{stem}.f32.onnx")
@@ -448,16 +446,10 @@ def ship(model, train, held, args):
     common.MEAN, common.STD = MEAN, STD
     common.quantise_int8(f32_path, int8_path, calib)
 
-    def ort_fn(path):
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = 1
-        sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
-        return lambda a: sess.run(None, {"image": a.astype(np.float32)})
-
     # operating threshold: from training images only. Every defective training frame must be
     # rejected; the threshold sits halfway (in log-odds) between the lowest defective and the
     # highest good training score when they separate, else at the lowest defective score.
-    fn = ort_fn(int8_path)
+    fn = common.ort_fn(int8_path, all_outputs=True)
     tr_scores = []
     levels = [0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.97]
     inter = np.zeros(len(levels))
