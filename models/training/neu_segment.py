@@ -22,24 +22,32 @@ sigmoid (the map is a probability, as in every segment model; --output logits le
 Widths 12/32/48 are set by the inference budget: 154 M multiply-adds per image, fewer than
 grains_316l's 256x256 tile (181 M). On the validation split, wider (16/32/48, 190 M) or with a
 hidden 3x3 Conv+ReLU in the full-resolution head (177 M), 6000 steps scored within 0.001 of it.
+--arch dilated reads the image with a learnt 5x5 stride-2 convolution instead of the average and
+dilates the 25-pixel level's three convolutions 1, 2 and 4, so that a pixel's decision sees the
+whole image (169 M multiply-adds; the integer engine runs it in the same time as the average).
 
 Training: batches of random 128x128 crops (the network is fully convolutional; crops cost 0.4 of
 a whole image) with the eight flips/quarter turns and, optionally, brightness/contrast jitter;
-AdamW with 5 % warm-up then cosine to zero, stopped on steps. Two stages, both scored on the
-validation split by the mean Dice per image at its best level (f32):
+AdamW with 5 % warm-up then cosine to zero, stopped on steps. Three stages, the first two scored
+on the validation split by the mean Dice per image at its best level (f32):
   1. sweep: every --variants entry (loss Dice alone or Dice+BCE, photometric jitter on or off)
      trained from the same seed on a short schedule (--sweep-steps, --sweep-batch), scored at
      its end;
-  2. the best variant trained from the same seed on the long schedule (--steps, --batch),
-     checkpoints scored every --eval-every steps from 50 % of it; the best step is shipped as
-     it is (trained on the pool minus validation; no refit).
-The long schedule's defaults (16000 steps of 32 crops of 128, lr 0.003) come from a sweep of
-11 schedules on the validation split (--train-only runs one; the table is in the metrics
-file's selection.schedule_sweep). The pixel threshold is then the level with the best mean
-Dice per image of the int8 model on validation; the validation metrics of the int8 and f32 ONNX
-files (onnxruntime, one thread) go to the metrics file. --device cuda trains on a GPU (about
-4 minutes for the long schedule); on 2 CPU cores it takes about 72 minutes (0.27 s a step).
-CUDA's convolutions are not bit-reproducible: a file retrained there differs in its last digits.
+  2. selection: the best variant trained from the same seed on the long schedule (--steps,
+     --batch) on the pool minus validation, checkpoints scored every --eval-every steps from
+     50 % of it; the pixel threshold is the level with the best mean Dice per image of this
+     checkpoint's int8 file on validation;
+  3. refit: the same variant, network and schedule trained again from the same seed on the
+     whole pool (validation included) to the chosen step, and shipped (--no-refit ships the
+     selection checkpoint as it is, as 1.0.0 and 1.1.0 were). --train-only runs stage 2 alone
+     and --refit CHECKPOINT stage 3 from its checkpoint.
+The validation metrics of the selection checkpoint's int8 and f32 ONNX files (onnxruntime, one
+thread) go to the metrics file. The network (--arch) and the long schedule's defaults (8000
+steps of 32 crops of 128, lr 0.003) were chosen on the validation split: 1.1.0's sweep of 11
+schedules for the small network (neu_segment.schedule_sweep.json:
+16000 x 32 scored 0.865, 8000 x 32 0.862), then the dilated network on 8000 x 32, 0.871.
+On 2 CPU cores the whole recipe takes about 80 minutes (0.27 s a step); --device cuda trains
+on a GPU. CUDA's convolutions are not bit-reproducible: a file retrained there differs in its last digits.
 
 Writes models/neu_segment.onnx (int8 QDQ), models/neu_segment.f32.onnx, the manifest
 models/neu_segment.toml (without [metrics]; the Rust evaluator measures the held-out list),
@@ -53,6 +61,7 @@ import hashlib
 import math
 import os
 import random
+import tempfile
 import time
 
 import numpy as np
@@ -71,21 +80,36 @@ MEAN, STD = common.MEAN, common.STD
 WIDTH = (12, 32, 48)  # the U-Net levels at 100, 50 and 25 pixels
 HEAD = 8  # channels brought back to full resolution
 LEVELS = [round(0.05 * k, 2) for k in range(1, 20)]  # pixel threshold candidates
-VERSION = "1.1.0"
+VERSION = "1.2.0"
 
 
-def block(cin, cout):
-    return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+def block(cin, cout, k=3, stride=1, dilation=1):
+    pad = dilation * (k // 2)
+    conv = nn.Conv2d(cin, cout, k, stride=stride, padding=pad, dilation=dilation, bias=False)
+    return [conv, nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
 
 
 class UNet(nn.Module):
-    def __init__(self, width=WIDTH, head=HEAD):
+    """`arch` "small": the 2x2 average, two plain 3x3 convolutions at 25 pixels (1.0.0, 1.1.0);
+    "dilated": the image read by a 5x5 stride-2 convolution instead of the average, and the
+    25-pixel level's convolutions dilated 1, 2 and 4 (a field of view of the whole image)."""
+
+    def __init__(self, width=WIDTH, head=HEAD, arch="small"):
         super().__init__()
         c0, c1, c2 = width
-        self.pool_in = nn.AvgPool2d(2)
-        self.e0 = nn.Sequential(*block(1, c0), *block(c0, c0))
+        self.arch = arch
+        if arch == "small":
+            self.pool_in = nn.AvgPool2d(2)
+            self.e0 = nn.Sequential(*block(1, c0), *block(c0, c0))
+            mid = [*block(c1, c2), *block(c2, c2)]
+        elif arch == "dilated":
+            self.pool_in = nn.Identity()
+            self.e0 = nn.Sequential(*block(1, c0, k=5, stride=2), *block(c0, c0))
+            mid = [*block(c1, c2), *block(c2, c2, dilation=2), *block(c2, c2, dilation=4)]
+        else:
+            raise ValueError(f"unknown arch {arch}")
         self.e1 = nn.Sequential(*block(c0, c1), *block(c1, c1))
-        self.mid = nn.Sequential(*block(c1, c2), *block(c2, c2))
+        self.mid = nn.Sequential(*mid)
         self.u1 = nn.ConvTranspose2d(c2, c1, 2, stride=2)
         self.d1 = nn.Sequential(*block(2 * c1, c1))
         self.u0 = nn.ConvTranspose2d(c1, c0, 2, stride=2)
@@ -254,15 +278,16 @@ def predict(model, items, chunk=16):
     return np.concatenate(out)
 
 
-def train_variant(variant, fit, val, args, log, steps, eval_from):
+def train_variant(variant, fit, val, args, log, steps, eval_from, stop_at=None):
     """One run of a `steps`-long schedule; returns [(step, best level, mean Dice, state_dict),
     ...] for the checkpoints scored on validation (every args.eval_every steps from
-    `eval_from`, and the last)."""
+    `eval_from`, and the last). With `stop_at` (a refit: `val` is None), the run stops at that
+    step of the schedule and returns [(stop_at, None, None, state_dict)]."""
     loss_name, aug = variant.split(":")
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
     dev = torch.device(args.device)
-    model = UNet().to(dev)
+    model = UNet(arch=args.arch).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     scored = []
     t0 = time.time()
@@ -286,6 +311,10 @@ def train_variant(variant, fit, val, args, log, steps, eval_from):
         if step % 25 == 0:
             extra = f" bce {bce.item():.4f}" if bce is not None else ""
             log(f"[{variant}] step {step} lr {lr:.5f} dice-loss {dice.item():.4f}{extra} {time.time() - t0:.0f}s")
+        if stop_at is not None:
+            if step == stop_at:
+                return [(step, None, None, {k2: v.detach().cpu().clone() for k2, v in model.state_dict().items()})]
+            continue
         if step == steps or (step >= eval_from and step % args.eval_every == 0):
             probs = predict(model, val)
             per_level = [pixel_metrics(probs, val, lv)["dice_mean_per_image"] for lv in LEVELS]
@@ -378,13 +407,15 @@ def main():
                     help="comma-separated loss:augmentation (loss dice | dice+bce; augmentation photo = flips, "
                          "quarter turns, brightness/contrast; geo = flips and quarter turns only)")
     ap.add_argument("--sweep-steps", type=int, default=400, help="schedule of each sweep variant")
-    ap.add_argument("--steps", type=int, default=16000, help="schedule of the chosen variant")
+    ap.add_argument("--steps", type=int, default=8000, help="schedule of the chosen variant")
     ap.add_argument("--eval-every", type=int, default=1000)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--sweep-batch", type=int, default=8, help="batch of the variant sweep")
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--crop", type=int, default=128, help="training crop side, a multiple of 8 (200: whole images)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--arch", choices=("small", "dilated"), default="dilated",
+                    help="small: 1.1.0's network; dilated: a 5x5 stride-2 first convolution and dilations 1/2/4 at 25 pixels")
     ap.add_argument("--output", choices=("probability", "logits"), default="probability",
                     help="what the graph's `mask` output is: sigmoid(logit) (every segment manifest's "
                          "`activation = \"sigmoid\"`) or the logit itself")
@@ -392,6 +423,12 @@ def main():
     ap.add_argument("--checkpoint", default=os.path.join(ROOT, "models", "training", f"{STEM}.pt"),
                     help="the checkpoint written by training and read by --ship-only")
     ap.add_argument("--device", default="cpu", help="torch device for training (cpu, cuda)")
+    ap.add_argument("--no-refit", action="store_true",
+                    help="ship the chosen checkpoint of the run on the pool minus validation as it is (1.1.0 and before)")
+    ap.add_argument("--refit", metavar="SELECTION_CHECKPOINT",
+                    help="train the variant, network and schedule of a --train-only checkpoint again on the whole "
+                         "training pool (validation included) to its chosen step, and ship it; the pixel threshold "
+                         "is chosen on validation with the selection checkpoint's int8 file")
     ap.add_argument("--train-only", metavar="VARIANT",
                     help="no sweep and no export: train VARIANT (loss:augmentation) on the --steps schedule, score "
                          "its checkpoints on validation, save the best to --checkpoint (one run of a schedule sweep)")
@@ -410,7 +447,10 @@ def main():
     fit, val = split_groups(pool, args.seed + 1, args.validation_fraction)
     check_disjoint(fit, val, held)
     log(f"{len(items)} masked images: pool {len(pool)} (fit {len(fit)}, validation {len(val)}), held-out {len(held)}")
-    model = UNet()
+    if args.refit or args.ship_only:  # the network is the checkpoint's
+        saved_sel = torch.load(args.refit or args.checkpoint, map_location="cpu")["selection"]
+        args.arch = saved_sel.get("arch", args.arch)
+    model = UNet(arch=args.arch)
     log(f"parameters {sum(p.numel() for p in model.parameters())}, multiply-adds {multiply_adds(model) / 1e6:.1f} M per image")
     ckpt = args.checkpoint
     if args.train_only:
@@ -420,17 +460,29 @@ def main():
             if best is None or dice > best[1] + 1e-9:
                 best = (step, dice, state)
         step, dice, state = best
-        selection = {"variant": args.train_only, "step": step, "steps": args.steps, "batch": args.batch,
+        selection = {"variant": args.train_only, "arch": args.arch, "step": step, "steps": args.steps, "batch": args.batch,
                      "crop": args.crop, "lr": args.lr, "device": args.device, "checkpoints": table,
                      "train_minutes": round((time.time() - t_start) / 60, 1)}
         torch.save({"state_dict": state, "selection": selection}, ckpt)
         log(f"train-only {args.train_only} steps {args.steps} batch {args.batch} crop {args.crop} lr {args.lr}: "
             f"best step {step}, validation mean Dice per image {dice:.4f} (f32)")
         return None
+    if args.refit:
+        return refit_and_ship(torch.load(args.refit, map_location="cpu"), fit, val, held, args, log, t_start)
     if args.ship_only:
         saved = torch.load(ckpt, map_location="cpu")
+        sel = saved["selection"]
+        args.arch = sel.get("arch", args.arch)
+        model = UNet(arch=args.arch)
         model.load_state_dict(saved["state_dict"])
-        return ship(model, saved["selection"], fit, val, held, args, t_start)
+        chooser = None
+        if "chooser_state_dict" in saved:
+            chooser = UNet(arch=args.arch)
+            chooser.load_state_dict(saved["chooser_state_dict"])
+        for key in ("steps", "batch", "crop", "lr"):
+            if key in sel:
+                setattr(args, key, sel[key])
+        return ship(model, sel, fit, val, held, args, t_start, chooser=chooser)
 
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     sweep, best = [], None
@@ -452,15 +504,56 @@ def main():
             torch.save({"state_dict": state, "selection": {"variant": variant, "step": step}}, ckpt)
     step, dice, state = best
     log(f"chosen: {variant} at step {step} of {args.steps} (validation mean Dice per image {dice:.4f}, f32)")
-    selection = {"variant": variant, "step": step, "sweep_steps": args.sweep_steps, "sweep": sweep, "checkpoints": table,
-                 "train_minutes": round((time.time() - t_start) / 60, 1)}
+    selection = {"variant": variant, "arch": args.arch, "step": step, "steps": args.steps, "batch": args.batch,
+                 "crop": args.crop, "lr": args.lr, "device": args.device, "sweep_steps": args.sweep_steps, "sweep": sweep,
+                 "checkpoints": table, "train_minutes": round((time.time() - t_start) / 60, 1)}
     torch.save({"state_dict": state, "selection": selection}, ckpt)
+    if not args.no_refit:
+        return refit_and_ship({"state_dict": state, "selection": selection}, fit, val, held, args, log, t_start)
     model.load_state_dict(state)
     ship(model, selection, fit, val, held, args, t_start)
 
 
+def refit_and_ship(saved, fit, val, held, args, log, t_start):
+    """Train the variant, network and schedule of a selection checkpoint (`saved`: its
+    state_dict and selection) again from the same seed on the whole pool to its chosen step,
+    and ship that, with the selection checkpoint choosing the threshold on validation."""
+    sel = saved["selection"]
+    args.arch, args.steps, args.batch, args.crop, args.lr = (
+        sel.get("arch", args.arch), sel["steps"], sel["batch"], sel["crop"], sel["lr"])
+    chooser = UNet(arch=args.arch)
+    chooser.load_state_dict(saved["state_dict"])
+    model = UNet(arch=args.arch)
+    log(f"refit: {sel['variant']} arch {args.arch}, step {sel['step']} of {args.steps} x batch {args.batch} x crop "
+        f"{args.crop}, lr {args.lr}, on the whole pool ({len(fit) + len(val)} images)")
+    t0 = time.time()
+    (_, _, _, state), = train_variant(sel["variant"], fit + val, None, args, log, args.steps, 0, stop_at=sel["step"])
+    model.load_state_dict(state)
+    selection = dict(sel, refit=True, refit_images=len(fit) + len(val), refit_train_minutes=round((time.time() - t0) / 60, 1))
+    torch.save({"state_dict": state, "selection": selection, "chooser_state_dict": saved["state_dict"]}, args.checkpoint)
+    return ship(model, selection, fit, val, held, args, t_start, chooser=chooser)
+
+
 def selection_rule(selection, args):
     """The manifest's account of how the shipped checkpoint was chosen (validation only)."""
+    if selection.get("refit"):
+        sweep = selection.get("sweep", [])
+        text = ""
+        if sweep:
+            text = (
+                f"variant sweep: {', '.join(v['variant'] for v in sweep)} (loss:augmentation), each from seed {args.seed} "
+                f"on a {selection.get('sweep_steps', args.sweep_steps)}-step schedule, the best mean Dice per image at its best "
+                f"level on the validation split (f32) chose {selection['variant']}; "
+            )
+        return text + (
+            f"network ({selection.get('arch', args.arch)}; against 1.1.0's small network on the same schedule, "
+            f"{STEM}.schedule_sweep.json), loss and augmentation ({selection['variant']}), schedule "
+            f"({args.steps} steps x batch {args.batch} x crop {args.crop} at lr {args.lr}) and step chosen on the "
+            f"validation split by a run on the pool minus validation (checkpoints every {args.eval_every} steps from 50 %, "
+            f"the best mean Dice per image at its best level, f32: step {selection['step']}; {STEM}.metrics.json, "
+            f"selection); the shipped file is the same schedule trained again from seed {args.seed} on the whole pool "
+            f"({selection.get('refit_images')} images) to that step, and the pixel threshold is the selection run's"
+        )
     text = (
         f"variant sweep: {', '.join(v['variant'] for v in selection.get('sweep', []))} (loss:augmentation), each from "
         f"seed {args.seed} on a {selection.get('sweep_steps', args.sweep_steps)}-step schedule, the best mean Dice per "
@@ -482,10 +575,9 @@ def selection_rule(selection, args):
     return text
 
 
-def ship(model, selection, fit, val, held, args, t_start):
-    out = args.out
-    f32_path = os.path.join(out, f"{STEM}.f32.onnx")
-    int8_path = os.path.join(out, f"{STEM}.onnx")
+def export(model, f32_path, int8_path, fit, args):
+    """The f32 ONNX file (BatchNorm folded) and its int8 QDQ quantisation, calibrated on 48
+    training images."""
     model.eval()
     torch.onnx.export(
         Export(fuse(model), logits=args.output == "logits").eval(),
@@ -501,9 +593,25 @@ def ship(model, selection, fit, val, held, args, t_start):
     calib = [fit[i]["img"] for i in crng.sample(range(len(fit)), 48)]
     common.quantise_int8(f32_path, int8_path, calib)
 
+
+def ship(model, selection, fit, val, held, args, t_start, chooser=None):
+    """Export and quantise `model`, choose the pixel threshold on validation and write the
+    manifest, lists and metrics file. For a refit (`chooser` given: the selection run's
+    checkpoint, which never saw the validation images), the threshold and the validation
+    metrics are those of the chooser's int8 file."""
+    out = args.out
+    f32_path = os.path.join(out, f"{STEM}.f32.onnx")
+    int8_path = os.path.join(out, f"{STEM}.onnx")
+    export(model, f32_path, int8_path, fit, args)
+    val_f32, val_int8 = f32_path, int8_path
+    if chooser is not None:
+        tmp = tempfile.mkdtemp(prefix=f"{STEM}-chooser-")
+        val_f32, val_int8 = os.path.join(tmp, "chooser.f32.onnx"), os.path.join(tmp, "chooser.onnx")
+        export(chooser, val_f32, val_int8, fit, args)
+
     to_prob = (lambda a: 1 / (1 + np.exp(-a))) if args.output == "logits" else (lambda a: a)
-    int8_val = to_prob(ort_maps(int8_path, val))
-    f32_val = to_prob(ort_maps(f32_path, val))
+    int8_val = to_prob(ort_maps(val_int8, val))
+    f32_val = to_prob(ort_maps(val_f32, val))
     per_level = [pixel_metrics(int8_val, val, lv)["dice_mean_per_image"] for lv in LEVELS]
     k = int(np.argmax(per_level))
     pixel_thr = LEVELS[k]
@@ -530,19 +638,26 @@ def ship(model, selection, fit, val, held, args, t_start):
         for it in val:
             fh.write(it["rel"] + "\n")
 
+    refit = bool(selection.get("refit"))
     loss_name, aug = selection["variant"].split(":")
     loss_text = "soft Dice per image on the sigmoid outputs" + (" + BCE" if loss_name == "dice+bce" else "")
     aug_text = "flips and quarter turns" + (", brightness +-0.15 and contrast x0.75..1.25" if aug == "photo" else "")
     c0, c1, c2 = WIDTH
     mmac = multiply_adds(model) / 1e6
+    if args.arch == "small":
+        front = (f"U-Net after a 2x2 average (widths {c0}/{c1}/{c2} at 100/50/25 pixels, two 3x3 Conv+ReLU per "
+                 f"encoder level, ")
+    else:
+        front = (f"U-Net reading the image with a 5x5 stride-2 Conv+ReLU (widths {c0}/{c1}/{c2} at 100/50/25 pixels, "
+                 f"two Conv+ReLU per encoder level, three at 25 pixels dilated 1/2/4, ")
     design = (
-        f"U-Net after a 2x2 average (widths {c0}/{c1}/{c2} at 100/50/25 pixels, two 3x3 Conv+ReLU per encoder level, "
-        f"two 2x2 max-pools, 2x2 transposed-conv decoder with skip connections and one 3x3 conv per level), then a 2x2 "
+        front + f"two 2x2 max-pools, 2x2 transposed-conv decoder with skip connections and one 3x3 conv per level), then a 2x2 "
         f"transposed conv back to 200x200 concatenated with the input image and a 3x3 conv to the defect map "
         f"(sigmoid{' applied by the runtime' if args.output == 'logits' else ''}): {mmac:.0f} M multiply-adds per image."
     )
     rule = (
-        f"pixel: the level of 0.05..0.95 with the best mean Dice per image of the int8 model on the validation split "
+        f"pixel: the level of 0.05..0.95 with the best mean Dice per image of the int8 model "
+        f"{'of the selection run (before the refit) ' if refit else ''}on the validation split "
         f"({len(val)} images, {STEM}.validation.txt); decision: the same level (every NEU masked image is defective, "
         f"and the image score is the map maximum, so an image is rejected exactly when it has a region)"
     )
@@ -594,18 +709,19 @@ classes = {str(CLASSES).replace("'", '"')}
 split = "seeded 80/20 training pool/held-out per class by duplicate group (byte-identical images on one side; seed {args.seed}, the held-out images of neu_classify for these classes); validation: {args.validation_fraction:.0%} of the pool's duplicate groups per class (seed {args.seed + 1})"
 heldout_list = "{STEM}.heldout.txt"
 validation_list = "{STEM}.validation.txt"
-train_images = {len(fit)}
+train_images = {len(fit) + (len(val) if refit else 0)}
 validation_images = {len(val)}
 heldout_images = {len(held)}
 steps = {args.steps}
 chosen_step = {selection['step']}
-refit = false
+refit = {str(refit).lower()}
 batch = {args.batch}
 crop = {args.crop}
 seed = {args.seed}
 loss = "{loss_text}"
 augmentation = "{aug_text}"
 lr = {args.lr}
+device = "{selection.get('device', args.device)}"
 schedule = "AdamW (weight decay 1e-4), 5 % linear warm-up then cosine to zero over {args.steps} steps, stopped on steps"
 selection_rule = "{selection_rule(selection, args)}"
 """
@@ -627,6 +743,8 @@ selection_rule = "{selection_rule(selection, args)}"
             "multiply_adds_millions": round(mmac, 1),
             "parameters": sum(p.numel() for p in model.parameters()),
             "output": args.output,
+            "validation_metrics_of": "the selection run's checkpoint (the shipped file is its refit on the whole pool)"
+            if refit else "the shipped checkpoint",
             "recipe_minutes": round((time.time() - t_start) / 60, 1),
         },
     )

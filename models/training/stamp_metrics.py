@@ -42,6 +42,29 @@ def tiled_lines(args, manifest, tool, heldout):
     return lines
 
 
+def masked_lines(args, manifest, heldout, data, masks):
+    """[metrics] of a segment model over class folders with pixel masks (`ferroscope eval segment
+    --masks`): the mean Dice per image, pooled Dice and IoU, MAE and pixel AUROC, per class too."""
+    lines = ["[metrics]",
+             f"# measured by: ferroscope eval segment --model <this file> --data {data} --masks {masks} "
+             "--list <heldout_list> --precision <int8|f32> --json",
+             "# (held-out images, scored once each; models/heldout_log.jsonl)"]
+    for precision in ("int8", "f32"):
+        cmd = [args.ferroscope, "eval", "segment", "--model", manifest, "--data", os.path.join(ROOT, data),
+               "--masks", os.path.join(ROOT, masks), "--list", heldout, "--precision", precision, "--json"]
+        cmd += log_args(args)
+        r = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+        if r["errors"]:
+            raise SystemExit(f"{manifest}: eval segment: {r['errors']}")
+        lines += [f"{precision}_heldout_images = {r['images']}"]
+        lines += [f"{precision}_{k} = {r[k]:.6f}" for k in ("dice_mean_per_image", "dice", "iou", "mae", "pixel_auroc")]
+        for c, m in sorted(r["per_class"].items()):
+            lines += [f"{precision}_{c}_dice_mean_per_image = {m['dice_mean_per_image']:.6f}", f"{precision}_{c}_mae = {m['mae']:.6f}"]
+        lines += [f"{precision}_ms_per_image_median = {r['ms_per_image_median']:.1f}"]
+        print(manifest, precision, r["images"], "images, mean Dice per image", r["dice_mean_per_image"], "MAE", r["mae"])
+    return lines
+
+
 def grains_lines(args, manifest, heldout):
     """[metrics] of a grains model from `ferroscope eval grains`: pooled and per-tile figures."""
     lines = ["[metrics]",
@@ -90,7 +113,14 @@ def main():
         heldout = os.path.join(os.path.dirname(os.path.abspath(manifest)), heldout)
         tool = re.search(r'tool = "([^"]+)"', text).group(1)
         if tool != "classify":
-            lines = grains_lines(args, manifest, heldout) if tool == "grains" else tiled_lines(args, manifest, tool, heldout)
+            masks = re.search(r'^masks = "([^"]+)"', text, re.M)
+            if tool == "grains":
+                lines = grains_lines(args, manifest, heldout)
+            elif masks:
+                data = re.search(r'^dataset = "([^"]+)"', text, re.M).group(1)
+                lines = masked_lines(args, manifest, heldout, data, masks.group(1))
+            else:
+                lines = tiled_lines(args, manifest, tool, heldout)
             text = re.sub(r"\n\[metrics\][\s\S]*?(?=\n\[|\Z)", "", text).rstrip() + "\n\n" + "\n".join(lines) + "\n"
             open(manifest, "w").write(text)
             continue
