@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduce every shipped model from the datasets (CPU; the grains recipe alone takes about 40
-# minutes on 2 cores, neu_segment's about 72 on 2 cores, see docs/models/neu_segment.md):
+# minutes on 2 cores, neu_segment's about 70 on 2 cores, see docs/models/neu_segment.md):
 #   bash models/training/train_all.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
