@@ -46,7 +46,7 @@ thread) go to the metrics file. The network (--arch) and the long schedule's def
 steps of 32 crops of 128, lr 0.003) were chosen on the validation split: 1.1.0's sweep of 11
 schedules for the small network (neu_segment.schedule_sweep.json:
 16000 x 32 scored 0.865, 8000 x 32 0.862), then the dilated network on 8000 x 32, 0.871.
-On 2 CPU cores the whole recipe takes about 80 minutes (0.27 s a step); --device cuda trains
+On 2 CPU cores the whole recipe takes about 70 minutes (0.27 s a step); --device cuda trains
 on a GPU. CUDA's convolutions are not bit-reproducible: a file retrained there differs in its last digits.
 
 Writes models/neu_segment.onnx (int8 QDQ), models/neu_segment.f32.onnx, the manifest
