@@ -447,9 +447,10 @@ def main():
     fit, val = split_groups(pool, args.seed + 1, args.validation_fraction)
     check_disjoint(fit, val, held)
     log(f"{len(items)} masked images: pool {len(pool)} (fit {len(fit)}, validation {len(val)}), held-out {len(held)}")
-    if args.refit or args.ship_only:  # the network is the checkpoint's
-        saved_sel = torch.load(args.refit or args.checkpoint, map_location="cpu")["selection"]
-        args.arch = saved_sel.get("arch", args.arch)
+    saved = None
+    if args.refit or args.ship_only:  # the network and schedule are the checkpoint's
+        saved = torch.load(args.refit or args.checkpoint, map_location="cpu")
+        use_selection(args, saved["selection"])
     model = UNet(arch=args.arch)
     log(f"parameters {sum(p.numel() for p in model.parameters())}, multiply-adds {multiply_adds(model) / 1e6:.1f} M per image")
     ckpt = args.checkpoint
@@ -460,29 +461,20 @@ def main():
             if best is None or dice > best[1] + 1e-9:
                 best = (step, dice, state)
         step, dice, state = best
-        selection = {"variant": args.train_only, "arch": args.arch, "step": step, "steps": args.steps, "batch": args.batch,
-                     "crop": args.crop, "lr": args.lr, "device": args.device, "checkpoints": table,
-                     "train_minutes": round((time.time() - t_start) / 60, 1)}
+        selection = selection_record(args, args.train_only, step, table, t_start)
         torch.save({"state_dict": state, "selection": selection}, ckpt)
         log(f"train-only {args.train_only} steps {args.steps} batch {args.batch} crop {args.crop} lr {args.lr}: "
             f"best step {step}, validation mean Dice per image {dice:.4f} (f32)")
         return None
     if args.refit:
-        return refit_and_ship(torch.load(args.refit, map_location="cpu"), fit, val, held, args, log, t_start)
+        return refit_and_ship(saved, fit, val, held, args, log, t_start)
     if args.ship_only:
-        saved = torch.load(ckpt, map_location="cpu")
-        sel = saved["selection"]
-        args.arch = sel.get("arch", args.arch)
-        model = UNet(arch=args.arch)
         model.load_state_dict(saved["state_dict"])
         chooser = None
         if "chooser_state_dict" in saved:
             chooser = UNet(arch=args.arch)
             chooser.load_state_dict(saved["chooser_state_dict"])
-        for key in ("steps", "batch", "crop", "lr"):
-            if key in sel:
-                setattr(args, key, sel[key])
-        return ship(model, sel, fit, val, held, args, t_start, chooser=chooser)
+        return ship(model, saved["selection"], fit, val, held, args, t_start, chooser=chooser)
 
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     sweep, best = [], None
@@ -504,9 +496,7 @@ def main():
             torch.save({"state_dict": state, "selection": {"variant": variant, "step": step}}, ckpt)
     step, dice, state = best
     log(f"chosen: {variant} at step {step} of {args.steps} (validation mean Dice per image {dice:.4f}, f32)")
-    selection = {"variant": variant, "arch": args.arch, "step": step, "steps": args.steps, "batch": args.batch,
-                 "crop": args.crop, "lr": args.lr, "device": args.device, "sweep_steps": args.sweep_steps, "sweep": sweep,
-                 "checkpoints": table, "train_minutes": round((time.time() - t_start) / 60, 1)}
+    selection = dict(selection_record(args, variant, step, table, t_start), sweep_steps=args.sweep_steps, sweep=sweep)
     torch.save({"state_dict": state, "selection": selection}, ckpt)
     if not args.no_refit:
         return refit_and_ship({"state_dict": state, "selection": selection}, fit, val, held, args, log, t_start)
@@ -514,13 +504,28 @@ def main():
     ship(model, selection, fit, val, held, args, t_start)
 
 
+def selection_record(args, variant, step, table, t_start):
+    """What a selection run chose and on which network and schedule (a checkpoint's
+    `selection`; use_selection reads it back)."""
+    return {"variant": variant, "arch": args.arch, "step": step, "steps": args.steps, "batch": args.batch,
+            "crop": args.crop, "lr": args.lr, "device": args.device, "checkpoints": table,
+            "train_minutes": round((time.time() - t_start) / 60, 1)}
+
+
+def use_selection(args, sel):
+    """Set the network and schedule of a checkpoint's selection record on args (a record
+    without them is 1.0.0/1.1.0's: the command line's stand)."""
+    for key in ("arch", "steps", "batch", "crop", "lr"):
+        if key in sel:
+            setattr(args, key, sel[key])
+
+
 def refit_and_ship(saved, fit, val, held, args, log, t_start):
     """Train the variant, network and schedule of a selection checkpoint (`saved`: its
     state_dict and selection) again from the same seed on the whole pool to its chosen step,
     and ship that, with the selection checkpoint choosing the threshold on validation."""
     sel = saved["selection"]
-    args.arch, args.steps, args.batch, args.crop, args.lr = (
-        sel.get("arch", args.arch), sel["steps"], sel["batch"], sel["crop"], sel["lr"])
+    use_selection(args, sel)
     chooser = UNet(arch=args.arch)
     chooser.load_state_dict(saved["state_dict"])
     model = UNet(arch=args.arch)
