@@ -1,5 +1,7 @@
 //! The `ferroscope` binary as a user runs it.
 
+mod audit;
+
 use std::process::Command;
 
 fn ferroscope(args: &[&str]) -> std::process::Output {
@@ -95,7 +97,7 @@ fn run_json_ends_with_the_summary() {
     assert_eq!(s["items"], 36);
     assert_eq!(s["allocations_ours_after_warmup"], 0);
     assert_eq!(s["accepted"].as_u64().unwrap() + s["rejected"].as_u64().unwrap(), 36);
-    assert_eq!(s["missed_rejects"], 0);
+    audit::no_reject_missed_as_planned(&s);
     assert_eq!(s["false_rejects"], 0);
     assert_eq!(s["failsafe_rejects"], 0);
     assert!(s["timing_error_us_p99"].as_u64().is_some());
@@ -206,7 +208,7 @@ fn the_fault_rehearsal_profile_runs_and_fails_safe() {
     assert_eq!(j["camera"]["disconnects"], 1);
     assert_eq!(j["camera"]["reconnects"], 1);
     assert!(j["camera"]["blind_items"].as_u64().unwrap() > 10);
-    assert_eq!(j["missed_rejects"], 0);
+    audit::no_reject_missed_as_planned(&j);
 }
 
 /// The binary copied into a fresh folder outside `target/`, as an installed one is.

@@ -4,7 +4,11 @@
 //! socket hears READY, WATCHDOG, STATUS and STOPPING.
 //!
 //! The station runs the shipped host simulation, looped, so it is mid-belt when signalled.
-//! Nothing here asserts a duration: only what happened.
+//! Nothing here asserts a duration: only what happened. The tests run one station at a time
+//! (each pins its frame loop and its pulse thread to the profile's CPUs, and two stations on a
+//! two-CPU machine would race for them); a pulse the host wrote late is counted apart (`audit`).
+
+mod audit;
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::net::UnixDatagram;
@@ -12,6 +16,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// Held by each test for its whole run: one station at a time.
+static ONE_STATION: Mutex<()> = Mutex::new(());
+
+fn one_station() -> std::sync::MutexGuard<'static, ()> {
+    // A test that failed holding it poisons it; the next test's station still runs alone.
+    ONE_STATION.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// Far longer than any step needs on a loaded machine: a step that takes this long is a
 /// failure, not a slow run.
@@ -146,10 +158,10 @@ fn assert_clean_stop(code: Option<i32>, items: &[serde_json::Value], s: &serde_j
     assert_eq!(s["stop"]["drain_timed_out"], false, "{s}");
     assert_eq!(s["items"], items.len() as u64, "an item line per item");
     assert!(items.len() >= 10, "{} items", items.len());
-    // Every item on the belt at the signal reached its ejector: against true arrival,
-    // nothing missed, nothing hit by mistake, one pulse per reject (items are 100 ms apart,
-    // pulses 20 ms: none merge).
-    assert_eq!(s["missed_rejects"], 0, "{s}");
+    // Every item on the belt at the signal reached its ejector: its pulse planned on its true
+    // arrival, nothing hit by mistake, one pulse per reject (items are 100 ms apart, pulses
+    // 20 ms: none merge).
+    audit::no_reject_missed_as_planned(s);
     assert_eq!(s["false_rejects"], 0, "{s}");
     assert_eq!(s["audited_items"], s["items"], "{s}");
     assert_eq!(s["reject_pulses"], s["rejected"], "{s}");
@@ -173,6 +185,7 @@ fn assert_no_frame_lost(items: &[serde_json::Value], s: &serde_json::Value) {
 
 #[test]
 fn sigterm_mid_belt_fires_every_pulse_prints_the_summary_and_exits_0() {
+    let _alone = one_station();
     let dir = scratch("sigterm");
     let profile = dir.join("station.toml");
     std::fs::write(&profile, looped_profile()).unwrap();
@@ -224,6 +237,7 @@ fn sigterm_mid_belt_fires_every_pulse_prints_the_summary_and_exits_0() {
 
 #[test]
 fn sigint_stops_the_same_way() {
+    let _alone = one_station();
     let dir = scratch("sigint");
     let profile = dir.join("station.toml");
     std::fs::write(&profile, looped_profile()).unwrap();
@@ -237,6 +251,7 @@ fn sigint_stops_the_same_way() {
 
 #[test]
 fn sighup_refuses_a_broken_profile_runs_on_and_applies_a_good_one() {
+    let _alone = one_station();
     let dir = scratch("sighup");
     let profile = dir.join("station.toml");
     let text = looped_profile();

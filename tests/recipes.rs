@@ -4,6 +4,7 @@
 //! one stays; a profile whose recipe does not fit its model does not start. Over MQTT, a
 //! product change is taken from an authenticated connection only.
 
+mod audit;
 mod broker;
 
 use std::io::Read;
@@ -14,9 +15,6 @@ use std::time::{Duration, Instant};
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
-
-/// Half the profile's 20 ms reject pulse: an edge later than this can miss its item.
-const HALF_PULSE_US: u64 = 10_000;
 
 const NEU_CLASSES: [&str; 6] = [
     "crazing",
@@ -187,21 +185,9 @@ fn switching_every_half_second_loses_no_item_and_each_item_has_one_whole_recipe(
     assert_eq!(summary["recipes"]["refused"], 0, "{}", summary["recipes"]);
     assert_eq!(summary["recipes"]["active"], "neu-strip");
     assert_eq!(summary["faults"], 0, "{summary}");
-    // Every reject's pulse was planned on its arrival, on the ejector its recipe routes it to.
-    // A pulse this shared machine wrote late (the host did not run the actuator for longer
-    // than half a pulse) misses its item through no fault of the switch; it is counted apart,
-    // must show as a late edge, and is said.
-    let missed = summary["missed_rejects"].as_u64().unwrap();
-    let late = summary["missed_late_output"].as_u64().unwrap();
-    assert_eq!(missed, late, "missed as planned: {summary}");
-    if late > 0 {
-        let worst = summary["edge_error_us_max"].as_u64().unwrap();
-        assert!(worst >= HALF_PULSE_US, "{summary}");
-        eprintln!(
-            "{late} reject(s) missed by output edges up to {worst} µs late (items {}, CPU steal {} ms)",
-            summary["missed_ids"], summary["cpu_steal_ms"]
-        );
-    }
+    // Every reject's pulse was planned on its arrival, on the ejector its recipe routes it to
+    // (a pulse the host wrote late is counted apart: see `audit`).
+    audit::no_reject_missed_as_planned(&summary);
     assert_eq!(summary["false_rejects"], 0, "{summary}");
     assert_eq!(summary["allocations_ours_after_warmup"], 0, "{summary}");
     eprintln!(
