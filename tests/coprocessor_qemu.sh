@@ -63,6 +63,14 @@ cp firmware/reject-coprocessor/target/thumbv7em-none-eabihf/release/ferroscope-r
 # tested by part 3 at 15 ms.
 LOCKSTEP_TIMEOUT_MS=1000
 STATION_TIMEOUT_MS=250
+# The station's run replays its frames 250 ms apart, not the profile's 100 ms. Under qemu the
+# part drives an edge when the host runs qemu again (measured up to 100 ms late with two busy
+# loops beside it), and it plans a pulse's end from when its start was really driven; the two
+# sides also map times through clocks matched to about 0.5 ms. With 100 ms between items two
+# pulses on one line (20 ms wide, 10 ms apart at least) could then merge or clip on one side
+# and not the other; with 250 ms it takes a 220 ms slip. Exactness at the profile's spacing
+# and closer is part 1's (lockstep: one time base).
+STATION_FRAME_RATE_FPS=4.0
 QEMU_PID=
 cleanup() {
     [ -n "$QEMU_PID" ] && kill "$QEMU_PID" 2>/dev/null || true
@@ -86,8 +94,10 @@ echo "== ferroscope check --coprocessor $PTS" >&2
 echo "== 6. the station: ferroscope run, outputs.backend = \"coprocessor\" on $PTS" >&2
 sed -e "s#\"\.\./#\"$ROOT/#g" -e "s#^device = \"[^\"]*\"#device = \"$PTS\"#" -e "s#^loops = 1 #loops = 3 #" \
     -e "s#^link_timeout_ms = 50 #link_timeout_ms = $STATION_TIMEOUT_MS #" \
+    -e "s#^rate_fps = 10.0#rate_fps = $STATION_FRAME_RATE_FPS#" \
     boards/host-sim-coprocessor.toml >"$WORK/station.toml"
 grep -q "^link_timeout_ms = $STATION_TIMEOUT_MS " "$WORK/station.toml" || { echo "the station profile's link_timeout_ms was not set" >&2; exit 1; }
+grep -q "^rate_fps = $STATION_FRAME_RATE_FPS" "$WORK/station.toml" || { echo "the station profile's rate_fps was not set" >&2; exit 1; }
 "$BIN" run --config "$WORK/station.toml" --json >"$WORK/station.jsonl" 2>"$WORK/station.err" || true
 tail -1 "$WORK/station.jsonl" >"$WORK/station.json" 2>/dev/null || true
 echo "== 1. lockstep, speed mode, $ITEMS items" >&2

@@ -680,9 +680,68 @@ pub(super) fn compare_fired(station: &[(u32, u8)], mcu: &[(u32, u8)]) -> serde_j
     })
 }
 
+/// The station's tracker totals against those the co-processor answered: whether they are
+/// the same, and each total that differs as `[station, co-processor]`, by name.
+pub(super) fn compare_stats(station: &TrackerStats, mcu: Option<&TrackerStats>) -> serde_json::Value {
+    let Some(m) = mcu else {
+        return json!({ "tracker_stats_identical": false, "tracker_stats_difference": "not answered" });
+    };
+    let totals = |t: &TrackerStats| {
+        [
+            ("items", t.items),
+            ("accepted", t.accepted),
+            ("failsafe_rejects", t.failsafe_rejects),
+            ("failsafe_accepts", t.failsafe_accepts),
+            ("overdue", t.overdue),
+            ("late_decisions", t.late_decisions),
+            ("line_stops", t.line_stops),
+            ("overflows", t.overflows),
+            ("merged", t.merged),
+            ("clipped", t.clipped),
+        ]
+    };
+    let mut differ = serde_json::Map::new();
+    for ((name, a), (_, b)) in totals(station).into_iter().zip(totals(m)) {
+        if a != b {
+            differ.insert(name.into(), json!([a, b]));
+        }
+    }
+    if station.fired != m.fired {
+        differ.insert("fired".into(), json!([station.fired, m.fired]));
+    }
+    json!({
+        "tracker_stats_identical": station == m,
+        "tracker_stats_difference": if differ.is_empty() { serde_json::Value::Null } else { differ.into() },
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn differing_tracker_totals_are_named_with_both_values() {
+        let station = TrackerStats {
+            items: 108,
+            clipped: 1,
+            ..Default::default()
+        };
+        let mut mcu = station;
+        assert_eq!(
+            compare_stats(&station, Some(&mcu)),
+            json!({ "tracker_stats_identical": true, "tracker_stats_difference": null })
+        );
+        mcu.clipped = 0;
+        mcu.fired[1] = 2;
+        assert_eq!(
+            compare_stats(&station, Some(&mcu)),
+            json!({
+                "tracker_stats_identical": false,
+                "tracker_stats_difference": { "clipped": [1, 0], "fired": [[0, 0, 0, 0], [0, 2, 0, 0]] },
+            })
+        );
+        assert_eq!(compare_stats(&station, None)["tracker_stats_identical"], false);
+    }
 
     #[test]
     fn the_offset_is_the_fastest_round_trips() {

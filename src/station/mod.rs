@@ -322,13 +322,16 @@ pub fn run_until(cfg: &StationConfig, control: &Control, mut on_item: impl FnMut
             let cmp = coprocessor::compare(end.out.events(), &l.timeline);
             let station_fired: Vec<(u32, u8)> = end.fired.iter().map(|f| (f.id, f.ejector)).collect();
             let cmp_fired = coprocessor::compare_fired(&station_fired, &l.fired);
-            if let (Some(a), Some(b), Some(c)) = (j.as_object_mut(), cmp.as_object(), cmp_fired.as_object()) {
+            let cmp_stats = coprocessor::compare_stats(end.tracker.stats(), l.mcu_stats.as_ref());
+            if let (Some(a), Some(b), Some(c), Some(d)) = (
+                j.as_object_mut(),
+                cmp.as_object(),
+                cmp_fired.as_object(),
+                cmp_stats.as_object(),
+            ) {
                 a.extend(b.clone());
                 a.extend(c.clone());
-                a.insert(
-                    "tracker_stats_identical".into(),
-                    serde_json::json!(l.mcu_stats.as_ref() == Some(end.tracker.stats())),
-                );
+                a.extend(d.clone());
             }
             (l.timeline, Some(j))
         }
