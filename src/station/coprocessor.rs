@@ -686,18 +686,32 @@ pub(super) fn compare_stats(station: &TrackerStats, mcu: Option<&TrackerStats>) 
     let Some(m) = mcu else {
         return json!({ "tracker_stats_identical": false, "tracker_stats_difference": "not answered" });
     };
+    // Every field named (no `..`): a total added to the tracker must be added here.
     let totals = |t: &TrackerStats| {
+        let TrackerStats {
+            items,
+            accepted,
+            fired: _,
+            failsafe_rejects,
+            failsafe_accepts,
+            overdue,
+            late_decisions,
+            line_stops,
+            overflows,
+            merged,
+            clipped,
+        } = *t;
         [
-            ("items", t.items),
-            ("accepted", t.accepted),
-            ("failsafe_rejects", t.failsafe_rejects),
-            ("failsafe_accepts", t.failsafe_accepts),
-            ("overdue", t.overdue),
-            ("late_decisions", t.late_decisions),
-            ("line_stops", t.line_stops),
-            ("overflows", t.overflows),
-            ("merged", t.merged),
-            ("clipped", t.clipped),
+            ("items", items),
+            ("accepted", accepted),
+            ("failsafe_rejects", failsafe_rejects),
+            ("failsafe_accepts", failsafe_accepts),
+            ("overdue", overdue),
+            ("late_decisions", late_decisions),
+            ("line_stops", line_stops),
+            ("overflows", overflows),
+            ("merged", merged),
+            ("clipped", clipped),
         ]
     };
     let mut differ = serde_json::Map::new();
