@@ -606,6 +606,9 @@ def selection_rule(selection, args):
             f"the best mean Dice per image at its best level, f32: step {selection['step']}; {STEM}.metrics.json, "
             f"selection); the shipped file is the same schedule trained again from seed {args.seed} on the whole pool "
             f"({selection.get('refit_images')} images) to that step, and the pixel threshold is the selection run's"
+        ) + (
+            f"; the weights are their moving average (decay {selection.get('ema')}), chosen over the raw weights the same way"
+            if selection.get("weights") == "ema" else ""
         )
     text = (
         f"variant sweep: {', '.join(v['variant'] for v in selection.get('sweep', []))} (loss:augmentation), each from "
@@ -703,6 +706,9 @@ def ship(model, selection, fit, val, held, args, t_start, chooser=None):
     else:
         front = (f"U-Net reading the image with a 5x5 stride-2 Conv+ReLU (widths {c0}/{c1}/{c2} at 100/50/25 pixels, "
                  f"two Conv+ReLU per encoder level, three at 25 pixels dilated 1/2/4, ")
+        if args.arch == "deep":
+            front += (f"a fourth level of two Conv+ReLU at 13 pixels ({DEEP} channels, the first stride 2) brought back by a "
+                      f"2x2 transposed conv and joined by a 1x1 Conv+ReLU, ")
     design = (
         front + f"two 2x2 max-pools, 2x2 transposed-conv decoder with skip connections and one 3x3 conv per level), then a 2x2 "
         f"transposed conv back to 200x200 concatenated with the input image and a 3x3 conv to the defect map "
