@@ -108,24 +108,21 @@ class UNet(nn.Module):
         super().__init__()
         c0, c1, c2 = width
         self.arch = arch
+        if arch not in ("small", "dilated", "deep"):
+            raise ValueError(f"unknown arch {arch}")
         if arch == "small":
             self.pool_in = nn.AvgPool2d(2)
             self.e0 = nn.Sequential(*block(1, c0), *block(c0, c0))
             mid = [*block(c1, c2), *block(c2, c2)]
-        elif arch == "dilated":
+        elif arch in ("dilated", "deep"):
             self.pool_in = nn.Identity()
             self.e0 = nn.Sequential(*block(1, c0, k=5, stride=2), *block(c0, c0))
             mid = [*block(c1, c2), *block(c2, c2, dilation=2), *block(c2, c2, dilation=4)]
-        elif arch == "deep":
-            self.pool_in = nn.Identity()
-            self.e0 = nn.Sequential(*block(1, c0, k=5, stride=2), *block(c0, c0))
-            mid = [*block(c1, c2), *block(c2, c2, dilation=2), *block(c2, c2, dilation=4)]
+        if arch == "deep":
             # a fourth level at 13 pixels: the whole image in one map pixel's view
             self.deep = nn.Sequential(*block(c2, DEEP, stride=2), *block(DEEP, DEEP))
             self.u2 = nn.ConvTranspose2d(DEEP, c2, 2, stride=2)
             self.d2 = nn.Sequential(*block(2 * c2, c2, k=1))
-        else:
-            raise ValueError(f"unknown arch {arch}")
         self.e1 = nn.Sequential(*block(c0, c1), *block(c1, c1))
         self.mid = nn.Sequential(*mid)
         self.u1 = nn.ConvTranspose2d(c2, c1, 2, stride=2)
