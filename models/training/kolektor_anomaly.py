@@ -227,6 +227,8 @@ def main():
                     help="networks trained from seeds seed, seed+1, ... whose maps are averaged (1: one network, as 3.0.0)")
     ap.add_argument("--ship-only", action="store_true", help="export + quantise the saved checkpoints, no training")
     args = ap.parse_args()
+    if args.members < 1:
+        ap.error(f"--members {args.members}: at least one network")
     torch.set_num_threads(os.cpu_count() or 1)
     fit, val, held = splits(args)
     for it in fit:
