@@ -48,6 +48,42 @@ def augment(x, gen):
     return x * c + b
 
 
+def fit(model, xtr, ytr, epochs, batch, lr, seed, xva=None, yva=None, log=lambda s: print(s, flush=True)):
+    """Train a OneVsAll model in place: each head a binary BCE classifier (one-hot targets
+    smoothed to 0.025/0.975), AdamW with a one-cycle schedule, the augment() above every batch.
+    With xva/yva, every 10th epoch reports their accuracy (a report only: nothing is chosen)."""
+    k = model.heads.out_features
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=5e-4)
+    steps = epochs * math.ceil(len(xtr) / batch)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
+    gen = torch.Generator().manual_seed(seed)
+
+    for epoch in range(epochs):
+        model.train()
+        t0 = time.time()
+        perm = torch.randperm(len(xtr), generator=gen)
+        total = 0.0
+        for i in range(0, len(xtr), batch):
+            idx = perm[i : i + batch]
+            x = augment(xtr[idx], gen)
+            target = F.one_hot(ytr[idx], k).float()
+            # one-vs-all: each head is an independent binary classifier
+            loss = F.binary_cross_entropy_with_logits(model(x), target * 0.95 + 0.025)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item() * len(idx)
+        msg = f"epoch {epoch + 1}/{epochs} loss {total / len(xtr):.4f} {time.time() - t0:.1f}s"
+        if xva is not None and ((epoch + 1) % 10 == 0 or epoch + 1 == epochs):
+            model.eval()
+            with torch.no_grad():
+                pred = model(xva).argmax(1)
+            msg += f" held-out acc {(pred == yva).float().mean().item() * 100:.2f}%"
+        log(msg)
+    return model
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=os.path.join(ROOT, "..", "shared", "datasets", "neu_cls"))
@@ -78,37 +114,9 @@ def main():
 
     xtr, ytr = load(train)
     xva, yva = load(held)
-    k = len(common.NEU_CLASSES)
-    model = common.OneVsAll(k)
+    model = common.OneVsAll(len(common.NEU_CLASSES))
     print("parameters:", sum(p.numel() for p in model.parameters()))
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=5e-4)
-    steps = args.epochs * math.ceil(len(train) / args.batch)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=steps, pct_start=0.15)
-    gen = torch.Generator().manual_seed(args.seed)
-
-    for epoch in range(args.epochs):
-        model.train()
-        t0 = time.time()
-        perm = torch.randperm(len(train), generator=gen)
-        total = 0.0
-        for i in range(0, len(train), args.batch):
-            idx = perm[i : i + args.batch]
-            x = augment(xtr[idx], gen)
-            target = F.one_hot(ytr[idx], k).float()
-            # one-vs-all: each head is an independent binary classifier
-            loss = F.binary_cross_entropy_with_logits(model(x), target * 0.95 + 0.025)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += loss.item() * len(idx)
-        msg = f"epoch {epoch + 1}/{args.epochs} loss {total / len(train):.4f} {time.time() - t0:.1f}s"
-        if (epoch + 1) % 10 == 0 or epoch + 1 == args.epochs:
-            model.eval()
-            with torch.no_grad():
-                pred = model(xva).argmax(1)
-            msg += f" held-out acc {(pred == yva).float().mean().item() * 100:.2f}%"
-        print(msg, flush=True)
+    fit(model, xtr, ytr, args.epochs, args.batch, args.lr, args.seed, xva, yva)
 
     os.makedirs(args.out, exist_ok=True)
     torch.save({"state_dict": model.state_dict(), "classes": common.NEU_CLASSES}, os.path.join(ROOT, "models", "training", "neu_classify.pt"))

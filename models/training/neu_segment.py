@@ -31,6 +31,17 @@ concatenation: 185 M multiply-adds), and --ema DECAY scores a moving average of 
 beside them at every checkpoint. Together, on 8000 x 32, they scored 0.872 at best (the average
 at step 6000) against the dilated network's 0.871, within the spread of neighbouring checkpoints,
 for 1.06x the time per image: not kept (neu_segment.deep_ema.json; the defaults stay dilated, no average).
+--arch features puts the NEU classifier's first three backbone blocks beside the dilated network
+(a 2x2 average, 3x3 stride-2 Conv+BN+ReLU of 24, 48 and 64 channels: common.Backbone, initialised
+from a trained classifier and trained on at a tenth of the rate): their 25-pixel output and their
+13-pixel output, brought back by a 2x2 transposed conv, join the 25-pixel level through a 1x1
+Conv+ReLU (185 M multiply-adds). A run scored on validation starts them from a classifier
+trained by neu_classify's recipe on its training split minus the validation images (trained once
+and kept, neu_segment.classifier.pt), so that no validation image chose a feature; the refit
+starts them from the shipped classifier, neu_classify.pt, whose split holds the whole pool and no
+held-out image. On 8000 x 32 it scored 0.873 at best (step 7000) against the dilated network's
+0.871, within the spread of neighbouring checkpoints, for 1.10x the multiply-adds: not kept
+(neu_segment.features.json).
 The loss variant dice+wbce (BCE weighted up to 6x on the region edges, the salient-object
 networks' structure loss) scored the same mean Dice per image on validation (0.872 at best) with
 a higher MAE (0.0331 against 0.0306): not kept (neu_segment.wbce.json).
@@ -80,6 +91,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 import common
+import neu_classify
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STEM = "neu_segment"
@@ -89,6 +101,10 @@ MEAN, STD = common.MEAN, common.STD
 WIDTH = (12, 32, 48)  # the U-Net levels at 100, 50 and 25 pixels
 HEAD = 8  # channels brought back to full resolution
 DEEP = 64  # channels of --arch deep's 13-pixel level
+FEATURES = (7, 10)  # --arch features: the classifier backbone's modules up to 25 pixels (the 2x2 average and two
+# Conv+BN+ReLU) and to 13 pixels (one more)
+FEATURES_UP = 24  # channels its 13-pixel block is brought back to 25 pixels with
+FEATURES_LR = 0.1  # the classifier blocks' learning rate, a fraction of the rest's
 LEVELS = [round(0.05 * k, 2) for k in range(1, 20)]  # pixel threshold candidates
 VERSION = "1.2.0"
 
@@ -108,13 +124,13 @@ class UNet(nn.Module):
         super().__init__()
         c0, c1, c2 = width
         self.arch = arch
-        if arch not in ("small", "dilated", "deep"):
+        if arch not in ("small", "dilated", "deep", "features"):
             raise ValueError(f"unknown arch {arch}")
         if arch == "small":
             self.pool_in = nn.AvgPool2d(2)
             self.e0 = nn.Sequential(*block(1, c0), *block(c0, c0))
             mid = [*block(c1, c2), *block(c2, c2)]
-        elif arch in ("dilated", "deep"):
+        elif arch in ("dilated", "deep", "features"):
             self.pool_in = nn.Identity()
             self.e0 = nn.Sequential(*block(1, c0, k=5, stride=2), *block(c0, c0))
             mid = [*block(c1, c2), *block(c2, c2, dilation=2), *block(c2, c2, dilation=4)]
@@ -123,6 +139,14 @@ class UNet(nn.Module):
             self.deep = nn.Sequential(*block(c2, DEEP, stride=2), *block(DEEP, DEEP))
             self.u2 = nn.ConvTranspose2d(DEEP, c2, 2, stride=2)
             self.d2 = nn.Sequential(*block(2 * c2, c2, k=1))
+        if arch == "features":
+            # the NEU classifier's backbone up to 13 pixels (48 channels at 25, 64 at 13), initialised
+            # from a trained classifier (load_features) and trained on with the rest at a tenth of the rate
+            backbone = list(common.Backbone().features.children())
+            self.f25 = nn.Sequential(*backbone[: FEATURES[0]])
+            self.f13 = nn.Sequential(*backbone[FEATURES[0] : FEATURES[1]])
+            self.uf = nn.ConvTranspose2d(self.f13[0].out_channels, FEATURES_UP, 2, stride=2)
+            self.df = nn.Sequential(*block(c2 + self.f25[-3].out_channels + FEATURES_UP, c2, k=1))
         self.e1 = nn.Sequential(*block(c0, c1), *block(c1, c1))
         self.mid = nn.Sequential(*mid)
         self.u1 = nn.ConvTranspose2d(c2, c1, 2, stride=2)
@@ -132,6 +156,18 @@ class UNet(nn.Module):
         self.up = nn.ConvTranspose2d(c0, head, 2, stride=2)
         self.out = nn.Conv2d(head + 1, 1, 3, padding=1)
 
+    def load_features(self, classifier_state):
+        """Initialise the classifier blocks from a common.OneVsAll state_dict (neu_classify.pt's)."""
+        for k, v in classifier_state.items():
+            if not k.startswith("backbone.features."):
+                continue
+            i, rest = k[len("backbone.features."):].split(".", 1)
+            i = int(i)
+            if i < FEATURES[0]:
+                self.f25.state_dict()[f"{i}.{rest}"].copy_(v)
+            elif i < FEATURES[1]:
+                self.f13.state_dict()[f"{i - FEATURES[0]}.{rest}"].copy_(v)
+
     def forward(self, x):
         f0 = self.e0(self.pool_in(x))
         f1 = self.e1(F.max_pool2d(f0, 2))
@@ -139,6 +175,10 @@ class UNet(nn.Module):
         if self.arch == "deep":
             u = self.u2(self.deep(m))[:, :, : m.shape[2], : m.shape[3]]  # 13 -> 26, cropped to 25
             m = self.d2(torch.cat([u, m], 1))
+        if self.arch == "features":
+            b2 = self.f25(x)  # the classifier's 25-pixel block
+            b3 = self.f13(b2)  # and its 13-pixel block, brought back to 26 and cropped to 25
+            m = self.df(torch.cat([m, b2, self.uf(b3)[:, :, : m.shape[2], : m.shape[3]]], 1))
         d1 = self.d1(torch.cat([self.u1(m), f1], 1))
         d0 = self.d0(torch.cat([self.u0(d1), f0], 1))
         return self.out(torch.cat([self.up(d0), x], 1))  # logits
@@ -158,7 +198,7 @@ class Export(nn.Module):
 def fuse(model):
     """Fold every BatchNorm into its conv, so the int8 graph is Conv(+Relu) only."""
     m = copy.deepcopy(model).eval()
-    for name in ("e0", "e1", "mid", "deep", "d2", "d1", "d0"):
+    for name in ("e0", "e1", "mid", "deep", "d2", "f25", "f13", "df", "d1", "d0"):
         if not hasattr(m, name):
             continue
         setattr(m, name, common.fuse_sequential(getattr(m, name)))
@@ -297,6 +337,44 @@ def lr_at(step, steps, lr):
     return lr * 0.5 * (1 + math.cos(math.pi * (progress - 0.05) / 0.95))
 
 
+def classifier_state(args, exclude, held, log):
+    """The NEU classifier state_dict whose backbone --arch features starts from. With nothing to
+    exclude (the refit on the whole pool) it is the shipped classifier's checkpoint,
+    neu_classify.pt, trained on neu_classify's training split: the same seeded split, so it holds
+    this recipe's whole pool and none of its held-out images (checked). Otherwise (a run scored
+    on validation) the classifier is trained again by neu_classify's recipe (its fit and defaults,
+    seed --seed) on that split minus `exclude`, so that no validation image chose a feature; it is
+    saved to models/training/neu_segment.classifier.pt and reused while the excluded list is the same."""
+    train = []
+    for c in common.NEU_CLASSES:
+        t, _ = common.seeded_split(args.data, c, args.seed, args.heldout_fraction)
+        train += t
+    inside = set(train) & {it["rel"] for it in held}
+    if inside:
+        raise SystemExit(f"neu_classify's training split holds {len(inside)} held-out images, e.g. {sorted(inside)[0]}")
+    if not exclude:
+        path = os.path.join(ROOT, "models", "training", "neu_classify.pt")
+        log(f"features: the shipped classifier {os.path.relpath(path, ROOT)} ({len(train)} training images)")
+        return torch.load(path, map_location="cpu")["state_dict"]
+    excluded = sorted(set(exclude))
+    path = os.path.join(ROOT, "models", "training", f"{STEM}.classifier.pt")
+    if os.path.isfile(path):
+        saved = torch.load(path, map_location="cpu")
+        if saved.get("excluded") == excluded and saved.get("seed") == args.seed:
+            log(f"features: {os.path.relpath(path, ROOT)} (its split minus {len(excluded)} validation images)")
+            return saved["state_dict"]
+    train = [p for p in train if p not in set(excluded)]
+    log(f"features: training the NEU classifier on {len(train)} images (its split minus {len(excluded)} validation images)")
+    torch.manual_seed(args.seed)
+    xs = np.stack([common.normalise(common.load_gray(os.path.join(args.data, p))) for p in train])
+    ys = np.array([common.NEU_CLASSES.index(p.split("/")[0]) for p in train])
+    model = common.OneVsAll(len(common.NEU_CLASSES))
+    neu_classify.fit(model, torch.from_numpy(xs)[:, None], torch.from_numpy(ys), 60, 32, 3e-3, args.seed, log=log)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    torch.save({"state_dict": state, "excluded": excluded, "seed": args.seed}, path)
+    return state
+
+
 def predict(model, items, chunk=16):
     """Probability maps (f32, numpy) of items, N x 200 x 200, on the model's device."""
     model.eval()
@@ -315,13 +393,22 @@ def train_variant(variant, fit, val, args, log, steps, eval_from, stop_at=None, 
     `eval_from`, and the last): weights "raw" are the optimiser's, "ema" (with args.ema > 0)
     their exponential moving average, BatchNorm statistics included, scored beside them. With
     `stop_at` (a refit: `val` is None), the run stops at that step of the schedule and returns
-    [(stop_at, weights, None, None, state_dict)] of the named weights."""
+    [(stop_at, weights, None, None, state_dict)] of the named weights (one entry per step if
+    `stop_at` is a list of steps)."""
     loss_name, aug = variant.split(":")
+    stops = set(stop_at) if isinstance(stop_at, (list, tuple, set)) else {stop_at}
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
     dev = torch.device(args.device)
-    model = UNet(arch=args.arch).to(dev)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
+    model = UNet(arch=args.arch)
+    params = [{"params": model.parameters(), "scale": 1.0}]
+    if args.arch == "features":
+        model.load_features(args.classifier)
+        slow = {id(p) for p in [*model.f25.parameters(), *model.f13.parameters()]}
+        params = [{"params": [p for p in model.parameters() if id(p) not in slow], "scale": 1.0},
+                  {"params": [p for p in model.parameters() if id(p) in slow], "scale": FEATURES_LR}]
+    model = model.to(dev)
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-4)
     decay = getattr(args, "ema", 0.0)
     ema = {k: v.detach().clone() for k, v in model.state_dict().items()} if decay > 0 else None
     if weights == "ema" and ema is None:
@@ -332,7 +419,7 @@ def train_variant(variant, fit, val, args, log, steps, eval_from, stop_at=None, 
     for step in range(1, steps + 1):
         lr = lr_at(step, steps, args.lr)
         for g in opt.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr * g["scale"]
         model.train()
         x, t = sample_batch(fit, args.batch, rng, photometric=aug == "photo", crop=args.crop)
         x, t = x.to(dev, non_blocking=True), t.to(dev, non_blocking=True)
@@ -361,9 +448,11 @@ def train_variant(variant, fit, val, args, log, steps, eval_from, stop_at=None, 
             extra = f" bce {bce.item():.4f}" if bce is not None else ""
             log(f"[{variant}] step {step} lr {lr:.5f} dice-loss {dice.item():.4f}{extra} {time.time() - t0:.0f}s")
         if stop_at is not None:
-            if step == stop_at:
+            if step in stops:
                 src = ema if weights == "ema" else model.state_dict()
-                return [(step, weights, None, None, {k2: v.detach().cpu().clone() for k2, v in src.items()})]
+                scored.append((step, weights, None, None, {k2: v.detach().cpu().clone() for k2, v in src.items()}))
+            if step == max(stops):
+                return scored
             continue
         if step == steps or (step >= eval_from and step % args.eval_every == 0):
             candidates = [("raw", model)]
@@ -469,7 +558,7 @@ def main():
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--crop", type=int, default=128, help="training crop side, a multiple of 8 (200: whole images)")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--arch", choices=("small", "dilated", "deep"), default="dilated",
+    ap.add_argument("--arch", choices=("small", "dilated", "deep", "features"), default="dilated",
                     help="small: 1.1.0's network; dilated: a 5x5 stride-2 first convolution and dilations 1/2/4 at 25 pixels; "
                          "deep: dilated with a fourth level at 13 pixels")
     ap.add_argument("--ema", type=float, default=0.0,
@@ -512,6 +601,8 @@ def main():
         use_selection(args, saved["selection"])
     model = UNet(arch=args.arch)
     log(f"parameters {sum(p.numel() for p in model.parameters())}, multiply-adds {multiply_adds(model) / 1e6:.1f} M per image")
+    if args.arch == "features" and not (args.refit or args.ship_only):  # runs scored on validation
+        args.classifier = classifier_state(args, [it["rel"] for it in val], held, log)
     ckpt = args.checkpoint
     if args.train_only:
         table, best = [], None
@@ -587,6 +678,8 @@ def refit_and_ship(saved, fit, val, held, args, log, t_start):
     and ship that, with the selection checkpoint choosing the threshold on validation."""
     sel = saved["selection"]
     use_selection(args, sel)
+    if args.arch == "features":
+        args.classifier = classifier_state(args, [], held, log)
     chooser = UNet(arch=args.arch)
     chooser.load_state_dict(saved["state_dict"])
     model = UNet(arch=args.arch)
@@ -623,6 +716,15 @@ def selection_rule(selection, args):
         ) + (
             f"; the weights are their moving average (decay {selection.get('ema')}), chosen over the raw weights the same way"
             if selection.get("weights") == "ema" else ""
+        )
+    if "sweep" not in selection and "schedule_sweep" not in selection:  # a --train-only run shipped as it is
+        return (
+            f"loss and augmentation ({selection['variant']}) and schedule ({args.steps} steps x batch {args.batch} x crop "
+            f"{args.crop} at lr {args.lr}) as chosen on the validation split for 1.1.0 and 1.2.0 ({STEM}.schedule_sweep.json); "
+            f"network ({selection.get('arch', args.arch)}) against 1.2.0's dilated network on that schedule, and step, chosen "
+            f"on the validation split by a run on the pool minus validation (checkpoints every {args.eval_every} steps from "
+            f"50 %, the best mean Dice per image at its best level, f32: step {selection['step']}; {STEM}.metrics.json, "
+            f"selection); that checkpoint is shipped as it is, trained on the pool minus validation"
         )
     text = (
         f"variant sweep: {', '.join(v['variant'] for v in selection.get('sweep', []))} (loss:augmentation), each from "
@@ -724,6 +826,13 @@ def ship(model, selection, fit, val, held, args, t_start, chooser=None):
         if args.arch == "deep":
             front += (f"a fourth level of two Conv+ReLU at 13 pixels ({DEEP} channels, the first stride 2) brought back by a "
                       f"2x2 transposed conv and joined by a 1x1 Conv+ReLU, ")
+        if args.arch == "features":
+            source = ("the shipped classifier's (neu_classify.pt)" if refit else
+                      f"a classifier trained by neu_classify's recipe on its split minus the validation images ({STEM}.classifier.pt)")
+            front += ("beside it the NEU classifier's first three backbone blocks (a 2x2 average, then 3x3 stride-2 Conv+ReLU "
+                      f"of 24, 48 and 64 channels; initialised from {source} and trained on at a tenth of the rate), "
+                      f"their 25-pixel output and their 13-pixel output brought back by a 2x2 transposed conv ({FEATURES_UP} "
+                      f"channels) joined to the 25-pixel level by a 1x1 Conv+ReLU, ")
     design = (
         front + f"two 2x2 max-pools, 2x2 transposed-conv decoder with skip connections and one 3x3 conv per level), then a 2x2 "
         f"transposed conv back to 200x200 concatenated with the input image and a 3x3 conv to the defect map "
