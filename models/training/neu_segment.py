@@ -345,13 +345,19 @@ def classifier_state(args, exclude, held, log):
     on validation) the classifier is trained again by neu_classify's recipe (its fit and defaults,
     seed --seed) on that split minus `exclude`, so that no validation image chose a feature; it is
     saved to models/training/neu_segment.classifier.pt and reused while the excluded list is the same."""
+    if not exclude:  # the shipped classifier: neu_classify's split, its defaults (seed 0, 20 % held out)
+        seed, fraction = 0, 0.2
+    else:
+        seed, fraction = args.seed, args.heldout_fraction
     train = []
     for c in common.NEU_CLASSES:
-        t, _ = common.seeded_split(args.data, c, args.seed, args.heldout_fraction)
+        t, _ = common.seeded_split(args.data, c, seed, fraction)
         train += t
     inside = set(train) & {it["rel"] for it in held}
     if inside:
-        raise SystemExit(f"neu_classify's training split holds {len(inside)} held-out images, e.g. {sorted(inside)[0]}")
+        raise SystemExit(f"the classifier's training split (seed {seed}, {fraction:.0%} held out) holds {len(inside)} of "
+                         f"this split's held-out images, e.g. {sorted(inside)[0]}: --arch features needs --seed 0 and "
+                         f"--heldout-fraction 0.2 (neu_classify's split)")
     if not exclude:
         path = os.path.join(ROOT, "models", "training", "neu_classify.pt")
         log(f"features: the shipped classifier {os.path.relpath(path, ROOT)} ({len(train)} training images)")
@@ -560,7 +566,8 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--arch", choices=("small", "dilated", "deep", "features"), default="dilated",
                     help="small: 1.1.0's network; dilated: a 5x5 stride-2 first convolution and dilations 1/2/4 at 25 pixels; "
-                         "deep: dilated with a fourth level at 13 pixels")
+                         "deep: dilated with a fourth level at 13 pixels; features: dilated with the NEU classifier's first "
+                         "three backbone blocks beside it")
     ap.add_argument("--ema", type=float, default=0.0,
                     help="decay of an exponential moving average of the weights scored beside them at every "
                          "checkpoint (0: none); the selection may choose either")
@@ -721,7 +728,7 @@ def selection_rule(selection, args):
         return (
             f"loss and augmentation ({selection['variant']}) and schedule ({args.steps} steps x batch {args.batch} x crop "
             f"{args.crop} at lr {args.lr}) as chosen on the validation split for 1.1.0 and 1.2.0 ({STEM}.schedule_sweep.json); "
-            f"network ({selection.get('arch', args.arch)}) against 1.2.0's dilated network on that schedule, and step, chosen "
+            f"network ({selection.get('arch', args.arch)}; the networks compared on that schedule are the card's choices) and step, chosen "
             f"on the validation split by a run on the pool minus validation (checkpoints every {args.eval_every} steps from "
             f"50 %, the best mean Dice per image at its best level, f32: step {selection['step']}; {STEM}.metrics.json, "
             f"selection); that checkpoint is shipped as it is, trained on the pool minus validation"
