@@ -48,6 +48,23 @@ def augment(x, gen):
     return x * c + b
 
 
+def split(data, seed, fraction):
+    """(training, held-out) relative paths: common.seeded_split over the six NEU class folders."""
+    train, held = [], []
+    for c in common.NEU_CLASSES:
+        t, v = common.seeded_split(data, c, seed, fraction)
+        train += t
+        held += v
+    return train, held
+
+
+def load(data, paths):
+    """Normalised images [N, 1, 200, 200] and class indices of NEU relative paths."""
+    xs = np.stack([common.normalise(common.load_gray(os.path.join(data, p))) for p in paths])
+    ys = np.array([common.NEU_CLASSES.index(p.split("/")[0]) for p in paths])
+    return torch.from_numpy(xs)[:, None], torch.from_numpy(ys)
+
+
 def fit(model, xtr, ytr, epochs, batch, lr, seed, xva=None, yva=None, log=lambda s: print(s, flush=True)):
     """Train a OneVsAll model in place: each head a binary BCE classifier (one-hot targets
     smoothed to 0.025/0.975), AdamW with a one-cycle schedule, the augment() above every batch.
@@ -100,20 +117,10 @@ def main():
     np.random.seed(args.seed)
     torch.set_num_threads(os.cpu_count() or 1)
 
-    train, held = [], []
-    for c in common.NEU_CLASSES:
-        t, v = common.seeded_split(args.data, c, args.seed, args.val_fraction)
-        train += t
-        held += v
+    train, held = split(args.data, args.seed, args.val_fraction)
     print(f"split: {len(train)} train, {len(held)} held out (seed {args.seed})")
-
-    def load(paths):
-        xs = np.stack([common.normalise(common.load_gray(os.path.join(args.data, p))) for p in paths])
-        ys = np.array([common.NEU_CLASSES.index(p.split("/")[0]) for p in paths])
-        return torch.from_numpy(xs)[:, None], torch.from_numpy(ys)
-
-    xtr, ytr = load(train)
-    xva, yva = load(held)
+    xtr, ytr = load(args.data, train)
+    xva, yva = load(args.data, held)
     model = common.OneVsAll(len(common.NEU_CLASSES))
     print("parameters:", sum(p.numel() for p in model.parameters()))
     fit(model, xtr, ytr, args.epochs, args.batch, args.lr, args.seed, xva, yva)

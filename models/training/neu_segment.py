@@ -349,10 +349,7 @@ def classifier_state(args, exclude, held, log):
         seed, fraction = 0, 0.2
     else:
         seed, fraction = args.seed, args.heldout_fraction
-    train = []
-    for c in common.NEU_CLASSES:
-        t, _ = common.seeded_split(args.data, c, seed, fraction)
-        train += t
+    train, _ = neu_classify.split(args.data, seed, fraction)
     inside = set(train) & {it["rel"] for it in held}
     if inside:
         raise SystemExit(f"the classifier's training split (seed {seed}, {fraction:.0%} held out) holds {len(inside)} of "
@@ -372,10 +369,9 @@ def classifier_state(args, exclude, held, log):
     train = [p for p in train if p not in set(excluded)]
     log(f"features: training the NEU classifier on {len(train)} images (its split minus {len(excluded)} validation images)")
     torch.manual_seed(args.seed)
-    xs = np.stack([common.normalise(common.load_gray(os.path.join(args.data, p))) for p in train])
-    ys = np.array([common.NEU_CLASSES.index(p.split("/")[0]) for p in train])
+    xs, ys = neu_classify.load(args.data, train)
     model = common.OneVsAll(len(common.NEU_CLASSES))
-    neu_classify.fit(model, torch.from_numpy(xs)[:, None], torch.from_numpy(ys), 60, 32, 3e-3, args.seed, log=log)
+    neu_classify.fit(model, xs, ys, 60, 32, 3e-3, args.seed, log=log)
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     torch.save({"state_dict": state, "excluded": excluded, "seed": args.seed}, path)
     return state
@@ -399,10 +395,8 @@ def train_variant(variant, fit, val, args, log, steps, eval_from, stop_at=None, 
     `eval_from`, and the last): weights "raw" are the optimiser's, "ema" (with args.ema > 0)
     their exponential moving average, BatchNorm statistics included, scored beside them. With
     `stop_at` (a refit: `val` is None), the run stops at that step of the schedule and returns
-    [(stop_at, weights, None, None, state_dict)] of the named weights (one entry per step if
-    `stop_at` is a list of steps)."""
+    [(stop_at, weights, None, None, state_dict)] of the named weights."""
     loss_name, aug = variant.split(":")
-    stops = set(stop_at) if isinstance(stop_at, (list, tuple, set)) else {stop_at}
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
     dev = torch.device(args.device)
@@ -454,11 +448,9 @@ def train_variant(variant, fit, val, args, log, steps, eval_from, stop_at=None, 
             extra = f" bce {bce.item():.4f}" if bce is not None else ""
             log(f"[{variant}] step {step} lr {lr:.5f} dice-loss {dice.item():.4f}{extra} {time.time() - t0:.0f}s")
         if stop_at is not None:
-            if step in stops:
+            if step == stop_at:
                 src = ema if weights == "ema" else model.state_dict()
-                scored.append((step, weights, None, None, {k2: v.detach().cpu().clone() for k2, v in src.items()}))
-            if step == max(stops):
-                return scored
+                return [(step, weights, None, None, {k2: v.detach().cpu().clone() for k2, v in src.items()})]
             continue
         if step == steps or (step >= eval_from and step % args.eval_every == 0):
             candidates = [("raw", model)]
