@@ -56,14 +56,23 @@ MIN_OVERLAP = 32  # image pixels shared by neighbouring tiles, at least
 MEAN = 0.5
 STD = 0.25
 UM_PER_PX = 1 / 2.25  # the dataset's scale
+WIDTH = (16, 32, 48, 64)  # U-Net channels per level (chosen by cross-validation: grains_316l.cv-*.json)
+STEPS = 2000  # training steps of every model, the refit's too
+FOLDS = 4  # cross-validation folds over the training micrographs
+G_BINS = (-3, 14)  # the histogram's GOST numbers (src/grains/standards.rs G_MIN..=G_MAX)
 # The analysis settings are searched one at a time in this order, each at the best of those before.
-LEVELS = (0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7)
+START = {"pixel_threshold": 0.5, "min_grain_um2": 60.0, "bridge_gap_um": 0.0}
+LEVELS = (0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7)
 MIN_GRAINS_UM2 = (20.0, 60.0, 100.0)
-BRIDGE_GAPS_UM = (0.0, 6.0, 10.0)
+BRIDGE_GAPS_UM = (0.0, 6.0, 10.0, 15.0)
+TUNING_ROUNDS = 3  # passes over the three settings, fewer when a pass changes nothing
+MIN_CORRELATION = 0.99  # the pooled histogram correlation a setting must keep (the target's figure)
 TUNING_RULE = (
-    "pixel_threshold, then min_grain_um2, then bridge_gap_um (each at the best of the ones before; start 60 um2, 6 um): "
-    "the best pooled histogram correlation (to 4 decimals, then the smallest mean |dG|) of `ferroscope eval grains` "
-    "(int8) over the training tiles; levels 0.2..0.7, 20/60/100 um2, 0/6/10 um"
+    "pixel_threshold, then min_grain_um2, then bridge_gap_um, each at the best of the others, in passes until a pass changes nothing "
+    "(at most 3; start 0.5, 60 um2, 0 um): "
+    f"the smallest mean |dG| per tile among settings whose pooled histogram correlation is at least {MIN_CORRELATION} "
+    "(if none, the highest correlation), both from `ferroscope eval grains` (int8) on the cross-validation models' "
+    "out-of-fold training tiles; levels 0.1..0.7, 20/60/100 um2, 0/6/10/15 um"
 )
 
 
@@ -72,32 +81,37 @@ def block(cin, cout):
 
 
 class UNet(nn.Module):
-    def __init__(self, width=(12, 24, 32, 48)):
+    """U-Net after a 2x2 average: len(width) - 1 max-pool levels, two 3x3 Conv+BN+ReLU per encoder
+    level and in the middle, a 2x2 transposed convolution and one 3x3 Conv+BN+ReLU per decoder
+    level, skips by concatenation; modules e0.., mid, u<level>, d<level>."""
+
+    def __init__(self, width=WIDTH):
         super().__init__()
-        c0, c1, c2, c3 = width
+        *enc, c_mid = width
+        self.levels = len(enc)
         self.pool_in = nn.AvgPool2d(2)
-        self.e0 = nn.Sequential(*block(1, c0), *block(c0, c0))
-        self.e1 = nn.Sequential(*block(c0, c1), *block(c1, c1))
-        self.e2 = nn.Sequential(*block(c1, c2), *block(c2, c2))
-        self.mid = nn.Sequential(*block(c2, c3), *block(c3, c3))
-        self.u2 = nn.ConvTranspose2d(c3, c2, 2, stride=2)
-        self.d2 = nn.Sequential(*block(2 * c2, c2))
-        self.u1 = nn.ConvTranspose2d(c2, c1, 2, stride=2)
-        self.d1 = nn.Sequential(*block(2 * c1, c1))
-        self.u0 = nn.ConvTranspose2d(c1, c0, 2, stride=2)
-        self.d0 = nn.Sequential(*block(2 * c0, c0))
-        self.out = nn.Conv2d(c0, 1, 1)
+        cin = 1
+        for i, c in enumerate(enc):
+            setattr(self, f"e{i}", nn.Sequential(*block(cin, c), *block(c, c)))
+            cin = c
+        self.mid = nn.Sequential(*block(cin, c_mid), *block(c_mid, c_mid))
+        up = c_mid
+        for i in reversed(range(self.levels)):
+            setattr(self, f"u{i}", nn.ConvTranspose2d(up, enc[i], 2, stride=2))
+            setattr(self, f"d{i}", nn.Sequential(*block(2 * enc[i], enc[i])))
+            up = enc[i]
+        self.out = nn.Conv2d(enc[0], 1, 1)
 
     def forward(self, x):
         x = self.pool_in(x)
-        f0 = self.e0(x)
-        f1 = self.e1(F.max_pool2d(f0, 2))
-        f2 = self.e2(F.max_pool2d(f1, 2))
-        m = self.mid(F.max_pool2d(f2, 2))
-        d2 = self.d2(torch.cat([self.u2(m), f2], 1))
-        d1 = self.d1(torch.cat([self.u1(d2), f1], 1))
-        d0 = self.d0(torch.cat([self.u0(d1), f0], 1))
-        return self.out(d0)
+        skips = []
+        for i in range(self.levels):
+            x = getattr(self, f"e{i}")(x if i == 0 else F.max_pool2d(x, 2))
+            skips.append(x)
+        x = self.mid(F.max_pool2d(x, 2))
+        for i in reversed(range(self.levels)):
+            x = getattr(self, f"d{i}")(torch.cat([getattr(self, f"u{i}")(x), skips[i]], 1))
+        return self.out(x)
 
 
 class Export(nn.Module):
@@ -115,7 +129,8 @@ def fuse(model):
     from torch.nn.utils.fusion import fuse_conv_bn_eval
 
     m = copy.deepcopy(model).eval()
-    for name in ("e0", "e1", "e2", "mid", "d2", "d1", "d0"):
+    names = [f"e{i}" for i in range(m.levels)] + ["mid"] + [f"d{i}" for i in range(m.levels)]
+    for name in names:
         mods = list(getattr(m, name))
         new, i = [], 0
         while i < len(mods):
@@ -212,54 +227,22 @@ def dice_at(maps, items, levels):
     return 2 * inter / np.maximum(total, 1)
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=os.path.join(ROOT, "..", "shared", "datasets", "grains_316l"))
-    ap.add_argument("--out", default=os.path.join(ROOT, "models"))
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--val-fraction", type=float, default=0.2)
-    ap.add_argument("--select-fraction", type=float, default=0.2)
-    ap.add_argument("--steps", type=int, default=1000, help="training steps; the schedule is by steps only")
-    ap.add_argument("--eval-every", type=int, default=50)
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--lr", type=float, default=3e-3)
-    # The analysis settings shipped in the manifest are chosen with the Rust analysis itself
-    # (`ferroscope eval grains --list <training tiles> --threshold T --min-grain-um2 M
-    # --bridge-gap-um B`) over the training tiles, never the held-out ones (TUNING_RULE).
-    ap.add_argument("--ferroscope", default=os.path.join(ROOT, "target", "release", "ferroscope"),
-                    help="the binary whose `eval grains` chooses the analysis settings")
-    ap.add_argument("--ship-only", action="store_true", help="export + quantise the saved checkpoint, no training")
-    args = ap.parse_args()
-    torch.manual_seed(args.seed)
-    torch.set_num_threads(os.cpu_count() or 1)
-    rng = random.Random(args.seed)
-    ckpt = os.path.join(ROOT, "models", "training", "grains_316l.pt")
-
-    items = load_set(args.data)
-    train, held = split(items, args.seed, args.val_fraction)
-    print(f"train {len(train)} tiles of {len({i['micrograph'] for i in train})} micrographs, held-out {len(held)} of {len({i['micrograph'] for i in held})}", flush=True)
-    model = UNet()
-    print(f"parameters {sum(p.numel() for p in model.parameters())}", flush=True)
-    if not os.path.exists(args.ferroscope):
-        raise SystemExit(f"{args.ferroscope}: not found; it chooses the analysis settings (cargo build --release)")
-    if args.ship_only:
-        model.load_state_dict(torch.load(ckpt))
-        with open(ckpt + ".json") as fh:
-            args.chosen_step = json.load(fh)["chosen_step"]
-        return ship(model.eval(), train, held, args)
-    fit, select = split(train, args.seed + 1, args.select_fraction)
-    print(f"fit {len(fit)} tiles, selection {len(select)} tiles ({sorted({i['micrograph'] for i in select})})", flush=True)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
+def train_model(width, fit, steps, batch, lr, seed, label=""):
+    """One network of `width` trained on the tiles `fit` for `steps` steps (5 % warm-up, then
+    cosine to zero at the last step; the schedule is by steps only, so a run reproduces); the
+    last step's weights are the result."""
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    model = UNet(width)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     t0 = time.time()
-    best = None
-    for step in range(1, args.steps + 1):
-        # the schedule: 5 % warm-up, then cosine to zero at the last step
-        progress = (step - 1) / args.steps
-        lr = args.lr * (progress / 0.05 if progress < 0.05 else 0.5 * (1 + math.cos(math.pi * min(1.0, (progress - 0.05) / 0.95))))
+    for step in range(1, steps + 1):
+        progress = (step - 1) / steps
+        rate = lr * (progress / 0.05 if progress < 0.05 else 0.5 * (1 + math.cos(math.pi * min(1.0, (progress - 0.05) / 0.95))))
         for g in opt.param_groups:
-            g["lr"] = lr
+            g["lr"] = rate
         model.train()
-        x, t = sample_batch(fit, args.batch, rng)
+        x, t = sample_batch(fit, batch, rng)
         logits = model(x)
         p = torch.sigmoid(logits)
         bce = F.binary_cross_entropy_with_logits(logits, t)
@@ -268,34 +251,14 @@ def main():
         opt.zero_grad()
         loss.backward()
         opt.step()
-        elapsed = time.time() - t0
-        if step % 25 == 0:
-            print(f"step {step} lr {lr:.5f} bce {bce.item():.4f} dice-loss {dice.item():.4f} {elapsed:.0f}s", flush=True)
-        last = step == args.steps
-        if progress >= 0.3 and (step % args.eval_every == 0 or last):
-            model.eval()
-            with torch.no_grad():
-                fn = lambda a: torch.sigmoid(model(torch.from_numpy(a))).numpy()
-                maps = [predict_map(fn, it["img"]) for it in select]
-            d = float(dice_at(maps, select, [0.5])[0])
-            mark = ""
-            if best is None or d > best[0]:
-                best = (d, step)
-                mark = " *"
-                torch.save(model.state_dict(), ckpt)
-                with open(ckpt + ".json", "w") as fh:
-                    json.dump({"chosen_step": step, "selection_dice": d, "steps": args.steps, "seed": args.seed}, fh)
-            print(f"  selection Dice@0.5 {d:.4f}{mark}", flush=True)
-    print(f"chosen checkpoint: step {best[1]} (selection Dice {best[0]:.4f})", flush=True)
-    args.chosen_step = best[1]
-    model.load_state_dict(torch.load(ckpt))
-    ship(model.eval(), train, held, args)
+        if step % 100 == 0 or step == steps:
+            print(f"{label}step {step} lr {rate:.5f} bce {bce.item():.4f} dice-loss {dice.item():.4f} {time.time() - t0:.0f}s", flush=True)
+    return model.eval()
 
 
-def ship(model, train, held, args):
-    import onnxruntime as ort
-
-    out = args.out
+def export(model, out, calib_items, seed):
+    """The f32 ONNX file and its int8 (QDQ) twin in `out`, calibrated on 48 random crops of
+    `calib_items`; returns (int8 path, f32 path)."""
     stem = "grains_316l"
     f32_path = os.path.join(out, f"{stem}.f32.onnx")
     int8_path = os.path.join(out, f"{stem}.onnx")
@@ -309,16 +272,139 @@ def ship(model, train, held, args):
         do_constant_folding=True,
         dynamo=False,
     )
-    crng = random.Random(args.seed + 1)
+    crng = random.Random(seed + 1)
     calib = []
     for _ in range(48):
-        it = train[crng.randrange(len(train))]
+        it = calib_items[crng.randrange(len(calib_items))]
         y0 = crng.randrange(0, it["img"].shape[0] - TILE + 1)
         x0 = crng.randrange(0, it["img"].shape[1] - TILE + 1)
         calib.append(it["img"][y0 : y0 + TILE, x0 : x0 + TILE])
     common.MEAN, common.STD = MEAN, STD
     common.quantise_int8(f32_path, int8_path, calib)
+    return int8_path, f32_path
 
+
+def micrographs(items):
+    return sorted({it["micrograph"] for it in items}, key=lambda s: int(s[2:]))
+
+
+def cv_folds(train, k, seed):
+    """The training micrographs dealt into k folds, seeded (every tile of a micrograph in one fold)."""
+    micro = micrographs(train)
+    random.Random(f"{seed}:grains-cv").shuffle(micro)
+    return [sorted(micro[i::k], key=lambda s: int(s[2:])) for i in range(k)]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=os.path.join(ROOT, "..", "shared", "datasets", "grains_316l"))
+    ap.add_argument("--out", default=os.path.join(ROOT, "models"))
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--val-fraction", type=float, default=0.2)
+    ap.add_argument("--width", default=",".join(map(str, WIDTH)), help="the U-Net's channels per level and in the middle (4 numbers: three pooling levels)")
+    ap.add_argument("--steps", type=int, default=STEPS, help="training steps; the schedule is by steps only")
+    ap.add_argument("--folds", type=int, default=FOLDS, help="cross-validation folds over the training micrographs")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--lr", type=float, default=3e-3)
+    # The analysis settings shipped in the manifest are chosen with the Rust analysis itself
+    # (`ferroscope eval grains --list <fold tiles> --threshold T --min-grain-um2 M
+    # --bridge-gap-um B`) on the cross-validation models' out-of-fold tiles (TUNING_RULE).
+    ap.add_argument("--ferroscope", default=os.path.join(ROOT, "target", "release", "ferroscope"),
+                    help="the binary whose `eval grains` chooses the analysis settings")
+    ap.add_argument("--fold-dir", help="keep the cross-validation models here (default: a new temporary folder); "
+                    "a fold whose model is already there, for the same width, steps, seed and micrographs, is not trained again")
+    ap.add_argument("--cv-only", action="store_true",
+                    help="cross-validate this width and schedule and write its record; train and ship nothing")
+    ap.add_argument("--ship-only", action="store_true",
+                    help="export + quantise the saved refit with its saved settings, no training")
+    args = ap.parse_args()
+    torch.set_num_threads(os.cpu_count() or 1)
+    args.width = tuple(int(w) for w in args.width.split(","))
+    if not 3 <= len(args.width) <= 6 or min(args.width) < 1:
+        raise SystemExit(f"--width {args.width}: 3 to 6 positive channel counts, one per level and the middle, e.g. 12,24,32,48")
+    if args.folds < 2:
+        raise SystemExit(f"--folds {args.folds}: at least 2")
+    ckpt = os.path.join(ROOT, "models", "training", "grains_316l.pt")
+
+    items = load_set(args.data)
+    train, held = split(items, args.seed, args.val_fraction)
+    print(f"train {len(train)} tiles of {len(micrographs(train))} micrographs, held-out {len(held)} of {len(micrographs(held))}", flush=True)
+    print(f"width {args.width}: parameters {sum(p.numel() for p in UNet(args.width).parameters())}", flush=True)
+    if not os.path.exists(args.ferroscope):
+        raise SystemExit(f"{args.ferroscope}: not found; it chooses the analysis settings (cargo build --release)")
+    if args.ship_only:
+        with open(ckpt + ".json") as fh:
+            saved = json.load(fh)
+        model = UNet(tuple(saved["width"]))
+        model.load_state_dict(torch.load(ckpt))
+        args.width, args.steps, args.folds = tuple(saved["width"]), saved["steps"], saved["folds"]
+        return ship(model.eval(), train, held, saved["settings"], args)
+    record = cross_validate(train, args)
+    if args.cv_only:
+        return
+    print(f"refit on all {len(train)} training tiles, {args.steps} steps", flush=True)
+    model = train_model(args.width, train, args.steps, args.batch, args.lr, args.seed, "refit ")
+    torch.save(model.state_dict(), ckpt)
+    with open(ckpt + ".json", "w") as fh:
+        json.dump({"width": list(args.width), "steps": args.steps, "folds": args.folds, "seed": args.seed,
+                   "settings": record["chosen"]}, fh)
+    ship(model, train, held, record["chosen"], args)
+
+
+def cross_validate(train, args):
+    """k models, each trained on the other folds' micrographs; every training tile is scored by a
+    model that never saw its micrograph, and the analysis settings are chosen on those scores by
+    TUNING_RULE. Writes models/training/grains_316l.cv-<width>-<steps>.json and returns it."""
+    folds = cv_folds(train, args.folds, args.seed)
+    tmp = args.fold_dir or tempfile.mkdtemp(prefix="grains-cv-")
+    runs = []
+    for k, fold in enumerate(folds):
+        fit = [it for it in train if it["micrograph"] not in fold]
+        test = [it for it in train if it["micrograph"] in fold]
+        d = os.path.join(tmp, f"fold{k}")
+        manifest = os.path.join(d, "grains_316l.toml")
+        what = {"width": list(args.width), "steps": args.steps, "batch": args.batch, "lr": args.lr, "seed": args.seed, "fold": fold}
+        stamp = os.path.join(d, "trained.json")
+        runs.append((manifest, test))
+        if os.path.exists(stamp) and os.path.exists(manifest):
+            with open(stamp) as fh:
+                if json.load(fh) == what:
+                    print(f"fold {k}: {', '.join(fold)}: the model in {d}", flush=True)
+                    continue
+        print(f"fold {k}: {', '.join(fold)} ({len(test)} tiles) held back, {len(fit)} tiles trained on", flush=True)
+        model = train_model(args.width, fit, args.steps, args.batch, args.lr, args.seed, f"fold {k} ")
+        os.makedirs(d, exist_ok=True)
+        int8_path, f32_path = export(model, d, fit, args.seed)
+        write_manifest(manifest, START, fit, test, fold, int8_path, f32_path, args)
+        with open(stamp, "w") as fh:
+            json.dump(what, fh)
+    best, tried = tune(runs, args)
+    name = f"grains_316l.cv-{'-'.join(map(str, args.width))}-{args.steps}.json"
+    record = {
+        "rule": TUNING_RULE,
+        "width": list(args.width),
+        "steps": args.steps,
+        "batch": args.batch,
+        "seed": args.seed,
+        "folds": folds,
+        "tiles": len(train),
+        "chosen": best,
+        "at_chosen": next(t for t in tried if all(t[k] == v for k, v in best.items())),
+        "tried": tried,
+    }
+    with open(os.path.join(ROOT, "models", "training", name), "w") as fh:
+        json.dump(record, fh, indent=1)
+        fh.write("\n")
+    print(f"cross-validation record models/training/{name}: chosen {best}, {record['at_chosen']}", flush=True)
+    return record
+
+
+def ship(model, train, held, settings, args):
+    import onnxruntime as ort
+
+    out = args.out
+    stem = "grains_316l"
+    int8_path, f32_path = export(model, out, train, args.seed)
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1
     sess = ort.InferenceSession(int8_path, so, providers=["CPUExecutionProvider"])
@@ -331,19 +417,15 @@ def ship(model, train, held, args):
         fh.write("# held-out grains_316l tiles (seeded split by micrograph); never trained on\n")
         for it in held:
             fh.write(f"{it['name']}.jpg\n")
-    held_micro = sorted({it["micrograph"] for it in held}, key=lambda s: int(s[2:]))
     manifest = os.path.join(out, f"{stem}.toml")
-    settings = {"pixel_threshold": 0.5, "min_grain_um2": 60.0, "bridge_gap_um": 6.0}
-    write_manifest(manifest, settings, train, held, held_micro, int8_path, f32_path, args)
-    settings = tune(manifest, train, args, settings)
-    write_manifest(manifest, settings, train, held, held_micro, int8_path, f32_path, args)
+    write_manifest(manifest, settings, train, held, micrographs(held), int8_path, f32_path, args)
     print(f"wrote {manifest} with {settings}", flush=True)
 
 
-def eval_training(manifest, train, args, s):
-    """`ferroscope eval grains` (int8) over the training tiles with the settings s."""
+def eval_tiles(manifest, tiles, args, s):
+    """`ferroscope eval grains` (int8) over `tiles` with the settings s."""
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as fh:
-        fh.write("".join(f"{it['name']}.jpg\n" for it in train))
+        fh.write("".join(f"{it['name']}.jpg\n" for it in tiles))
         listf = fh.name
     try:
         cmd = [args.ferroscope, "eval", "grains", "--model", manifest, "--data", args.data, "--list", listf,
@@ -352,33 +434,67 @@ def eval_training(manifest, train, args, s):
         r = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
     finally:
         os.unlink(listf)
-    if r["images"] != len(train):
-        raise SystemExit(f"eval grains measured {r['images']} of {len(train)} training tiles: {r['errors']}")
+    if r["images"] != len(tiles):
+        raise SystemExit(f"eval grains measured {r['images']} of {len(tiles)} tiles: {r['errors']}")
     return r
 
 
-def tune(manifest, train, args, start):
-    """The analysis settings by TUNING_RULE, one at a time; every try goes to grains_316l.tuning.json."""
-    best, tried, seen = dict(start), [], {}
-    key = lambda r: (round(r["histogram_correlation"], 4), -r["g_mean_abs_error"])
-    for name, values in (("pixel_threshold", LEVELS), ("min_grain_um2", MIN_GRAINS_UM2), ("bridge_gap_um", BRIDGE_GAPS_UM)):
-        scored = []
-        for v in values:
-            s = dict(best, **{name: v})
-            at = tuple(sorted(s.items()))
-            if at not in seen:
-                seen[at] = r = eval_training(manifest, train, args, s)
-                tried.append(dict(s, histogram_correlation=r["histogram_correlation"],
-                                  g_mean_abs_error=r["g_mean_abs_error"], boundary_dice=r["boundary_dice"]))
-            r = seen[at]
-            scored.append((key(r), v))
-            print(f"  training tiles {s}: correlation {r['histogram_correlation']:.4f} |dG| {r['g_mean_abs_error']:.3f} "
-                  f"Dice {r['boundary_dice']:.4f}", flush=True)
-        best[name] = max(scored)[1]
-    with open(os.path.join(ROOT, "models", "training", "grains_316l.tuning.json"), "w") as fh:
-        json.dump({"rule": TUNING_RULE, "images": len(train), "chosen": best, "tried": tried}, fh, indent=1)
-        fh.write("\n")
-    return best
+def histogram(entries):
+    """A `histogram_*` list of `eval grains --json` as counts per GOST number -3..14."""
+    h = np.zeros(G_BINS[1] - G_BINS[0] + 1)
+    for e in entries:
+        h[e["g"] - G_BINS[0]] += e["grains"]
+    return h
+
+
+def correlation(a, b):
+    """Histogram correlation as src/grains/standards.rs computes it (OpenCV's HISTCMP_CORREL),
+    on histograms normalised to sum 1."""
+    a, b = a / max(a.sum(), 1), b / max(b.sum(), 1)
+    da, db = a - a.mean(), b - b.mean()
+    return float((da * db).sum() / math.sqrt((da * da).sum() * (db * db).sum()))
+
+
+def score_cv(runs, args, s):
+    """Out-of-fold figures of the settings s: mean |dG| over all tiles, the histogram correlation
+    of the histograms pooled over all tiles, and per fold."""
+    errors, mask, model, per_fold = [], 0, 0, []
+    for manifest, tiles in runs:
+        r = eval_tiles(manifest, tiles, args, s)
+        errors += [p["g_abs_error"] for p in r["per_image"]]
+        hm, hp = histogram(r["histogram_mask"]), histogram(r["histogram_model"])
+        mask, model = mask + hm, model + hp
+        per_fold.append({"g_mean_abs_error": r["g_mean_abs_error"], "histogram_correlation": r["histogram_correlation"],
+                         "g_mean_signed_error": float(np.mean([p["gost_g"] - p["gost_g_mask"] for p in r["per_image"]])),
+                         "boundary_dice": r["boundary_dice"]})
+    return {"g_mean_abs_error": float(np.mean(errors)), "histogram_correlation": correlation(mask, model),
+            "per_fold": per_fold}
+
+
+def tune(runs, args):
+    """The analysis settings by TUNING_RULE, one at a time; returns them and every setting tried."""
+    best, tried, seen = dict(START), [], {}
+
+    def key(r):
+        ok = r["histogram_correlation"] >= MIN_CORRELATION
+        return (ok, -r["g_mean_abs_error"] if ok else r["histogram_correlation"])
+
+    for _ in range(TUNING_ROUNDS):
+        before = dict(best)
+        for name, values in (("pixel_threshold", LEVELS), ("min_grain_um2", MIN_GRAINS_UM2), ("bridge_gap_um", BRIDGE_GAPS_UM)):
+            scored = []
+            for v in values:
+                s = dict(best, **{name: v})
+                at = tuple(sorted(s.items()))
+                if at not in seen:
+                    seen[at] = r = score_cv(runs, args, s)
+                    tried.append(dict(s, **r))
+                    print(f"  out-of-fold {s}: correlation {r['histogram_correlation']:.4f} |dG| {r['g_mean_abs_error']:.3f}", flush=True)
+                scored.append((key(seen[at]), v))
+            best[name] = max(scored)[1]
+        if best == before:
+            break
+    return best, tried
 
 
 def write_manifest(path, settings, train, held, held_micro, int8_path, f32_path, args):
@@ -387,12 +503,12 @@ def write_manifest(path, settings, train, held, held_micro, int8_path, f32_path,
 [model]
 name = "{stem}"
 tool = "grains"
-version = "1.1.0"
+version = "1.2.0"
 file = "{stem}.onnx"
 sha256 = "{common.sha256_file(int8_path)}"
 f32_file = "{stem}.f32.onnx"
 f32_sha256 = "{common.sha256_file(f32_path)}"
-design = "compact U-Net (widths 12/24/32/48, two 3x3 convs per encoder level, three 2x2 max-pool levels, 2x2 transposed-conv decoder with skip connections and one 3x3 conv per level) after a 2x2 average: a grain-boundary probability map at 1/2 of the tile resolution. Contours are closed by the analysis (threshold, gap bridging, grain labelling), not by a second U-Net as in W-Net."
+design = "compact U-Net (widths {'/'.join(map(str, args.width))}, two 3x3 convs per encoder level, 2x2 max-pooling {len(args.width) - 1} times, 2x2 transposed-conv decoder with skip connections and one 3x3 conv per level) after a 2x2 average: a grain-boundary probability map at 1/2 of the tile resolution. Contours are closed by the analysis (threshold, gap bridging, grain labelling), not by a second U-Net as in W-Net."
 
 [input]
 name = "image"
@@ -436,8 +552,7 @@ heldout_list = "{stem}.heldout.txt"
 train_images = {len(train)}
 heldout_images = {len(held)}
 steps = {args.steps}
-chosen_step = {args.chosen_step}
-checkpoint_rule = "highest boundary Dice at 0.5 on a selection split of the training micrographs ({args.select_fraction:.0%}, seed {args.seed + 1}), every {args.eval_every} steps from 30 % of the schedule on"
+checkpoint_rule = "the last step of a refit on all training micrographs; width and steps chosen by {args.folds}-fold cross-validation over the training micrographs (models/training/grains_316l.cv-*.json)"
 batch = {args.batch}
 seed = {args.seed}
 crop = {TILE}
