@@ -15,16 +15,21 @@ transposed convolutions.
 
 Data: ../shared/datasets/grains_316l, 400x400 tiles of 32 micrographs, masks with grains 255
 and boundaries 0. The split is by micrograph, never by tile (neighbouring tiles of one
-micrograph share grains): seeded 80/20 train/held-out, and the checkpoint is chosen on a
-selection split of the training micrographs. Training crops are 256x256 (the model input),
-with flips, 90-degree turns and brightness/contrast jitter. Images are converted to gray as
-the runtime does (image crate: Rec. 709 weights, truncated).
+micrograph share grains): seeded 80/20 train/held-out. Training crops are 256x256 (the model
+input), with flips, 90-degree turns and brightness/contrast jitter. Images are converted to
+gray as the runtime does (image crate: Rec. 709 weights, truncated).
 
-Training runs a fixed number of steps (--steps; the schedule is by steps only, so a run
-reproduces). The analysis settings (pixel threshold, smallest grain, bridged gap) are then chosen
-with the Rust analysis itself, `ferroscope eval grains` over the training tiles (--ferroscope,
-built first), never the held-out ones; every setting tried is written to
-models/training/grains_316l.tuning.json.
+Protocol: --folds-fold cross-validation over the training micrographs (folds by micrograph,
+seeded). Each fold's network trains on the other folds for --steps steps (the schedule is by
+steps only, so a run reproduces), is exported to int8 as the shipped one is, and the Rust
+analysis itself (`ferroscope eval grains`, --ferroscope, built first) measures it on its own
+fold's tiles: every training tile gets figures from a network that never saw its micrograph.
+The analysis settings (pixel threshold, smallest grain, bridged gap) are chosen on those
+figures by TUNING_RULE; the record, every setting tried with its figures per fold, is
+models/training/grains_316l.cv-<width>-<steps>.json. `--cv-only --width W --steps N` writes
+the record of another design to compare (the width and steps shipped, WIDTH and STEPS, are the
+design with the best record). Then one network trains on all training micrographs for the same
+steps and ships, last step, with the chosen settings. The held-out tiles are read by nothing here.
 
 Writes models/grains_316l.onnx (int8), models/grains_316l.f32.onnx, the manifest
 models/grains_316l.toml (without [metrics]: `python3 models/training/stamp_metrics.py

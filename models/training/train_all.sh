@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduce every shipped model from the datasets (CPU; the grains recipe alone takes about 40
+# Reproduce every shipped model from the datasets (CPU; the grains recipe alone takes about 55
 # minutes on 2 cores, neu_segment's about 70 on 2 cores, see docs/models/neu_segment.md):
 #   bash models/training/train_all.sh
 set -euo pipefail
