@@ -65,7 +65,8 @@ WIDTH = (16, 32, 48, 64)  # U-Net channels per level (chosen by cross-validation
 STEPS = 2000  # training steps of every model, the refit's too
 FOLDS = 4  # cross-validation folds over the training micrographs
 G_BINS = (-3, 14)  # the histogram's GOST numbers (src/grains/standards.rs G_MIN..=G_MAX)
-# The analysis settings are searched one at a time in this order, each at the best of those before.
+# The analysis settings are searched one at a time in this order, each at the best of the others
+# (TUNING_RULE), starting from START.
 START = {"pixel_threshold": 0.5, "min_grain_um2": 60.0, "bridge_gap_um": 0.0}
 LEVELS = (0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7)
 MIN_GRAINS_UM2 = (20.0, 60.0, 100.0)
@@ -436,11 +437,14 @@ def eval_tiles(manifest, tiles, args, s):
         cmd = [args.ferroscope, "eval", "grains", "--model", manifest, "--data", args.data, "--list", listf,
                "--precision", "int8", "--threshold", str(s["pixel_threshold"]),
                "--min-grain-um2", str(s["min_grain_um2"]), "--bridge-gap-um", str(s["bridge_gap_um"]), "--json"]
-        r = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+        run = subprocess.run(cmd, capture_output=True, text=True)
     finally:
         os.unlink(listf)
+    if run.returncode != 0:
+        raise SystemExit(f"{manifest}: eval grains with {s} failed: {run.stderr.strip()}")
+    r = json.loads(run.stdout)
     if r["images"] != len(tiles):
-        raise SystemExit(f"eval grains measured {r['images']} of {len(tiles)} tiles: {r['errors']}")
+        raise SystemExit(f"{manifest}: eval grains measured {r['images']} of {len(tiles)} tiles: {r['errors']}")
     return r
 
 
@@ -454,10 +458,13 @@ def histogram(entries):
 
 def correlation(a, b):
     """Histogram correlation as src/grains/standards.rs computes it (OpenCV's HISTCMP_CORREL),
-    on histograms normalised to sum 1."""
+    on histograms normalised to sum 1; a flat histogram correlates 1 with an equal one, else 0."""
     a, b = a / max(a.sum(), 1), b / max(b.sum(), 1)
     da, db = a - a.mean(), b - b.mean()
-    return float((da * db).sum() / math.sqrt((da * da).sum() * (db * db).sum()))
+    s1, s2 = (da * da).sum(), (db * db).sum()
+    if s1 == 0 or s2 == 0:
+        return 1.0 if np.array_equal(a, b) else 0.0
+    return float((da * db).sum() / math.sqrt(s1 * s2))
 
 
 def score_cv(runs, args, s):
