@@ -130,23 +130,12 @@ class Export(nn.Module):
 
 
 def fuse(model):
+    """A copy of the U-Net with every BatchNorm folded into its convolution."""
     import copy
 
-    from torch.nn.utils.fusion import fuse_conv_bn_eval
-
     m = copy.deepcopy(model).eval()
-    names = [f"e{i}" for i in range(m.levels)] + ["mid"] + [f"d{i}" for i in range(m.levels)]
-    for name in names:
-        mods = list(getattr(m, name))
-        new, i = [], 0
-        while i < len(mods):
-            if isinstance(mods[i], nn.Conv2d) and i + 1 < len(mods) and isinstance(mods[i + 1], nn.BatchNorm2d):
-                new.append(fuse_conv_bn_eval(mods[i], mods[i + 1]))
-                i += 2
-            else:
-                new.append(mods[i])
-                i += 1
-        setattr(m, name, nn.Sequential(*new))
+    for name in [f"e{i}" for i in range(m.levels)] + ["mid"] + [f"d{i}" for i in range(m.levels)]:
+        setattr(m, name, common.fuse_sequential(getattr(m, name)))
     return m
 
 
@@ -291,6 +280,7 @@ def export(model, out, calib_items, seed):
 
 
 def micrographs(items):
+    """The micrographs of `items` in number order (RG1, RG2, ...)."""
     return sorted({it["micrograph"] for it in items}, key=lambda s: int(s[2:]))
 
 
@@ -298,7 +288,7 @@ def cv_folds(train, k, seed):
     """The training micrographs dealt into k folds, seeded (every tile of a micrograph in one fold)."""
     micro = micrographs(train)
     random.Random(f"{seed}:grains-cv").shuffle(micro)
-    return [sorted(micro[i::k], key=lambda s: int(s[2:])) for i in range(k)]
+    return [micrographs([{"micrograph": m} for m in micro[i::k]]) for i in range(k)]
 
 
 def main():
@@ -398,23 +388,16 @@ def cross_validate(train, args):
         "at_chosen": next(t for t in tried if all(t[k] == v for k, v in best.items())),
         "tried": tried,
     }
-    with open(os.path.join(ROOT, "models", "training", name), "w") as fh:
-        json.dump(record, fh, indent=1)
-        fh.write("\n")
+    common.write_json(os.path.join(ROOT, "models", "training", name), record)
     print(f"cross-validation record models/training/{name}: chosen {best}, {record['at_chosen']}", flush=True)
     return record
 
 
 def ship(model, train, held, settings, args):
-    import onnxruntime as ort
-
     out = args.out
     stem = "grains_316l"
     int8_path, f32_path = export(model, out, train, args.seed)
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    sess = ort.InferenceSession(int8_path, so, providers=["CPUExecutionProvider"])
-    fn = lambda a: sess.run(None, {"image": a.astype(np.float32)})[0]
+    fn = common.ort_fn(int8_path)
     tr_maps = [predict_map(fn, it["img"]) for it in train]
     print("training boundary Dice per level (int8, onnxruntime):",
           dict(zip(LEVELS, np.round(dice_at(tr_maps, train, list(LEVELS)), 4))), flush=True)
