@@ -200,6 +200,45 @@ fn bench_model_only_runs_one_precision_and_lists_the_plan_and_its_kernels() {
 }
 
 #[test]
+fn bench_model_only_counts_the_warm_up_run_apart_and_none_after_it() {
+    let out = ferroscope(&[
+        "bench",
+        "--model",
+        "models/neu_segment.toml",
+        "--model-only",
+        "--precision",
+        "int8",
+        "--passes",
+        "4",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let r = &j["results"]["int8"];
+    assert_eq!(r["runs"], 4);
+    // the first run sizes tract's and the integer operator's buffers; the three after it are
+    // the steady state, and there tract asks the system allocator for nothing
+    assert!(r["allocations_first_run_tract"].is_u64(), "{r}");
+    assert_eq!(r["allocations_per_run_tract"].as_f64(), Some(0.0), "{r}");
+    assert_eq!(r["allocations_per_run_ours"].as_f64(), Some(0.0), "{r}");
+    // one run is all warm-up: no steady-state figure to give
+    let out = ferroscope(&[
+        "bench",
+        "--model",
+        "models/neu_segment.toml",
+        "--model-only",
+        "--precision",
+        "int8",
+        "--passes",
+        "1",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(j["results"]["int8"]["allocations_per_run_tract"].is_null(), "{j}");
+}
+
+#[test]
 fn the_fault_rehearsal_profile_runs_and_fails_safe() {
     let out = ferroscope(&["run", "--config", "boards/host-sim-faults.toml", "--json"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

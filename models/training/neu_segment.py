@@ -45,6 +45,12 @@ held-out image. On 8000 x 32 it scored 0.873 at best (step 7000) against the dil
 The loss variant dice+wbce (BCE weighted up to 6x on the region edges, the salient-object
 networks' structure loss) scored the same mean Dice per image on validation (0.872 at best) with
 a higher MAE (0.0331 against 0.0306): not kept (neu_segment.wbce.json).
+The loss variant dice+kd (distillation: the BCE's target is (1 - --distil) x mask + --distil x
+a teacher's map; --teacher a refit checkpoint of this recipe, whose selection network teaches
+runs scored on validation and whose shipped network teaches the refit, its map averaged over
+the eight flips and quarter turns) with 1.2.0 as the teacher (0.879 on validation averaged that
+way, 0.871 alone) scored 0.874 at best (step 8000) with an MAE of 0.0297, within the spread of
+neighbouring checkpoints: not kept (neu_segment.distil.json).
 
 Training: batches of random 128x128 crops (the network is fully convolutional; crops cost 0.4 of
 a whole image) with the eight flips/quarter turns and, optionally, brightness/contrast jitter;
@@ -288,17 +294,23 @@ def check_disjoint(*sets):
 # training
 
 
-def sample_batch(pool, n, rng, photometric, crop=TILE):
-    xs, ts = [], []
+def sample_batch(pool, n, rng, photometric, crop=TILE, teacher=False):
+    """A batch of crops: images, masks and, with `teacher`, the same crops of each item's
+    teacher map (the teacher's crops draw no random number, so a run with them samples the
+    same crops as one without)."""
+    xs, ts, ss = [], [], []
     for _ in range(n):
         it = pool[rng.randrange(len(pool))]
         y0, x0 = rng.randrange(TILE - crop + 1), rng.randrange(TILE - crop + 1)
         img = it["img"][y0 : y0 + crop, x0 : x0 + crop]
         m = it["mask"][y0 : y0 + crop, x0 : x0 + crop]
+        s = it["teacher"][y0 : y0 + crop, x0 : x0 + crop] if teacher else None
         k = rng.randrange(4)
         img, m = np.rot90(img, k), np.rot90(m, k)
+        s = np.rot90(s, k) if teacher else None
         if rng.random() < 0.5:
             img, m = img[:, ::-1], m[:, ::-1]
+            s = s[:, ::-1] if teacher else None
         x = common.normalise(img)
         if photometric:
             gain = 0.75 + 0.5 * rng.random()  # contrast about the mean grey
@@ -306,9 +318,53 @@ def sample_batch(pool, n, rng, photometric, crop=TILE):
             x = x * gain + bias
         xs.append(x)
         ts.append(m.astype(np.float32))
+        if teacher:
+            ss.append(s)
     x = torch.from_numpy(np.ascontiguousarray(np.stack(xs)[:, None]))
     t = torch.from_numpy(np.ascontiguousarray(np.stack(ts)[:, None]))
+    if teacher:
+        return x, t, torch.from_numpy(np.ascontiguousarray(np.stack(ss)[:, None]))
     return x, t
+
+
+def teacher_maps(items, state, arch, log, chunk=16):
+    """Set each item's "teacher": the probability map of a trained network of this recipe
+    (`state`), averaged over the eight flips and quarter turns of the image (f32, 200x200)."""
+    model = UNet(arch=arch)
+    model.load_state_dict(state)
+    model.eval()
+    t0 = time.time()
+    with torch.no_grad():
+        for i in range(0, len(items), chunk):
+            part = items[i : i + chunk]
+            x = torch.from_numpy(np.stack([common.normalise(it["img"]) for it in part])[:, None])
+            acc = 0
+            for k in range(4):
+                for flip in (False, True):
+                    xx = torch.rot90(x, k, (2, 3))
+                    xx = torch.flip(xx, (3,)) if flip else xx
+                    z = model(xx)
+                    z = torch.flip(z, (3,)) if flip else z
+                    acc = acc + torch.sigmoid(torch.rot90(z, -k, (2, 3)))
+            for it, p in zip(part, (acc / 8)[:, 0].numpy()):
+                it["teacher"] = p.astype(np.float32)
+    log(f"teacher maps (8 flips and quarter turns averaged) of {len(items)} images in {time.time() - t0:.0f} s")
+
+
+def load_teacher(args, refit, log):
+    """The teacher's state_dict from --teacher (a checkpoint of this recipe): for a run scored on
+    validation its selection network (`chooser_state_dict`, trained on the pool minus
+    validation), so that no validation image taught the student through it; for the refit its
+    shipped network (`state_dict`, trained on the whole pool)."""
+    if not args.teacher:
+        raise SystemExit("the loss dice+kd needs --teacher CHECKPOINT")
+    ck = torch.load(args.teacher, map_location="cpu")
+    key = "state_dict" if refit else "chooser_state_dict"
+    if key not in ck:
+        raise SystemExit(f"{args.teacher}: no {key} (a refit checkpoint of this recipe holds both)")
+    arch = ck["selection"].get("arch", "small")
+    log(f"teacher: {os.path.relpath(args.teacher, ROOT)} ({key}, arch {arch}), distillation weight {args.distil}")
+    return ck[key], arch
 
 
 def soft_dice_loss(logits, t):
@@ -421,14 +477,19 @@ def train_variant(variant, fit, val, args, log, steps, eval_from, stop_at=None, 
         for g in opt.param_groups:
             g["lr"] = lr * g["scale"]
         model.train()
-        x, t = sample_batch(fit, args.batch, rng, photometric=aug == "photo", crop=args.crop)
-        x, t = x.to(dev, non_blocking=True), t.to(dev, non_blocking=True)
+        distil = loss_name == "dice+kd"
+        batch = sample_batch(fit, args.batch, rng, photometric=aug == "photo", crop=args.crop, teacher=distil)
+        x, t = batch[0].to(dev, non_blocking=True), batch[1].to(dev, non_blocking=True)
         logits = model(x)
         dice = soft_dice_loss(logits, t)
         loss = dice
         bce = None
         if loss_name == "dice+bce":
             bce = F.binary_cross_entropy_with_logits(logits, t)
+            loss = dice + bce
+        elif distil:  # BCE against the mask mixed with the teacher's map
+            s = batch[2].to(dev, non_blocking=True)
+            bce = F.binary_cross_entropy_with_logits(logits, (1 - args.distil) * t + args.distil * s)
             loss = dice + bce
         elif loss_name == "dice+wbce":
             bce = edge_weighted_bce(logits, t)
@@ -546,7 +607,8 @@ def main():
     ap.add_argument("--heldout-fraction", type=float, default=0.2)
     ap.add_argument("--validation-fraction", type=float, default=0.2)
     ap.add_argument("--variants", default="dice:photo,dice+bce:photo,dice+bce:geo",
-                    help="comma-separated loss:augmentation (loss dice | dice+bce | dice+wbce, the BCE weighted on region edges; augmentation photo = flips, "
+                    help="comma-separated loss:augmentation (loss dice | dice+bce | dice+wbce, the BCE weighted on region edges | "
+                         "dice+kd, the BCE against the mask mixed with a teacher's map, --teacher; augmentation photo = flips, "
                          "quarter turns, brightness/contrast; geo = flips and quarter turns only)")
     ap.add_argument("--sweep-steps", type=int, default=400, help="schedule of each sweep variant")
     ap.add_argument("--steps", type=int, default=8000, help="schedule of the chosen variant")
@@ -560,6 +622,12 @@ def main():
                     help="small: 1.1.0's network; dilated: a 5x5 stride-2 first convolution and dilations 1/2/4 at 25 pixels; "
                          "deep: dilated with a fourth level at 13 pixels; features: dilated with the NEU classifier's first "
                          "three backbone blocks beside it")
+    ap.add_argument("--teacher", metavar="CHECKPOINT",
+                    help="for the loss dice+kd: a refit checkpoint of this recipe whose maps, averaged over the eight "
+                         "flips and quarter turns, teach the student (its selection network in runs scored on "
+                         "validation, its shipped network in the refit)")
+    ap.add_argument("--distil", type=float, default=0.5,
+                    help="dice+kd: the BCE's target is (1 - DISTIL) x mask + DISTIL x the teacher's map")
     ap.add_argument("--ema", type=float, default=0.0,
                     help="decay of an exponential moving average of the weights scored beside them at every "
                          "checkpoint (0: none); the selection may choose either")
@@ -604,6 +672,8 @@ def main():
         args.classifier = classifier_state(args, [it["rel"] for it in val], held, log)
     ckpt = args.checkpoint
     if args.train_only:
+        if args.train_only.startswith("dice+kd:"):
+            teacher_maps(fit, *load_teacher(args, False, log), log)
         table, best = [], None
         for step, weights, level, dice, state in train_variant(args.train_only, fit, val, args, log, args.steps, args.steps // 2):
             table.append({"step": step, "weights": weights, "level": level, "dice_mean_per_image": round(dice, 6)})
@@ -657,7 +727,11 @@ def main():
 def selection_record(args, variant, step, table, t_start, weights="raw"):
     """What a selection run chose and on which network and schedule (a checkpoint's
     `selection`; use_selection reads it back)."""
-    return {"variant": variant, "arch": args.arch, "step": step, "weights": weights, "ema": args.ema,
+    extra = {}
+    if variant.startswith("dice+kd:"):
+        extra = {"distil": args.distil, "teacher": os.path.relpath(os.path.abspath(args.teacher), ROOT),
+                 "teacher_sha256": common.sha256_file(args.teacher)}
+    return {**extra, "variant": variant, "arch": args.arch, "step": step, "weights": weights, "ema": args.ema,
             "steps": args.steps, "batch": args.batch,
             "crop": args.crop, "lr": args.lr, "device": args.device, "checkpoints": table,
             "train_minutes": round((time.time() - t_start) / 60, 1)}
@@ -666,9 +740,11 @@ def selection_record(args, variant, step, table, t_start, weights="raw"):
 def use_selection(args, sel):
     """Set the network and schedule of a checkpoint's selection record on args (a record
     without them is 1.0.0/1.1.0's: the command line's stand)."""
-    for key in ("arch", "steps", "batch", "crop", "lr", "ema"):
+    for key in ("arch", "steps", "batch", "crop", "lr", "ema", "distil"):
         if key in sel:
             setattr(args, key, sel[key])
+    if "teacher" in sel:  # recorded relative to the repository root
+        args.teacher = os.path.join(ROOT, sel["teacher"])
 
 
 def refit_and_ship(saved, fit, val, held, args, log, t_start):
@@ -684,6 +760,10 @@ def refit_and_ship(saved, fit, val, held, args, log, t_start):
     model = UNet(arch=args.arch)
     log(f"refit: {sel['variant']} arch {args.arch}, step {sel['step']} of {args.steps} x batch {args.batch} x crop "
         f"{args.crop}, lr {args.lr}, on the whole pool ({len(fit) + len(val)} images)")
+    if sel["variant"].startswith("dice+kd:"):
+        if args.teacher and os.path.isfile(args.teacher) and common.sha256_file(args.teacher) != sel.get("teacher_sha256"):
+            raise SystemExit(f"{args.teacher} is not the teacher the selection run had ({sel.get('teacher')})")
+        teacher_maps(fit + val, *load_teacher(args, True, log), log)
     t0 = time.time()
     (_, _, _, _, state), = train_variant(sel["variant"], fit + val, None, args, log, args.steps, 0, stop_at=sel["step"],
                                          weights=sel.get("weights", "raw"))
@@ -812,7 +892,10 @@ def ship(model, selection, fit, val, held, args, t_start, chooser=None):
     refit = bool(selection.get("refit"))
     loss_name, aug = selection["variant"].split(":")
     loss_text = "soft Dice per image on the sigmoid outputs" + {
-        "dice+bce": " + BCE", "dice+wbce": " + BCE with region edges weighted up to 6x"}.get(loss_name, "")
+        "dice+bce": " + BCE", "dice+wbce": " + BCE with region edges weighted up to 6x",
+        "dice+kd": f" + BCE against {1 - selection.get('distil', 0.5):g} x mask + {selection.get('distil', 0.5):g} x the teacher's map "
+                   f"({selection.get('teacher')}: the recipe's previous network trained on the same images, its map averaged over "
+                   f"the eight flips and quarter turns)"}.get(loss_name, "")
     aug_text = "flips and quarter turns" + (", brightness +-0.15 and contrast x0.75..1.25" if aug == "photo" else "")
     c0, c1, c2 = WIDTH
     mmac = multiply_adds(model) / 1e6

@@ -396,17 +396,27 @@ fn bench_model_only(
         }
         let mut out = vec![0.0f32; engine.output_len()];
         let mut times = Vec::with_capacity(passes);
+        // The first run is the warm-up (tract sizes its scratch, the integer operator its
+        // buffers): its allocations are counted apart, so the per-run figures are those of the
+        // runs after it, the steady state a station runs in.
         let (mut allocs_tract, mut allocs_ours, mut pool_hits) = (0u64, 0u64, 0u64);
-        for _ in 0..passes {
+        let mut first_run_tract = 0u64;
+        for pass in 0..passes {
             let a0 = Snapshot::take();
             let t0 = StdInstant::now();
             scoped(Scope::Tract, || engine.run(&mut out)).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
             times.push(t0.elapsed().as_secs_f64() * 1000.0);
             let a1 = Snapshot::take();
+            if pass == 0 {
+                first_run_tract = a1.since(&a0, Scope::Tract);
+                continue;
+            }
             allocs_tract += a1.since(&a0, Scope::Tract);
             allocs_ours += a1.since(&a0, Scope::Ours);
             pool_hits += a1.pool_hits - a0.pool_hits;
         }
+        // per run after the first; none when there was only the first
+        let steady = |n: u64| (passes > 1).then(|| n as f64 / (passes - 1) as f64);
         // Time by operator: as many runs again, each node timed (the clock read around every
         // node costs a little; the shares are the figure).
         let mut per_node = Vec::new();
@@ -482,9 +492,10 @@ fn bench_model_only(
                 "file": file.display().to_string(),
                 "runs": passes,
                 "inference": {"median_ms": median(&mut times), "p99_ms": percentile(&mut times, 99.0)},
-                "allocations_per_run_tract": allocs_tract as f64 / passes as f64,
-                "allocations_per_run_ours": allocs_ours as f64 / passes as f64,
-                "pool_hits_per_run_tract": pool_hits as f64 / passes as f64,
+                "allocations_first_run_tract": first_run_tract,
+                "allocations_per_run_tract": steady(allocs_tract),
+                "allocations_per_run_ours": steady(allocs_ours),
+                "pool_hits_per_run_tract": steady(pool_hits),
                 "kernels": kernels,
                 "time_by_op": time_by_op,
                 "plan": plan,
@@ -510,8 +521,8 @@ fn bench_model_only(
             r["inference"]["p99_ms"].as_f64().unwrap_or(0.0)
         );
         println!(
-            "  allocations per run: tract {} (and {} served by the pool)",
-            r["allocations_per_run_tract"], r["pool_hits_per_run_tract"]
+            "  allocations per run after the first: tract {} (and {} served by the pool); the first run: {}",
+            r["allocations_per_run_tract"], r["pool_hits_per_run_tract"], r["allocations_first_run_tract"]
         );
         println!("  matrix kernels: {}", r["kernels"]);
         let ops: Vec<&str> = r["plan"]

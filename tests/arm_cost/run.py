@@ -93,6 +93,7 @@ def measure(job):
         "instructions_load_and_warmup": counts[0] - (counts[-1] - counts[0]) // (2 * k),
         "kernels": r["kernels"],
         "ops": op_counts(r["plan"]),
+        "allocations_first_run_tract": r.get("allocations_first_run_tract"),
         "allocations_per_run_tract": r["allocations_per_run_tract"],
     }
 
