@@ -164,21 +164,26 @@ fn bench_camera_times_every_format_at_both_sizes_and_agrees_with_its_peer() {
     }
 }
 
-#[test]
-fn bench_model_only_runs_one_precision_and_lists_the_plan_and_its_kernels() {
+/// `bench --model-only --json` of one precision of a manifest, `passes` runs: its JSON.
+fn bench_model_only(model: &str, precision: &str, passes: &str) -> serde_json::Value {
     let out = ferroscope(&[
         "bench",
         "--model",
-        "models/neu_classify.toml",
+        model,
         "--model-only",
         "--precision",
-        "f32",
+        precision,
         "--passes",
-        "2",
+        passes,
         "--json",
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn bench_model_only_runs_one_precision_and_lists_the_plan_and_its_kernels() {
+    let j = bench_model_only("models/neu_classify.toml", "f32", "2");
     let results = j["results"].as_object().unwrap();
     assert_eq!(results.keys().collect::<Vec<_>>(), ["f32"]);
     let r = &results["f32"];
@@ -201,19 +206,7 @@ fn bench_model_only_runs_one_precision_and_lists_the_plan_and_its_kernels() {
 
 #[test]
 fn bench_model_only_counts_the_warm_up_run_apart_and_none_after_it() {
-    let out = ferroscope(&[
-        "bench",
-        "--model",
-        "models/neu_segment.toml",
-        "--model-only",
-        "--precision",
-        "int8",
-        "--passes",
-        "4",
-        "--json",
-    ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let j = bench_model_only("models/neu_segment.toml", "int8", "4");
     let r = &j["results"]["int8"];
     assert_eq!(r["runs"], 4);
     // the first run sizes tract's and the integer operator's buffers; the three after it are
@@ -222,19 +215,7 @@ fn bench_model_only_counts_the_warm_up_run_apart_and_none_after_it() {
     assert_eq!(r["allocations_per_run_tract"].as_f64(), Some(0.0), "{r}");
     assert_eq!(r["allocations_per_run_ours"].as_f64(), Some(0.0), "{r}");
     // one run is all warm-up: no steady-state figure to give
-    let out = ferroscope(&[
-        "bench",
-        "--model",
-        "models/neu_segment.toml",
-        "--model-only",
-        "--precision",
-        "int8",
-        "--passes",
-        "1",
-        "--json",
-    ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let j = bench_model_only("models/neu_segment.toml", "int8", "1");
     assert!(j["results"]["int8"]["allocations_per_run_tract"].is_null(), "{j}");
 }
 
