@@ -214,9 +214,15 @@ fn bench_model_only_counts_the_warm_up_run_apart_and_none_after_it() {
     assert!(r["allocations_first_run_tract"].is_u64(), "{r}");
     assert_eq!(r["allocations_per_run_tract"].as_f64(), Some(0.0), "{r}");
     assert_eq!(r["allocations_per_run_ours"].as_f64(), Some(0.0), "{r}");
-    // one run is all warm-up: no steady-state figure to give
+    // the time likewise: the median is of the three runs after the first
+    assert_eq!(r["inference"]["timed_runs"], 3, "{r}");
+    assert!(r["inference"]["first_run_ms"].as_f64().unwrap() > 0.0, "{r}");
+    // one run is all warm-up: no steady-state figure to give, and its time is the only one
     let j = bench_model_only("models/neu_segment.toml", "int8", "1");
-    assert!(j["results"]["int8"]["allocations_per_run_tract"].is_null(), "{j}");
+    let r = &j["results"]["int8"];
+    assert!(r["allocations_per_run_tract"].is_null(), "{j}");
+    assert_eq!(r["inference"]["timed_runs"], 1, "{r}");
+    assert_eq!(r["inference"]["median_ms"], r["inference"]["first_run_ms"], "{r}");
 }
 
 #[test]

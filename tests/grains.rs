@@ -336,6 +336,12 @@ fn a_grains_manifest_is_checked_with_field_names() {
     assert!(e.to_string().contains("[grains]"), "{e}");
     let e = parse_manifest(&MANIFEST.replace("cell = 2\n", ""), p).unwrap_err();
     assert!(e.to_string().contains("cell"), "{e}");
+    // one run a tile unless the manifest says otherwise; 1, 2, 4 or 8 of the square's symmetries
+    assert_eq!(m.tiled.as_ref().unwrap().symmetries, 1);
+    let (m, _) = parse_manifest(&MANIFEST.replace("cell = 2\n", "cell = 2\nsymmetries = 8\n"), p).unwrap();
+    assert_eq!(m.tiled.as_ref().unwrap().symmetries, 8);
+    let e = parse_manifest(&MANIFEST.replace("cell = 2\n", "cell = 2\nsymmetries = 3\n"), p).unwrap_err();
+    assert!(e.to_string().contains("grains.symmetries"), "{e}");
 }
 
 // ---------------------------------------------------------------- the shipped model

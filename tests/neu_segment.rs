@@ -1,13 +1,18 @@
 //! The NEU steel-strip U-Net through the segment tool: `eval segment` over class folders with
-//! masks, `infer` with regions in millimetres, and the station of
-//! `boards/host-sim-neu-segment.toml` deciding by region rules.
+//! masks, `infer` with regions in millimetres, the station of
+//! `boards/host-sim-neu-segment.toml` deciding by region rules, and the map averaged over the
+//! image's flips and quarter turns (`symmetries`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use ferroscope::alloc_count::CountingAlloc;
+use ferroscope::alloc_count::{CountingAlloc, Scope, Snapshot};
 use ferroscope::core::decision::Outcome;
+use ferroscope::core::frame::GrayFrame;
+use ferroscope::model::manifest::{Manifest, Precision};
+use ferroscope::sim::replay::decode_gray;
 use ferroscope::station::{self, config::StationConfig};
+use ferroscope::tools::tiled::{symmetry_source, TiledMap};
 
 #[global_allocator]
 static ALLOC: CountingAlloc = CountingAlloc;
@@ -140,4 +145,76 @@ fn the_neu_segment_station_rejects_by_region_rules_and_allocates_nothing_per_fra
         s.allocations_ours_after_warmup, 0,
         "the segment frame path allocated in our code"
     );
+}
+
+/// The map of `px` (`n × n`) through the shipped int8 U-Net averaged over `symmetries`.
+fn map_of(tiled: &mut TiledMap, px: &[u8], n: usize) -> Vec<f32> {
+    tiled.run(&GrayFrame::new(px, n, n, n).unwrap()).unwrap();
+    tiled.prob().to_vec()
+}
+
+/// `px` (`n × n`) turned by the square's symmetry `k` (the layout `symmetry_source` defines).
+fn turned<T: Copy>(px: &[T], n: usize, k: usize) -> Vec<T> {
+    (0..n * n)
+        .map(|i| {
+            let (a, b) = symmetry_source(k, n, i / n, i % n);
+            px[a * n + b]
+        })
+        .collect()
+}
+
+#[test]
+fn a_map_averaged_over_the_eight_symmetries_turns_with_the_image_and_allocates_nothing_per_frame() {
+    let manifest = Manifest::load(&root().join("models/neu_segment.toml")).unwrap();
+    let mut tiled = TiledMap::from_manifest(manifest, Precision::Int8).unwrap();
+    assert_eq!(tiled.symmetries(), 1, "the shipped manifest runs each tile once");
+    let (w, h, px) = read_sample("tests/data/neu_samples/scratches");
+    assert_eq!((w, h), (200, 200));
+    let n = w;
+    // The 8 symmetries' pixels are all different images (the sample is not symmetric).
+    for k in 1..8 {
+        assert_ne!(turned(&px, n, k), px, "symmetry {k}");
+    }
+    // One run: the map of the image turned a quarter is not the map turned (the network
+    // alone is not invariant, so the check below could fail).
+    let plain = map_of(&mut tiled, &px, n);
+    let quarter = map_of(&mut tiled, &turned(&px, n, 5), n);
+    let diff1 = max_diff(&turned(&plain, n, 5), &quarter);
+    assert!(diff1 > 1e-3, "one run: {diff1}");
+    tiled.set_symmetries(8).unwrap();
+    let base = map_of(&mut tiled, &px, n);
+    for k in 1..8 {
+        let m = map_of(&mut tiled, &turned(&px, n, k), n);
+        let d = max_diff(&turned(&base, n, k), &m);
+        assert!(d < 1e-5, "symmetry {k}: the averaged map differs by {d}");
+    }
+    // Averaging changes the map (it is not the single run's).
+    assert!(max_diff(&base, &plain) > 1e-3);
+    // Eight runs a tile, still nothing allocated per frame in our code or tract's.
+    let before = Snapshot::take();
+    for _ in 0..3 {
+        map_of_in_place(&mut tiled, &px, n);
+    }
+    let after = Snapshot::take();
+    assert_eq!(after.since(&before, Scope::Ours), 0, "ours");
+    assert_eq!(after.since(&before, Scope::Tract), 0, "tract's");
+    assert!(tiled.set_symmetries(3).is_err());
+}
+
+fn map_of_in_place(tiled: &mut TiledMap, px: &[u8], n: usize) {
+    let out = tiled.run(&GrayFrame::new(px, n, n, n).unwrap()).unwrap();
+    assert_eq!((out.tiles, out.runs), (1, 8));
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+fn read_sample(dir: &str) -> (usize, usize, Vec<u8>) {
+    let mut files: Vec<_> = std::fs::read_dir(root().join(dir))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    decode_gray(&std::fs::read(&files[0]).unwrap()).unwrap()
 }

@@ -45,12 +45,13 @@ import random
 import subprocess
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageFilter
 
 import common
 
@@ -171,7 +172,18 @@ def tile_origins(length, tile=TILE, min_overlap=MIN_OVERLAP):
     return [i * (length - tile) // (n - 1) for i in range(n)]
 
 
-def sample_batch(train, n, rng):
+def etch_jitter(img, rng):
+    """`img` (uint8) as another etch or exposure might have left it: a gamma of 0.7-1.4, in half
+    the crops a Gaussian blur of sigma 0.3-1.2 px, and pixel noise of sigma 0-3 grey levels."""
+    f = (img.astype(np.float32) / 255.0) ** (0.7 + 0.7 * rng.random())
+    if rng.random() < 0.5:
+        blurred = Image.fromarray(np.uint8(np.clip(f * 255.0 + 0.5, 0, 255))).filter(ImageFilter.GaussianBlur(0.3 + 0.9 * rng.random()))
+        f = np.asarray(blurred, np.float32) / 255.0
+    noise = np.random.default_rng(rng.randrange(2**32)).normal(0.0, 3.0 * rng.random() / 255.0, f.shape)
+    return np.uint8(np.clip((f + noise) * 255.0 + 0.5, 0, 255))
+
+
+def sample_batch(train, n, rng, photometric=False):
     xs, ts = [], []
     for _ in range(n):
         it = train[rng.randrange(len(train))]
@@ -184,6 +196,8 @@ def sample_batch(train, n, rng):
         img, m = np.rot90(img, k), np.rot90(m, k)
         if rng.random() < 0.5:
             img, m = img[:, ::-1], m[:, ::-1]
+        if photometric:
+            img = etch_jitter(np.ascontiguousarray(img), rng)
         x = (img.astype(np.float32) / 255.0 - MEAN) / STD
         gain = 0.75 + 0.5 * rng.random()
         bias = (rng.random() - 0.5) * 0.3 / STD
@@ -222,7 +236,7 @@ def dice_at(maps, items, levels):
     return 2 * inter / np.maximum(total, 1)
 
 
-def train_model(width, fit, steps, batch, lr, seed, label=""):
+def train_model(width, fit, steps, batch, lr, seed, label="", photometric=False):
     """One network of `width` trained on the tiles `fit` for `steps` steps (5 % warm-up, then
     cosine to zero at the last step; the schedule is by steps only, so a run reproduces); the
     last step's weights are the result."""
@@ -237,7 +251,7 @@ def train_model(width, fit, steps, batch, lr, seed, label=""):
         for g in opt.param_groups:
             g["lr"] = rate
         model.train()
-        x, t = sample_batch(fit, batch, rng)
+        x, t = sample_batch(fit, batch, rng, photometric)
         logits = model(x)
         p = torch.sigmoid(logits)
         bce = F.binary_cross_entropy_with_logits(logits, t)
@@ -309,6 +323,11 @@ def main():
                     help="the binary whose `eval grains` chooses the analysis settings")
     ap.add_argument("--fold-dir", help="keep the cross-validation models here (default: a new temporary folder); "
                     "a fold whose model is already there, for the same width, steps, seed and micrographs, is not trained again")
+    ap.add_argument("--photometric", action="store_true",
+                    help="also jitter each training crop's etch and exposure (gamma, blur, noise: etch_jitter); not the shipped design")
+    ap.add_argument("--symmetries", type=int, default=1, choices=(1, 2, 4, 8),
+                    help="the map of each model tile averaged over this many flips and quarter turns (the manifest's "
+                         "`symmetries`, `eval grains --symmetries`); the shipped design runs each tile once")
     ap.add_argument("--cv-only", action="store_true",
                     help="cross-validate this width and schedule and write its record; train and ship nothing")
     ap.add_argument("--ship-only", action="store_true",
@@ -334,16 +353,19 @@ def main():
         model = UNet(tuple(saved["width"]))
         model.load_state_dict(torch.load(ckpt))
         args.width, args.steps, args.folds = tuple(saved["width"]), saved["steps"], saved["folds"]
+        args.photometric, args.symmetries = saved.get("photometric", False), saved.get("symmetries", 1)
         return ship(model.eval(), train, held, saved["settings"], args)
     record = cross_validate(train, args)
     if args.cv_only:
         return
     print(f"refit on all {len(train)} training tiles, {args.steps} steps", flush=True)
-    model = train_model(args.width, train, args.steps, args.batch, args.lr, args.seed, "refit ")
+    model = train_model(args.width, train, args.steps, args.batch, args.lr, args.seed, "refit ", args.photometric)
     torch.save(model.state_dict(), ckpt)
     with open(ckpt + ".json", "w") as fh:
         json.dump({"width": list(args.width), "steps": args.steps, "folds": args.folds, "seed": args.seed,
-                   "settings": record["chosen"]}, fh)
+                   "settings": record["chosen"],
+                   **({"photometric": True} if args.photometric else {}),
+                   **({"symmetries": args.symmetries} if args.symmetries != 1 else {})}, fh)
     ship(model, train, held, record["chosen"], args)
 
 
@@ -360,6 +382,8 @@ def cross_validate(train, args):
         d = os.path.join(tmp, f"fold{k}")
         manifest = os.path.join(d, "grains_316l.toml")
         what = {"width": list(args.width), "steps": args.steps, "batch": args.batch, "lr": args.lr, "seed": args.seed, "fold": fold}
+        if args.photometric:
+            what["photometric"] = True
         stamp = os.path.join(d, "trained.json")
         runs.append((manifest, test))
         if os.path.exists(stamp) and os.path.exists(manifest):
@@ -368,18 +392,20 @@ def cross_validate(train, args):
                     print(f"fold {k}: {', '.join(fold)}: the model in {d}", flush=True)
                     continue
         print(f"fold {k}: {', '.join(fold)} ({len(test)} tiles) held back, {len(fit)} tiles trained on", flush=True)
-        model = train_model(args.width, fit, args.steps, args.batch, args.lr, args.seed, f"fold {k} ")
+        model = train_model(args.width, fit, args.steps, args.batch, args.lr, args.seed, f"fold {k} ", args.photometric)
         os.makedirs(d, exist_ok=True)
         int8_path, f32_path = export(model, d, fit, args.seed)
         write_manifest(manifest, START, fit, test, fold, int8_path, f32_path, args)
         with open(stamp, "w") as fh:
             json.dump(what, fh)
     best, tried = tune(runs, args)
-    name = f"grains_316l.cv-{'-'.join(map(str, args.width))}-{args.steps}.json"
+    name = f"grains_316l.cv-{'-'.join(map(str, args.width))}-{args.steps}{design_suffix(args)}.json"
     record = {
         "rule": TUNING_RULE,
         "width": list(args.width),
         "steps": args.steps,
+        "photometric": args.photometric,
+        "symmetries": args.symmetries,
         "batch": args.batch,
         "seed": args.seed,
         "folds": folds,
@@ -391,6 +417,11 @@ def cross_validate(train, args):
     common.write_json(os.path.join(ROOT, "models", "training", name), record)
     print(f"cross-validation record models/training/{name}: chosen {best}, {record['at_chosen']}", flush=True)
     return record
+
+
+def design_suffix(args):
+    """What a cross-validation record's name adds for a design other than the default's."""
+    return ("-photometric" if args.photometric else "") + (f"-s{args.symmetries}" if args.symmetries != 1 else "")
 
 
 def ship(model, train, held, settings, args):
@@ -419,7 +450,8 @@ def eval_tiles(manifest, tiles, args, s):
     try:
         cmd = [args.ferroscope, "eval", "grains", "--model", manifest, "--data", args.data, "--list", listf,
                "--precision", "int8", "--threshold", str(s["pixel_threshold"]),
-               "--min-grain-um2", str(s["min_grain_um2"]), "--bridge-gap-um", str(s["bridge_gap_um"]), "--json"]
+               "--min-grain-um2", str(s["min_grain_um2"]), "--bridge-gap-um", str(s["bridge_gap_um"]),
+               "--symmetries", str(args.symmetries), "--json"]
         run = subprocess.run(cmd, capture_output=True, text=True)
     finally:
         os.unlink(listf)
@@ -454,8 +486,10 @@ def score_cv(runs, args, s):
     """Out-of-fold figures of the settings s: mean |dG| over all tiles, the histogram correlation
     of the histograms pooled over all tiles, and per fold."""
     errors, mask, model, per_fold = [], 0, 0, []
-    for manifest, tiles in runs:
-        r = eval_tiles(manifest, tiles, args, s)
+    # the folds' evaluations are independent processes: as many at once as there are cores
+    with ThreadPoolExecutor(max_workers=min(len(runs), os.cpu_count() or 1)) as pool:
+        results = list(pool.map(lambda run: eval_tiles(run[0], run[1], args, s), runs))
+    for (manifest, tiles), r in zip(runs, results):
         errors += [p["g_abs_error"] for p in r["per_image"]]
         hm, hp = histogram(r["histogram_mask"]), histogram(r["histogram_model"])
         mask, model = mask + hm, model + hp
@@ -490,6 +524,13 @@ def tune(runs, args):
         if best == before:
             break
     return best, tried
+
+
+def symmetries_line(args):
+    """The manifest's `symmetries` line (none for one run a tile, the default)."""
+    if getattr(args, "symmetries", 1) == 1:
+        return ""
+    return f"# each model tile's map averaged over this many flips and quarter turns\nsymmetries = {args.symmetries}\n"
 
 
 def write_manifest(path, settings, train, held, held_micro, int8_path, f32_path, args):
@@ -533,7 +574,7 @@ um_per_px = {UM_PER_PX:.6f}
 min_grain_um2 = {settings["min_grain_um2"]}
 # boundary gaps in the model map up to this are closed
 bridge_gap_um = {settings["bridge_gap_um"]}
-
+{symmetries_line(args)}
 [quantisation]
 format = "onnx QDQ: int8 weights (per output channel, 7-bit range), uint8 activations (per-tensor) around each Conv+Relu; pooling, transposed convolutions and concatenation f32"
 calibration = "MinMax over 48 random training crops"

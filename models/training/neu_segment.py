@@ -66,7 +66,8 @@ on the validation split by the mean Dice per image at its best level (f32):
   3. refit: the same variant, network and schedule trained again from the same seed on the
      whole pool (validation included) to the chosen step, and shipped (--no-refit ships the
      selection checkpoint as it is, as 1.0.0 and 1.1.0 were). --train-only runs stage 2 alone
-     and --refit CHECKPOINT stage 3 from its checkpoint.
+     and --refit CHECKPOINT stage 3 from its checkpoint. --export-selection DIR exports a
+     checkpoint's selection network with a manifest, for `ferroscope eval segment` on validation.
 The validation metrics of the selection checkpoint's int8 and f32 ONNX files (onnxruntime, one
 thread) go to the metrics file. The network (--arch) and the long schedule's defaults (8000
 steps of 32 crops of 128, lr 0.003) were chosen on the validation split: 1.1.0's sweep of 11
@@ -635,6 +636,11 @@ def main():
                     help="what the graph's `mask` output is: sigmoid(logit) (every segment manifest's "
                          "`activation = \"sigmoid\"`) or the logit itself")
     ap.add_argument("--ship-only", action="store_true", help="export + quantise the saved checkpoint, no training")
+    ap.add_argument("--export-selection", metavar="DIR",
+                    help="no training: export the --checkpoint's selection network (trained on the pool minus "
+                         "validation; the checkpoint's own network if it has none) to DIR as int8 and f32 files with "
+                         "a copy of the shipped manifest naming them, so that `ferroscope eval segment` measures it "
+                         "on the validation list")
     ap.add_argument("--checkpoint", default=os.path.join(ROOT, "models", "training", f"{STEM}.pt"),
                     help="the checkpoint written by training and read by --ship-only")
     ap.add_argument("--device", default="cpu", help="torch device for training (cpu, cuda)")
@@ -662,6 +668,8 @@ def main():
     fit, val = split_groups(pool, args.seed + 1, args.validation_fraction)
     check_disjoint(fit, val, held)
     log(f"{len(items)} masked images: pool {len(pool)} (fit {len(fit)}, validation {len(val)}), held-out {len(held)}")
+    if args.export_selection:
+        return export_selection(args, fit, log)
     saved = None
     if args.refit or args.ship_only:  # the network and schedule are the checkpoint's
         saved = torch.load(args.refit or args.checkpoint, map_location="cpu")
@@ -745,6 +753,37 @@ def use_selection(args, sel):
             setattr(args, key, sel[key])
     if "teacher" in sel:  # recorded relative to the repository root
         args.teacher = os.path.join(ROOT, sel["teacher"])
+
+
+def export_selection(args, fit, log):
+    """--export-selection: the checkpoint's selection network as DIR/neu_segment.onnx (int8, the
+    recipe's quantisation) and .f32.onnx, with the shipped manifest's copy naming them and the
+    two lists beside it."""
+    import re
+    import shutil
+
+    saved = torch.load(args.checkpoint, map_location="cpu")
+    use_selection(args, saved["selection"])
+    net = UNet(arch=args.arch)
+    net.load_state_dict(saved.get("chooser_state_dict", saved["state_dict"]))
+    out = args.export_selection
+    os.makedirs(out, exist_ok=True)
+    f32_path, int8_path = os.path.join(out, f"{STEM}.f32.onnx"), os.path.join(out, f"{STEM}.onnx")
+    export(net, f32_path, int8_path, fit, args)
+    models = os.path.join(ROOT, "models")
+    with open(os.path.join(models, f"{STEM}.toml")) as fh:
+        text = fh.read()
+    text = re.sub(r'^sha256 = ".*"$', f'sha256 = "{common.sha256_file(int8_path)}"', text, count=1, flags=re.M)
+    text = re.sub(r'^f32_sha256 = ".*"$', f'f32_sha256 = "{common.sha256_file(f32_path)}"', text, count=1, flags=re.M)
+    text = text.replace("[model]\n", "# The selection network of the checkpoint (never trained on the validation images),\n"
+                        "# exported by neu_segment.py --export-selection; not a shipped model.\n[model]\n", 1)
+    with open(os.path.join(out, f"{STEM}.toml"), "w") as fh:
+        fh.write(text)
+    for lst in (f"{STEM}.heldout.txt", f"{STEM}.validation.txt"):
+        shutil.copy(os.path.join(models, lst), out)
+    log(f"wrote {out}/{STEM}.toml; measure it on validation with: target/release/ferroscope eval segment --model "
+        f"{out}/{STEM}.toml --data ../shared/datasets/neu_cls --masks ../shared/datasets/neu_cls_masks "
+        f"--list models/{STEM}.validation.txt [--symmetries N] --json")
 
 
 def refit_and_ship(saved, fit, val, held, args, log, t_start):

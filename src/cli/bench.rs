@@ -40,7 +40,9 @@ pub struct BenchArgs {
     #[arg(long, value_enum)]
     pub precision: Option<PrecisionArg>,
     /// The model alone: `passes` runs of tract's plan on one fixed input (no decode,
-    /// preprocessing or decision), and the optimised plan with the kernels it runs.
+    /// preprocessing or decision), and the optimised plan with the kernels it runs. The first
+    /// run is the warm-up: its time and allocations are given apart, the medians and per-run
+    /// figures are those of the runs after it.
     #[arg(long, conflicts_with = "images")]
     pub model_only: bool,
     /// With --model-only: as many runs again, each plan node timed, and the time by operator
@@ -417,6 +419,13 @@ fn bench_model_only(
         }
         // per run after the first; none when there was only the first
         let steady = |n: u64| (passes > 1).then(|| n as f64 / (passes - 1) as f64);
+        // The time, likewise, of the runs after the first (the first alone with --passes 1).
+        let first_ms = times[0];
+        let steady_times = if times.len() > 1 {
+            &mut times[1..]
+        } else {
+            &mut times[..]
+        };
         // Time by operator: as many runs again, each node timed (the clock read around every
         // node costs a little; the shares are the figure).
         let mut per_node = Vec::new();
@@ -491,7 +500,8 @@ fn bench_model_only(
             json!({
                 "file": file.display().to_string(),
                 "runs": passes,
-                "inference": {"median_ms": median(&mut times), "p99_ms": percentile(&mut times, 99.0)},
+                "inference": {"median_ms": median(steady_times), "p99_ms": percentile(steady_times, 99.0),
+                              "timed_runs": steady_times.len(), "first_run_ms": first_ms},
                 "allocations_first_run_tract": first_run_tract,
                 "allocations_per_run_tract": steady(allocs_tract),
                 "allocations_per_run_ours": steady(allocs_ours),
@@ -516,9 +526,11 @@ fn bench_model_only(
     for (p, r) in &results {
         println!("\n[{p}] {}", r["file"].as_str().unwrap_or(""));
         println!(
-            "  inference   median {:>8.3} ms   p99 {:>8.3} ms",
+            "  inference   median {:>8.3} ms   p99 {:>8.3} ms   over {} runs (the first run: {:.3} ms)",
             r["inference"]["median_ms"].as_f64().unwrap_or(0.0),
-            r["inference"]["p99_ms"].as_f64().unwrap_or(0.0)
+            r["inference"]["p99_ms"].as_f64().unwrap_or(0.0),
+            r["inference"]["timed_runs"],
+            r["inference"]["first_run_ms"].as_f64().unwrap_or(0.0)
         );
         println!(
             "  allocations per run after the first: tract {} (and {} served by the pool); the first run: {}",

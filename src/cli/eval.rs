@@ -80,6 +80,10 @@ pub struct MapEvalArgs {
     /// Which model file of the manifest to run.
     #[arg(long, value_enum, default_value = "int8")]
     pub precision: PrecisionArg,
+    /// Average each tile's map over this many flips and quarter turns (1, 2, 4 or 8) instead
+    /// of the manifest's `symmetries`.
+    #[arg(long, value_parser = super::parse_symmetries)]
+    pub symmetries: Option<usize>,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,

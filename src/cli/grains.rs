@@ -76,6 +76,10 @@ pub struct Tuning {
     /// Close boundary gaps up to this (µm) in the model map; masks are taken as drawn.
     #[arg(long)]
     bridge_gap_um: Option<f64>,
+    /// Average each model tile's map over this many flips and quarter turns (1, 2, 4 or 8)
+    /// instead of the manifest's `symmetries`.
+    #[arg(long, value_parser = super::parse_symmetries)]
+    symmetries: Option<usize>,
 }
 
 /// `ferroscope eval grains`.
@@ -221,6 +225,9 @@ pub fn grains(a: GrainsArgs) -> Result<ExitCode> {
             bail!("give --model M IMAGE, or --boundaries MASK.png");
         };
         let mut gm = GrainModel::load(model, Precision::from(a.precision))?;
+        if let Some(n) = a.tuning.symmetries {
+            gm.set_symmetries(n)?;
+        }
         let um = a.um_per_px.unwrap_or(gm.section().um_per_px);
         let (w, h, px) = read_gray(image)?;
         let frame = GrayFrame::new(&px, w, h, w).map_err(|e| anyhow::anyhow!("{}: {e:?}", image.display()))?;
@@ -330,6 +337,9 @@ pub fn eval(a: EvalGrainsArgs) -> Result<ExitCode> {
     let precision = Precision::from(a.precision);
     let pending = a.heldout.prepare(&a.model, precision, a.list.as_deref())?;
     let mut gm = GrainModel::load(&a.model, precision)?;
+    if let Some(n) = a.tuning.symmetries {
+        gm.set_symmetries(n)?;
+    }
     let um = a.um_per_px.unwrap_or(gm.section().um_per_px);
     let params = tuned(gm.section().params(um), &a.tuning, um);
     let mut ref_params = AnalysisParams::for_scale(um);
@@ -414,7 +424,7 @@ pub fn eval(a: EvalGrainsArgs) -> Result<ExitCode> {
     let m = gm.manifest();
     let j = json!({
         "model": m.model.name, "version": m.model.version, "precision_kind": precision.name(),
-        "images": rows.len(), "um_per_px": um, "pixel_threshold": level,
+        "images": rows.len(), "um_per_px": um, "pixel_threshold": level, "symmetries": gm.symmetries(),
         "min_grain_px": params.min_grain_px, "bridge_gap_px": params.bridge_gap_px,
         "histogram_correlation": pooled["histogram_correlation"],
         "chi_square": pooled["chi_square"],

@@ -67,6 +67,15 @@ pub fn action_name(a: Action) -> &'static str {
     }
 }
 
+/// `--symmetries`: 1, 2, 4 or 8.
+pub fn parse_symmetries(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if ferroscope::model::manifest::SYMMETRIES.contains(&n) => Ok(n),
+        _ => Err(format!("{s}: allowed 1, 2, 4 or 8")),
+    }
+}
+
+/// Read an image file as 8-bit gray: (width, height, pixels).
 pub fn read_gray(path: &Path) -> Result<(usize, usize, Vec<u8>)> {
     let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read image", path.display()))?;
     decode_gray(&bytes).map_err(|e| anyhow::anyhow!("{}: not a decodable image: {e}", path.display()))

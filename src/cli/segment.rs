@@ -109,8 +109,18 @@ enum MapTool {
 
 impl MapTool {
     /// Load the manifest at `path`; `want` (`segment` or `anomaly`) when the command needs one.
-    fn load(path: &Path, precision: Precision, rules: SegmentRules, want: Option<&str>) -> Result<MapTool> {
-        let manifest = Manifest::load(path)?;
+    /// `symmetries` replaces the manifest's.
+    fn load(
+        path: &Path,
+        precision: Precision,
+        rules: SegmentRules,
+        want: Option<&str>,
+        symmetries: Option<usize>,
+    ) -> Result<MapTool> {
+        let mut manifest = Manifest::load(path)?;
+        if let (Some(n), Some(t)) = (symmetries, manifest.tiled.as_mut()) {
+            t.symmetries = n;
+        }
         if let Some(want) = want {
             if manifest.model.tool != want {
                 bail!(
@@ -186,7 +196,7 @@ pub fn infer(
     overlay: Option<&Path>,
     rules: SegmentRules,
 ) -> Result<ExitCode> {
-    let mut seg = MapTool::load(model, precision, rules, None)?;
+    let mut seg = MapTool::load(model, precision, rules, None, None)?;
     let section = seg.manifest().tiled.clone().expect("tiled manifest");
     let what = if seg.is_anomaly() { "anomaly score" } else { "score" };
     let calibrated = rules.mm_per_px.is_some();
@@ -608,7 +618,7 @@ pub fn eval(tool: &str, a: &MapEvalArgs) -> Result<ExitCode> {
     let (model, data, masks, list, json) = (&a.model, &a.data, a.masks.as_deref(), a.list.as_deref(), a.json);
     let precision: Precision = a.precision.into();
     let pending = a.heldout.prepare(model, precision, list)?;
-    let mut seg = MapTool::load(model, precision, SegmentRules::default(), Some(tool))?;
+    let mut seg = MapTool::load(model, precision, SegmentRules::default(), Some(tool), a.symmetries)?;
     let section = seg.manifest().tiled.clone().expect("tiled manifest");
     let (items, skipped) = match masks {
         Some(masks) => gather_class_masked(data, masks, list)?,
@@ -666,6 +676,7 @@ pub fn eval(tool: &str, a: &MapEvalArgs) -> Result<ExitCode> {
     j["precision_kind"] = json!(precision.name());
     j["decision_threshold"] = json!(section.decision_threshold);
     j["pixel_threshold"] = json!(section.pixel_threshold);
+    j["symmetries"] = json!(section.symmetries);
     j["errors"] = json!(errors);
     if masks.is_some() {
         j["skipped_classes"] = json!(skipped);

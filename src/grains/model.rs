@@ -97,7 +97,14 @@ pub fn parse_manifest(text: &str, path: &Path) -> Result<(Manifest, GrainsSectio
     }
     // The tiling is a segment model's: check it with the shared rules.
     let mut seg = toml::Table::new();
-    for key in ["tile", "min_overlap", "cell", "pixel_threshold", "threshold_rule"] {
+    for key in [
+        "tile",
+        "min_overlap",
+        "cell",
+        "pixel_threshold",
+        "threshold_rule",
+        "symmetries",
+    ] {
         if let Some(v) = g.get(key) {
             seg.insert(key.into(), v.clone());
         }
@@ -175,6 +182,17 @@ impl GrainModel {
     /// The manifest.
     pub fn manifest(&self) -> &Manifest {
         self.map.manifest()
+    }
+
+    /// Flips and quarter turns each model tile's map is averaged over.
+    pub fn symmetries(&self) -> usize {
+        self.map.symmetries()
+    }
+
+    /// Average each model tile's map over `n` flips and quarter turns (1, 2, 4 or 8) instead
+    /// of the manifest's `symmetries`.
+    pub fn set_symmetries(&mut self, n: usize) -> Result<()> {
+        self.map.set_symmetries(n)
     }
 
     /// `[grains]`.

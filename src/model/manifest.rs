@@ -102,7 +102,20 @@ pub struct TiledSection {
     /// frame pixels (0: the decision output, if any).
     #[serde(default)]
     pub score_blur_px: usize,
+    /// The map of each tile is the mean of the model's maps over this many of the tile's
+    /// flips and quarter turns, each turned back (1: the tile as it is; 2: and mirrored
+    /// left–right; 4: and upside down, and both; 8: and the four transposed). The model runs
+    /// this many times a tile.
+    #[serde(default = "one")]
+    pub symmetries: usize,
 }
+
+fn one() -> usize {
+    1
+}
+
+/// Allowed values of `symmetries` (the first 1, 2, 4 or all 8 of the square's symmetries).
+pub const SYMMETRIES: [usize; 4] = [1, 2, 4, 8];
 
 #[derive(Debug, Deserialize)]
 struct Raw {
@@ -171,6 +184,12 @@ impl Manifest {
                 bail!(
                     "{p}: `[{tool}]`: fields `tile` ({}), `cell` ({}) and `min_overlap` ({}) need tile > 0, tile a multiple of cell, min_overlap < tile",
                     t.tile, t.cell, t.min_overlap
+                );
+            }
+            if !SYMMETRIES.contains(&t.symmetries) {
+                bail!(
+                    "{p}: field `{tool}.symmetries` is {}; allowed 1, 2, 4 or 8",
+                    t.symmetries
                 );
             }
             for (f, v) in [

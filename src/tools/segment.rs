@@ -225,6 +225,7 @@ impl Segmenter {
             map_max,
             tiles,
             inference_us,
+            ..
         } = self.map.run(frame)?;
         let map_us = t0.elapsed().as_micros() as u64;
         let (pixel_threshold, decision_threshold, blur_px) = {

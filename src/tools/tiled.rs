@@ -8,6 +8,11 @@
 //! full-resolution probability map; [`TiledMap::regions`] then labels and measures the
 //! connected regions above the pixel threshold.
 //!
+//! With `symmetries = n` in the manifest (or [`TiledMap::set_symmetries`]), each tile's map is
+//! the mean of the model's maps over the first `n` of the square's eight symmetries (see
+//! [`symmetry_source`]), each map turned back before it is added: the model runs `n` times a
+//! tile, and a map no longer depends on which way up the part lies.
+//!
 //! Buffers are sized by [`TiledMap::prepare`] for one frame size (warm-up); frames of that
 //! size then allocate nothing in our code. Tiles per axis are capped at [`MAX_TILES_PER_AXIS`].
 
@@ -55,6 +60,20 @@ pub fn reflect(i: i64, n: usize) -> usize {
     k as usize
 }
 
+/// Symmetry `k` (0..8) of an `n × n` square: the pixel `(y, x)` of the turned square is the
+/// pixel returned here of the original. Bit 0 mirrors left–right, bit 1 upside down, bit 2
+/// transposes first, so symmetries 0..2 are the identity and the mirror, 0..4 add the
+/// upside-down and the half turn, and 0..8 add the transpose, the two quarter turns and the
+/// anti-transpose. [`TiledMap`] turns a map back by writing each cell of the turned tile's
+/// map to the cell this function names (the map's cells are the tile's, `tile / cell` a side).
+#[inline]
+pub fn symmetry_source(k: usize, n: usize, y: usize, x: usize) -> (usize, usize) {
+    let (a, b) = if k & 4 != 0 { (x, y) } else { (y, x) };
+    let a = if k & 2 != 0 { n - 1 - a } else { a };
+    let b = if k & 1 != 0 { n - 1 - b } else { b };
+    (a, b)
+}
+
 /// What one frame gave.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct MapOutput {
@@ -64,7 +83,9 @@ pub struct MapOutput {
     pub map_max: f32,
     /// Tiles run.
     pub tiles: usize,
-    /// Time spent inside the model over all tiles, µs (the rest of [`TiledMap::run`] is
+    /// Model runs (tiles × symmetries).
+    pub runs: usize,
+    /// Time spent inside the model over all runs, µs (the rest of [`TiledMap::run`] is
     /// tile copying and stitching).
     pub inference_us: u64,
 }
@@ -79,10 +100,14 @@ pub struct TiledMap {
     map_at: usize,
     decision_at: Option<usize>,
     out: Vec<f32>,
+    /// One tile's map (and decision), summed over symmetries.
+    acc: Vec<f32>,
+    symmetries: usize,
     lut: [f32; 256],
     /// Per tile coordinate: (cell below, cell above, fraction).
     axis: Vec<(u32, u32, f32)>,
     xmap: Vec<u32>,
+    ymap: Vec<u32>,
     width: usize,
     height: usize,
     prob: Vec<f32>,
@@ -138,6 +163,8 @@ impl TiledMap {
             .collect();
         Ok(TiledMap {
             out: vec![0.0; engine.output_len()],
+            acc: vec![0.0; cells * cells + 1],
+            symmetries: section.symmetries,
             engine,
             cells,
             map_at,
@@ -145,6 +172,7 @@ impl TiledMap {
             lut,
             axis,
             xmap: vec![0; section.tile],
+            ymap: vec![0; section.tile],
             width: 0,
             height: 0,
             prob: Vec::new(),
@@ -171,6 +199,20 @@ impl TiledMap {
     /// Tiling and thresholds.
     pub fn section(&self) -> &TiledSection {
         &self.section
+    }
+
+    /// Symmetries each tile's map is averaged over (the manifest's `symmetries`).
+    pub fn symmetries(&self) -> usize {
+        self.symmetries
+    }
+
+    /// Average each tile's map over `n` symmetries instead of the manifest's (1, 2, 4 or 8).
+    pub fn set_symmetries(&mut self, n: usize) -> Result<()> {
+        if !crate::model::manifest::SYMMETRIES.contains(&n) {
+            bail!("symmetries {n}: allowed 1, 2, 4 or 8");
+        }
+        self.symmetries = n;
+        Ok(())
     }
 
     /// Size the buffers for `width × height` frames (allocates when the frame is larger than any
@@ -213,29 +255,61 @@ impl TiledMap {
         self.count.fill(0);
         let mut out = MapOutput::default();
         let mut decision = f32::MIN;
+        let cells = self.cells;
         for &oy in &ys {
             for &ox in &xs {
                 for (k, m) in self.xmap.iter_mut().enumerate() {
                     *m = reflect(ox + k as i64, w) as u32;
                 }
-                let input = self.engine.input_mut();
-                if input.len() != tile * tile {
-                    return Err(RunError::BadOutput("input buffer busy"));
+                for (k, m) in self.ymap.iter_mut().enumerate() {
+                    *m = reflect(oy + k as i64, h) as u32;
                 }
-                for ty in 0..tile {
-                    let row = frame.row(reflect(oy + ty as i64, h));
-                    let dst = &mut input[ty * tile..(ty + 1) * tile];
-                    for (d, &sx) in dst.iter_mut().zip(&self.xmap) {
-                        *d = self.lut[row[sx as usize] as usize];
+                self.acc.fill(0.0);
+                for sym in 0..self.symmetries {
+                    let input = self.engine.input_mut();
+                    if input.len() != tile * tile {
+                        return Err(RunError::BadOutput("input buffer busy"));
+                    }
+                    if sym == 0 {
+                        for ty in 0..tile {
+                            let row = frame.row(self.ymap[ty] as usize);
+                            let dst = &mut input[ty * tile..(ty + 1) * tile];
+                            for (d, &sx) in dst.iter_mut().zip(&self.xmap) {
+                                *d = self.lut[row[sx as usize] as usize];
+                            }
+                        }
+                    } else {
+                        for ty in 0..tile {
+                            for tx in 0..tile {
+                                let (a, b) = symmetry_source(sym, tile, ty, tx);
+                                let v = frame.row(self.ymap[a] as usize)[self.xmap[b] as usize];
+                                input[ty * tile + tx] = self.lut[v as usize];
+                            }
+                        }
+                    }
+                    let (engine, buf) = (&mut self.engine, &mut self.out);
+                    let t0 = std::time::Instant::now();
+                    scoped(Scope::Tract, || engine.run(buf))?;
+                    out.inference_us += t0.elapsed().as_micros() as u64;
+                    out.runs += 1;
+                    let map = &self.out[self.map_at..self.map_at + cells * cells];
+                    for i in 0..cells {
+                        for j in 0..cells {
+                            let (a, b) = symmetry_source(sym, cells, i, j);
+                            self.acc[a * cells + b] += map[i * cells + j];
+                        }
+                    }
+                    if let Some(d) = self.decision_at {
+                        self.acc[cells * cells] += self.out[d];
                     }
                 }
-                let (engine, buf) = (&mut self.engine, &mut self.out);
-                let t0 = std::time::Instant::now();
-                scoped(Scope::Tract, || engine.run(buf))?;
-                out.inference_us += t0.elapsed().as_micros() as u64;
+                let inv = 1.0 / self.symmetries as f32;
+                for v in self.acc.iter_mut() {
+                    *v *= inv;
+                }
                 out.tiles += 1;
-                if let Some(d) = self.decision_at {
-                    decision = decision.max(self.out[d]);
+                if self.decision_at.is_some() {
+                    decision = decision.max(self.acc[cells * cells]);
                 }
                 self.stitch(ox, oy);
             }
@@ -254,7 +328,7 @@ impl TiledMap {
         let (w, h) = (self.width as i64, self.height as i64);
         let tile = self.section.tile as i64;
         let cells = self.cells;
-        let map = &self.out[self.map_at..self.map_at + cells * cells];
+        let map = &self.acc[..cells * cells];
         let (x0, x1) = (ox.max(0), (ox + tile).min(w));
         let (y0, y1) = (oy.max(0), (oy + tile).min(h));
         for fy in y0..y1 {
