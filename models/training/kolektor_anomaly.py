@@ -226,11 +226,19 @@ def main():
     ap.add_argument("--members", type=int, default=MEMBERS,
                     help="networks trained from seeds seed, seed+1, ... whose maps are averaged (1: one network, as 3.0.0)")
     ap.add_argument("--ship-only", action="store_true", help="export + quantise the saved checkpoints, no training")
+    ap.add_argument("--write-drawn", metavar="DIR",
+                    help="no training: write the good validation frames and N copies of each with anomalies drawn by "
+                         "--drawn-seed to DIR/images and DIR/masks, the layout `ferroscope eval anomaly --data DIR` reads "
+                         "(the recipe's own validation set is --drawn-seed 1000 --drawn-per 2)")
+    ap.add_argument("--drawn-seed", type=int, default=7777)
+    ap.add_argument("--drawn-per", type=int, default=6, metavar="N")
     args = ap.parse_args()
     if args.members < 1:
         ap.error(f"--members {args.members}: at least one network")
     torch.set_num_threads(os.cpu_count() or 1)
     fit, val, held = splits(args)
+    if args.write_drawn:
+        return write_drawn(val, args)
     for it in fit:
         it["pimg"] = pad_width(it["img"])
     models, args.chosen_steps = [], []
@@ -245,6 +253,26 @@ def main():
         model.load_state_dict(torch.load(ckpt))
         models.append(model.eval())
     ship(models, fit, val, held, args)
+
+
+def write_drawn(val, args):
+    """--write-drawn: the good validation frames (`<name>_good.png`, an all-zero mask) and
+    --drawn-per copies of each with anomalies drawn (`<name>_a<k>.png`, the drawn lines' mask)."""
+    from PIL import Image as PILImage
+
+    out = args.write_drawn
+    for sub in ("images", "masks"):
+        os.makedirs(os.path.join(out, sub), exist_ok=True)
+    rng = np.random.default_rng(args.drawn_seed)
+    for it in val:
+        im = it["img"]
+        PILImage.fromarray(im).save(os.path.join(out, "images", f"{it['name']}_good.png"))
+        PILImage.fromarray(np.zeros_like(im)).save(os.path.join(out, "masks", f"{it['name']}_good.png"))
+        for k in range(args.drawn_per):
+            drawn, mask = draw_lines(im, rng)
+            PILImage.fromarray(drawn).save(os.path.join(out, "images", f"{it['name']}_a{k}.png"))
+            PILImage.fromarray(mask.astype(np.uint8) * 255).save(os.path.join(out, "masks", f"{it['name']}_a{k}.png"))
+    print(f"wrote {len(val)} good validation frames and {len(val) * args.drawn_per} with drawn anomalies to {out}", flush=True)
 
 
 def train(model, fit, val, args, ckpt, seed):
