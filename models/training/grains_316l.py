@@ -28,7 +28,10 @@ The analysis settings (pixel threshold, smallest grain, bridged gap) are chosen 
 figures by TUNING_RULE; the record, every setting tried with its figures per fold, is
 models/training/grains_316l.cv-<width>-<steps>.json. `--cv-only --width W --steps N` writes
 the record of another design to compare (the width and steps shipped, WIDTH and STEPS, are the
-design with the best record). Then one network trains on all training micrographs for the same
+design with the best record; --photometric, jittered etch and exposure, was measured this way
+and not kept, as was --symmetries 8, the map averaged over flips and quarter turns, at three
+settings on 1.2.0's fold networks).
+Then one network trains on all training micrographs for the same
 steps and ships, last step, with the chosen settings. The held-out tiles are read by nothing here.
 
 Writes models/grains_316l.onnx (int8), models/grains_316l.f32.onnx, the manifest
