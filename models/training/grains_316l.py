@@ -531,7 +531,7 @@ def tune(runs, args):
 
 def symmetries_line(args):
     """The manifest's `symmetries` line (none for one run a tile, the default)."""
-    if getattr(args, "symmetries", 1) == 1:
+    if args.symmetries == 1:
         return ""
     return f"# each model tile's map averaged over this many flips and quarter turns\nsymmetries = {args.symmetries}\n"
 

@@ -258,20 +258,18 @@ def main():
 def write_drawn(val, args):
     """--write-drawn: the good validation frames (`<name>_good.png`, an all-zero mask) and
     --drawn-per copies of each with anomalies drawn (`<name>_a<k>.png`, the drawn lines' mask)."""
-    from PIL import Image as PILImage
-
     out = args.write_drawn
     for sub in ("images", "masks"):
         os.makedirs(os.path.join(out, sub), exist_ok=True)
     rng = np.random.default_rng(args.drawn_seed)
     for it in val:
         im = it["img"]
-        PILImage.fromarray(im).save(os.path.join(out, "images", f"{it['name']}_good.png"))
-        PILImage.fromarray(np.zeros_like(im)).save(os.path.join(out, "masks", f"{it['name']}_good.png"))
+        Image.fromarray(im).save(os.path.join(out, "images", f"{it['name']}_good.png"))
+        Image.fromarray(np.zeros_like(im)).save(os.path.join(out, "masks", f"{it['name']}_good.png"))
         for k in range(args.drawn_per):
             drawn, mask = draw_lines(im, rng)
-            PILImage.fromarray(drawn).save(os.path.join(out, "images", f"{it['name']}_a{k}.png"))
-            PILImage.fromarray(mask.astype(np.uint8) * 255).save(os.path.join(out, "masks", f"{it['name']}_a{k}.png"))
+            Image.fromarray(drawn).save(os.path.join(out, "images", f"{it['name']}_a{k}.png"))
+            Image.fromarray(mask.astype(np.uint8) * 255).save(os.path.join(out, "masks", f"{it['name']}_a{k}.png"))
     print(f"wrote {len(val)} good validation frames and {len(val) * args.drawn_per} with drawn anomalies to {out}", flush=True)
 
 

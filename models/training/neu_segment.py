@@ -88,6 +88,8 @@ import hashlib
 import math
 import os
 import random
+import re
+import shutil
 import tempfile
 import time
 
@@ -759,9 +761,6 @@ def export_selection(args, fit, log):
     """--export-selection: the checkpoint's selection network as DIR/neu_segment.onnx (int8, the
     recipe's quantisation) and .f32.onnx, with the shipped manifest's copy naming them and the
     two lists beside it."""
-    import re
-    import shutil
-
     saved = torch.load(args.checkpoint, map_location="cpu")
     use_selection(args, saved["selection"])
     net = UNet(arch=args.arch)

@@ -102,7 +102,6 @@ pub struct TiledMap {
     out: Vec<f32>,
     /// One tile's map (and decision), summed over symmetries.
     acc: Vec<f32>,
-    symmetries: usize,
     lut: [f32; 256],
     /// Per tile coordinate: (cell below, cell above, fraction).
     axis: Vec<(u32, u32, f32)>,
@@ -164,7 +163,6 @@ impl TiledMap {
         Ok(TiledMap {
             out: vec![0.0; engine.output_len()],
             acc: vec![0.0; cells * cells + 1],
-            symmetries: section.symmetries,
             engine,
             cells,
             map_at,
@@ -201,17 +199,18 @@ impl TiledMap {
         &self.section
     }
 
-    /// Symmetries each tile's map is averaged over (the manifest's `symmetries`).
+    /// Symmetries each tile's map is averaged over (the section's `symmetries`).
     pub fn symmetries(&self) -> usize {
-        self.symmetries
+        self.section.symmetries
     }
 
-    /// Average each tile's map over `n` symmetries instead of the manifest's (1, 2, 4 or 8).
+    /// Average each tile's map over `n` symmetries instead of the manifest's (1, 2, 4 or 8);
+    /// [`TiledMap::section`] then says `n`.
     pub fn set_symmetries(&mut self, n: usize) -> Result<()> {
         if !crate::model::manifest::SYMMETRIES.contains(&n) {
             bail!("symmetries {n}: allowed 1, 2, 4 or 8");
         }
-        self.symmetries = n;
+        self.section.symmetries = n;
         Ok(())
     }
 
@@ -255,7 +254,7 @@ impl TiledMap {
         self.count.fill(0);
         let mut out = MapOutput::default();
         let mut decision = f32::MIN;
-        let cells = self.cells;
+        let (cells, symmetries) = (self.cells, self.section.symmetries);
         for &oy in &ys {
             for &ox in &xs {
                 for (k, m) in self.xmap.iter_mut().enumerate() {
@@ -265,7 +264,7 @@ impl TiledMap {
                     *m = reflect(oy + k as i64, h) as u32;
                 }
                 self.acc.fill(0.0);
-                for sym in 0..self.symmetries {
+                for sym in 0..symmetries {
                     let input = self.engine.input_mut();
                     if input.len() != tile * tile {
                         return Err(RunError::BadOutput("input buffer busy"));
@@ -303,7 +302,7 @@ impl TiledMap {
                         self.acc[cells * cells] += self.out[d];
                     }
                 }
-                let inv = 1.0 / self.symmetries as f32;
+                let inv = 1.0 / symmetries as f32;
                 for v in self.acc.iter_mut() {
                     *v *= inv;
                 }
