@@ -24,6 +24,12 @@ members scored as well as seed 0's network alone on 180 validation frames with d
 (f32 AUROC 0.9847 both) for three times the convolutions: not kept (kolektor_anomaly.ensemble.json;
 the default stays one network).
 
+--widths and --dilations give another network of the same kind (one 3x3 block per width, the
+second with stride 2; --checkpoint keeps its weights apart from the shipped ones). Five blocks of
+32, 64, 64, 64, 64 channels dilated 1, 1, 2, 4, 8 (5.5x the multiply-adds) were judged on the
+validation frames with drawn lines like the training ones and with faint ones (`--write-drawn DIR
+--drawn-faint`: one line of 15-150 px, 5-30 % deep) and not kept (kolektor_anomaly.width.json).
+
 Every choice without a defective image: the good validation frames (never trained on) and the
 same frames with anomalies drawn by another seed score the checkpoints (image AUROC, every 250
 steps from 40 % on; the best is shipped), choose the score's blur radius (2, 4, 8, 16 px, on the
@@ -68,6 +74,10 @@ LR = 2e-3
 EDGE_PX = 16  # frame columns on each side that are not scored (the rim and the tile padding)
 CALIB_TILES = 32  # good training tiles, and as many of the same tiles with drawn anomalies
 MEMBERS = 1  # networks whose maps are averaged
+# one 3x3 Conv+BN+ReLU block per width (the second with stride 2) and its dilation: a map cell
+# sees about 60 frame px of line with 3.0.0's four blocks
+WIDTHS = (16, 32, 32, 32)
+DILATIONS = (1, 1, 2, 4)
 VERSION = "3.0.0"
 
 
@@ -81,17 +91,18 @@ def block(cin, cout, stride=1, dilation=1):
 
 class LineNet(nn.Module):
     """[n, 1, h, w] normalised tile -> [n, 1, h/4, w/4] logits (forward) or sigmoid map
-    (the exported graph, with the unscored edge columns at 0)."""
+    (the exported graph, with the unscored edge columns at 0). One 3x3 Conv+BN+ReLU block per
+    width, the second with stride 2, each with its dilation; a 1x1 output."""
 
-    def __init__(self):
+    def __init__(self, widths=WIDTHS, dilations=DILATIONS):
         super().__init__()
-        self.net = nn.Sequential(
-            *block(1, 16),
-            *block(16, 32, stride=2),
-            *block(32, 32, dilation=2),
-            *block(32, 32, dilation=4),
-            nn.Conv2d(32, 1, 1),
-        )
+        if len(widths) != len(dilations) or len(widths) < 2:
+            raise ValueError(f"widths {widths} and dilations {dilations}: as many of each, at least two")
+        layers, cin = [], 1
+        for k, (w, d) in enumerate(zip(widths, dilations)):
+            layers += block(cin, w, stride=2 if k == 1 else 1, dilation=d)
+            cin = w
+        self.net = nn.Sequential(*layers, nn.Conv2d(cin, 1, 1))
 
     @staticmethod
     def normalise(x):
@@ -138,17 +149,25 @@ def fused(model):
 # ---------------------------------------------------------------- synthetic anomalies
 
 
-def draw_lines(img_u8, rng, n=None):
-    """`img_u8` with one to three line anomalies drawn in, and their mask (bool, same size)."""
+def draw_lines(img_u8, rng, n=None, faint=False):
+    """`img_u8` with one to three line anomalies drawn in, and their mask (bool, same size).
+
+    `faint`: one line, shorter and shallower than most the network is trained on (15-150 px,
+    sigma 0.6-2.0 px, 5-30 % deep), started inside the frame's scored middle (`--write-drawn
+    --drawn-faint`: a set on which candidates that all find the training-like lines differ)."""
     h, w = img_u8.shape
     img = img_u8.astype(np.float32)
     mask = np.zeros((h, w), bool)
-    for _ in range(n or int(rng.integers(1, 4))):
-        length = rng.uniform(20, 400)
-        sigma = rng.uniform(0.6, 2.5)
-        depth = rng.uniform(0.1, 0.6)
+    for _ in range(1 if faint else n or int(rng.integers(1, 4))):
+        if faint:
+            length, sigma, depth = rng.uniform(15, 150), rng.uniform(0.6, 2.0), rng.uniform(0.05, 0.3)
+        else:
+            length, sigma, depth = rng.uniform(20, 400), rng.uniform(0.6, 2.5), rng.uniform(0.1, 0.6)
         ang = rng.uniform(0, 2 * math.pi)
-        y, x = rng.uniform(0, h), rng.uniform(0, w)
+        if faint:
+            y, x = rng.uniform(0.1 * h, 0.9 * h), rng.uniform(0.15 * w, 0.85 * w)
+        else:
+            y, x = rng.uniform(0, h), rng.uniform(0, w)
         pts = [(x, y)]
         for _ in range(max(2, int(length / 4))):
             ang += rng.normal(0, 0.1)
@@ -232,9 +251,22 @@ def main():
                          "(the recipe's own validation set is --drawn-seed 1000 --drawn-per 2)")
     ap.add_argument("--drawn-seed", type=int, default=7777)
     ap.add_argument("--drawn-per", type=int, default=6, metavar="N")
+    ap.add_argument("--drawn-faint", action="store_true",
+                    help="with --write-drawn: one faint line a copy (draw_lines(faint=True))")
+    ap.add_argument("--widths", default=",".join(map(str, WIDTHS)),
+                    help="channels of the 3x3 blocks, comma-separated (the second has stride 2)")
+    ap.add_argument("--dilations", default=",".join(map(str, DILATIONS)), help="their dilations, as many")
+    ap.add_argument("--checkpoint", default=os.path.join(ROOT, "models", "training", f"{STEM}.pt"),
+                    help="the checkpoint training writes and --ship-only reads (member k > 0: the same name with .m<k>.pt)")
     args = ap.parse_args()
     if args.members < 1:
         ap.error(f"--members {args.members}: at least one network")
+    try:
+        args.widths = tuple(int(v) for v in args.widths.split(","))
+        args.dilations = tuple(int(v) for v in args.dilations.split(","))
+        LineNet(args.widths, args.dilations)
+    except ValueError as e:
+        ap.error(f"--widths {args.widths} --dilations {args.dilations}: {e}")
     torch.set_num_threads(os.cpu_count() or 1)
     fit, val, held = splits(args)
     if args.write_drawn:
@@ -245,9 +277,9 @@ def main():
     for k in range(args.members):
         # member k: its own initial weights and batches (seed + k); the split and the
         # validation anomalies stay those of --seed
-        ckpt = os.path.join(ROOT, "models", "training", f"{STEM}.pt" if k == 0 else f"{STEM}.m{k}.pt")
+        ckpt = args.checkpoint if k == 0 else f"{os.path.splitext(args.checkpoint)[0]}.m{k}.pt"
         torch.manual_seed(args.seed + k)
-        model = LineNet()
+        model = LineNet(args.widths, args.dilations)
         if not args.ship_only:
             args.chosen_steps.append(train(model, fit, val, args, ckpt, args.seed + k))
         model.load_state_dict(torch.load(ckpt))
@@ -267,7 +299,7 @@ def write_drawn(val, args):
         Image.fromarray(im).save(os.path.join(out, "images", f"{it['name']}_good.png"))
         Image.fromarray(np.zeros_like(im)).save(os.path.join(out, "masks", f"{it['name']}_good.png"))
         for k in range(args.drawn_per):
-            drawn, mask = draw_lines(im, rng)
+            drawn, mask = draw_lines(im, rng, faint=args.drawn_faint)
             Image.fromarray(drawn).save(os.path.join(out, "images", f"{it['name']}_a{k}.png"))
             Image.fromarray(mask.astype(np.uint8) * 255).save(os.path.join(out, "masks", f"{it['name']}_a{k}.png"))
     print(f"wrote {len(val)} good validation frames and {len(val) * args.drawn_per} with drawn anomalies to {out}", flush=True)
@@ -346,9 +378,11 @@ def ship(models, fit, val, held, args):
     write_lists(out, held, val)
     steps = getattr(args, "chosen_steps", None)
     members = len(models)
+    n_conv = {2: "two", 3: "three", 4: "four", 5: "five", 6: "six"}.get(len(args.widths), str(len(args.widths)))
     design = (
         "a small CNN learnt from good frames and synthetic anomalies only (lines of any orientation drawn on good tiles): "
-        "2x2 average, local contrast normalisation, four 3x3 convolutions (16, 32, 32, 32 channels, dilations 1, 1, 2, 4) "
+        f"2x2 average, local contrast normalisation, {n_conv} 3x3 convolutions "
+        f"({', '.join(map(str, args.widths))} channels, dilations {', '.join(map(str, args.dilations))}) "
         "and a 1x1 output; sigmoid map at 1/4 resolution; edge columns not scored"
     )
     chosen = ""
