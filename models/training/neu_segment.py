@@ -51,6 +51,11 @@ runs scored on validation and whose shipped network teaches the refit, its map a
 the eight flips and quarter turns) with 1.2.0 as the teacher (0.879 on validation averaged that
 way, 0.871 alone) scored 0.874 at best (step 8000) with an MAE of 0.0297, within the spread of
 neighbouring checkpoints: not kept (neu_segment.distil.json).
+--arch fullres adds two 3x3 Conv+ReLU of FULL (6) channels on the image at full resolution to the
+dilated network, joined to the last convolution's input (186 M multiply-adds). On 8000 x 32 it
+scored 0.8765 at step 8000 (0.8763 and an MAE of 0.0295 as int8 at 0.55, against 0.8705 and
+0.0306), the gain in scratches; its int8 file ran 1.25-1.98x the dilated one's time on one x86-64
+thread for 1.10x the multiply-adds: not refit yet (neu_segment.fullres.json).
 
 Training: batches of random 128x128 crops (the network is fully convolutional; crops cost 0.4 of
 a whole image) with the eight flips/quarter turns and, optionally, brightness/contrast jitter;
@@ -114,6 +119,7 @@ FEATURES = (7, 10)  # --arch features: the classifier backbone's modules up to 2
 # Conv+BN+ReLU) and to 13 pixels (one more)
 FEATURES_UP = 24  # channels its 13-pixel block is brought back to 25 pixels with
 FEATURES_LR = 0.1  # the classifier blocks' learning rate, a fraction of the rest's
+FULL = 6  # --arch fullres: channels of the two 3x3 Conv+ReLU on the image at 200 pixels
 LEVELS = [round(0.05 * k, 2) for k in range(1, 20)]  # pixel threshold candidates
 VERSION = "1.2.0"
 
@@ -127,19 +133,21 @@ def block(cin, cout, k=3, stride=1, dilation=1):
 class UNet(nn.Module):
     """`arch` "small": the 2x2 average, two plain 3x3 convolutions at 25 pixels (1.0.0, 1.1.0);
     "dilated": the image read by a 5x5 stride-2 convolution instead of the average, and the
-    25-pixel level's convolutions dilated 1, 2 and 4 (a map pixel sees about 145 pixels across, not 66)."""
+    25-pixel level's convolutions dilated 1, 2 and 4 (a map pixel sees about 145 pixels across, not 66);
+    "fullres": dilated, with two 3x3 Conv+ReLU of FULL channels on the image at full resolution
+    joined to the last convolution's input (spots a few pixels across seen at their own scale)."""
 
     def __init__(self, width=WIDTH, head=HEAD, arch="small"):
         super().__init__()
         c0, c1, c2 = width
         self.arch = arch
-        if arch not in ("small", "dilated", "deep", "features"):
+        if arch not in ("small", "dilated", "deep", "features", "fullres"):
             raise ValueError(f"unknown arch {arch}")
         if arch == "small":
             self.pool_in = nn.AvgPool2d(2)
             self.e0 = nn.Sequential(*block(1, c0), *block(c0, c0))
             mid = [*block(c1, c2), *block(c2, c2)]
-        elif arch in ("dilated", "deep", "features"):
+        elif arch in ("dilated", "deep", "features", "fullres"):
             self.pool_in = nn.Identity()
             self.e0 = nn.Sequential(*block(1, c0, k=5, stride=2), *block(c0, c0))
             mid = [*block(c1, c2), *block(c2, c2, dilation=2), *block(c2, c2, dilation=4)]
@@ -163,7 +171,11 @@ class UNet(nn.Module):
         self.u0 = nn.ConvTranspose2d(c1, c0, 2, stride=2)
         self.d0 = nn.Sequential(*block(2 * c0, c0))
         self.up = nn.ConvTranspose2d(c0, head, 2, stride=2)
-        self.out = nn.Conv2d(head + 1, 1, 3, padding=1)
+        full = 0
+        if arch == "fullres":
+            self.ef = nn.Sequential(*block(1, FULL), *block(FULL, FULL))
+            full = FULL
+        self.out = nn.Conv2d(head + full + 1, 1, 3, padding=1)
 
     def load_features(self, classifier_state):
         """Initialise the classifier blocks from a common.OneVsAll state_dict (neu_classify.pt's)."""
@@ -190,6 +202,8 @@ class UNet(nn.Module):
             m = self.df(torch.cat([m, b2, self.uf(b3)[:, :, : m.shape[2], : m.shape[3]]], 1))
         d1 = self.d1(torch.cat([self.u1(m), f1], 1))
         d0 = self.d0(torch.cat([self.u0(d1), f0], 1))
+        if self.arch == "fullres":
+            return self.out(torch.cat([self.up(d0), self.ef(x), x], 1))  # logits
         return self.out(torch.cat([self.up(d0), x], 1))  # logits
 
 
@@ -207,7 +221,7 @@ class Export(nn.Module):
 def fuse(model):
     """Fold every BatchNorm into its conv, so the int8 graph is Conv(+Relu) only."""
     m = copy.deepcopy(model).eval()
-    for name in ("e0", "e1", "mid", "deep", "d2", "f25", "f13", "df", "d1", "d0"):
+    for name in ("e0", "e1", "mid", "deep", "d2", "f25", "f13", "df", "d1", "d0", "ef"):
         if not hasattr(m, name):
             continue
         setattr(m, name, common.fuse_sequential(getattr(m, name)))
@@ -621,10 +635,11 @@ def main():
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--crop", type=int, default=128, help="training crop side, a multiple of 8 (200: whole images)")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--arch", choices=("small", "dilated", "deep", "features"), default="dilated",
+    ap.add_argument("--arch", choices=("small", "dilated", "deep", "features", "fullres"), default="dilated",
                     help="small: 1.1.0's network; dilated: a 5x5 stride-2 first convolution and dilations 1/2/4 at 25 pixels; "
                          "deep: dilated with a fourth level at 13 pixels; features: dilated with the NEU classifier's first "
-                         "three backbone blocks beside it")
+                         "three backbone blocks beside it; fullres: dilated with two convolutions on the image at full "
+                         "resolution joined to the last")
     ap.add_argument("--teacher", metavar="CHECKPOINT",
                     help="for the loss dice+kd: a refit checkpoint of this recipe whose maps, averaged over the eight "
                          "flips and quarter turns, teach the student (its selection network in runs scored on "
@@ -953,9 +968,12 @@ def ship(model, selection, fit, val, held, args, t_start, chooser=None):
                       f"of 24, 48 and 64 channels; initialised from {source} and trained on at a tenth of the rate), "
                       f"their 25-pixel output and their 13-pixel output brought back by a 2x2 transposed conv ({FEATURES_UP} "
                       f"channels) joined to the 25-pixel level by a 1x1 Conv+ReLU, ")
+    joined = "the input image"
+    if args.arch == "fullres":
+        joined = f"two 3x3 Conv+ReLU of {FULL} channels on the input image at 200x200 and the image itself"
     design = (
         front + f"two 2x2 max-pools, 2x2 transposed-conv decoder with skip connections and one 3x3 conv per level), then a 2x2 "
-        f"transposed conv back to 200x200 concatenated with the input image and a 3x3 conv to the defect map "
+        f"transposed conv back to 200x200 concatenated with {joined} and a 3x3 conv to the defect map "
         f"(sigmoid{' applied by the runtime' if args.output == 'logits' else ''}): {mmac:.0f} M multiply-adds per image."
     )
     rule = (
