@@ -54,7 +54,7 @@ neighbouring checkpoints: not kept (neu_segment.distil.json).
 --arch fullres adds two 3x3 Conv+ReLU of FULL (6) channels on the image at full resolution to the
 dilated network, joined to the last convolution's input (186 M multiply-adds). On 8000 x 32 it
 scored 0.8765 at step 8000 (0.8763 and an MAE of 0.0295 as int8 at 0.55, against 0.8705 and
-0.0306), the gain in scratches; its int8 file ran 1.25-1.98x the dilated one's time on one x86-64
+0.0306), the gain in scratches; its int8 file ran 1.27-1.38x the dilated one's time on one x86-64
 thread for 1.10x the multiply-adds: not refit yet (neu_segment.fullres.json).
 
 Training: batches of random 128x128 crops (the network is fully convolutional; crops cost 0.4 of
