@@ -78,6 +78,11 @@ MEMBERS = 1  # networks whose maps are averaged
 # sees about 60 frame px of line with 3.0.0's four blocks
 WIDTHS = (16, 32, 32, 32)
 DILATIONS = (1, 1, 2, 4)
+# drawn lines: ranges of length (px), Gaussian sigma (px), depth (fraction darker or brighter),
+# and where the line starts (fractions of the height and the width); the training anomalies
+LINE = ((20, 400), (0.6, 2.5), (0.1, 0.6), (0, 1), (0, 1))
+# and the faint ones of `--write-drawn --drawn-faint`: one line, started inside the scored middle
+FAINT_LINE = ((15, 150), (0.6, 2.0), (0.05, 0.3), (0.1, 0.9), (0.15, 0.85))
 VERSION = "3.0.0"
 
 
@@ -152,22 +157,17 @@ def fused(model):
 def draw_lines(img_u8, rng, n=None, faint=False):
     """`img_u8` with one to three line anomalies drawn in, and their mask (bool, same size).
 
-    `faint`: one line, shorter and shallower than most the network is trained on (15-150 px,
-    sigma 0.6-2.0 px, 5-30 % deep), started inside the frame's scored middle (`--write-drawn
-    --drawn-faint`: a set on which candidates that all find the training-like lines differ)."""
+    `faint`: one line of FAINT_LINE's ranges, shorter and shallower than most of the training
+    anomalies (LINE's) and started inside the scored middle (`--write-drawn --drawn-faint`: a set
+    on which candidates that all find the training-like lines differ)."""
     h, w = img_u8.shape
     img = img_u8.astype(np.float32)
     mask = np.zeros((h, w), bool)
+    lengths, sigmas, depths, ys, xs = FAINT_LINE if faint else LINE
     for _ in range(1 if faint else n or int(rng.integers(1, 4))):
-        if faint:
-            length, sigma, depth = rng.uniform(15, 150), rng.uniform(0.6, 2.0), rng.uniform(0.05, 0.3)
-        else:
-            length, sigma, depth = rng.uniform(20, 400), rng.uniform(0.6, 2.5), rng.uniform(0.1, 0.6)
+        length, sigma, depth = rng.uniform(*lengths), rng.uniform(*sigmas), rng.uniform(*depths)
         ang = rng.uniform(0, 2 * math.pi)
-        if faint:
-            y, x = rng.uniform(0.1 * h, 0.9 * h), rng.uniform(0.15 * w, 0.85 * w)
-        else:
-            y, x = rng.uniform(0, h), rng.uniform(0, w)
+        y, x = rng.uniform(ys[0] * h, ys[1] * h), rng.uniform(xs[0] * w, xs[1] * w)
         pts = [(x, y)]
         for _ in range(max(2, int(length / 4))):
             ang += rng.normal(0, 0.1)
