@@ -46,7 +46,8 @@ pub struct BenchArgs {
     #[arg(long, conflicts_with = "images")]
     pub model_only: bool,
     /// With --model-only: as many runs again, each plan node timed, and the time by operator
-    /// (`time_by_op`). Off by default, so the runs `--model-only` makes are exactly `passes`
+    /// (`time_by_op`) and by node (`time_by_node`: each timed node's name, operator, description
+    /// and time, the slowest first; the text output lists the ten slowest). Off by default, so the runs `--model-only` makes are exactly `passes`
     /// (the ARM cost meter differences them).
     #[arg(long, requires = "model_only")]
     pub by_operator: bool,
@@ -386,7 +387,7 @@ fn bench_model_only(
     json: bool,
     by_operator: bool,
 ) -> Result<ExitCode> {
-    use ferroscope::model::engine::Engine;
+    use ferroscope::model::engine::{Engine, PlanNode};
     let mut results = serde_json::Map::new();
     for p in bench_precisions(manifest, only)? {
         let file = manifest.model_path(p)?;
@@ -447,6 +448,17 @@ fn bench_model_only(
             }
         }
         let timed: f64 = by_op.iter().map(|e| e.1).sum();
+        // the same times node by node, the slowest first (a model's hot convolution by name)
+        let mut by_node: Vec<(&PlanNode, f64)> = nodes.iter().zip(&per_node).map(|(n, s)| (n, *s)).collect();
+        by_node.retain(|e| e.1 > 0.0 && e.0.op != "Const");
+        by_node.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let time_by_node: Vec<_> = by_node
+            .iter()
+            .map(|(n, secs)| {
+                json!({"node": n.name, "op": n.op, "info": n.info, "ms_per_run": secs * 1000.0 / passes as f64,
+                       "share": if timed > 0.0 { secs / timed } else { 0.0 }})
+            })
+            .collect();
         by_op.sort_by(|a, b| b.1.total_cmp(&a.1));
         let time_by_op: Vec<_> = by_op
             .iter()
@@ -508,6 +520,7 @@ fn bench_model_only(
                 "pool_hits_per_run_tract": steady(pool_hits),
                 "kernels": kernels,
                 "time_by_op": time_by_op,
+                "time_by_node": time_by_node,
                 "plan": plan,
             }),
         );
@@ -552,6 +565,18 @@ fn bench_model_only(
                 "    {:<24} {:>3} nodes {:>9.3} ms {:>5.1} %",
                 e["op"].as_str().unwrap_or(""),
                 e["nodes"],
+                e["ms_per_run"].as_f64().unwrap_or(0.0),
+                e["share"].as_f64().unwrap_or(0.0) * 100.0
+            );
+        }
+        if by_operator {
+            println!("  the ten slowest nodes (per run):");
+        }
+        for e in r["time_by_node"].as_array().into_iter().flatten().take(10) {
+            println!(
+                "    {:<40} {:<16} {:>9.3} ms {:>5.1} %",
+                e["node"].as_str().unwrap_or(""),
+                e["op"].as_str().unwrap_or(""),
                 e["ms_per_run"].as_f64().unwrap_or(0.0),
                 e["share"].as_f64().unwrap_or(0.0) * 100.0
             );

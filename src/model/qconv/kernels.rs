@@ -205,36 +205,41 @@ pub(super) mod x86 {
         }
     }
 
-    /// One tile of the plane kernel (one input channel per group, stride 1): `MV` output
-    /// channels × `P` registers of 16 consecutive output pixels of one row, the pixels in the
-    /// lanes. `quads` is the padded input plane as 4-byte windows (`quads[r·row + x]` = the
-    /// bytes at `x..x + 4` of padded row `r`), so a register of 16 pixels' next 4 taps is one
-    /// load; `w` holds, per kernel row and per 4 taps of it, `MV` i32 words of 4 weights.
+    /// One tile of the plane kernel (stride 1): `MV` output channels × `P` registers of 16
+    /// consecutive output pixels of one row, the pixels in the lanes. `quads` holds `planes`
+    /// planes of words `plane` words apart, each of padded rows of `row` words (the layout of
+    /// `QConv::plane_layout`): 4-byte windows of one input channel, `quads[r·row + x]` = the
+    /// bytes at `x..x + 4` of padded row `r`, read `tstep` = 4 pixels apart, or 4 channels at
+    /// each pixel, read 1 pixel apart; so a register of 16 pixels' next 4 products is one load.
+    /// `w` holds, per plane, kernel row and word of it (`kq` a row), `MV` i32 words of the
+    /// weights that meet that word's 4 bytes.
     ///
     /// # Safety
-    /// The CPU has AVX-512 F and VNNI; `quads` holds rows `r0..r0 + kh` of `row` words and every
-    /// load of 16 words from `x0 + 16·p + 4·kq` stays inside them; `w` holds `kh · kq4 · MV`
-    /// words.
+    /// The CPU has AVX-512 F and VNNI; `quads` holds, in each of the planes, rows `r0..r0 + kh`
+    /// of `row` words and every load of 16 words from `x0 + 16·p + tstep·q` (`q < kq`) stays
+    /// inside them; `w` holds `planes · kh · kq · MV` words.
     #[inline(always)]
     #[allow(clippy::needless_range_loop, clippy::too_many_arguments)] // registers indexed by constants
     pub unsafe fn plane_tile<const MV: usize, const P: usize>(
         quads: *const u32,
         row: usize,
+        (planes, plane, tstep): (usize, usize, usize),
         x0: usize,
         kh: usize,
-        kq4: usize,
+        kq: usize,
         w: *const i32,
         acc: &mut [[[i32; ZMM_CH]; P]; MV],
     ) {
         unsafe {
             let mut s = [[_mm512_setzero_si512(); P]; MV];
             let mut wk = w;
-            for ky in 0..kh {
-                let r = quads.add(ky * row + x0);
-                for kq in 0..kq4 {
+            for row_k in 0..planes * kh {
+                let (c, ky) = (row_k / kh, row_k % kh);
+                let r = quads.add(c * plane + ky * row + x0);
+                for q in 0..kq {
                     let mut v = [_mm512_setzero_si512(); P];
                     for (p, vp) in v.iter_mut().enumerate() {
-                        *vp = _mm512_loadu_si512(r.add(16 * p + 4 * kq) as *const _);
+                        *vp = _mm512_loadu_si512(r.add(16 * p + tstep * q) as *const _);
                     }
                     for j in 0..MV {
                         let wb = _mm512_set1_epi32(*wk.add(j));
@@ -314,27 +319,32 @@ pub(super) mod x86 {
     pub const YMM_PX: usize = 8;
 
     /// [`plane_tile`] on 256-bit registers, for x86-64 cores without AVX-512 VNNI: `MV` output
-    /// channels × `P` registers of [`YMM_PX`] consecutive output pixels of one row.
-    /// - With AVX-VNNI (`VEX`), `quads` holds 4-byte windows: each 4 taps of 8 pixels are one
-    ///   load and, per channel, one `vpdpbusd` against the channel's 4 weights broadcast.
-    /// - With AVX2 alone, `quads` holds windows of 2 pixels as 16-bit lanes: each 2 taps of 8
-    ///   pixels are one load and, per channel, one `vpmaddwd` against the channel's 2 weights
-    ///   as 16 bits, added in 32 (exact for every i8 weight: 255·128·2 fits; the byte form,
-    ///   `vpmaddubsw`, saturates past ±64 and filter banks use the whole range).
+    /// channels × `P` registers of [`YMM_PX`] consecutive output pixels of one row, over the
+    /// same planes of words.
+    /// - With AVX-VNNI (`VEX`), `quads` holds 4-byte words: each 4 taps (or channels) of 8
+    ///   pixels are one load and, per channel, one `vpdpbusd` against the channel's 4 weights
+    ///   broadcast.
+    /// - With AVX2 alone, `quads` holds words of 2 bytes as 16-bit lanes (2 taps or 2
+    ///   channels): each 2 of 8 pixels are one load and, per channel, one `vpmaddwd` against the
+    ///   channel's 2 weights as 16 bits, added in 32 (exact for every i8 weight: 255·128·2
+    ///   fits; the byte form, `vpmaddubsw`, saturates past ±64 and filter banks use the whole
+    ///   range).
     ///
     /// A tile is `MV · P` = 8 sums, kept in registers beside the `P` windows and the `MV`
     /// broadcast weights.
     ///
     /// # Safety
-    /// The CPU has AVX2 (and AVX-VNNI when `VEX`); `quads` holds rows `r0..r0 + kh` of `row`
-    /// words and every load of 8 words from `x0 + 8·p + s·kq` (`s` = 4 taps a word with `VEX`,
-    /// else 2) stays inside them; `w` holds `kh · kq · MV` words, `kq` the words of a kernel row.
+    /// The CPU has AVX2 (and AVX-VNNI when `VEX`); `quads` holds, in each of the planes, rows
+    /// `r0..r0 + kh` of `row` words and every load of 8 words from `x0 + 8·p + tstep·q`
+    /// (`q < kq`) stays inside them; `w` holds `planes · kh · kq · MV` words, `kq` the words
+    /// of a kernel row.
     #[inline]
     #[target_feature(enable = "avx2")]
     #[allow(clippy::too_many_arguments, clippy::erasing_op, clippy::identity_op)] // k / P, k % P spelt out
     pub unsafe fn plane_tile_ymm<const MV: usize, const P: usize, const VEX: bool>(
         quads: *const u32,
         row: usize,
+        (planes, plane, tstep): (usize, usize, usize),
         x0: usize,
         kh: usize,
         kq: usize,
@@ -342,7 +352,6 @@ pub(super) mod x86 {
         acc: &mut [[[i32; YMM_PX]; P]; MV],
     ) {
         const { assert!(MV * P == 8, "eight sums a tile") };
-        let step = if VEX { 4 } else { 2 };
         let dp = |acc: __m256i, v: __m256i, w: __m256i| {
             if VEX {
                 dpbusd_vex(acc, v, w)
@@ -356,12 +365,13 @@ pub(super) mod x86 {
             let z = _mm256_setzero_si256();
             let (mut s0, mut s1, mut s2, mut s3, mut s4, mut s5, mut s6, mut s7) = (z, z, z, z, z, z, z, z);
             let mut wk = w;
-            for ky in 0..kh {
-                let r = quads.add(ky * row + x0);
+            for row_k in 0..planes * kh {
+                let (c, ky) = (row_k / kh, row_k % kh);
+                let r = quads.add(c * plane + ky * row + x0);
                 for q in 0..kq {
                     let mut v = [z; P];
                     for (p, vp) in v.iter_mut().enumerate() {
-                        *vp = _mm256_loadu_si256(r.add(YMM_PX * p + step * q) as *const __m256i);
+                        *vp = _mm256_loadu_si256(r.add(YMM_PX * p + tstep * q) as *const __m256i);
                     }
                     let mut wb = [z; MV];
                     for (j, b) in wb.iter_mut().enumerate() {

@@ -23,10 +23,12 @@
 //!   fused ([`fused_on_this_cpu`]).
 //!   A portable kernel computes the same sums, for the tests and `FERROSCOPE_PORTABLE_KERNEL`.
 //! - **Pixels in the lanes where channels are few**: on the x86 kernels, a
-//!   convolution of one input channel per group at stride 1 with at most `PLANE_MAX_CH` (8) output
-//!   channels per group (filter banks, depthwise filters) runs on the plane kernel
-//!   (`QConv::run_plane`): 16 output pixels per register (8 on AVX2 and AVX-VNNI,
-//!   `QConv::run_plane_ymm`) over 4-byte windows of the padded plane, no im2col. On the aarch64
+//!   convolution at stride 1 with at most `PLANE_MAX_CH` (8) output channels per group from one
+//!   input channel per group (filter banks, depthwise filters), or from up to `PLANE_MAX_CG`
+//!   (16) over more than one tap (neu_segment's full-resolution convolutions), runs on the plane
+//!   kernel (`QConv::run_plane`): 16 output pixels per register (8 on AVX2 and AVX-VNNI,
+//!   `QConv::run_plane_ymm`) over 4-byte words of the padded planes, no im2col and no store
+//!   per pixel: windows of 4 taps of the one channel, or 4 channels of one pixel. On the aarch64
 //!   kernels a convolution at stride 1 of more than one tap with at most 4 output channels per
 //!   group (8 from one input channel) runs on the NEON plane kernel (`QConv::run_plane_arm`):
 //!   16 output pixels per register, one tap of every input plane after another, products in
@@ -87,6 +89,13 @@ const PLANE_MAX_CH: usize = 8;
 /// ([`QConv::run_plane_ymm`]): two passes of 8 over the same windows, so a model's first
 /// convolution (one input channel, 16 outputs) skips the im2col of its thin input.
 const PLANE_MAX_CH_YMM: usize = 16;
+/// Input channels per group at most for the x86 plane kernel when it reads several planes
+/// (with at most [`PLANE_MAX_CH`] output channels, one pass, and more than one tap): below one
+/// [`K_STEP`] of channels a pixel's im2col row is mostly one tap's few bytes and each tile
+/// requantises 4 pixels of at most 8 channels, so at full resolution the rows and stores, not
+/// the multiply-adds, took the time (neu_segment's last convolution, 9 → 1 over 3×3 at
+/// 200×200, a third of its inference on AVX2). Their windows are 4 bytes a pixel per plane.
+const PLANE_MAX_CG: usize = K_STEP;
 /// What one group of a plane-kernel convolution reads and where: the group's input planes,
 /// their size, the output size, the group and its output channels.
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
@@ -432,8 +441,9 @@ pub struct QConv {
     /// Output channels per tile of the plane kernel (1, 2, 4 or 8; 0: not used), see
     /// [`QConv::plane_weights`].
     plane_mv: usize,
-    /// The plane kernel's weights: per group, kernel row and 4 taps of it, `plane_mv` words of
-    /// 4 weights (taps past the row and channels past the group's zero).
+    /// The plane kernel's weights: per group, pass, input channel, kernel row and 4 taps of it
+    /// (2 on AVX2), `plane_mv` words of those taps' weights (taps past the row and channels past
+    /// the group's zero).
     w_plane: Vec<i32>,
     /// The aarch64 plane kernel adds the products of two taps in 16 bits (no channel weighs
     /// both taps of a pair −128), see [`QConv::arm_plane_weights`].
@@ -653,14 +663,14 @@ impl QConv {
         (mv, pairs, out)
     }
 
-    /// The plane kernel's tile width and weights for a convolution of one input channel per
-    /// group at stride 1 without dilation and at most `PLANE_MAX_CH` (8) output channels per group
-    /// (the anomaly model's filter banks: 17×17 taps 1 → 7, 21×21 taps depthwise over 7), on
-    /// the x86 kernels; `(0, [])` for any other. There the channels are too few to
-    /// fill a register and the taps too many for im2col: the plane kernel puts 16 output
-    /// pixels in a register instead (8 on 256 bits; see [`QConv::run_plane`] and
-    /// [`QConv::run_plane_ymm`]). A word holds 4 taps as bytes, or on AVX2 2 taps as 16-bit
-    /// lanes ([`QConv::plane_step`]).
+    /// The plane kernel's tile width and weights for a convolution [`QConv::plane_fits`] takes
+    /// (the anomaly model's filter banks: 17×17 taps 1 → 7, 21×21 taps depthwise over 7;
+    /// neu_segment's last convolution, 9 → 1 over 3×3), on the x86 kernels; `(0, [])` for any
+    /// other. There the channels are too few to fill a register and the taps too many for
+    /// im2col: the plane kernel puts 16 output pixels in a register instead (8 on 256 bits; see
+    /// [`QConv::run_plane`] and [`QConv::run_plane_ymm`]). A word holds 4 taps as bytes, or on
+    /// AVX2 2 taps as 16-bit lanes ([`QConv::plane_step`]); per group and pass of channels, the
+    /// words go input channel by input channel, kernel row by row.
     fn plane_weights(kernel: Kernel, geometry: &Geometry, cg: usize, mg: usize, w: &[i8]) -> (usize, Vec<i32>) {
         let x86 = matches!(kernel, Kernel::X86Vnni | Kernel::X86AvxVnni | Kernel::X86Avx2);
         if !x86 || !QConv::plane_fits(kernel, geometry, cg, mg) {
@@ -676,49 +686,70 @@ impl QConv {
         let chunks = mg.div_ceil(mv);
         let [kh, kw] = geometry.kernel;
         let step = Self::plane_step(kernel);
-        let kq = kw.div_ceil(step);
-        let mut words = vec![0i32; geometry.group * chunks * kh * kq * mv];
-        for gc in 0..geometry.group * chunks {
+        let (planes, kq, _) = Self::plane_layout(kernel, kw, cg);
+        let mut words = vec![0i32; geometry.group * chunks * planes * kh * kq * mv];
+        // per group and pass: plane of words, kernel row, word, then the pass's channels
+        let rows = (0..geometry.group * chunks).flat_map(|gc| (0..planes * kh).map(move |r| (gc, r / kh, r % kh)));
+        for (gc, b, ky) in rows {
             let (g, c) = (gc / chunks, gc % chunks);
-            for ky in 0..kh {
-                for q in 0..kq {
-                    for j in 0..mv.min(mg - c * mv) {
-                        let m = g * mg + c * mv + j;
-                        let tap = |i: usize| {
-                            let kx = step * q + i;
-                            if kx < kw {
-                                w[(m * kh + ky) * kw + kx]
-                            } else {
-                                0
-                            }
-                        };
-                        let word = if step == 4 {
-                            i32::from_le_bytes([tap(0) as u8, tap(1) as u8, tap(2) as u8, tap(3) as u8])
+            for q in 0..kq {
+                for j in 0..mv.min(mg - c * mv) {
+                    let m = g * mg + c * mv + j;
+                    // the word's i-th weight: tap step·q + i of the one channel, or tap q of
+                    // channel step·b + i
+                    let weight = |i: usize| {
+                        let (ci, kx) = if cg == 1 { (0, step * q + i) } else { (step * b + i, q) };
+                        if ci < cg && kx < kw {
+                            w[((m * cg + ci) * kh + ky) * kw + kx]
                         } else {
-                            // two 16-bit lanes, the first tap low
-                            (tap(0) as i16 as u16 as u32 | (tap(1) as i16 as u16 as u32) << 16) as i32
-                        };
-                        words[((gc * kh + ky) * kq + q) * mv + j] = word;
-                    }
+                            0
+                        }
+                    };
+                    let word = if step == 4 {
+                        i32::from_le_bytes([weight(0) as u8, weight(1) as u8, weight(2) as u8, weight(3) as u8])
+                    } else {
+                        // two 16-bit lanes, the first weight low
+                        (weight(0) as i16 as u16 as u32 | (weight(1) as i16 as u16 as u32) << 16) as i32
+                    };
+                    words[(((gc * planes + b) * kh + ky) * kq + q) * mv + j] = word;
                 }
             }
         }
         (mv, words)
     }
 
-    /// A convolution the plane kernel can run: one input channel per group, at most
-    /// `PLANE_MAX_CH` output channels per group (`PLANE_MAX_CH_YMM` on 256 bits), stride 1,
-    /// no dilation.
+    /// A convolution the plane kernel can run, at stride 1 without dilation: one input channel
+    /// per group and at most `PLANE_MAX_CH` output channels per group (`PLANE_MAX_CH_YMM` on
+    /// 256 bits), or up to [`PLANE_MAX_CG`] input channels per group, at most `PLANE_MAX_CH`
+    /// output channels per group and a kernel wider than one tap.
     fn plane_fits(kernel: Kernel, geometry: &Geometry, cg: usize, mg: usize) -> bool {
         let max = if kernel == Kernel::X86Vnni {
             PLANE_MAX_CH
         } else {
             PLANE_MAX_CH_YMM
         };
-        cg == 1 && mg <= max && geometry.strides == [1, 1] && geometry.dilations == [1, 1]
+        let taps = geometry.kernel[0] * geometry.kernel[1];
+        let planes = cg == 1 && mg <= max || cg <= PLANE_MAX_CG && mg <= PLANE_MAX_CH && taps > 1;
+        planes && geometry.strides == [1, 1] && geometry.dilations == [1, 1]
     }
 
-    /// Kernel taps per word of the plane kernel: 4 bytes for `vpdpbusd`, 2 lanes of 16 bits
+    /// How the plane kernel's words are laid out for `cg` input channels per group and kernel
+    /// rows of `kw` taps: `(planes, kq, tstep)`, the planes of words, the words a kernel row
+    /// takes and how many pixels apart its consecutive words are read. One input channel: one
+    /// plane of windows, each word [`QConv::plane_step`] consecutive taps (pixels) of the row,
+    /// so a row takes `kw / step` words `step` pixels apart. Several: one plane per `step`
+    /// channels, each word those channels at one pixel, so a row takes `kw` words 1 pixel
+    /// apart (a quarter of the windows' bytes per channel, and no pixel copied four times).
+    fn plane_layout(kernel: Kernel, kw: usize, cg: usize) -> (usize, usize, usize) {
+        let step = Self::plane_step(kernel);
+        if cg == 1 {
+            (1, kw.div_ceil(step), step)
+        } else {
+            (cg.div_ceil(step), kw, 1)
+        }
+    }
+
+    /// Weights per word of the plane kernel: 4 bytes for `vpdpbusd`, 2 lanes of 16 bits
     /// for AVX2's `vpmaddwd`.
     fn plane_step(kernel: Kernel) -> usize {
         if kernel == Kernel::X86Avx2 {
@@ -748,7 +779,7 @@ impl QConv {
             for gi in 0..group {
                 #[cfg(target_arch = "x86_64")]
                 if self.runs_on_planes() {
-                    let xg = &x[(b * self.c_in + gi) * h * w..][..h * w];
+                    let xg = &x[(b * self.c_in + gi * cg) * h * w..][..cg * h * w];
                     let yb = &mut y[b * self.m_out * pixels..][..self.m_out * pixels];
                     let io = (xg, [h, w], [oh, ow], gi, mg);
                     // SAFETY: the plane kernel is set up only for the x86 kernels, each chosen
@@ -1265,35 +1296,62 @@ impl QConv {
         }
     }
 
-    /// The plane kernel's input: group `gi`'s plane `xg` (`h`×`w` bytes) padded once into
-    /// 4-byte windows, `row` words per padded row (`scratch.quads[r·row + x]` = the bytes at
-    /// `x..x + 4` of padded row `r`), for output rows of `owp` pixels (a multiple of the tile).
+    /// The plane kernel's input: group `gi`'s planes `xg` (`cg` planes of `h`×`w` bytes) padded
+    /// once into words ([`QConv::plane_layout`]), `row` words per padded row, `rows` = `oh + kh
+    /// − 1` rows per plane of words, for output rows of `owp` pixels (a multiple of the tile).
+    /// One input channel: `scratch.quads[r·row + x]` = the bytes at `x..x + 4` of padded row
+    /// `r` (on AVX2 the two at `x..x + 2` as 16-bit lanes). Several: `scratch.quads[(b·rows +
+    /// r)·row + x]` = channels `4b..4b + 4` (on AVX2 `2b..2b + 2`, as 16-bit lanes) at padded
+    /// pixel `(r, x)`, channels past the group's holding the pad byte. Returns `row`.
     #[cfg(target_arch = "x86_64")]
     fn plane_windows(&self, scratch: &mut Scratch, xg: &[u8], [h, w]: [usize; 2], oh: usize, owp: usize) -> usize {
         let g = &self.geometry;
         let [kh, kw] = g.kernel;
         let [pt, pl, _, _] = g.pads;
         let step = Self::plane_step(self.kernel);
-        // words per window row: every load of a register from x0 + lanes·p + step·q stays inside
-        let row = owp + step * kw.div_ceil(step);
+        let cg = self.cg();
+        let (planes, kq, tstep) = Self::plane_layout(self.kernel, kw, cg);
+        // words per padded row: every load of a register from x0 + lanes·p + tstep·q stays inside
+        let row = owp + tstep * kq;
         let rows = oh + kh - 1;
-        scratch.quads.resize(rows * row, 0);
-        scratch.prow.resize(row + 3, 0);
-        for r in 0..rows {
-            let prow = &mut scratch.prow;
-            prow.fill(self.pad_byte);
+        // padded input rows a word reads: one (its taps) or `step` (its channels)
+        let lanes = if cg == 1 { 1 } else { step };
+        let stride = row + 3;
+        scratch.quads.resize(planes * rows * row, 0);
+        scratch.prow.resize(lanes * stride, 0);
+        for (b, r) in (0..planes).flat_map(|b| (0..rows).map(move |r| (b, r))) {
             let iy = r as isize - pt as isize;
-            if iy >= 0 && (iy as usize) < h {
-                prow[pl..pl + w].copy_from_slice(&xg[iy as usize * w..][..w]);
-            }
-            let quads = scratch.quads[r * row..][..row].iter_mut();
-            if step == 4 {
-                for (q, win) in quads.zip(prow.windows(4)) {
-                    *q = u32::from_le_bytes([win[0], win[1], win[2], win[3]]);
+            for i in 0..lanes {
+                let prow = &mut scratch.prow[i * stride..][..stride];
+                prow.fill(self.pad_byte);
+                let ci = b * lanes + i;
+                if ci < cg && iy >= 0 && (iy as usize) < h {
+                    prow[pl..pl + w].copy_from_slice(&xg[(ci * h + iy as usize) * w..][..w]);
                 }
-            } else {
-                for (q, win) in quads.zip(prow.windows(2)) {
-                    *q = win[0] as u32 | (win[1] as u32) << 16;
+            }
+            let quads = scratch.quads[(b * rows + r) * row..][..row].iter_mut();
+            let p = &scratch.prow;
+            match (lanes, step) {
+                (1, 4) => {
+                    for (q, win) in quads.zip(p.windows(4)) {
+                        *q = u32::from_le_bytes([win[0], win[1], win[2], win[3]]);
+                    }
+                }
+                (1, _) => {
+                    for (q, win) in quads.zip(p.windows(2)) {
+                        *q = win[0] as u32 | (win[1] as u32) << 16;
+                    }
+                }
+                (_, 4) => {
+                    let (c0, c1, c2, c3) = (&p[..stride], &p[stride..], &p[2 * stride..], &p[3 * stride..]);
+                    for ((((q, &a), &b), &c), &d) in quads.zip(c0).zip(c1).zip(c2).zip(c3) {
+                        *q = u32::from_le_bytes([a, b, c, d]);
+                    }
+                }
+                _ => {
+                    for ((q, &a), &b) in quads.zip(&p[..stride]).zip(&p[stride..]) {
+                        *q = a as u32 | (b as u32) << 16;
+                    }
                 }
             }
         }
@@ -1301,7 +1359,7 @@ impl QConv {
     }
 
     /// One group of a convolution the plane kernel runs ([`QConv::plane_weights`]): its input
-    /// plane `xg` (`h`×`w` bytes) is padded once into 4-byte windows
+    /// planes `xg` (`cg` × `h`×`w` bytes) are padded once into 4-byte windows
     /// ([`QConv::plane_windows`]), then every output row is computed `MV` channels × `P`
     /// registers of 16 pixels at a time and requantised 16 pixels at a time into the channel
     /// planes of `yb` (one image's output). Lanes past the row's end read the padding and are
@@ -1320,17 +1378,31 @@ impl QConv {
     ) {
         use kernels::x86::{plane_tile, requantise16};
         let [kh, kw] = self.geometry.kernel;
-        let kq4 = kw.div_ceil(4);
+        let (planes, kq, tstep) = Self::plane_layout(self.kernel, kw, self.cg());
         let chunk = P * ZMM_CH;
         let row = self.plane_windows(scratch, xg, [h, w], oh, ow.div_ceil(chunk) * chunk);
         let pixels = oh * ow;
-        let wg = self.w_plane[gi * kh * kq4 * MV..][..kh * kq4 * MV].as_ptr();
+        let words = planes * kh * kq * MV;
+        let wg = self.w_plane[gi * words..][..words].as_ptr();
+        let layout = (planes, (oh + kh - 1) * row, tstep);
         let mut acc = [[[0i32; ZMM_CH]; P]; MV];
         for oy in 0..oh {
             let mut x0 = 0;
             while x0 < ow {
-                // SAFETY: rows oy..oy + kh of `row` words; the loads stay inside (above).
-                unsafe { plane_tile::<MV, P>(scratch.quads[oy * row..].as_ptr(), row, x0, kh, kq4, wg, &mut acc) };
+                // SAFETY: rows oy..oy + kh of every plane's `row` words; the loads stay inside
+                // (above).
+                unsafe {
+                    plane_tile::<MV, P>(
+                        scratch.quads[oy * row..].as_ptr(),
+                        row,
+                        layout,
+                        x0,
+                        kh,
+                        kq,
+                        wg,
+                        &mut acc,
+                    )
+                };
                 for (j, a) in acc.iter().enumerate().take(mg) {
                     let ch = gi * self.mgp + j;
                     let bias = [self.bias[ch]; ZMM_CH];
@@ -1368,22 +1440,32 @@ impl QConv {
     ) {
         use kernels::x86::{plane_tile_ymm, YMM_PX};
         let [kh, kw] = self.geometry.kernel;
-        let kq = kw.div_ceil(Self::plane_step(self.kernel));
+        let (planes, kq, tstep) = Self::plane_layout(self.kernel, kw, self.cg());
         let chunk = P * YMM_PX;
         let row = self.plane_windows(scratch, xg, [h, w], oh, ow.div_ceil(chunk) * chunk);
         let pixels = oh * ow;
         let chunks = mg.div_ceil(MV);
-        let words = kh * kq * MV;
+        let words = planes * kh * kq * MV;
+        let layout = (planes, (oh + kh - 1) * row, tstep);
         let mut acc = [[[0i32; YMM_PX]; P]; MV];
         for oy in 0..oh {
             let mut x0 = 0;
             while x0 < ow {
                 for c in 0..chunks {
                     let wg = self.w_plane[(gi * chunks + c) * words..][..words].as_ptr();
-                    // SAFETY: rows oy..oy + kh of `row` words; the loads stay inside (above);
-                    // the CPU and weights as the caller's contract says.
+                    // SAFETY: rows oy..oy + kh of every plane's `row` words; the loads stay
+                    // inside (above); the CPU and weights as the caller's contract says.
                     unsafe {
-                        plane_tile_ymm::<MV, P, VEX>(scratch.quads[oy * row..].as_ptr(), row, x0, kh, kq, wg, &mut acc)
+                        plane_tile_ymm::<MV, P, VEX>(
+                            scratch.quads[oy * row..].as_ptr(),
+                            row,
+                            layout,
+                            x0,
+                            kh,
+                            kq,
+                            wg,
+                            &mut acc,
+                        )
                     };
                     self.plane_store(&acc, (gi, mg, c * MV), (oy, ow, x0), pixels, yb);
                 }
@@ -2113,6 +2195,17 @@ mod tests {
             // and of 2 channels), 24 channels padded to 32 (the second block of 16 half pads)
             case(&mut rng, 16, 12, 3, 1, 1, 1, [6, 37]),
             case(&mut rng, 24, 10, 3, 1, 1, 1, [5, 21]),
+            // the x86 plane kernel's several planes: 15 → 1 and 6 → 6 over 3×3 (neu_segment's
+            // full-resolution convolutions), 16 → 8 (its limits) over 5×5, two groups of 3 → 5
+            // (a channel plane half padding on every layout), ragged rows
+            case(&mut rng, 15, 1, 3, 1, 1, 1, [11, 203]),
+            case(&mut rng, 6, 6, 3, 1, 1, 1, [14, 29]),
+            case(&mut rng, 16, 8, 5, 1, 1, 1, [9, 35]),
+            case(&mut rng, 6, 10, 3, 1, 1, 2, [8, 19]),
+            // and what it leaves: 17 input channels, 9 outputs, 1×1
+            case(&mut rng, 17, 2, 3, 1, 1, 1, [7, 12]),
+            case(&mut rng, 6, 9, 3, 1, 1, 1, [7, 12]),
+            case(&mut rng, 6, 4, 1, 1, 1, 1, [7, 12]),
         ]
     }
 
@@ -2121,9 +2214,10 @@ mod tests {
         let cgp = |kernel| cases().iter().map(|c| op(c, kernel).cgp).collect::<Vec<usize>>();
         let cg: Vec<usize> = cases().iter().map(|c| c.c_in / c.geometry.group).collect();
         for kernel in [Kernel::ArmDot, Kernel::ArmSmlal] {
-            // 24 → 32 twice, 12 → 16 once; 1, 9, 6, 5, the grouped ones and 12 at stride 2 stay
+            // 24 → 32 twice, 12 → 16 once, 15 → 16; 1, 9, 6, 5, 17, the grouped ones and 12 at
+            // stride 2 stay
             let want = [
-                1, 16, 32, 48, 64, 1, 32, 16, 16, 1, 1, 1, 1, 1, 1, 9, 6, 5, 12, 32, 16, 32,
+                1, 16, 32, 48, 64, 1, 32, 16, 16, 1, 1, 1, 1, 1, 1, 9, 6, 5, 12, 32, 16, 32, 16, 6, 16, 3, 17, 6, 6,
             ];
             assert_eq!(cgp(kernel), want, "{kernel:?}");
         }
@@ -2180,21 +2274,24 @@ mod tests {
         }
     }
 
-    /// The plane kernel takes exactly the convolutions of one input channel per group with few
-    /// outputs, with the tile width their channels need; the definition test above checks its
-    /// bytes.
+    /// The plane kernels take exactly the convolutions of few outputs from few input channels
+    /// per group, with the tile width their channels need; the definition test above checks
+    /// their bytes.
     #[test]
-    fn the_plane_kernel_takes_one_input_channel_per_group_and_few_outputs() {
+    fn the_plane_kernels_take_few_outputs_from_few_input_channels() {
         let mv = |kernel| cases().iter().map(|c| op(c, kernel).plane_mv).collect::<Vec<usize>>();
+        // on x86 one input channel with up to 8 outputs, or up to 16 with up to 8 over more than
+        // one tap; never at a stride or a dilation
         assert_eq!(
             mv(Kernel::X86Vnni),
-            [0, 0, 0, 0, 0, 1, 0, 0, 0, 8, 1, 2, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+            [0, 0, 0, 0, 0, 1, 0, 0, 0, 8, 1, 2, 4, 0, 0, 1, 2, 4, 0, 0, 0, 0, 1, 8, 8, 8, 0, 0, 0]
         );
-        // on 256 bits up to 16 channels, in passes of 8: the first case (1 → 16) and 1 → 12
+        // on 256 bits up to 16 channels from one input channel, in passes of 8: the first case
+        // (1 → 16) and 1 → 12
         for kernel in [Kernel::X86AvxVnni, Kernel::X86Avx2] {
             assert_eq!(
                 mv(kernel),
-                [8, 0, 0, 0, 0, 1, 0, 0, 0, 8, 1, 2, 4, 8, 0, 0, 0, 0, 0, 0, 0, 0],
+                [8, 0, 0, 0, 0, 1, 0, 0, 0, 8, 1, 2, 4, 8, 0, 1, 2, 4, 0, 0, 0, 0, 1, 8, 8, 8, 0, 0, 0],
                 "{kernel:?}"
             );
         }
@@ -2203,7 +2300,7 @@ mod tests {
         for kernel in [Kernel::ArmDot, Kernel::ArmSmlal] {
             assert_eq!(
                 mv(kernel),
-                [0, 0, 0, 0, 0, 1, 0, 0, 0, 4, 1, 2, 4, 0, 0, 1, 2, 4, 0, 0, 0, 0],
+                [0, 0, 0, 0, 0, 1, 0, 0, 0, 4, 1, 2, 4, 0, 0, 1, 2, 4, 0, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0],
                 "{kernel:?}"
             );
         }
@@ -2215,9 +2312,10 @@ mod tests {
     /// Filter banks use the whole i8 range (the anomaly model's do): the plane kernels take
     /// them on every x86 kernel, AVX2's included (16-bit products), and on the aarch64 ones,
     /// SMLAL's included (which elsewhere refuses −128), and stay exact: on aarch64 with pairs of
-    /// taps in 16 bits where no channel weighs both taps of a pair −128 (the first two banks:
-    /// one −128 in a pair, under inputs of 0, the largest products), one tap at a time where
-    /// one does (the third).
+    /// taps in 16 bits where no channel weighs both taps of a pair −128 (the first two banks
+    /// and the fourth: one −128 in a pair, under inputs of 0, the largest products), one tap at
+    /// a time where one does (the third). The fourth reads 15 input planes (4 and 8 words of
+    /// channels on x86).
     #[test]
     fn the_plane_kernels_are_exact_over_the_whole_weight_range() {
         let mut rng = Rng(13);
@@ -2225,6 +2323,7 @@ mod tests {
             case(&mut rng, 1, 7, 17, 1, 1, 1, [21, 37]),
             case(&mut rng, 7, 7, 21, 1, 1, 7, [24, 29]),
             case(&mut rng, 1, 3, 5, 1, 1, 1, [11, 19]),
+            case(&mut rng, 15, 1, 3, 1, 1, 1, [13, 45]),
         ];
         for c in banks.iter_mut() {
             for (i, v) in c.wts.iter_mut().enumerate() {
@@ -2252,14 +2351,14 @@ mod tests {
                     assert!(o.plane_mv > 0, "bank {i} on the plane kernel, {kernel:?}");
                 }
                 if matches!(kernel, Kernel::ArmDot | Kernel::ArmSmlal) {
-                    assert_eq!(o.plane_pairs, i < 2, "bank {i}, {kernel:?}");
+                    assert_eq!(o.plane_pairs, i != 2, "bank {i}, {kernel:?}");
                 }
                 assert_eq!(run(&o, c, &c.x), want, "bank {i}, kernel {kernel:?}");
             }
         }
         // the pairing itself, wherever the tests run
         for (i, c) in banks.iter().enumerate() {
-            assert_eq!(op(c, Kernel::ArmSmlal).plane_pairs, i < 2, "bank {i}");
+            assert_eq!(op(c, Kernel::ArmSmlal).plane_pairs, i != 2, "bank {i}");
         }
     }
 
