@@ -226,6 +226,49 @@ fn bench_model_only_counts_the_warm_up_run_apart_and_none_after_it() {
 }
 
 #[test]
+fn bench_by_operator_times_every_node_by_name() {
+    let out = ferroscope(&[
+        "bench",
+        "--model",
+        "models/neu_segment.toml",
+        "--model-only",
+        "--by-operator",
+        "--precision",
+        "int8",
+        "--passes",
+        "2",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let r = &j["results"]["int8"];
+    let ms = |e: &serde_json::Value| e["ms_per_run"].as_f64().unwrap();
+    let nodes = r["time_by_node"].as_array().unwrap();
+    // the slowest first, adding up to the time by operator
+    assert!(nodes.windows(2).all(|w| ms(&w[0]) >= ms(&w[1])), "{nodes:?}");
+    let by_op: f64 = r["time_by_op"].as_array().unwrap().iter().map(ms).sum();
+    let by_node: f64 = nodes.iter().map(ms).sum();
+    assert!(
+        (by_op - by_node).abs() <= 1e-9 + 1e-6 * by_op,
+        "{by_op} against {by_node}"
+    );
+    // each named as the graph names it, with its operator and description: the last
+    // convolution, on the integer engine where this CPU has one of its kernels
+    if ferroscope::model::qconv::fused_on_this_cpu() {
+        let last = nodes
+            .iter()
+            .find(|n| n["node"] == "/model/out/Conv__int8")
+            .expect("the last convolution");
+        assert_eq!(last["op"], "QConvInt8", "{last}");
+        assert!(last["info"].to_string().contains("9 → 1 channels"), "{last}");
+        // on x86-64 its 9 input channels run on the plane kernel
+        if cfg!(target_arch = "x86_64") {
+            assert!(last["info"].to_string().contains("(plane)"), "{last}");
+        }
+    }
+}
+
+#[test]
 fn the_fault_rehearsal_profile_runs_and_fails_safe() {
     let out = ferroscope(&["run", "--config", "boards/host-sim-faults.toml", "--json"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
