@@ -121,7 +121,7 @@ FEATURES_UP = 24  # channels its 13-pixel block is brought back to 25 pixels wit
 FEATURES_LR = 0.1  # the classifier blocks' learning rate, a fraction of the rest's
 FULL = 6  # --arch fullres: channels of the two 3x3 Conv+ReLU on the image at 200 pixels
 LEVELS = [round(0.05 * k, 2) for k in range(1, 20)]  # pixel threshold candidates
-VERSION = "1.2.0"
+VERSION = "1.3.0"
 
 
 def block(cin, cout, k=3, stride=1, dilation=1):
@@ -635,7 +635,7 @@ def main():
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--crop", type=int, default=128, help="training crop side, a multiple of 8 (200: whole images)")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--arch", choices=("small", "dilated", "deep", "features", "fullres"), default="dilated",
+    ap.add_argument("--arch", choices=("small", "dilated", "deep", "features", "fullres"), default="fullres",
                     help="small: 1.1.0's network; dilated: a 5x5 stride-2 first convolution and dilations 1/2/4 at 25 pixels; "
                          "deep: dilated with a fourth level at 13 pixels; features: dilated with the NEU classifier's first "
                          "three backbone blocks beside it; fullres: dilated with two convolutions on the image at full "
@@ -834,12 +834,15 @@ def selection_rule(selection, args):
         if sweep:
             text = (
                 f"variant sweep: {', '.join(v['variant'] for v in sweep)} (loss:augmentation), each from seed {args.seed} "
-                f"on a {selection.get('sweep_steps', args.sweep_steps)}-step schedule, the best mean Dice per image at its best "
-                f"level on the validation split (f32) chose {selection['variant']}; "
+                f"on a {selection.get('sweep_steps', args.sweep_steps)}-step schedule"
+                + (f" with the {selection['sweep_network']} network" if selection.get("sweep_network") else "")
+                + f", the best mean Dice per image at its best level on the validation split (f32) chose {selection['variant']}; "
             )
+        arch = selection.get("arch", args.arch)
+        against = (f"1.2.0's dilated network on the same schedule, {STEM}.fullres.json" if arch == "fullres"
+                   else f"1.1.0's small network on the same schedule, {STEM}.schedule_sweep.json")
         return text + (
-            f"network ({selection.get('arch', args.arch)}; against 1.1.0's small network on the same schedule, "
-            f"{STEM}.schedule_sweep.json), loss and augmentation ({selection['variant']}), schedule "
+            f"network ({arch}; against {against}), loss and augmentation ({selection['variant']}), schedule "
             f"({args.steps} steps x batch {args.batch} x crop {args.crop} at lr {args.lr}) and step chosen on the "
             f"validation split by a run on the pool minus validation (checkpoints every {args.eval_every} steps from 50 %, "
             f"the best mean Dice per image at its best level, f32: step {selection['step']}; {STEM}.metrics.json, "
