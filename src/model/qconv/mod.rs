@@ -93,7 +93,7 @@ const PLANE_MAX_CH_YMM: usize = 16;
 /// (with at most [`PLANE_MAX_CH`] output channels, one pass, and more than one tap): below one
 /// [`K_STEP`] of channels a pixel's im2col row is mostly one tap's few bytes and each tile
 /// requantises 4 pixels of at most 8 channels, so at full resolution the rows and stores, not
-/// the multiply-adds, took the time (neu_segment's last convolution, 9 → 1 over 3×3 at
+/// the multiply-adds, took the time (neu_segment 1.2.0's last convolution, 9 → 1 over 3×3 at
 /// 200×200, a third of its inference on AVX2). Their windows are 4 bytes a pixel per plane.
 const PLANE_MAX_CG: usize = K_STEP;
 /// What one group of a plane-kernel convolution reads and where: the group's input planes,
@@ -612,7 +612,7 @@ impl QConv {
     /// A convolution the aarch64 plane kernel runs ([`kernels::arm::plane_tile`]): on the
     /// aarch64 kernels, at stride 1 without dilation, a kernel wider than one tap, and few output
     /// channels per group (at most 4, or 8 in two passes with one input channel): neu_segment's
-    /// last convolution (9 → 1, 3×3 over 200×200) and the anomaly model's filter banks. There a
+    /// last convolution (15 → 1, 3×3 over 200×200) and the anomaly model's filter banks. There a
     /// tile of 4 or 8 channels is mostly padding and the im2col rows outweigh the multiply-adds;
     /// the plane kernel reads the padded input planes in place.
     fn arm_plane_fits(kernel: Kernel, geometry: &Geometry, cg: usize, mg: usize) -> bool {
@@ -665,7 +665,7 @@ impl QConv {
 
     /// The plane kernel's tile width and weights for a convolution [`QConv::plane_fits`] takes
     /// (the anomaly model's filter banks: 17×17 taps 1 → 7, 21×21 taps depthwise over 7;
-    /// neu_segment's last convolution, 9 → 1 over 3×3), on the x86 kernels; `(0, [])` for any
+    /// neu_segment's full-resolution convolutions, 15 → 1 and 6 → 6 over 3×3), on the x86 kernels; `(0, [])` for any
     /// other. There the channels are too few to fill a register and the taps too many for
     /// im2col: the plane kernel puts 16 output pixels in a register instead (8 on 256 bits; see
     /// [`QConv::run_plane`] and [`QConv::run_plane_ymm`]). A word holds 4 taps as bytes, or on
