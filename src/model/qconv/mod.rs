@@ -94,7 +94,8 @@ const PLANE_MAX_CH_YMM: usize = 16;
 /// [`K_STEP`] of channels a pixel's im2col row is mostly one tap's few bytes and each tile
 /// requantises 4 pixels of at most 8 channels, so at full resolution the rows and stores, not
 /// the multiply-adds, took the time (neu_segment 1.2.0's last convolution, 9 → 1 over 3×3 at
-/// 200×200, a third of its inference on AVX2). Their windows are 4 bytes a pixel per plane.
+/// 200×200, a third of its inference on AVX2). Their words hold 4 channels of a pixel (2 on
+/// AVX2), so the padded planes take one byte a pixel per channel (two on AVX2).
 const PLANE_MAX_CG: usize = K_STEP;
 /// What one group of a plane-kernel convolution reads and where: the group's input planes,
 /// their size, the output size, the group and its output channels.
@@ -441,9 +442,10 @@ pub struct QConv {
     /// Output channels per tile of the plane kernel (1, 2, 4 or 8; 0: not used), see
     /// [`QConv::plane_weights`].
     plane_mv: usize,
-    /// The plane kernel's weights: per group, pass, input channel, kernel row and 4 taps of it
-    /// (2 on AVX2), `plane_mv` words of those taps' weights (taps past the row and channels past
-    /// the group's zero).
+    /// The plane kernel's weights: per group, pass, plane of words, kernel row and word of it
+    /// ([`QConv::plane_layout`]), `plane_mv` words of the weights that meet that word's bytes
+    /// (taps past the row, input channels past the group's and output channels past the
+    /// group's zero).
     w_plane: Vec<i32>,
     /// The aarch64 plane kernel adds the products of two taps in 16 bits (no channel weighs
     /// both taps of a pair −128), see [`QConv::arm_plane_weights`].
@@ -665,12 +667,12 @@ impl QConv {
 
     /// The plane kernel's tile width and weights for a convolution [`QConv::plane_fits`] takes
     /// (the anomaly model's filter banks: 17×17 taps 1 → 7, 21×21 taps depthwise over 7;
-    /// neu_segment's full-resolution convolutions, 15 → 1 and 6 → 6 over 3×3), on the x86 kernels; `(0, [])` for any
-    /// other. There the channels are too few to fill a register and the taps too many for
-    /// im2col: the plane kernel puts 16 output pixels in a register instead (8 on 256 bits; see
-    /// [`QConv::run_plane`] and [`QConv::run_plane_ymm`]). A word holds 4 taps as bytes, or on
-    /// AVX2 2 taps as 16-bit lanes ([`QConv::plane_step`]); per group and pass of channels, the
-    /// words go input channel by input channel, kernel row by row.
+    /// neu_segment's full-resolution convolutions, 15 → 1 and 6 → 6 over 3×3), on the x86
+    /// kernels; `(0, [])` for any other. There the channels are too few to fill a register and
+    /// the taps too many for im2col: the plane kernel puts 16 output pixels in a register
+    /// instead (8 on 256 bits; see [`QConv::run_plane`] and [`QConv::run_plane_ymm`]). A word
+    /// holds 4 weights as bytes, or on AVX2 2 as 16-bit lanes ([`QConv::plane_step`]): of 4
+    /// taps of the one input channel, or of one tap of 4 input channels ([`QConv::plane_layout`]).
     fn plane_weights(kernel: Kernel, geometry: &Geometry, cg: usize, mg: usize, w: &[i8]) -> (usize, Vec<i32>) {
         let x86 = matches!(kernel, Kernel::X86Vnni | Kernel::X86AvxVnni | Kernel::X86Avx2);
         if !x86 || !QConv::plane_fits(kernel, geometry, cg, mg) {
