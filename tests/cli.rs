@@ -166,7 +166,12 @@ fn bench_camera_times_every_format_at_both_sizes_and_agrees_with_its_peer() {
 
 /// `bench --model-only --json` of one precision of a manifest, `passes` runs: its JSON.
 fn bench_model_only(model: &str, precision: &str, passes: &str) -> serde_json::Value {
-    let out = ferroscope(&[
+    bench_model_only_with(model, precision, passes, &[])
+}
+
+/// [`bench_model_only`] with more options (`--by-operator`).
+fn bench_model_only_with(model: &str, precision: &str, passes: &str, more: &[&str]) -> serde_json::Value {
+    let mut args = vec![
         "bench",
         "--model",
         model,
@@ -176,7 +181,9 @@ fn bench_model_only(model: &str, precision: &str, passes: &str) -> serde_json::V
         "--passes",
         passes,
         "--json",
-    ]);
+    ];
+    args.extend_from_slice(more);
+    let out = ferroscope(&args);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).unwrap()
 }
@@ -227,20 +234,7 @@ fn bench_model_only_counts_the_warm_up_run_apart_and_none_after_it() {
 
 #[test]
 fn bench_by_operator_times_every_node_by_name() {
-    let out = ferroscope(&[
-        "bench",
-        "--model",
-        "models/neu_segment.toml",
-        "--model-only",
-        "--by-operator",
-        "--precision",
-        "int8",
-        "--passes",
-        "2",
-        "--json",
-    ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let j = bench_model_only_with("models/neu_segment.toml", "int8", "2", &["--by-operator"]);
     let r = &j["results"]["int8"];
     let ms = |e: &serde_json::Value| e["ms_per_run"].as_f64().unwrap();
     let nodes = r["time_by_node"].as_array().unwrap();
