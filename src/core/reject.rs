@@ -44,8 +44,10 @@ pub const MAX_EJECTORS: usize = 4;
 pub enum MergePolicy {
     /// Keep the output on through both items: one longer pulse (diverters, flaps).
     Extend,
-    /// Keep separate pulses: the later one starts after the gap, shorter; if that would miss
-    /// its item's arrival, it merges instead (air jets whose valve needs its off-time).
+    /// Keep separate pulses: the later one starts after the gap, shorter; if it would open
+    /// less than a quarter pulse before its item's predicted arrival (a prediction that moves
+    /// earlier could then miss the item), it merges instead (air jets whose valve needs its
+    /// off-time).
     Clip,
 }
 
@@ -628,7 +630,11 @@ impl Tracker {
                                     true
                                 }
                                 MergePolicy::Clip => {
-                                    if off_rel + gap < arr {
+                                    // A clipped window opens at least a quarter pulse before
+                                    // the predicted arrival, so that the prediction moving
+                                    // earlier meanwhile (speed, encoder) cannot put the
+                                    // arrival inside the gap, once the output is off.
+                                    if off_rel + gap + half / 2 <= arr {
                                         if let Some(it) = self.items.iter_mut().nth(idx) {
                                             it.not_before = Some(off_at.add_us(gap as u64));
                                         }
