@@ -237,6 +237,12 @@ struct Line {
 /// Longest a pulse may stay on, in pulse widths, when the belt stops mid-pulse.
 const MAX_ON_WIDTHS: u64 = 4;
 
+/// Under [`MergePolicy::Clip`], a clipped pulse must still open this fraction of a pulse
+/// width (1/N) before its item's predicted arrival, else it merges: an arrival predicted
+/// earlier after the output went off (speed change, encoder jitter, tens of µs) then still
+/// falls after the gap.
+const CLIP_LEAD_DIVISOR: u32 = 4;
+
 /// The shift register.
 #[derive(Clone, Debug)]
 pub struct Tracker {
@@ -607,6 +613,7 @@ impl Tracker {
     fn poll_ejector(&mut self, e: usize, now: Instant, emit: &mut impl FnMut(TrackEvent)) {
         let cfg = self.ejectors[e];
         let half = (cfg.pulse_width_us / 2) as i64;
+        let clip_lead = (cfg.pulse_width_us / CLIP_LEAD_DIVISOR) as i64;
         let gap = cfg.min_gap_us as i64;
         let d_nm = mm_to_nm(cfg.ejector_distance_mm);
         loop {
@@ -630,11 +637,11 @@ impl Tracker {
                                     true
                                 }
                                 MergePolicy::Clip => {
-                                    // A clipped window opens at least a quarter pulse before
+                                    // A clipped window opens at least `clip_lead` before
                                     // the predicted arrival, so that the prediction moving
                                     // earlier meanwhile (speed, encoder) cannot put the
                                     // arrival inside the gap, once the output is off.
-                                    if off_rel + gap + half / 2 <= arr {
+                                    if off_rel + gap + clip_lead <= arr {
                                         if let Some(it) = self.items.iter_mut().nth(idx) {
                                             it.not_before = Some(off_at.add_us(gap as u64));
                                         }
