@@ -60,6 +60,9 @@ int8 file ran in 0.81-0.86x the time 1.2.0's took before (1.20-1.27x 1.2.0's on 
 The fullres network on 12000 x 32 with --ema 0.999 scored 0.8766 at best (raw weights, step 9000; the average
 0.8760) against its 8000-step run's 0.8779, and its int8 file an MAE of 0.0299 against 0.0290: not kept
 (neu_segment.long_ema.json; the schedule stays 8000 x 32, no average).
+The fullres network with dice+kd (1.3.0 as the teacher: 0.8815 on validation averaged over the eight
+flips and quarter turns) scored 0.8753 at best (step 7000) against 0.8779, and its int8 file an MAE of
+0.0291 against 0.0290: not kept (neu_segment.kd_fullres.json).
 
 Training: batches of random 128x128 crops (the network is fully convolutional; crops cost 0.4 of
 a whole image) with the eight flips/quarter turns and, optionally, brightness/contrast jitter;
