@@ -9,9 +9,12 @@
 //! changes and encoder updates are followed up to the last moment.
 //!
 //! Guarantees, each tested:
-//! - an item that is still undecided when its window at the nearest ejector opens gets the
-//!   configured fail-safe ([`FailSafePolicy`]): rejected by the fail-safe ejector, passed, or
-//!   the line-stop output asserted; a decision arriving after that is reported as late;
+//! - an item that is still undecided at its deadline gets the configured fail-safe
+//!   ([`FailSafePolicy`]): rejected by the fail-safe ejector, passed, or the line-stop output
+//!   asserted; a decision arriving after that is reported as late. The deadline is the
+//!   ejector's minimum gap before the item's window opens, at whichever ejector that comes
+//!   first: a pulse ending within the gap before the window must know by then whether to hold
+//!   on for the item, so a reject decided later could neither keep the gap nor reach its item;
 //! - pulses on one output never overlap; two rejects closer than the minimum gap merge into one
 //!   longer pulse ([`MergePolicy::Extend`]) or the later pulse starts after the gap
 //!   ([`MergePolicy::Clip`], never so late that it misses its item);
@@ -440,12 +443,13 @@ impl Tracker {
     }
 
     /// Microseconds from `now` until `item` must be decided (negative: overdue); `None` when
-    /// the belt is stopped.
+    /// the belt is stopped. At each ejector: the minimum gap before its window there opens
+    /// (see the module docs); the earliest of them.
     fn deadline_rel_us(&self, item: &Item, now: Instant) -> Option<i64> {
         let mut best: Option<i64> = None;
         for e in &self.ejectors {
             let rel = arrival_rel_us(&self.belt, item.pos_nm + mm_to_nm(e.ejector_distance_mm), now)?;
-            let d = rel - (e.pulse_width_us / 2) as i64;
+            let d = rel - (e.pulse_width_us / 2) as i64 - e.min_gap_us as i64;
             best = Some(best.map_or(d, |b| b.min(d)));
         }
         best

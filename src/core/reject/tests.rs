@@ -154,13 +154,55 @@ fn undecided_items_get_the_fail_safe_at_their_deadline() {
 }
 
 #[test]
+fn a_reject_that_must_hold_a_pulse_on_is_due_a_gap_before_its_window() {
+    // 4 ms pulses, 10 ms gap: item 1 arrives at 500 ms (pulse 498-502), item 2 at 508 ms,
+    // inside the gap after item 1's pulse, so it can only be reached by holding that pulse on.
+    // Its deadline is 496 ms (its window opens at 506, less the gap), before the pulse ends.
+    let short = EjectorConfig {
+        pulse_width_us: 4_000,
+        min_gap_us: 10_000,
+        ..ejector(500.0, MergePolicy::Extend, ALL)
+    };
+    for (decided_at, late) in [(495_000, false), (496_000, false), (496_001, true), (504_000, true)] {
+        let mut t = tracker(&[short], FailSafePolicy::Reject);
+        t.begin(1, Instant::from_us(0));
+        t.begin(2, Instant::from_us(8_000));
+        assert_eq!(t.decide(1, &reject(0), Instant::from_us(1_000)), Ok(()));
+        let (mut edges, mut fired) = (Vec::new(), Vec::new());
+        run(&mut t, 0, decided_at - 1, &mut edges, &mut fired);
+        let r = t.decide(2, &reject(0), Instant::from_us(decided_at));
+        assert_eq!(r.is_err(), late, "decided at {decided_at}: {r:?}");
+        run(&mut t, decided_at, 1_000_000, &mut edges, &mut fired);
+        // Either way one pulse holds on through both items: the gap is kept and item 2 is
+        // rejected (by its decision, or by the fail-safe when the decision came too late).
+        let ejector0 = Output::Ejector(0);
+        assert_eq!(
+            edges,
+            vec![(ejector0, true, 498_000), (ejector0, false, 510_000)],
+            "decided at {decided_at}"
+        );
+        let item2 = fired.iter().find_map(|f| match f {
+            TrackEvent::Fired {
+                id: 2,
+                merged,
+                failsafe,
+                ..
+            } => Some((*merged, *failsafe)),
+            _ => None,
+        });
+        assert_eq!(item2, Some((true, late)), "decided at {decided_at}");
+    }
+}
+
+#[test]
 fn line_stop_policy_latches_the_line_stop_output() {
     let mut t = tracker(&[ejector(500.0, MergePolicy::Extend, ALL)], FailSafePolicy::LineStop);
     t.begin(1, Instant::from_us(0));
     t.begin(2, Instant::from_us(100_000));
     let (mut edges, mut fired) = (Vec::new(), Vec::new());
     run(&mut t, 0, 2_000_000, &mut edges, &mut fired);
-    assert_eq!(edges, vec![(Output::LineStop, true, 490_000)]);
+    // The first item's deadline: the 10 ms gap before its window opens at 490 ms.
+    assert_eq!(edges, vec![(Output::LineStop, true, 480_000)]);
     assert!(t.line_stop_active());
     assert_eq!(t.stats().line_stops, 1);
     assert_eq!(t.stats().overdue, 2);
