@@ -91,6 +91,14 @@ pub struct EjectorConfig {
     pub takes: OutcomeSet,
 }
 
+impl EjectorConfig {
+    /// How long before an item's arrival here its decision is due: half a pulse (the window
+    /// opens) plus the minimum gap (see the module docs).
+    pub fn decision_lead_us(&self) -> u64 {
+        (self.pulse_width_us / 2) as u64 + self.min_gap_us as u64
+    }
+}
+
 /// What happens to an item without a valid decision in time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
@@ -443,13 +451,13 @@ impl Tracker {
     }
 
     /// Microseconds from `now` until `item` must be decided (negative: overdue); `None` when
-    /// the belt is stopped. At each ejector: the minimum gap before its window there opens
-    /// (see the module docs); the earliest of them.
+    /// the belt is stopped. At each ejector: [`EjectorConfig::decision_lead_us`] before the
+    /// item's arrival there; the earliest of them.
     fn deadline_rel_us(&self, item: &Item, now: Instant) -> Option<i64> {
         let mut best: Option<i64> = None;
         for e in &self.ejectors {
             let rel = arrival_rel_us(&self.belt, item.pos_nm + mm_to_nm(e.ejector_distance_mm), now)?;
-            let d = rel - (e.pulse_width_us / 2) as i64 - e.min_gap_us as i64;
+            let d = rel - e.decision_lead_us() as i64;
             best = Some(best.map_or(d, |b| b.min(d)));
         }
         best

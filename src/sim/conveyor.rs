@@ -592,10 +592,10 @@ fn check(cfg: &SimConfig, items: &[SimItem], motion: &Motion, timeline: &[SimEdg
         if it.decision.outcome != Outcome::Accept && it.decision.outcome != Outcome::FailSafe {
             r.defective += 1;
         }
-        // The true deadline: the minimum gap before the item's window opens, at the ejector
-        // where that comes first.
+        // The true deadline: each ejector's decision lead before the item's true arrival
+        // there, the earliest of them.
         let deadline = (0..n)
-            .map(|e| arrival(it, e) - (cfg.ejectors[e].pulse_width_us / 2) as f64 - cfg.ejectors[e].min_gap_us as f64)
+            .map(|e| arrival(it, e) - cfg.ejectors[e].decision_lead_us() as f64)
             .fold(f64::INFINITY, f64::min);
         let late = it.decide_us as f64 > deadline;
         if it.overdue {
