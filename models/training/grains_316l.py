@@ -29,8 +29,8 @@ figures by TUNING_RULE; the record, every setting tried with its figures per fol
 models/training/grains_316l.cv-<width>-<steps>.json. `--cv-only --width W --steps N` writes
 the record of another design to compare (the width and steps shipped, WIDTH and STEPS, are the
 design with the best record; --photometric, jittered etch and exposure, was measured this way
-and not kept, as was --symmetries 8, the map averaged over flips and quarter turns, at three
-settings on 1.2.0's fold networks).
+and not kept, as were --steps 4000 and --symmetries 8, the map averaged over flips and quarter
+turns, at three settings on 1.2.0's fold networks).
 Then one network trains on all training micrographs for the same
 steps and ships, last step, with the chosen settings. The held-out tiles are read by nothing here.
 
