@@ -30,9 +30,9 @@
 //!   `QConv::run_plane_ymm`) over 4-byte words of the padded planes, no im2col and no store
 //!   per pixel: windows of 4 taps of the one channel, or 4 channels of one pixel. On the aarch64
 //!   kernels a convolution at stride 1 of more than one tap with at most 4 output channels per
-//!   group (8 from one input channel) runs on the NEON plane kernel (`QConv::run_plane_arm`):
-//!   16 output pixels per register, one tap of every input plane after another, products in
-//!   16 bits widened into 32.
+//!   group (8 in two passes from up to `PLANE_MAX_CG` input channels) runs on the NEON plane
+//!   kernel (`QConv::run_plane_arm`): 16 output pixels per register, one tap of every input
+//!   plane after another, products in 16 bits widened into 32.
 //! - **Channels-last between convolutions**: a convolution whose every consumer is one hands
 //!   its output over channels-last and in the consumer's byte domain ([`chain_channels_last`]),
 //!   so only the model's first convolution transposes its input.
@@ -90,7 +90,8 @@ const PLANE_MAX_CH: usize = 8;
 /// convolution (one input channel, 16 outputs) skips the im2col of its thin input.
 const PLANE_MAX_CH_YMM: usize = 16;
 /// Input channels per group at most for the x86 plane kernel when it reads several planes
-/// (with at most [`PLANE_MAX_CH`] output channels, one pass, and more than one tap): below one
+/// (with at most [`PLANE_MAX_CH`] output channels, one pass, and more than one tap), and for the
+/// aarch64 one past 4 output channels ([`QConv::arm_plane_fits`]): below one
 /// [`K_STEP`] of channels a pixel's im2col row is mostly one tap's few bytes and each tile
 /// requantises 4 pixels of at most 8 channels, so at full resolution the rows and stores, not
 /// the multiply-adds, took the time (neu_segment 1.2.0's last convolution, 9 → 1 over 3×3 at
@@ -613,16 +614,18 @@ impl QConv {
 
     /// A convolution the aarch64 plane kernel runs ([`kernels::arm::plane_tile`]): on the
     /// aarch64 kernels, at stride 1 without dilation, a kernel wider than one tap, and few output
-    /// channels per group (at most 4, or 8 in two passes with one input channel): neu_segment's
-    /// last convolution (15 → 1, 3×3 over 200×200) and the anomaly model's filter banks. There a
-    /// tile of 4 or 8 channels is mostly padding and the im2col rows outweigh the multiply-adds;
-    /// the plane kernel reads the padded input planes in place.
+    /// channels per group (at most 4, or 8 in two passes of 4 from at most [`PLANE_MAX_CG`] input
+    /// channels): neu_segment's full-resolution convolutions (15 → 1 and 6 → 6, 3×3 over
+    /// 200×200) and the anomaly model's filter banks. There a tile of 4 or 8 channels is mostly
+    /// padding and the im2col rows outweigh the multiply-adds; the plane kernel reads the padded
+    /// input planes in place (a second pass reads them again, still fewer bytes than one
+    /// im2col row a pixel).
     fn arm_plane_fits(kernel: Kernel, geometry: &Geometry, cg: usize, mg: usize) -> bool {
         matches!(kernel, Kernel::ArmDot | Kernel::ArmSmlal)
             && geometry.strides == [1, 1]
             && geometry.dilations == [1, 1]
             && geometry.kernel[0] * geometry.kernel[1] > 1
-            && (mg <= 4 || (cg == 1 && mg <= 2 * 4))
+            && (mg <= 4 || (cg <= PLANE_MAX_CG && mg <= 2 * 4))
     }
 
     /// The aarch64 plane kernel's channels per pass, whether it may add taps in pairs, and its
@@ -2297,12 +2300,13 @@ mod tests {
                 "{kernel:?}"
             );
         }
-        // on aarch64 any input channels with up to 4 outputs, 1 → 7 in two passes of 4; never
-        // at a stride, a dilation or 1×1, nor past 8 outputs
+        // on aarch64 any input channels with up to 4 outputs, up to 8 in two passes of 4 from
+        // up to 16 input channels (1 → 7, 6 → 6, 16 → 8, two groups of 3 → 5); never at a
+        // stride, a dilation or 1×1, nor past 8 outputs
         for kernel in [Kernel::ArmDot, Kernel::ArmSmlal] {
             assert_eq!(
                 mv(kernel),
-                [0, 0, 0, 0, 0, 1, 0, 0, 0, 4, 1, 2, 4, 0, 0, 1, 2, 4, 0, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0],
+                [0, 0, 0, 0, 0, 1, 0, 0, 0, 4, 1, 2, 4, 0, 0, 1, 2, 4, 0, 0, 0, 0, 1, 4, 4, 4, 2, 0, 0],
                 "{kernel:?}"
             );
         }
