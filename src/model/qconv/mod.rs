@@ -618,8 +618,8 @@ impl QConv {
     /// channels): neu_segment's full-resolution convolutions (15 → 1 and 6 → 6, 3×3 over
     /// 200×200) and the anomaly model's filter banks. There a tile of 4 or 8 channels is mostly
     /// padding and the im2col rows outweigh the multiply-adds; the plane kernel reads the padded
-    /// input planes in place (a second pass reads them again, still fewer bytes than one
-    /// im2col row a pixel).
+    /// input planes in place, once a pass (two passes for the 6 → 6 one still cost less than its
+    /// im2col: the whole model 65.2 → 58.4 M instructions per inference on the Cortex-A76).
     fn arm_plane_fits(kernel: Kernel, geometry: &Geometry, cg: usize, mg: usize) -> bool {
         matches!(kernel, Kernel::ArmDot | Kernel::ArmSmlal)
             && geometry.strides == [1, 1]
