@@ -23,7 +23,7 @@
 //!
 //! Time is passed in; nothing here needs an operating system or a heap.
 //!
-//! Why one file of ~750 lines (the tests are in `reject/tests.rs`): admission, routing,
+//! Why one file of ~800 lines (the tests are in `reject/tests.rs`): admission, routing,
 //! merging, deadlines and the pulse plan share the register and one invariant — pulses on an
 //! output never overlap; apart, each part would need the others' internals.
 
