@@ -17,13 +17,15 @@
 //!   on for the item, so a reject decided later could neither keep the gap nor reach its item;
 //! - pulses on one output never overlap; two rejects closer than the minimum gap merge into one
 //!   longer pulse ([`MergePolicy::Extend`]) or the later pulse starts after the gap
-//!   ([`MergePolicy::Clip`], never so late that it misses its item);
+//!   ([`MergePolicy::Clip`], never so late that it misses its item); a pulse held on for the
+//!   next item stays held if the belt slows meanwhile, up to the minimum gap and
+//!   `MAX_ON_WIDTHS` pulse widths past its own end;
 //! - at most [`MAX_ITEMS_IN_FLIGHT`] items are tracked; one more is never dropped silently: it
 //!   merges into the newest tracked item, which then covers both with the fail-safe outcome.
 //!
 //! Time is passed in; nothing here needs an operating system or a heap.
 //!
-//! Why one file of ~800 lines (the tests are in `reject/tests.rs`): admission, routing,
+//! Why one file of ~830 lines (the tests are in `reject/tests.rs`): admission, routing,
 //! merging, deadlines and the pulse plan share the register and one invariant — pulses on an
 //! output never overlap; apart, each part would need the others' internals.
 
@@ -245,7 +247,9 @@ struct Line {
     hold_for: Option<u32>,
 }
 
-/// Longest a pulse may stay on, in pulse widths, when the belt stops mid-pulse.
+/// Longest a pulse may stay on, in pulse widths, when the belt stops mid-pulse; a pulse held
+/// on past its end for the next item may stay on the minimum gap and this many widths past
+/// that end (the belt slowing meanwhile moves the item later).
 const MAX_ON_WIDTHS: u64 = 4;
 
 /// Under [`MergePolicy::Clip`], a clipped pulse must still open this fraction of a pulse
@@ -638,34 +642,42 @@ impl Tracker {
                     // Does the next item want the output within the gap after this pulse? Once
                     // the line is held for an item it stays held until that item fires, so
                     // a changing speed estimate cannot end the pulse just before it.
-                    let held = line.hold_for.is_some_and(|id| {
+                    // A hold may last the gap and `MAX_ON_WIDTHS` pulses past the pulse's own
+                    // end (the belt slowing meanwhile moves the item later), and is not begun
+                    // again for the same item once that is spent (a belt that stopped).
+                    let holding = line.hold_for.is_some_and(|id| {
                         next.is_some_and(|(idx, _)| self.items.iter().nth(idx).is_some_and(|i| i.id == id))
-                    }) && now < line.off_cap;
-                    let keep = held
-                        || match next {
-                            Some((idx, Some(arr))) if arr - half < off_rel + gap => match cfg.merge {
-                                MergePolicy::Extend => {
+                    });
+                    let held = holding && now < line.off_cap;
+                    let hold_cap = off_at.add_us(gap as u64 + MAX_ON_WIDTHS * cfg.pulse_width_us as u64);
+                    let keep = match next {
+                        _ if held => true,
+                        _ if holding => false,
+                        Some((idx, Some(arr))) if arr - half < off_rel + gap => match cfg.merge {
+                            MergePolicy::Extend => {
+                                self.lines[e].hold_for = self.items.iter().nth(idx).map(|i| i.id);
+                                self.lines[e].off_cap = line.off_cap.max(hold_cap);
+                                true
+                            }
+                            MergePolicy::Clip => {
+                                // A clipped window opens at least `clip_lead` before
+                                // the predicted arrival, so that the prediction moving
+                                // earlier meanwhile (speed, encoder) cannot put the
+                                // arrival inside the gap, once the output is off.
+                                if off_rel + gap + clip_lead <= arr {
+                                    if let Some(it) = self.items.iter_mut().nth(idx) {
+                                        it.not_before = Some(off_at.add_us(gap as u64));
+                                    }
+                                    false
+                                } else {
                                     self.lines[e].hold_for = self.items.iter().nth(idx).map(|i| i.id);
+                                    self.lines[e].off_cap = line.off_cap.max(hold_cap);
                                     true
                                 }
-                                MergePolicy::Clip => {
-                                    // A clipped window opens at least `clip_lead` before
-                                    // the predicted arrival, so that the prediction moving
-                                    // earlier meanwhile (speed, encoder) cannot put the
-                                    // arrival inside the gap, once the output is off.
-                                    if off_rel + gap + clip_lead <= arr {
-                                        if let Some(it) = self.items.iter_mut().nth(idx) {
-                                            it.not_before = Some(off_at.add_us(gap as u64));
-                                        }
-                                        false
-                                    } else {
-                                        self.lines[e].hold_for = self.items.iter().nth(idx).map(|i| i.id);
-                                        true
-                                    }
-                                }
-                            },
-                            _ => false,
-                        };
+                            }
+                        },
+                        _ => false,
+                    };
                     if !keep {
                         self.lines[e].hold_for = None;
                         self.lines[e].on = false;

@@ -195,6 +195,56 @@ fn a_reject_that_must_hold_a_pulse_on_is_due_a_gap_before_its_window() {
 }
 
 #[test]
+fn a_pulse_held_for_the_next_item_stays_on_when_the_belt_slows_meanwhile() {
+    // 4 ms pulses, 10 ms gap, 1 m/s: item 1's pulse is 498-502 ms and item 2, due at 508 ms,
+    // would open its window inside the gap, so item 1's pulse is held on for it from 502.
+    // At 504 ms the belt slows to 0.25 m/s: item 2, 4 mm away, now arrives at 520 ms, later
+    // than 4 pulse widths after item 1's window opened (514). The hold lasts the gap and 4
+    // widths past 502 (528), so the pulse stays on through item 2 instead of ending at 514
+    // and coming on again 4 ms later, inside the gap. If the belt stops instead, the hold
+    // ends at 528 and is not begun again; the item fires when the belt moves again.
+    let short = EjectorConfig {
+        pulse_width_us: 4_000,
+        min_gap_us: 10_000,
+        ..ejector(500.0, MergePolicy::Extend, ALL)
+    };
+    let ejector0 = Output::Ejector(0);
+    for (slow_to, expected) in [
+        (250.0, vec![(ejector0, true, 498_000), (ejector0, false, 522_000)]),
+        (0.0, vec![(ejector0, true, 498_000), (ejector0, false, 528_000)]),
+    ] {
+        let mut t = tracker(&[short], FailSafePolicy::Reject);
+        t.begin(1, Instant::from_us(0));
+        t.begin(2, Instant::from_us(8_000));
+        t.decide(1, &reject(0), Instant::from_us(1_000)).unwrap();
+        t.decide(2, &reject(0), Instant::from_us(2_000)).unwrap();
+        let (mut edges, mut fired) = (Vec::new(), Vec::new());
+        run(&mut t, 0, 503_999, &mut edges, &mut fired);
+        t.belt_mut().set_speed(Instant::from_us(504_000), slow_to);
+        run(&mut t, 504_000, 1_000_000, &mut edges, &mut fired);
+        assert_eq!(edges, expected, "slowed to {slow_to} mm/s");
+        if slow_to == 0.0 {
+            // 4 mm at 1 m/s from 2 s: arrival 2.004 s, window from 2.002 s.
+            t.belt_mut().set_speed(Instant::from_us(2_000_000), 1000.0);
+            run(&mut t, 2_000_000, 3_000_000, &mut edges, &mut fired);
+            assert_eq!(edges[2..], [(ejector0, true, 2_002_000), (ejector0, false, 2_006_000)]);
+        } else {
+            let merged = fired.iter().any(|f| {
+                matches!(
+                    f,
+                    TrackEvent::Fired {
+                        id: 2,
+                        merged: true,
+                        ..
+                    }
+                )
+            });
+            assert!(merged, "{fired:?}");
+        }
+    }
+}
+
+#[test]
 fn line_stop_policy_latches_the_line_stop_output() {
     let mut t = tracker(&[ejector(500.0, MergePolicy::Extend, ALL)], FailSafePolicy::LineStop);
     t.begin(1, Instant::from_us(0));
