@@ -2,7 +2,8 @@
 //! widths, gaps, merge policy and speed source, every item that must be rejected is rejected
 //! exactly once by the right ejector with its true arrival inside the pulse, no good item
 //! decided in time is hit, pulses on one output keep their minimum gap, and pulses sit within
-//! ±1 mm of the item.
+//! ±1 mm of the item (those that opened in time: a belt speeding up just before the window
+//! leaves it less than half a pulse's travel, and the pulse is not made shorter than half).
 
 use ferroscope::core::reject::{EjectorConfig, FailSafePolicy, MergePolicy, OutcomeSet};
 use ferroscope::sim::conveyor::{self, EncoderSim, SimConfig};

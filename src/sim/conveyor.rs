@@ -8,7 +8,7 @@
 //! The random numbers come from SplitMix64 (a fixed, documented algorithm), so a seed gives
 //! the same timeline on every machine and every version — the timeline is a golden file.
 //!
-//! Why one file of ~680 lines: the seeded timeline, the simulated belt and every check against
+//! Why one file of ~790 lines: the seeded timeline, the simulated belt and every check against
 //! true arrival share one item record; apart, each would need the others' internals.
 
 use crate::core::belt::{mm_to_nm, Belt};
@@ -163,6 +163,44 @@ impl Motion {
     fn pos(&self, t: f64) -> f64 {
         self.seg_at_time(t).pos(t)
     }
+    /// The speed at `t` (nm/µs): after a step, the new speed.
+    fn speed(&self, t: f64) -> f64 {
+        let s = self.seg_at_time(t);
+        s.v0 + s.a * (t - s.t0)
+    }
+    /// The first moment from `from` at which an observer who knows the belt's position and
+    /// present speed, but not its future, finds the item at `target` (nm) due within `lead`
+    /// (µs): `pos(t) + lead · v(t) ≥ target`. A speed step after that moment moves the true
+    /// arrival but not this deadline — nobody could have known it at the decision. Within a
+    /// segment the left side only grows (speed ≥ 200 mm/s beats lead · deceleration); a step
+    /// down may push it back below, so segments are scanned in order for the first crossing.
+    fn known_deadline(&self, from: f64, target: f64, lead: f64) -> f64 {
+        let i = self.segs.partition_point(|s| s.t1 <= from).min(self.segs.len() - 1);
+        for s in &self.segs[i..] {
+            let f = |t: f64| s.pos(t) + lead * (s.v0 + s.a * (t - s.t0)) - target;
+            let (lo, hi) = (s.t0.max(from), s.t1);
+            if f(lo) >= 0.0 {
+                return lo;
+            }
+            if hi.is_finite() && f(hi) < 0.0 {
+                continue;
+            }
+            if s.a.abs() < 1e-15 {
+                return s.t0 + (target - lead * s.v0 - s.p0) / s.v0;
+            }
+            let (mut a, mut b) = (lo, hi);
+            for _ in 0..64 {
+                let m = 0.5 * (a + b);
+                if f(m) >= 0.0 {
+                    b = m;
+                } else {
+                    a = m;
+                }
+            }
+            return b;
+        }
+        f64::INFINITY
+    }
     fn time_at(&self, p: f64) -> f64 {
         let i = self.segs.partition_point(|s| s.pos(s.t1) <= p).min(self.segs.len() - 1);
         let s = &self.segs[i];
@@ -210,12 +248,17 @@ pub struct SimReport {
     /// Items whose decision came after their deadline.
     pub overdue: u64,
     /// Overdue items whose decision was not in fact late (or late items not made overdue),
-    /// judged on the true motion with 1 ms of slack.
+    /// judged on the true position and present speed with 1 ms of slack.
     pub deadline_mismatches: u64,
     /// Pulses on one output that overlap or come closer than its minimum gap.
     pub gap_violations: u64,
+    /// Items alone in their pulse whose pulse opened when they were already nearer the ejector
+    /// than half the belt travel of half a pulse at the present speed: the belt sped up just
+    /// before the window was due, and the tracker, which never opens less than half a pulse
+    /// before the item's end of the window, cannot centre it. Not in the errors below.
+    pub late_windows: u64,
     /// |middle of the belt travel during the pulse − the item's position| in mm, items alone
-    /// in their pulse: p50, p99 and max.
+    /// in their pulse whose window opened in time: p50, p99 and max.
     pub error_mm_p50: f64,
     /// p99.
     pub error_mm_p99: f64,
@@ -592,10 +635,15 @@ fn check(cfg: &SimConfig, items: &[SimItem], motion: &Motion, timeline: &[SimEdg
         if it.decision.outcome != Outcome::Accept && it.decision.outcome != Outcome::FailSafe {
             r.defective += 1;
         }
-        // The true deadline: each ejector's decision lead before the item's true arrival
-        // there, the earliest of them.
+        // The deadline as it could be known: the first moment the item's true position and
+        // the belt's true present speed put it within some ejector's decision lead of that
+        // ejector (not its true arrival minus the lead: a speed step after the decision moves
+        // that, and no tracker can see it coming).
         let deadline = (0..n)
-            .map(|e| arrival(it, e) - cfg.ejectors[e].decision_lead_us() as f64)
+            .map(|e| {
+                let target = it.x_nm + mm_to_nm(cfg.ejectors[e].ejector_distance_mm) as f64;
+                motion.known_deadline(it.capture_us as f64, target, cfg.ejectors[e].decision_lead_us() as f64)
+            })
             .fold(f64::INFINITY, f64::min);
         let late = it.decide_us as f64 > deadline;
         if it.overdue {
@@ -635,7 +683,12 @@ fn check(cfg: &SimConfig, items: &[SimItem], motion: &Motion, timeline: &[SimEdg
                 match (it.fires, covering(e, t)) {
                     (1.., Some((a, b))) if it.ejector == Some(e as u8) => {
                         r.rejected_ok += 1;
-                        if !it.merged_or_clipped {
+                        // The belt travel of half a pulse at the speed when it opened.
+                        let half_nm = motion.speed(a as f64) * (cfg.ejectors[e].pulse_width_us / 2) as f64;
+                        let late = motion.pos(t) - motion.pos(a as f64) < half_nm / 2.0;
+                        if !it.merged_or_clipped && late {
+                            r.late_windows += 1;
+                        } else if !it.merged_or_clipped {
                             // Centred in belt position: the pulse starts as far before the
                             // item's arrival as it ends after it.
                             let mid = (motion.pos(a as f64) + motion.pos(b as f64)) / 2.0;
@@ -710,6 +763,7 @@ impl SimReport {
             "overdue": self.overdue,
             "deadline_mismatches": self.deadline_mismatches,
             "gap_violations": self.gap_violations,
+            "late_windows": self.late_windows,
             "error_mm_p50": self.error_mm_p50,
             "error_mm_p99": self.error_mm_p99,
             "error_mm_max": self.error_mm_max,
