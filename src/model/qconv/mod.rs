@@ -25,7 +25,8 @@
 //! - **Pixels in the lanes where channels are few**: on the x86 kernels, a
 //!   convolution at stride 1 with at most `PLANE_MAX_CH` (8) output channels per group from one
 //!   input channel per group (filter banks, depthwise filters), or from up to `PLANE_MAX_CG`
-//!   (16) over more than one tap (neu_segment's full-resolution convolutions), runs on the plane
+//!   (16) over more than one tap (neu_segment's full-resolution convolutions; up to
+//!   `PLANE_MAX_CG_FEW` (32) for at most 2 output channels), runs on the plane
 //!   kernel (`QConv::run_plane`): 16 output pixels per register (8 on AVX2 and AVX-VNNI,
 //!   `QConv::run_plane_ymm`) over 4-byte words of the padded planes, no im2col and no store
 //!   per pixel: windows of 4 taps of the one channel, or 4 channels of one pixel. On the aarch64
@@ -98,6 +99,16 @@ const PLANE_MAX_CH_YMM: usize = 16;
 /// 200×200, a third of its inference on AVX2). Their words hold 4 channels of a pixel (2 on
 /// AVX2), so the padded planes take one byte a pixel per channel (two on AVX2).
 const PLANE_MAX_CG: usize = K_STEP;
+/// Input channels per group at most for the x86 plane kernel when it reads several planes for
+/// at most [`PLANE_FEW_CH`] output channels: past [`PLANE_MAX_CG`] the plane kernel's work
+/// grows with every output channel while im2col's rows serve them all, so it pays only for
+/// very few. Measured (`ferroscope bench --model-only --precision int8`, one thread, AVX-512
+/// VNNI, 3×3 at 200×200 inside a three-convolution model): 17 → 1 2.76 → 1.69 ms, 24 → 1 2.12
+/// → 1.78, 32 → 1 2.19 → 2.07, 32 → 2 2.25 → 2.19, 24 → 2 even; 24 → 8 2.30 → 2.50 and 32 → 4
+/// 2.24 → 2.47 slower, so not taken.
+const PLANE_MAX_CG_FEW: usize = 2 * K_STEP;
+/// Output channels per group at most for [`PLANE_MAX_CG_FEW`].
+const PLANE_FEW_CH: usize = 2;
 /// What one group of a plane-kernel convolution reads and where: the group's input planes,
 /// their size, the output size, the group and its output channels.
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
@@ -726,7 +737,8 @@ impl QConv {
     /// A convolution the plane kernel can run, at stride 1 without dilation: one input channel
     /// per group and at most `PLANE_MAX_CH` output channels per group (`PLANE_MAX_CH_YMM` on
     /// 256 bits), or up to [`PLANE_MAX_CG`] input channels per group, at most `PLANE_MAX_CH`
-    /// output channels per group and a kernel wider than one tap.
+    /// output channels per group and a kernel wider than one tap (up to [`PLANE_MAX_CG_FEW`]
+    /// input channels for at most [`PLANE_FEW_CH`] output channels).
     fn plane_fits(kernel: Kernel, geometry: &Geometry, cg: usize, mg: usize) -> bool {
         let max = if kernel == Kernel::X86Vnni {
             PLANE_MAX_CH
@@ -734,7 +746,8 @@ impl QConv {
             PLANE_MAX_CH_YMM
         };
         let taps = geometry.kernel[0] * geometry.kernel[1];
-        let planes = cg == 1 && mg <= max || cg <= PLANE_MAX_CG && mg <= PLANE_MAX_CH && taps > 1;
+        let several = cg <= PLANE_MAX_CG && mg <= PLANE_MAX_CH || cg <= PLANE_MAX_CG_FEW && mg <= PLANE_FEW_CH;
+        let planes = cg == 1 && mg <= max || several && taps > 1;
         planes && geometry.strides == [1, 1] && geometry.dilations == [1, 1]
     }
 
@@ -2207,10 +2220,12 @@ mod tests {
             case(&mut rng, 6, 6, 3, 1, 1, 1, [14, 29]),
             case(&mut rng, 16, 8, 5, 1, 1, 1, [9, 35]),
             case(&mut rng, 6, 10, 3, 1, 1, 2, [8, 19]),
-            // and what it leaves: 17 input channels, 9 outputs, 1×1
+            // 17 input channels (on x86 up to 32), and what it leaves: 9 outputs, 1×1
             case(&mut rng, 17, 2, 3, 1, 1, 1, [7, 12]),
             case(&mut rng, 6, 9, 3, 1, 1, 1, [7, 12]),
             case(&mut rng, 6, 4, 1, 1, 1, 1, [7, 12]),
+            // and 33 input channels
+            case(&mut rng, 33, 2, 3, 1, 1, 1, [7, 12]),
         ]
     }
 
@@ -2222,7 +2237,7 @@ mod tests {
             // 24 → 32 twice, 12 → 16 once, 15 → 16; 1, 9, 6, 5, 17, the grouped ones and 12 at
             // stride 2 stay
             let want = [
-                1, 16, 32, 48, 64, 1, 32, 16, 16, 1, 1, 1, 1, 1, 1, 9, 6, 5, 12, 32, 16, 32, 16, 6, 16, 3, 17, 6, 6,
+                1, 16, 32, 48, 64, 1, 32, 16, 16, 1, 1, 1, 1, 1, 1, 9, 6, 5, 12, 32, 16, 32, 16, 6, 16, 3, 17, 6, 6, 33,
             ];
             assert_eq!(cgp(kernel), want, "{kernel:?}");
         }
@@ -2257,7 +2272,8 @@ mod tests {
     #[test]
     fn the_16_bit_pair_kernels_are_exact_at_the_edge_of_their_weight_range() {
         let mut rng = Rng(11);
-        let mut c = case(&mut rng, 32, 8, 3, 1, 1, 1, [6, 7]);
+        // 9 outputs: not on the x86 plane kernel (16-bit words, no pairs)
+        let mut c = case(&mut rng, 32, 9, 3, 1, 1, 1, [6, 7]);
         c.x.fill(255);
         c.sw.fill(0.05);
         for (i, v) in c.wts.iter_mut().enumerate() {
@@ -2285,18 +2301,19 @@ mod tests {
     #[test]
     fn the_plane_kernels_take_few_outputs_from_few_input_channels() {
         let mv = |kernel| cases().iter().map(|c| op(c, kernel).plane_mv).collect::<Vec<usize>>();
-        // on x86 one input channel with up to 8 outputs, or up to 16 with up to 8 over more than
-        // one tap; never at a stride or a dilation
+        // on x86 one input channel with up to 8 outputs, or over more than one tap up to 16
+        // with up to 8 or up to 32 with up to 2 (17 → 2, not 33 → 2); never at a stride or a
+        // dilation
         assert_eq!(
             mv(Kernel::X86Vnni),
-            [0, 0, 0, 0, 0, 1, 0, 0, 0, 8, 1, 2, 4, 0, 0, 1, 2, 4, 0, 0, 0, 0, 1, 8, 8, 8, 0, 0, 0]
+            [0, 0, 0, 0, 0, 1, 0, 0, 0, 8, 1, 2, 4, 0, 0, 1, 2, 4, 0, 0, 0, 0, 1, 8, 8, 8, 2, 0, 0, 0]
         );
         // on 256 bits up to 16 channels from one input channel, in passes of 8: the first case
         // (1 → 16) and 1 → 12
         for kernel in [Kernel::X86AvxVnni, Kernel::X86Avx2] {
             assert_eq!(
                 mv(kernel),
-                [8, 0, 0, 0, 0, 1, 0, 0, 0, 8, 1, 2, 4, 8, 0, 1, 2, 4, 0, 0, 0, 0, 1, 8, 8, 8, 0, 0, 0],
+                [8, 0, 0, 0, 0, 1, 0, 0, 0, 8, 1, 2, 4, 8, 0, 1, 2, 4, 0, 0, 0, 0, 1, 8, 8, 8, 2, 0, 0, 0],
                 "{kernel:?}"
             );
         }
@@ -2306,7 +2323,7 @@ mod tests {
         for kernel in [Kernel::ArmDot, Kernel::ArmSmlal] {
             assert_eq!(
                 mv(kernel),
-                [0, 0, 0, 0, 0, 1, 0, 0, 0, 4, 1, 2, 4, 0, 0, 1, 2, 4, 0, 0, 0, 0, 1, 4, 4, 4, 2, 0, 0],
+                [0, 0, 0, 0, 0, 1, 0, 0, 0, 4, 1, 2, 4, 0, 0, 1, 2, 4, 0, 0, 0, 0, 1, 4, 4, 4, 2, 0, 0, 2],
                 "{kernel:?}"
             );
         }
