@@ -642,7 +642,7 @@ impl Tracker {
                     // Does the next item want the output within the gap after this pulse? Once
                     // the line is held for an item it stays held until that item fires, so
                     // a changing speed estimate cannot end the pulse just before it.
-                    // A hold may last the gap and `MAX_ON_WIDTHS` pulses past the pulse's own
+                    // A hold may last the gap and `MAX_ON_WIDTHS` pulse widths past the pulse's own
                     // end (the belt slowing meanwhile moves the item later), and is not begun
                     // again for the same item once that is spent (a belt that stopped).
                     let holding = line.hold_for.is_some_and(|id| {

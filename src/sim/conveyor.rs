@@ -254,8 +254,8 @@ pub struct SimReport {
     pub gap_violations: u64,
     /// Items alone in their pulse whose pulse opened when they were already nearer the ejector
     /// than half the belt travel of half a pulse at the present speed: the belt sped up just
-    /// before the window was due, and the tracker, which never opens less than half a pulse
-    /// before the item's end of the window, cannot centre it. Not in the errors below.
+    /// before the window was due, and the tracker, which never makes such a window shorter
+    /// than half a pulse, cannot centre it. Not in the errors below.
     pub late_windows: u64,
     /// |middle of the belt travel during the pulse − the item's position| in mm, items alone
     /// in their pulse whose window opened in time: p50, p99 and max.
