@@ -683,17 +683,18 @@ fn check(cfg: &SimConfig, items: &[SimItem], motion: &Motion, timeline: &[SimEdg
                 match (it.fires, covering(e, t)) {
                     (1.., Some((a, b))) if it.ejector == Some(e as u8) => {
                         r.rejected_ok += 1;
-                        // The belt travel of half a pulse at the speed when it opened.
-                        let half_nm = motion.speed(a as f64) * (cfg.ejectors[e].pulse_width_us / 2) as f64;
-                        let late = motion.pos(t) - motion.pos(a as f64) < half_nm / 2.0;
-                        if !it.merged_or_clipped && late {
-                            r.late_windows += 1;
-                        } else if !it.merged_or_clipped {
-                            // Centred in belt position: the pulse starts as far before the
-                            // item's arrival as it ends after it.
-                            let mid = (motion.pos(a as f64) + motion.pos(b as f64)) / 2.0;
-                            err_mm.push(((mid - motion.pos(t)) / 1e6).abs());
-                            err_us.record(((a + b) as f64 / 2.0 - t).abs().round() as u64);
+                        if !it.merged_or_clipped {
+                            // The belt travel of half a pulse at the speed when it opened.
+                            let half_nm = motion.speed(a as f64) * (cfg.ejectors[e].pulse_width_us / 2) as f64;
+                            if motion.pos(t) - motion.pos(a as f64) < half_nm / 2.0 {
+                                r.late_windows += 1;
+                            } else {
+                                // Centred in belt position: the pulse starts as far before the
+                                // item's arrival as it ends after it.
+                                let mid = (motion.pos(a as f64) + motion.pos(b as f64)) / 2.0;
+                                err_mm.push(((mid - motion.pos(t)) / 1e6).abs());
+                                err_us.record(((a + b) as f64 / 2.0 - t).abs().round() as u64);
+                            }
                         }
                     }
                     _ => r.missed_rejects += 1,

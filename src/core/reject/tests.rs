@@ -153,21 +153,29 @@ fn undecided_items_get_the_fail_safe_at_their_deadline() {
     );
 }
 
-#[test]
-fn a_reject_that_must_hold_a_pulse_on_is_due_a_gap_before_its_window() {
-    // 4 ms pulses, 10 ms gap: item 1 arrives at 500 ms (pulse 498-502), item 2 at 508 ms,
-    // inside the gap after item 1's pulse, so it can only be reached by holding that pulse on.
-    // Its deadline is 496 ms (its window opens at 506, less the gap), before the pulse ends.
+/// One ejector 500 mm downstream with 4 ms pulses and a 10 ms gap (1 m/s, Extend); item 1
+/// captured at 0 and rejected at 1 ms (its pulse 498-502 ms), item 2 captured at 8 ms
+/// (arriving at 508 ms, inside the gap after item 1's pulse) and not yet decided.
+fn two_items_8_ms_apart() -> Tracker {
     let short = EjectorConfig {
         pulse_width_us: 4_000,
         min_gap_us: 10_000,
         ..ejector(500.0, MergePolicy::Extend, ALL)
     };
+    let mut t = tracker(&[short], FailSafePolicy::Reject);
+    t.begin(1, Instant::from_us(0));
+    t.begin(2, Instant::from_us(8_000));
+    assert_eq!(t.decide(1, &reject(0), Instant::from_us(1_000)), Ok(()));
+    t
+}
+
+#[test]
+fn a_reject_that_must_hold_a_pulse_on_is_due_a_gap_before_its_window() {
+    // 4 ms pulses, 10 ms gap: item 1 arrives at 500 ms (pulse 498-502), item 2 at 508 ms,
+    // inside the gap after item 1's pulse, so it can only be reached by holding that pulse on.
+    // Its deadline is 496 ms (its window opens at 506, less the gap), before the pulse ends.
     for (decided_at, late) in [(495_000, false), (496_000, false), (496_001, true), (504_000, true)] {
-        let mut t = tracker(&[short], FailSafePolicy::Reject);
-        t.begin(1, Instant::from_us(0));
-        t.begin(2, Instant::from_us(8_000));
-        assert_eq!(t.decide(1, &reject(0), Instant::from_us(1_000)), Ok(()));
+        let mut t = two_items_8_ms_apart();
         let (mut edges, mut fired) = (Vec::new(), Vec::new());
         run(&mut t, 0, decided_at - 1, &mut edges, &mut fired);
         let r = t.decide(2, &reject(0), Instant::from_us(decided_at));
@@ -203,20 +211,12 @@ fn a_pulse_held_for_the_next_item_stays_on_when_the_belt_slows_meanwhile() {
     // widths past 502 (528), so the pulse stays on through item 2 instead of ending at 514
     // and coming on again 4 ms later, inside the gap. If the belt stops instead, the hold
     // ends at 528 and is not begun again; the item fires when the belt moves again.
-    let short = EjectorConfig {
-        pulse_width_us: 4_000,
-        min_gap_us: 10_000,
-        ..ejector(500.0, MergePolicy::Extend, ALL)
-    };
     let ejector0 = Output::Ejector(0);
     for (slow_to, expected) in [
         (250.0, vec![(ejector0, true, 498_000), (ejector0, false, 522_000)]),
         (0.0, vec![(ejector0, true, 498_000), (ejector0, false, 528_000)]),
     ] {
-        let mut t = tracker(&[short], FailSafePolicy::Reject);
-        t.begin(1, Instant::from_us(0));
-        t.begin(2, Instant::from_us(8_000));
-        t.decide(1, &reject(0), Instant::from_us(1_000)).unwrap();
+        let mut t = two_items_8_ms_apart();
         t.decide(2, &reject(0), Instant::from_us(2_000)).unwrap();
         let (mut edges, mut fired) = (Vec::new(), Vec::new());
         run(&mut t, 0, 503_999, &mut edges, &mut fired);
