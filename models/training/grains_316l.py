@@ -29,8 +29,9 @@ figures by TUNING_RULE; the record, every setting tried with its figures per fol
 models/training/grains_316l.cv-<width>-<steps>.json. `--cv-only --width W --steps N` writes
 the record of another design to compare (the width and steps shipped, WIDTH and STEPS, are the
 design with the best record; --photometric, jittered etch and exposure, was measured this way
-and not kept, as were --steps 4000 and --symmetries 8, the map averaged over flips and quarter
-turns, at three settings on 1.2.0's fold networks).
+and not kept, as were --steps 4000, --ensemble 2, two networks' logits averaged in one graph
+(the record then also scores each member alone), and --symmetries 8, the map averaged over
+flips and quarter turns, at three settings on 1.2.0's fold networks).
 Then one network trains on all training micrographs for the same
 steps and ships, last step, with the chosen settings. The held-out tiles are read by nothing here.
 
@@ -67,6 +68,7 @@ STD = 0.25
 UM_PER_PX = 1 / 2.25  # the dataset's scale
 WIDTH = (16, 32, 48, 64)  # U-Net channels per level (chosen by cross-validation: grains_316l.cv-*.json)
 STEPS = 2000  # training steps of every model, the refit's too
+MEMBER_SEED = 1000  # member j of an ensemble trains with seed + j * MEMBER_SEED (its own start and batches)
 FOLDS = 4  # cross-validation folds over the training micrographs
 G_BINS = (-3, 14)  # the histogram's GOST numbers (src/grains/standards.rs G_MIN..=G_MAX)
 # The analysis settings are searched one at a time in this order, each at the best of the others
@@ -113,7 +115,10 @@ class UNet(nn.Module):
         self.out = nn.Conv2d(enc[0], 1, 1)
 
     def forward(self, x):
-        x = self.pool_in(x)
+        return self.out(self.features(self.pool_in(x)))
+
+    def features(self, x):
+        """The last decoder level's features of the 2x2-averaged input `x` (what `out` reads)."""
         skips = []
         for i in range(self.levels):
             x = getattr(self, f"e{i}")(x if i == 0 else F.max_pool2d(x, 2))
@@ -121,7 +126,33 @@ class UNet(nn.Module):
         x = self.mid(F.max_pool2d(x, 2))
         for i in reversed(range(self.levels)):
             x = getattr(self, f"d{i}")(torch.cat([getattr(self, f"u{i}")(x), skips[i]], 1))
-        return self.out(x)
+        return x
+
+
+class Ensemble(nn.Module):
+    """`members` U-Nets of one width reading the same 2x2 average; the map is the mean of their
+    logits, computed as one 1x1 convolution over their last features side by side (its weights
+    the members' output weights divided by their number, its bias the mean of their biases), so
+    the graph keeps one output convolution and one sigmoid."""
+
+    def __init__(self, members):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.pool_in = nn.AvgPool2d(2)
+        n = len(members)
+        self.out = nn.Conv2d(n * members[0].out.in_channels, 1, 1)
+        with torch.no_grad():
+            self.out.weight.copy_(torch.cat([m.out.weight for m in members], 1) / n)
+            self.out.bias.copy_(torch.stack([m.out.bias for m in members]).mean(0))
+
+    def forward(self, x):
+        x = self.pool_in(x)
+        return self.out(torch.cat([m.features(x) for m in self.members], 1))
+
+
+def build(width, ensemble):
+    """An untrained network of the design: one U-Net, or an Ensemble of `ensemble` of them."""
+    return UNet(width) if ensemble == 1 else Ensemble([UNet(width) for _ in range(ensemble)])
 
 
 class Export(nn.Module):
@@ -134,10 +165,14 @@ class Export(nn.Module):
 
 
 def fuse(model):
-    """A copy of the U-Net with every BatchNorm folded into its convolution."""
+    """A copy of the U-Net (or of each U-Net of an Ensemble) with every BatchNorm folded into its
+    convolution."""
     import copy
 
     m = copy.deepcopy(model).eval()
+    if isinstance(m, Ensemble):
+        m.members = nn.ModuleList(fuse(x) for x in m.members)
+        return m
     for name in [f"e{i}" for i in range(m.levels)] + ["mid"] + [f"d{i}" for i in range(m.levels)]:
         setattr(m, name, common.fuse_sequential(getattr(m, name)))
     return m
@@ -268,6 +303,39 @@ def train_model(width, fit, steps, batch, lr, seed, label="", photometric=False)
     return model.eval()
 
 
+def train_members(fit, args, label, cache=None):
+    """The design's network trained on `fit`: one U-Net, or with --ensemble N an Ensemble of N
+    trained alone, member j with seed + j * MEMBER_SEED. With `cache` (a folder), each member's
+    weights are kept there beside what trained them, and a member already there for the same
+    width, steps, batch, rate, seed, etch jitter and tiles is loaded, not trained again (so a
+    larger ensemble reuses a smaller one's members)."""
+    members = []
+    for j in range(args.ensemble):
+        seed = args.seed + j * MEMBER_SEED
+        what = {"width": list(args.width), "steps": args.steps, "batch": args.batch, "lr": args.lr, "seed": seed,
+                "photometric": args.photometric, "tiles": sorted(it["name"] for it in fit)}
+        pt = json_path = None
+        if cache:
+            os.makedirs(cache, exist_ok=True)
+            pt, json_path = os.path.join(cache, f"member{j}.pt"), os.path.join(cache, f"member{j}.json")
+            if os.path.exists(pt) and os.path.exists(json_path):
+                with open(json_path) as fh:
+                    if json.load(fh) == what:
+                        net = UNet(args.width)
+                        net.load_state_dict(torch.load(pt))
+                        print(f"{label}member {j}: the weights in {pt}", flush=True)
+                        members.append(net.eval())
+                        continue
+        net = train_model(args.width, fit, args.steps, args.batch, args.lr, seed,
+                          label + (f"member {j} " if args.ensemble > 1 else ""), args.photometric)
+        if cache:
+            torch.save(net.state_dict(), pt)
+            with open(json_path, "w") as fh:
+                json.dump(what, fh)
+        members.append(net)
+    return members[0] if args.ensemble == 1 else Ensemble(members).eval()
+
+
 def export(model, out, calib_items, seed):
     """The f32 ONNX file and its int8 (QDQ) twin in `out`, calibrated on 48 random crops of
     `calib_items`; returns (int8 path, f32 path)."""
@@ -331,6 +399,9 @@ def main():
     ap.add_argument("--symmetries", type=int, default=1, choices=(1, 2, 4, 8),
                     help="the map of each model tile averaged over this many flips and quarter turns (the manifest's "
                          "`symmetries`, `eval grains --symmetries`); the shipped design runs each tile once")
+    ap.add_argument("--ensemble", type=int, default=1,
+                    help="N networks of the same width and steps, trained alone with seeds seed + j * 1000, their logits "
+                         "averaged in one graph (N times the multiply-adds); the shipped design is one network")
     ap.add_argument("--cv-only", action="store_true",
                     help="cross-validate this width and schedule and write its record; train and ship nothing")
     ap.add_argument("--ship-only", action="store_true",
@@ -340,6 +411,8 @@ def main():
     args.width = tuple(int(w) for w in args.width.split(","))
     if not 3 <= len(args.width) <= 6 or min(args.width) < 1:
         raise SystemExit(f"--width {args.width}: 3 to 6 positive channel counts, one per level and the middle, e.g. 12,24,32,48")
+    if args.ensemble < 1:
+        raise SystemExit(f"--ensemble {args.ensemble}: at least 1")
     if args.folds < 2:
         raise SystemExit(f"--folds {args.folds}: at least 2")
     ckpt = os.path.join(ROOT, "models", "training", "grains_316l.pt")
@@ -353,21 +426,23 @@ def main():
     if args.ship_only:
         with open(ckpt + ".json") as fh:
             saved = json.load(fh)
-        model = UNet(tuple(saved["width"]))
+        model = build(tuple(saved["width"]), saved.get("ensemble", 1))
         model.load_state_dict(torch.load(ckpt))
         args.width, args.steps, args.folds = tuple(saved["width"]), saved["steps"], saved["folds"]
+        args.ensemble = saved.get("ensemble", 1)
         args.photometric, args.symmetries = saved.get("photometric", False), saved.get("symmetries", 1)
         return ship(model.eval(), train, held, saved["settings"], args)
     record = cross_validate(train, args)
     if args.cv_only:
         return
     print(f"refit on all {len(train)} training tiles, {args.steps} steps", flush=True)
-    model = train_model(args.width, train, args.steps, args.batch, args.lr, args.seed, "refit ", args.photometric)
+    model = train_members(train, args, "refit ")
     torch.save(model.state_dict(), ckpt)
     with open(ckpt + ".json", "w") as fh:
         json.dump({"width": list(args.width), "steps": args.steps, "folds": args.folds, "seed": args.seed,
                    "settings": record["chosen"],
                    **({"photometric": True} if args.photometric else {}),
+                   **({"ensemble": args.ensemble} if args.ensemble != 1 else {}),
                    **({"symmetries": args.symmetries} if args.symmetries != 1 else {})}, fh)
     ship(model, train, held, record["chosen"], args)
 
@@ -387,6 +462,8 @@ def cross_validate(train, args):
         what = {"width": list(args.width), "steps": args.steps, "batch": args.batch, "lr": args.lr, "seed": args.seed, "fold": fold}
         if args.photometric:
             what["photometric"] = True
+        if args.ensemble != 1:
+            what["ensemble"] = args.ensemble
         stamp = os.path.join(d, "trained.json")
         runs.append((manifest, test))
         if os.path.exists(stamp) and os.path.exists(manifest):
@@ -395,19 +472,21 @@ def cross_validate(train, args):
                     print(f"fold {k}: {', '.join(fold)}: the model in {d}", flush=True)
                     continue
         print(f"fold {k}: {', '.join(fold)} ({len(test)} tiles) held back, {len(fit)} tiles trained on", flush=True)
-        model = train_model(args.width, fit, args.steps, args.batch, args.lr, args.seed, f"fold {k} ", args.photometric)
+        model = train_members(fit, args, f"fold {k} ", cache=os.path.join(d, "members") if args.ensemble > 1 else None)
         os.makedirs(d, exist_ok=True)
         int8_path, f32_path = export(model, d, fit, args.seed)
         write_manifest(manifest, START, fit, test, fold, int8_path, f32_path, args)
         with open(stamp, "w") as fh:
             json.dump(what, fh)
     best, tried = tune(runs, args)
+    alone = members_alone(train, folds, tmp, best, args) if args.ensemble > 1 else None
     name = f"grains_316l.cv-{'-'.join(map(str, args.width))}-{args.steps}{design_suffix(args)}.json"
     record = {
         "rule": TUNING_RULE,
         "width": list(args.width),
         "steps": args.steps,
         "photometric": args.photometric,
+        "ensemble": args.ensemble,
         "symmetries": args.symmetries,
         "batch": args.batch,
         "seed": args.seed,
@@ -416,15 +495,56 @@ def cross_validate(train, args):
         "chosen": best,
         "at_chosen": next(t for t in tried if all(t[k] == v for k, v in best.items())),
         "tried": tried,
+        **({"members_alone": alone} if alone else {}),
     }
     common.write_json(os.path.join(ROOT, "models", "training", name), record)
     print(f"cross-validation record models/training/{name}: chosen {best}, {record['at_chosen']}", flush=True)
     return record
 
 
+def members_alone(train, folds, tmp, chosen, args):
+    """Each member of a cross-validated ensemble exported and scored alone on the out-of-fold
+    tiles, at the ensemble's chosen settings and at the shipped manifest's (what the averaging
+    adds, setting for setting); the ensemble's own figures at the shipped settings beside them."""
+    shipped = {k: float(v) for k, v in read_shipped_settings().items()}
+    at = [chosen] + ([shipped] if shipped != chosen else [])
+    out = {"ensemble": [dict(s, **score_cv(ensemble_runs(train, folds, tmp), args, s)) for s in at[1:]]}
+    for j in range(args.ensemble):
+        runs = []
+        for k, fold in enumerate(folds):
+            fit = [it for it in train if it["micrograph"] not in fold]
+            test = [it for it in train if it["micrograph"] in fold]
+            d = os.path.join(tmp, f"fold{k}", f"alone{j}")
+            os.makedirs(d, exist_ok=True)
+            net = UNet(args.width)
+            net.load_state_dict(torch.load(os.path.join(tmp, f"fold{k}", "members", f"member{j}.pt")))
+            int8_path, f32_path = export(net.eval(), d, fit, args.seed)
+            manifest = os.path.join(d, "grains_316l.toml")
+            write_manifest(manifest, START, fit, test, fold, int8_path, f32_path, argparse.Namespace(**dict(vars(args), ensemble=1)))
+            runs.append((manifest, test))
+        for s in at:
+            r = score_cv(runs, args, s)
+            out.setdefault(f"member{j}", []).append(dict(s, **r))
+            print(f"  member {j} alone {s}: correlation {r['histogram_correlation']:.4f} |dG| {r['g_mean_abs_error']:.3f}", flush=True)
+    return out
+
+
+def ensemble_runs(train, folds, tmp):
+    """The (manifest, out-of-fold tiles) of each fold's model in `tmp`."""
+    return [(os.path.join(tmp, f"fold{k}", "grains_316l.toml"), [it for it in train if it["micrograph"] in fold])
+            for k, fold in enumerate(folds)]
+
+
+def read_shipped_settings():
+    """The analysis settings of the shipped network (the saved refit's record)."""
+    with open(os.path.join(ROOT, "models", "training", "grains_316l.pt.json")) as fh:
+        return json.load(fh)["settings"]
+
+
 def design_suffix(args):
     """What a cross-validation record's name adds for a design other than the default's."""
-    return ("-photometric" if args.photometric else "") + (f"-s{args.symmetries}" if args.symmetries != 1 else "")
+    return (("-photometric" if args.photometric else "") + (f"-e{args.ensemble}" if args.ensemble != 1 else "")
+            + (f"-s{args.symmetries}" if args.symmetries != 1 else ""))
 
 
 def ship(model, train, held, settings, args):
@@ -536,6 +656,14 @@ def symmetries_line(args):
     return f"# each model tile's map averaged over this many flips and quarter turns\nsymmetries = {args.symmetries}\n"
 
 
+def ensemble_words(args):
+    """What the manifest's design adds for an ensemble (nothing for one network)."""
+    if args.ensemble == 1:
+        return ""
+    return (f"{args.ensemble} networks trained alone (seeds {args.seed} + j*{MEMBER_SEED}), their logits averaged by one 1x1 "
+            "convolution over their last features side by side; each a ")
+
+
 def write_manifest(path, settings, train, held, held_micro, int8_path, f32_path, args):
     stem = "grains_316l"
     toml = f"""# Manifest of a ferroscope grains model. Paths are relative to this file.
@@ -547,7 +675,7 @@ file = "{stem}.onnx"
 sha256 = "{common.sha256_file(int8_path)}"
 f32_file = "{stem}.f32.onnx"
 f32_sha256 = "{common.sha256_file(f32_path)}"
-design = "compact U-Net (widths {'/'.join(map(str, args.width))}, two 3x3 convs per encoder level, 2x2 max-pooling {len(args.width) - 1} times, 2x2 transposed-conv decoder with skip connections and one 3x3 conv per level) after a 2x2 average: a grain-boundary probability map at 1/2 of the tile resolution. Contours are closed by the analysis (threshold, gap bridging, grain labelling), not by a second U-Net as in W-Net."
+design = "{ensemble_words(args)}compact U-Net (widths {'/'.join(map(str, args.width))}, two 3x3 convs per encoder level, 2x2 max-pooling {len(args.width) - 1} times, 2x2 transposed-conv decoder with skip connections and one 3x3 conv per level) after a 2x2 average: a grain-boundary probability map at 1/2 of the tile resolution. Contours are closed by the analysis (threshold, gap bridging, grain labelling), not by a second U-Net as in W-Net."
 
 [input]
 name = "image"
