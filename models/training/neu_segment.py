@@ -63,6 +63,10 @@ The fullres network on 12000 x 32 with --ema 0.999 scored 0.8766 at best (raw we
 The fullres network with dice+kd (1.3.0 as the teacher: 0.8815 on validation averaged over the eight
 flips and quarter turns) scored 0.8753 at best (step 7000) against 0.8779, and its int8 file an MAE of
 0.0291 against 0.0290: not kept (neu_segment.kd_fullres.json).
+--pretrain 2000 (the fullres network first taught to fill in blanked patches of 1037 unmasked NEU
+images of all six classes, validation and held-out sides left out) scored 0.8731 at best (step
+7000), and its int8 file 0.8736 with an MAE of 0.0297, against 0.8779 and 0.0290: not kept
+(neu_segment.pretrain.json).
 
 Training: batches of random 128x128 crops (the network is fully convolutional; crops cost 0.4 of
 a whole image) with the eight flips/quarter turns and, optionally, brightness/contrast jitter;
@@ -470,6 +474,62 @@ def predict(model, items, chunk=16):
     return np.concatenate(out)
 
 
+PRETRAIN_DROP = 0.5  # --pretrain: share of the 8x8 patches of a crop blanked to the mean grey
+PRETRAIN_PATCH = 8
+
+
+def pretrain_pool(args, exclude, log):
+    """The images of every NEU class folder, masked or not, less `exclude` (relative paths) and
+    less every class's held-out side of common.seeded_split (the classifier's held-out images;
+    for the masked classes the segment tool's held-out list is part of it): gray u8 images."""
+    imgs = []
+    for c in sorted(d for d in os.listdir(args.data) if os.path.isdir(os.path.join(args.data, d))):
+        train, _held = common.seeded_split(args.data, c, args.seed, args.heldout_fraction)
+        imgs += [common.load_gray(os.path.join(args.data, rel)) for rel in train if rel not in exclude]
+    log(f"pretraining pool: {len(imgs)} NEU images of all classes (no mask read; held-out sides and {len(exclude)} excluded images left out)")
+    return imgs
+
+
+def pretrain(imgs, args, log):
+    """Self-supervised start (--pretrain N): the network learns to fill in the image. Each crop
+    has PRETRAIN_DROP of its PRETRAIN_PATCH-pixel patches set to the mean grey (0 after
+    normalising), and the network's one output channel is trained to give the original pixels
+    there (mean squared error on the blanked pixels), on --pretrain steps of the same schedule
+    shape, batch and crop as the segmentation run. Returns the state_dict; the output
+    convolution's weights are not carried over (the segmentation run starts it afresh)."""
+    torch.manual_seed(args.seed + 7)
+    rng = random.Random(args.seed + 7)
+    model = UNet(arch=args.arch)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
+    t0 = time.time()
+    n = args.crop // PRETRAIN_PATCH
+    for step in range(1, args.pretrain + 1):
+        lr = lr_at(step, args.pretrain, args.lr)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        xs = []
+        for _ in range(args.batch):
+            img = imgs[rng.randrange(len(imgs))]
+            y0, x0 = rng.randrange(TILE - args.crop + 1), rng.randrange(TILE - args.crop + 1)
+            c = np.rot90(img[y0 : y0 + args.crop, x0 : x0 + args.crop], rng.randrange(4))
+            if rng.random() < 0.5:
+                c = c[:, ::-1]
+            xs.append(common.normalise(np.ascontiguousarray(c)))
+        x = torch.from_numpy(np.stack(xs)[:, None])
+        keep = (torch.rand(args.batch, 1, n, n) >= PRETRAIN_DROP).float()
+        keep = keep.repeat_interleave(PRETRAIN_PATCH, 2).repeat_interleave(PRETRAIN_PATCH, 3)
+        model.train()
+        y = model(x * keep)
+        blank = 1 - keep
+        loss = (((y - x) ** 2) * blank).sum() / blank.sum().clamp(min=1)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % 25 == 0:
+            log(f"[pretrain] step {step} lr {lr:.5f} masked mse {loss.item():.4f} {time.time() - t0:.0f}s")
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if not k.startswith("out.")}
+
+
 def train_variant(variant, fit, val, args, log, steps, eval_from, stop_at=None, weights="raw"):
     """One run of a `steps`-long schedule; returns [(step, weights, best level, mean Dice,
     state_dict), ...] for the checkpoints scored on validation (every args.eval_every steps from
@@ -482,6 +542,9 @@ def train_variant(variant, fit, val, args, log, steps, eval_from, stop_at=None, 
     rng = random.Random(args.seed)
     dev = torch.device(args.device)
     model = UNet(arch=args.arch)
+    if getattr(args, "pretrained", None) is not None:
+        missing, unexpected = model.load_state_dict(args.pretrained, strict=False)
+        assert not unexpected and all(k.startswith("out.") for k in missing), (missing, unexpected)
     params = [{"params": model.parameters(), "scale": 1.0}]
     if args.arch == "features":
         model.load_features(args.classifier)
@@ -675,6 +738,10 @@ def main():
                     help="train the variant, network and schedule of a --train-only checkpoint again on the whole "
                          "training pool (validation included) to its chosen step, and ship it; the pixel threshold "
                          "is chosen on validation with the selection checkpoint's int8 file")
+    ap.add_argument("--pretrain", type=int, default=0, metavar="STEPS",
+                    help="with --train-only: first STEPS steps of self-supervised filling-in on every NEU class's "
+                         "training-side images (no mask; the validation images left out), the segmentation run "
+                         "starting from those weights (pretrain); not the shipped design")
     ap.add_argument("--train-only", metavar="VARIANT",
                     help="no sweep and no export: train VARIANT (loss:augmentation) on the --steps schedule, score "
                          "its checkpoints on validation, save the best to --checkpoint (one run of a schedule sweep)")
@@ -707,6 +774,9 @@ def main():
     if args.train_only:
         if args.train_only.startswith("dice+kd:"):
             teacher_maps(fit, *load_teacher(args, False, log), log)
+        if args.pretrain:
+            args.pretrained = pretrain(pretrain_pool(args, {it["rel"] for it in val}, log), args, log)
+            torch.save(args.pretrained, ckpt + ".pretrain.pt")
         table, best = [], None
         for step, weights, level, dice, state in train_variant(args.train_only, fit, val, args, log, args.steps, args.steps // 2):
             table.append({"step": step, "weights": weights, "level": level, "dice_mean_per_image": round(dice, 6)})
@@ -764,6 +834,8 @@ def selection_record(args, variant, step, table, t_start, weights="raw"):
     if variant.startswith("dice+kd:"):
         extra = {"distil": args.distil, "teacher": os.path.relpath(os.path.abspath(args.teacher), ROOT),
                  "teacher_sha256": common.sha256_file(args.teacher)}
+    if getattr(args, "pretrain", 0):
+        extra["pretrain"] = args.pretrain
     return {**extra, "variant": variant, "arch": args.arch, "step": step, "weights": weights, "ema": args.ema,
             "steps": args.steps, "batch": args.batch,
             "crop": args.crop, "lr": args.lr, "device": args.device, "checkpoints": table,
