@@ -479,7 +479,7 @@ def cross_validate(train, args):
         with open(stamp, "w") as fh:
             json.dump(what, fh)
     best, tried = tune(runs, args)
-    alone = members_alone(train, folds, tmp, best, args) if args.ensemble > 1 else None
+    alone = members_alone(train, folds, tmp, runs, best, args) if args.ensemble > 1 else None
     name = f"grains_316l.cv-{'-'.join(map(str, args.width))}-{args.steps}{design_suffix(args)}.json"
     record = {
         "rule": TUNING_RULE,
@@ -502,15 +502,16 @@ def cross_validate(train, args):
     return record
 
 
-def members_alone(train, folds, tmp, chosen, args):
+def members_alone(train, folds, tmp, runs, chosen, args):
     """Each member of a cross-validated ensemble exported and scored alone on the out-of-fold
     tiles, at the ensemble's chosen settings and at the shipped manifest's (what the averaging
-    adds, setting for setting); the ensemble's own figures at the shipped settings beside them."""
+    adds, setting for setting); the ensemble's own figures at the shipped settings beside them
+    (`runs`: the ensemble's (manifest, out-of-fold tiles) per fold)."""
     shipped = {k: float(v) for k, v in read_shipped_settings().items()}
     at = [chosen] + ([shipped] if shipped != chosen else [])
-    out = {"ensemble": [dict(s, **score_cv(ensemble_runs(train, folds, tmp), args, s)) for s in at[1:]]}
+    out = {"ensemble": [dict(s, **score_cv(runs, args, s)) for s in at[1:]]}
     for j in range(args.ensemble):
-        runs = []
+        alone = []
         for k, fold in enumerate(folds):
             fit = [it for it in train if it["micrograph"] not in fold]
             test = [it for it in train if it["micrograph"] in fold]
@@ -521,18 +522,12 @@ def members_alone(train, folds, tmp, chosen, args):
             int8_path, f32_path = export(net.eval(), d, fit, args.seed)
             manifest = os.path.join(d, "grains_316l.toml")
             write_manifest(manifest, START, fit, test, fold, int8_path, f32_path, argparse.Namespace(**dict(vars(args), ensemble=1)))
-            runs.append((manifest, test))
+            alone.append((manifest, test))
         for s in at:
-            r = score_cv(runs, args, s)
+            r = score_cv(alone, args, s)
             out.setdefault(f"member{j}", []).append(dict(s, **r))
             print(f"  member {j} alone {s}: correlation {r['histogram_correlation']:.4f} |dG| {r['g_mean_abs_error']:.3f}", flush=True)
     return out
-
-
-def ensemble_runs(train, folds, tmp):
-    """The (manifest, out-of-fold tiles) of each fold's model in `tmp`."""
-    return [(os.path.join(tmp, f"fold{k}", "grains_316l.toml"), [it for it in train if it["micrograph"] in fold])
-            for k, fold in enumerate(folds)]
 
 
 def read_shipped_settings():

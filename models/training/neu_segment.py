@@ -741,7 +741,8 @@ def main():
     ap.add_argument("--pretrain", type=int, default=0, metavar="STEPS",
                     help="with --train-only: first STEPS steps of self-supervised filling-in on every NEU class's "
                          "training-side images (no mask; the validation images left out), the segmentation run "
-                         "starting from those weights (pretrain); not the shipped design")
+                         "starting from those weights (pretrain); --refit of such a checkpoint does the same with "
+                         "the validation images in; not the shipped design")
     ap.add_argument("--train-only", metavar="VARIANT",
                     help="no sweep and no export: train VARIANT (loss:augmentation) on the --steps schedule, score "
                          "its checkpoints on validation, save the best to --checkpoint (one run of a schedule sweep)")
@@ -789,6 +790,8 @@ def main():
             f"best step {step} ({weights} weights), validation mean Dice per image {dice:.4f} (f32)")
         return None
     if args.refit:
+        if args.pretrain:  # the selection run's start, learnt again on the pool's images (validation now among them)
+            args.pretrained = pretrain(pretrain_pool(args, set(), log), args, log)
         return refit_and_ship(saved, fit, val, held, args, log, t_start)
     if args.ship_only:
         model.load_state_dict(saved["state_dict"])
@@ -845,7 +848,7 @@ def selection_record(args, variant, step, table, t_start, weights="raw"):
 def use_selection(args, sel):
     """Set the network and schedule of a checkpoint's selection record on args (a record
     without them is 1.0.0/1.1.0's: the command line's stand)."""
-    for key in ("arch", "steps", "batch", "crop", "lr", "ema", "distil"):
+    for key in ("arch", "steps", "batch", "crop", "lr", "ema", "distil", "pretrain"):
         if key in sel:
             setattr(args, key, sel[key])
     if "teacher" in sel:  # recorded relative to the repository root
