@@ -476,16 +476,17 @@ def predict(model, items, chunk=16):
 
 PRETRAIN_DROP = 0.5  # --pretrain: share of the 8x8 patches of a crop blanked to the mean grey
 PRETRAIN_PATCH = 8
+NO_MASK = np.zeros((TILE, TILE), bool)  # what sample_batch crops beside a pretraining image (unused)
 
 
 def pretrain_pool(args, exclude, log):
     """The images of every NEU class folder, masked or not, less `exclude` (relative paths) and
     less every class's held-out side of common.seeded_split (the classifier's held-out images;
-    for the masked classes the segment tool's held-out list is part of it): gray u8 images."""
+    for the masked classes the segment tool's held-out list is part of it), as sample_batch items."""
     imgs = []
     for c in sorted(d for d in os.listdir(args.data) if os.path.isdir(os.path.join(args.data, d))):
         train, _held = common.seeded_split(args.data, c, args.seed, args.heldout_fraction)
-        imgs += [common.load_gray(os.path.join(args.data, rel)) for rel in train if rel not in exclude]
+        imgs += [{"img": common.load_gray(os.path.join(args.data, rel)), "mask": NO_MASK} for rel in train if rel not in exclude]
     log(f"pretraining pool: {len(imgs)} NEU images of all classes (no mask read; held-out sides and {len(exclude)} excluded images left out)")
     return imgs
 
@@ -507,15 +508,7 @@ def pretrain(imgs, args, log):
         lr = lr_at(step, args.pretrain, args.lr)
         for g in opt.param_groups:
             g["lr"] = lr
-        xs = []
-        for _ in range(args.batch):
-            img = imgs[rng.randrange(len(imgs))]
-            y0, x0 = rng.randrange(TILE - args.crop + 1), rng.randrange(TILE - args.crop + 1)
-            c = np.rot90(img[y0 : y0 + args.crop, x0 : x0 + args.crop], rng.randrange(4))
-            if rng.random() < 0.5:
-                c = c[:, ::-1]
-            xs.append(common.normalise(np.ascontiguousarray(c)))
-        x = torch.from_numpy(np.stack(xs)[:, None])
+        x, _ = sample_batch(imgs, args.batch, rng, photometric=False, crop=args.crop)
         keep = (torch.rand(args.batch, 1, n, n) >= PRETRAIN_DROP).float()
         keep = keep.repeat_interleave(PRETRAIN_PATCH, 2).repeat_interleave(PRETRAIN_PATCH, 3)
         model.train()
@@ -777,7 +770,6 @@ def main():
             teacher_maps(fit, *load_teacher(args, False, log), log)
         if args.pretrain:
             args.pretrained = pretrain(pretrain_pool(args, {it["rel"] for it in val}, log), args, log)
-            torch.save(args.pretrained, ckpt + ".pretrain.pt")
         table, best = [], None
         for step, weights, level, dice, state in train_variant(args.train_only, fit, val, args, log, args.steps, args.steps // 2):
             table.append({"step": step, "weights": weights, "level": level, "dice_mean_per_image": round(dice, 6)})
